@@ -1,0 +1,157 @@
+"""Anatomy of a model never seen before: its head, auxiliary heads, first conv and groups.
+
+The head is found from behaviour, not names: one probe forward pass (see :mod:`.probe`)
+records the modules in call order; the head is the last module with a weight matrix to run,
+and it must produce the output's class dimension. Auxiliary heads are layers of the same
+output width that do not run in eval mode (Inception's and GoogLeNet's aux classifiers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._modules import in_features, is_conv, out_features
+from .errors import HeadError
+from .layer_groups import infer_groups
+from .probe import COMMON_SIZES, ForwardTrace, trace_forward
+from .spec import ModelSpec, Preprocessing
+
+__all__ = ["HeadAnatomy", "find_head_by_probe", "infer_spec"]
+
+
+@dataclass(frozen=True)
+class HeadAnatomy:
+    """Where the classifier is and how wide it is."""
+
+    head_paths: tuple[str, ...]
+    num_classes: int
+    feature_dim: int
+    first_conv: str | None
+    in_chans: int
+    input_size: tuple[int, ...]
+
+
+def find_head_by_probe(
+    model: nn.Module,
+    example_input: torch.Tensor | None = None,
+    input_size: int | tuple[int, ...] | None = None,
+) -> HeadAnatomy:
+    """Find the classifier of any model with one probe forward pass.
+
+    Raises:
+        HeadError: the last layer with weights does not produce the output's class
+            dimension, so no single head can be named.
+    """
+    sizes = (input_size,) if input_size else COMMON_SIZES
+    trace = trace_forward(model, example_input, sizes)
+    modules = dict(model.named_modules())
+    layers = [p for p in trace.order if out_features(modules[p]) is not None]
+    if not layers:
+        raise HeadError(f"{type(model).__name__} has no Linear or convolution layer to act as a head")
+    head = layers[-1]
+    if len(trace.output_shape) < 2:
+        raise HeadError(
+            f"{type(model).__name__} returns shape {trace.output_shape}; a classifier returns "
+            "(batch, classes)"
+        )
+    num_classes = trace.output_shape[1]
+    width = out_features(modules[head])
+    if width != num_classes:
+        raise HeadError(
+            f"cannot identify a single head in {type(model).__name__}: the last layer with "
+            f"weights, '{head}' ({_describe(modules[head])}), gives {width} outputs but the "
+            f"model returns {num_classes} per sample; pass head_path='...' to name the head"
+        )
+    aux = _aux_heads(modules, trace, head, num_classes)
+    first_conv = _first_conv(modules, trace)
+    in_chans = trace.input_shape[1]
+    return HeadAnatomy(
+        head_paths=(head, *aux),
+        num_classes=num_classes,
+        feature_dim=in_features(modules[head]) or 0,
+        first_conv=first_conv,
+        in_chans=in_chans,
+        input_size=trace.input_shape[1:],
+    )
+
+
+def infer_spec(
+    model: nn.Module,
+    name: str | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
+    input_size: int | tuple[int, ...] | None = None,
+    head_path: str | Sequence[str] | None = None,
+) -> ModelSpec:
+    """A full :class:`ModelSpec` for a plain ``nn.Module``.
+
+    Args:
+        model: the model (left unchanged).
+        name: the spec's name; defaults to ``custom:<ClassName>``.
+        example_input: an input the model accepts; otherwise common image sizes are tried.
+        input_size: spatial size (int or (H, W)) to probe with.
+        head_path: name the head(s) yourself instead of detecting them.
+
+    Raises:
+        HeadError: no single head can be identified (pass ``head_path``).
+    """
+    anatomy = find_head_by_probe(model, example_input, input_size)
+    head_paths = anatomy.head_paths
+    if head_path is not None:
+        head_paths = (head_path,) if isinstance(head_path, str) else tuple(head_path)
+        _check_paths(model, head_paths)
+    modules = dict(model.named_modules())
+    main = modules[head_paths[0]]
+    spatial = anatomy.input_size[1:]
+    preprocessing = Preprocessing().with_channels(anatomy.in_chans)
+    if len(spatial) == 2:
+        preprocessing = Preprocessing(
+            input_size=(anatomy.in_chans, *spatial),
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+        )
+    return ModelSpec(
+        name=name or f"custom:{type(model).__name__}",
+        num_classes=out_features(main) or anatomy.num_classes,
+        head_paths=head_paths,
+        feature_dim=in_features(main) or anatomy.feature_dim,
+        first_conv=anatomy.first_conv,
+        in_chans=anatomy.in_chans,
+        layer_groups=infer_groups(model, head_paths),
+        preprocessing=preprocessing,
+    )
+
+
+def _aux_heads(
+    modules: dict[str, nn.Module], trace: ForwardTrace, head: str, num_classes: int
+) -> list[str]:
+    return [
+        path
+        for path, module in modules.items()
+        if path != head and not trace.ran(path) and out_features(module) == num_classes
+    ]
+
+
+def _first_conv(modules: dict[str, nn.Module], trace: ForwardTrace) -> str | None:
+    for path in trace.order:
+        if is_conv(modules[path]):
+            return path
+    return None
+
+
+def _check_paths(model: nn.Module, paths: Sequence[str]) -> None:
+    modules = dict(model.named_modules())
+    for path in paths:
+        if path not in modules:
+            raise HeadError(
+                f"head_path '{path}' is not a module of {type(model).__name__}; "
+                f"its top-level modules are {[n for n, _ in model.named_children()]}"
+            )
+
+
+def _describe(module: nn.Module) -> str:
+    return f"{type(module).__name__} {in_features(module)}→{out_features(module)}"

@@ -1,0 +1,1 @@
+"""The ``torchgraft`` command line: one small module per subcommand, wired in ``main``."""

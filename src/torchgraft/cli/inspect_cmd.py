@@ -1,0 +1,141 @@
+"""Show a checkpoint's tensors or a model's anatomy; never runs code from a file.
+
+A checkpoint (file or Hugging Face-style folder) lists keys, shapes, dtypes and total size;
+torch pickles are read with ``weights_only=True`` and memory-mapped, safetensors directly.
+A model spec shows the anatomy torchgraft works with: head path(s), feature width, first
+conv, preprocessing, class names, and the layer groups with their parameter counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpecError
+from ..graft.io import Checkpoint, read_checkpoint
+from ..spec import spec_of
+from ..zoo import build_model
+from .output import human_bytes, human_count, print_json, stdout, table
+
+NAME = "inspect"
+HELP = "show a checkpoint's keys/shapes/dtypes or a model's anatomy"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="PATH_OR_MODEL_SPEC")
+    parser.add_argument("--weights", help="for a model spec: build with these weights")
+    parser.add_argument("--ema", action="store_true", help="for a checkpoint: show its EMA weights")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.target)
+    if path.exists():
+        document = describe_checkpoint(read_checkpoint(path, ema=args.ema))
+        if args.json:
+            print_json(document)
+        else:
+            _print_checkpoint(document)
+        return 0
+    if ":" not in args.target:
+        raise SpecError(
+            f"'{args.target}' is neither an existing file or folder nor a model spec "
+            "(torchvision:NAME, timm:NAME, package.module:callable)"
+        )
+    document = describe_model(args.target, args.weights)
+    if args.json:
+        print_json(document)
+    else:
+        _print_model(document)
+    return 0
+
+
+def describe_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
+    dtypes = Counter(str(t.dtype).replace("torch.", "") for t in checkpoint.tensors.values())
+    return {
+        "kind": "checkpoint",
+        "path": checkpoint.origin,
+        "format": checkpoint.format,
+        "container": checkpoint.container,
+        "num_tensors": len(checkpoint.tensors),
+        "num_elements": checkpoint.num_elements,
+        "bytes": checkpoint.num_bytes,
+        "dtypes": dict(dtypes),
+        "set_aside": checkpoint.set_aside,
+        "metadata": checkpoint.metadata,
+        "tensors": [
+            {"key": k, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+            for k, t in checkpoint.tensors.items()
+        ],
+    }
+
+
+def describe_model(spec_text: str, weights: str | None) -> dict[str, Any]:
+    built = build_model(spec_text, weights=weights)
+    spec = spec_of(built.model)
+    names = [n for n, _ in built.model.named_parameters()]
+    owner = spec.group_of(names)
+    counts = Counter()
+    params = dict(built.model.named_parameters())
+    for name, group in owner.items():
+        counts[group] += params[name].numel()
+    return {
+        "kind": "model",
+        "spec": spec.to_dict(),
+        "num_parameters": sum(p.numel() for p in params.values()),
+        "group_parameters": {g.name: counts[g.name] for g in spec.layer_groups},
+        "state_dict": [
+            {"key": k, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+            for k, t in built.model.state_dict().items()
+        ],
+    }
+
+
+def _print_checkpoint(doc: dict[str, Any]) -> None:
+    rows = [(t["key"], "×".join(map(str, t["shape"])) or "scalar", t["dtype"]) for t in doc["tensors"]]
+    stdout.print(table(None, ("key", "shape", "dtype"), rows))
+    container = f", inside '{doc['container']}'" if doc["container"] else ""
+    dtypes = ", ".join(f"{k} {v}" for k, v in doc["dtypes"].items())
+    stdout.print(
+        f"{doc['path']}: {doc['format']}{container}; {doc['num_tensors']} tensors, "
+        f"{human_count(doc['num_elements'])} elements, {human_bytes(doc['bytes'])} ({dtypes})"
+    )
+    if doc["set_aside"]:
+        aside = ", ".join(f"{k} ({v})" for k, v in list(doc["set_aside"].items())[:8])
+        stdout.print(f"set aside (not tensors): {aside}")
+
+
+def _print_model(doc: dict[str, Any]) -> None:
+    spec = doc["spec"]
+    pre = spec["preprocessing"]
+    facts = [
+        ("model", spec["name"] + (f" ({spec['weights']})" if spec["weights"] else "")),
+        ("head", ", ".join(spec["head_paths"]) + f"  ({spec['feature_dim']} → {spec['num_classes']})"),
+        ("first conv", f"{spec['first_conv']}  ({spec['in_chans']} input channels)"),
+        (
+            "input",
+            f"{'×'.join(map(str, pre['input_size']))}, {pre['interpolation']}, crop {pre['crop_pct']:.3f}"
+            + (" (fixed size)" if pre["fixed_input_size"] else ""),
+        ),
+        ("normalise", f"mean {_floats(pre['mean'])} std {_floats(pre['std'])}"),
+        ("classes", _classes(spec["classes"])),
+        ("parameters", human_count(doc["num_parameters"])),
+    ]
+    stdout.print(table(None, ("", ""), facts))
+    rows = [
+        (g["name"], ", ".join(g["members"]), human_count(doc["group_parameters"][g["name"]]))
+        for g in spec["layer_groups"]
+    ]
+    stdout.print(table("layer groups (stem → head)", ("group", "modules", "params"), rows))
+
+
+def _floats(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _classes(classes: list[str] | None) -> str:
+    if not classes:
+        return "unknown"
+    return f"{len(classes)}: " + ", ".join(classes[:5]) + (" …" if len(classes) > 5 else "")

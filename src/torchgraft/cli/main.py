@@ -1,0 +1,70 @@
+"""``torchgraft`` entry point: parse, dispatch, and turn errors into one line and a status.
+
+Exit status: 0 success; 2 bad input (a :class:`TorchgraftError` whose ``exit_code`` is 2, or
+an invalid command line); 1 a failure of the operation itself. No traceback unless
+``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import TorchgraftError
+from . import inspect_cmd, models_cmd, train_cmd
+
+#: Subcommand modules, each with ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
+COMMANDS = (train_cmd, inspect_cmd, models_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser = argparse.ArgumentParser(
+        prog="torchgraft",
+        description="Fine-tune pretrained PyTorch models correctly; graft weights between models.",
+        parents=[common],
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"torchgraft {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        child = sub.add_parser(
+            command.NAME, help=command.HELP, description=command.__doc__, parents=[common]
+        )
+        command.add_arguments(child)
+        child.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except TorchgraftError as exc:
+        if args.debug:
+            raise
+        print(f"torchgraft {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"torchgraft {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"torchgraft {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(run again with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

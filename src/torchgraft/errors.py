@@ -1,0 +1,64 @@
+"""Typed errors: every user-facing failure is one of these.
+
+Each error says what was found, what was expected and what to do. The CLI turns them into
+one line on stderr; ``exit_code`` tells it which status to use (2: bad input, 1: a failure
+of the operation itself).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "GraftError",
+    "HeadError",
+    "SpecError",
+    "TorchgraftError",
+    "UnsafeCheckpointError",
+    "VerificationError",
+]
+
+
+class TorchgraftError(Exception):
+    """Base class of every error torchgraft raises on purpose."""
+
+    exit_code = 2
+
+
+class SpecError(TorchgraftError, ValueError):
+    """A model spec, weights name or model anatomy request that cannot be satisfied."""
+
+
+class HeadError(TorchgraftError, ValueError):
+    """The classifier head cannot be found or replaced as asked."""
+
+
+class CheckpointError(TorchgraftError, ValueError):
+    """A checkpoint file that cannot be read: missing, empty, truncated, corrupt or unknown."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that wants globals outside the safe allow-list; never retried unsafely."""
+
+    def __init__(self, message: str, globals_wanted: list[str]):
+        super().__init__(message)
+        self.globals_wanted = globals_wanted
+
+
+class GraftError(TorchgraftError, ValueError):
+    """Weights that cannot be matched or loaded into the target as asked."""
+
+
+class VerificationError(TorchgraftError):
+    """A graft that changed the function the source model computes."""
+
+    exit_code = 1
+
+
+class ConfigError(TorchgraftError, ValueError):
+    """An invalid run configuration (every problem found is listed)."""
+
+
+class DataError(TorchgraftError, ValueError):
+    """A dataset that cannot be read as asked."""

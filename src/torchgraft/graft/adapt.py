@@ -1,0 +1,183 @@
+"""Adaptations: use a source tensor whose shape differs from the target's, when that is safe.
+
+* ``reshape`` — same elements, other layout, roles agreeing: singleton dimensions
+  (a layer scale stored as ``(C, 1, 1)`` vs ``(C,)``) or a weight flattened behind its first
+  dimension (a Linear stored as a ``k x k`` conv and back);
+* ``in_chans`` — the first convolution's kernel for another number of input channels:
+  ``sum``, ``mean``, ``repeat`` (scaled so activations keep their size) or ``pick``;
+* ``class_rows`` — a classifier whose classes changed: the rows of classes both sides name
+  are copied, the others keep the target's fresh values.
+
+:func:`propose` decides (pure, shapes only); :func:`apply_adaptation` computes the values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import GraftError
+from .report import Action
+
+__all__ = ["IN_CHANS_MODES", "AdaptContext", "apply_adaptation", "propose"]
+
+IN_CHANS_MODES = ("sum", "mean", "repeat", "pick")
+
+
+@dataclass(frozen=True)
+class AdaptContext:
+    """What the target and source know that shapes alone do not.
+
+    Attributes:
+        first_conv_key: target key of the input convolution's weight.
+        head_keys: target keys of the classifier(s) (weights and biases).
+        in_chans_mode: how to adapt the first conv; None picks ``sum`` for one channel and
+            ``repeat`` otherwise.
+        pick: source channels to take with ``pick`` (default: the first ones).
+        target_classes / source_classes: class names of the two heads, when known.
+    """
+
+    first_conv_key: str | None = None
+    head_keys: frozenset[str] = frozenset()
+    in_chans_mode: str | None = None
+    pick: tuple[int, ...] | None = None
+    target_classes: tuple[str, ...] | None = None
+    source_classes: tuple[str, ...] | None = None
+
+
+def propose(
+    target_key: str,
+    target_shape: Sequence[int],
+    source_shape: Sequence[int],
+    context: AdaptContext,
+) -> tuple[Action, dict[str, Any] | None, str]:
+    """How to load a source of ``source_shape`` into ``target_key``.
+
+    Returns:
+        ``(action, adapt, detail)``: ``COPY`` when shapes are equal, ``RESHAPE``/``ADAPT``
+        with the adaptation, or ``SKIP_SHAPE`` with the reason.
+    """
+    target_shape, source_shape = tuple(target_shape), tuple(source_shape)
+    if target_shape == source_shape:
+        return Action.COPY, None, ""
+    if target_key == context.first_conv_key:
+        channels = _in_chans(target_shape, source_shape, context)
+        if channels is not None:
+            return channels
+    if target_key in context.head_keys:
+        rows = _class_rows(target_shape, source_shape, context)
+        if rows is not None:
+            return rows
+    if _numel(target_shape) == _numel(source_shape) and _layouts_agree(target_shape, source_shape):
+        return Action.RESHAPE, {"kind": "reshape"}, "same elements, other layout"
+    return (
+        Action.SKIP_SHAPE,
+        None,
+        f"shape {list(source_shape)} cannot fill {list(target_shape)}",
+    )
+
+
+def apply_adaptation(
+    source: torch.Tensor, target: torch.Tensor, adapt: Mapping[str, Any] | None
+) -> torch.Tensor:
+    """The value to copy into ``target`` (a new tensor; ``target`` is not modified).
+
+    Raises:
+        GraftError: the adaptation does not fit these tensors (an edited plan, say).
+    """
+    kind = (adapt or {}).get("kind")
+    if kind is None:
+        result = source
+    elif kind == "reshape":
+        result = source.reshape(target.shape)
+    elif kind == "in_chans":
+        result = _adapt_in_chans(source, target.shape[1], adapt["mode"], adapt.get("pick"))
+    elif kind == "class_rows":
+        result = target.detach().clone()
+        rows = torch.as_tensor(adapt["rows"], dtype=torch.long).reshape(-1, 2)
+        if len(rows):
+            result[rows[:, 1]] = source[rows[:, 0]].to(result.dtype)
+    else:
+        raise GraftError(f"unknown adaptation kind '{kind}'")
+    if tuple(result.shape) != tuple(target.shape):
+        raise GraftError(
+            f"adaptation {dict(adapt or {})} gives shape {list(result.shape)}, target needs "
+            f"{list(target.shape)}"
+        )
+    return result
+
+
+def _in_chans(target_shape, source_shape, context: AdaptContext):
+    same_rest = target_shape[0] == source_shape[0] and target_shape[2:] == source_shape[2:]
+    if len(target_shape) < 3 or len(target_shape) != len(source_shape) or not same_rest:
+        return None
+    wanted, have = target_shape[1], source_shape[1]
+    mode = context.in_chans_mode or ("sum" if wanted == 1 else "repeat")
+    if mode not in IN_CHANS_MODES:
+        raise GraftError(f"in_chans mode '{mode}' is not one of {', '.join(IN_CHANS_MODES)}")
+    adapt: dict[str, Any] = {"kind": "in_chans", "mode": mode}
+    if mode == "pick":
+        pick = list(context.pick or range(min(wanted, have)))
+        if len(pick) != wanted or any(not 0 <= c < have for c in pick):
+            raise GraftError(
+                f"pick={pick} must name {wanted} source channels in 0..{have - 1}"
+            )
+        adapt["pick"] = pick
+    elif mode in ("sum", "mean") and wanted != 1:
+        raise GraftError(f"in_chans mode '{mode}' makes 1 channel; the target takes {wanted}")
+    return Action.ADAPT, adapt, f"first conv {have}→{wanted} input channels ({mode})"
+
+
+def _adapt_in_chans(source: torch.Tensor, wanted: int, mode: str, pick: Sequence[int] | None):
+    # source: (out, in, *kernel)
+    have = source.shape[1]
+    if mode == "sum":
+        return source.sum(dim=1, keepdim=True)
+    if mode == "mean":
+        return source.mean(dim=1, keepdim=True)
+    if mode == "pick":
+        return source[:, list(pick or range(wanted))]
+    # repeat: tile the input channels, then scale so the summed response keeps its size.
+    repeats = -(-wanted // have)
+    tiled = source.repeat(1, repeats, *([1] * (source.dim() - 2)))[:, :wanted]
+    return tiled * (have / wanted)
+
+
+def _class_rows(target_shape, source_shape, context: AdaptContext):
+    if target_shape[1:] != source_shape[1:] or target_shape[0] == source_shape[0]:
+        return None
+    if context.target_classes is None or context.source_classes is None:
+        return None
+    if len(context.target_classes) != target_shape[0]:
+        return None
+    if len(context.source_classes) != source_shape[0]:
+        return None
+    from ..heads import normalise_class
+
+    source_rows = {normalise_class(n): i for i, n in enumerate(context.source_classes)}
+    rows = [
+        [source_rows[normalise_class(name)], t]
+        for t, name in enumerate(context.target_classes)
+        if normalise_class(name) in source_rows
+    ]
+    detail = f"{len(rows)} of {target_shape[0]} classes start from pretrained rows"
+    return Action.ADAPT, {"kind": "class_rows", "rows": rows}, detail
+
+
+def _layouts_agree(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    squeeze_a = tuple(d for d in a if d != 1)
+    squeeze_b = tuple(d for d in b if d != 1)
+    if squeeze_a == squeeze_b:
+        return True
+    # A weight flattened behind its first dimension: (out, in, k, k) <-> (out, in*k*k).
+    return len(a) >= 2 and len(b) >= 2 and a[0] == b[0] and min(len(a), len(b)) == 2
+
+
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count

@@ -1,0 +1,244 @@
+"""Matching strategies: pure functions from two key->shape tables to a correspondence.
+
+A strategy answers one question — which source key feeds which target key, with what
+confidence — and nothing else. What happens to each pair (copy, reshape, adapt, skip) is
+decided afterwards by :func:`torchgraft.graft.plan.build_plan` with :mod:`.adapt`.
+
+* ``exact``  — names and shapes must agree everywhere; any difference is an error.
+* ``shape``  — pair equal names of equal shape; skip the rest (the tutorial's filter).
+* ``order``  — pair in stored order; stop at the first pair that cannot be reconciled.
+* ``rules``  — rename source keys with rules given as data, then pair equal names.
+* ``auto``   — strip/add wrapper prefixes, pair equal names, then match the rest by
+  structure (:mod:`.structure`) when names and order both differ.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import GraftError
+from .adapt import AdaptContext, propose
+from .report import Action
+from .rules import RenameRules
+
+__all__ = ["STRATEGIES", "Match", "MatchContext", "TensorInfo", "strip_prefixes"]
+
+#: ``(shape, dtype name)`` of one tensor; strategies never see values.
+TensorInfo = tuple[tuple[int, ...], str]
+
+#: Components that wrappers insert and that never name a real layer.
+WRAPPER_COMPONENTS = ("_orig_mod", "module")
+
+
+@dataclass
+class Match:
+    """A correspondence: ``pairs[target] = (source, confidence)``.
+
+    ``unresolved`` explains target keys deliberately left unpaired (an ambiguity).
+    """
+
+    pairs: dict[str, tuple[str, float]] = field(default_factory=dict)
+    unresolved: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MatchContext:
+    """What a strategy may know beyond the two tables.
+
+    Attributes:
+        adapt: target facts used to tell an adaptable pair from a conflict.
+        rules: rename rules for the ``rules`` strategy.
+        source_order: the source's real registration order (from a module or spec), when known.
+        order_trusted: True when the source's stored order is its registration order (a
+            torch-saved state_dict) rather than sorted (safetensors).
+    """
+
+    adapt: AdaptContext = AdaptContext()
+    rules: RenameRules | None = None
+    source_order: tuple[str, ...] | None = None
+    order_trusted: bool = True
+
+
+Strategy = Callable[[Mapping[str, TensorInfo], Mapping[str, TensorInfo], MatchContext], Match]
+
+
+def match_exact(source, target, context: MatchContext) -> Match:
+    """Every target key in the source with its shape, and nothing else in the source.
+
+    Raises:
+        GraftError: listing missing, unexpected and shape-mismatched keys.
+    """
+    missing = [k for k in target if k not in source]
+    unexpected = [k for k in source if k not in target]
+    mismatched = [
+        f"{k} {list(source[k][0])} vs {list(target[k][0])}"
+        for k in target
+        if k in source and source[k][0] != target[k][0]
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        ):
+            if items:
+                parts.append(f"{title} ({len(items)}): {', '.join(items[:6])}{' …' if len(items) > 6 else ''}")
+        raise GraftError(
+            "strategy 'exact' found differences; " + "; ".join(parts)
+            + ". Use --strategy shape to skip them or auto to match names by structure"
+        )
+    return Match({k: (k, 1.0) for k in target})
+
+
+def match_shape(source, target, context: MatchContext) -> Match:
+    """Equal names with equal shapes; everything else is left for the plan to report."""
+    return Match({k: (k, 1.0) for k in target if k in source and source[k][0] == target[k][0]})
+
+
+def match_order(source, target, context: MatchContext) -> Match:
+    """Pair floating tensors in stored order; integer counters follow their module.
+
+    Raises:
+        GraftError: at the first pair that cannot be reconciled, naming both keys.
+    """
+    t_keys = [k for k in target if _is_float(target[k])]
+    s_keys = [k for k in source if _is_float(source[k])]
+    match = Match()
+    for index, (t_key, s_key) in enumerate(zip(t_keys, s_keys, strict=False)):
+        action, _, detail = propose(t_key, target[t_key][0], source[s_key][0], context.adapt)
+        if action is Action.SKIP_SHAPE and t_key not in context.adapt.head_keys:
+            raise GraftError(
+                f"strategy 'order' stopped at pair #{index}: target '{t_key}' "
+                f"{list(target[t_key][0])} and source '{s_key}' {list(source[s_key][0])} "
+                f"cannot be reconciled ({detail}). The orders differ from here on; try "
+                "--strategy auto"
+            )
+        match.pairs[t_key] = (s_key, 1.0)
+    if len(s_keys) != len(t_keys):
+        match.notes.append(
+            f"order: {len(t_keys)} target and {len(s_keys)} source weights; "
+            f"the last {abs(len(t_keys) - len(s_keys))} are left unpaired"
+        )
+    _pair_counters(source, target, match)
+    return match
+
+
+def match_rules(source, target, context: MatchContext) -> Match:
+    """Rename source keys with ``context.rules``, then pair equal names.
+
+    Raises:
+        GraftError: no rules given, or two source keys renamed to one target key.
+    """
+    if context.rules is None:
+        raise GraftError("strategy 'rules' needs rename rules (--rules RULES.yaml or rules=...)")
+    renamed: dict[str, str] = {}
+    for key in source:
+        new = context.rules.apply(key)
+        if new in renamed:
+            raise GraftError(
+                f"rename rules map both '{renamed[new]}' and '{key}' to '{new}'; make them distinct"
+            )
+        renamed[new] = key
+    return Match({k: (renamed[k], 1.0) for k in target if k in renamed})
+
+
+def match_auto(source, target, context: MatchContext) -> Match:
+    """Prefixes, then exact names, then structure for what is left."""
+    from .structure import match_structure
+
+    transform, note = strip_prefixes(list(source), list(target))
+    match = Match(notes=[note] if note else [])
+    by_new_name = {transform(k): k for k in source}
+    for key in target:
+        if key in by_new_name:
+            match.pairs[key] = (by_new_name[key], 1.0)
+    left_target = {k: v for k, v in target.items() if k not in match.pairs}
+    used = {s for s, _ in match.pairs.values()}
+    left_source = {k: v for k, v in source.items() if k not in used}
+    if left_target and left_source:
+        structural = match_structure(left_source, left_target, context)
+        match.pairs.update(structural.pairs)
+        match.unresolved.update(structural.unresolved)
+        match.notes += structural.notes
+    return match
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "exact": match_exact,
+    "shape": match_shape,
+    "order": match_order,
+    "rules": match_rules,
+    "auto": match_auto,
+}
+
+
+def strip_prefixes(
+    source_keys: Sequence[str], target_keys: Sequence[str]
+) -> tuple[Callable[[str], str], str]:
+    """The source-key renaming (drop wrapper components, strip and add a prefix) that makes
+    the most source keys equal target keys, and a note describing it ("" if identity).
+
+    Handles ``module.`` (DataParallel/DDP), ``_orig_mod.`` (torch.compile), Lightning's
+    attribute prefix (``model.``), and a target that wraps the source (``backbone.``).
+    """
+    target_set = set(target_keys)
+
+    def unwrap(key: str) -> str:
+        parts = [p for p in key.split(".") if p not in WRAPPER_COMPONENTS]
+        return ".".join(parts)
+
+    base = {k: (unwrap(k) if unwrap(k) else k) for k in source_keys}
+    strip_options = [""] + _common_prefixes(list(base.values()))
+    add_options = [""] + _common_prefixes(list(target_keys))
+    best = (-1, "", "")
+    for strip in strip_options:
+        for add in add_options:
+            hits = sum(
+                1
+                for k in base.values()
+                if k.startswith(strip) and add + k[len(strip) :] in target_set
+            )
+            if hits > best[0]:
+                best = (hits, strip, add)
+    _, strip, add = best
+
+    def transform(key: str) -> str:
+        name = base.get(key, key)
+        return add + name[len(strip) :] if name.startswith(strip) else name
+
+    changed = [k for k in source_keys if transform(k) != k]
+    if not changed:
+        return transform, ""
+    example = changed[0]
+    return transform, f"renamed {len(changed)} source keys by prefix, e.g. '{example}' → '{transform(example)}'"
+
+
+def _common_prefixes(keys: Sequence[str], share: float = 0.5) -> list[str]:
+    """Dotted prefixes (1–3 components, with the dot) shared by at least ``share`` of keys."""
+    counts: Counter[str] = Counter()
+    for key in keys:
+        parts = key.split(".")
+        for depth in range(1, min(4, len(parts))):
+            counts[".".join(parts[:depth]) + "."] += 1
+    threshold = max(1, int(share * len(keys)))
+    return [p for p, c in counts.most_common() if c >= threshold]
+
+
+def _is_float(info: TensorInfo) -> bool:
+    return info[1].startswith(("torch.float", "torch.bfloat", "torch.half", "torch.complex"))
+
+
+def _pair_counters(source, target, match: Match) -> None:
+    """Integer buffers (``num_batches_tracked``) follow the pairing of their module."""
+    module_map = {t.rpartition(".")[0]: s.rpartition(".")[0] for t, (s, _) in match.pairs.items()}
+    for key, info in target.items():
+        if _is_float(info) or key in match.pairs:
+            continue
+        module, _, role = key.rpartition(".")
+        candidate = f"{module_map[module]}.{role}" if module in module_map else None
+        if candidate in source and not _is_float(source[candidate]):
+            match.pairs[key] = (candidate, 1.0)

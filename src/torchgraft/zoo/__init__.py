@@ -1,0 +1,192 @@
+"""The model zoo: ``torchvision:NAME``, ``timm:NAME`` and ``package.module:callable``.
+
+:func:`create_model` is the one-call API; :func:`build_model` is the first stage of the
+``train`` recipe (architecture + spec + source weights, nothing grafted yet).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import SpecError
+from ..heads import replace_head
+from ..spec import attach_spec
+from ..stem import replace_input_channels
+from . import local as local_zoo
+from . import timm as timm_zoo
+from . import torchvision as torchvision_zoo
+from ._base import BuiltModel, ZooEntry, did_you_mean
+
+__all__ = ["BuiltModel", "ZooEntry", "build_model", "create_model", "list_models", "parse_spec"]
+
+#: Library prefix -> builder. Explicit, small, no registration by import side effect.
+BUILDERS: dict[str, Callable[..., BuiltModel]] = {
+    torchvision_zoo.PREFIX: torchvision_zoo.build,
+    timm_zoo.PREFIX: timm_zoo.build,
+}
+LISTERS: dict[str, Callable[[], list[ZooEntry]]] = {
+    torchvision_zoo.PREFIX: torchvision_zoo.entries,
+    timm_zoo.PREFIX: timm_zoo.entries,
+}
+LOCAL = "module"
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split a model spec into ``(library, name)``.
+
+    ``torchvision:resnet50`` -> ``("torchvision", "resnet50")``; ``my.pkg:build`` ->
+    ``("module", "my.pkg:build")``.
+
+    Raises:
+        SpecError: no ``library:`` prefix; the message suggests the libraries that have the name.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"a model spec is a string like 'torchvision:resnet50', got {spec!r}")
+    library, sep, name = spec.strip().partition(":")
+    if not sep:
+        found = [
+            f"'{prefix}:{spec}'"
+            for prefix, names in (
+                (torchvision_zoo.PREFIX, torchvision_zoo.names()),
+                (timm_zoo.PREFIX, timm_zoo.names()),
+            )
+            if spec in names
+        ]
+        hint = f"; did you mean {' or '.join(found)}?" if found else (
+            "; write torchvision:NAME, timm:NAME or package.module:callable"
+        )
+        raise SpecError(f"model spec '{spec}' names no library{hint}")
+    if library in BUILDERS:
+        return library, name
+    if "." in library or library.isidentifier():
+        if library.isidentifier() and not _importable(library):
+            raise SpecError(
+                f"unknown library '{library}' in '{spec}'"
+                + (did_you_mean(library, BUILDERS) or f"; known: {', '.join(BUILDERS)}")
+            )
+        return LOCAL, spec
+    raise SpecError(f"model spec '{spec}' is not library:name or package.module:callable")
+
+
+def build_model(
+    spec: str,
+    *,
+    num_classes: int | None = None,
+    weights: Any = None,
+    in_chans: int | None = None,
+    **builder_kwargs: Any,
+) -> BuiltModel:
+    """The architecture, its spec and its source weights, before any graft.
+
+    With named weights the model keeps its pretrained head and stem (the caller changes them
+    and grafts); without weights, ``num_classes``/``in_chans`` go to the builder when it takes them.
+    """
+    library, name = parse_spec(spec)
+    named = None if _is_weights_file(weights) else weights
+    if library == LOCAL:
+        built = local_zoo.build(name, named, num_classes, in_chans, **builder_kwargs)
+    else:
+        built = BUILDERS[library](name, named, num_classes, in_chans, **builder_kwargs)
+    if named is None and weights is not None:
+        from ..graft.io import read_checkpoint
+
+        checkpoint = read_checkpoint(weights)
+        built.source, built.source_name = checkpoint.tensors, checkpoint.origin
+    attach_spec(built.model, built.spec)
+    return built
+
+
+def create_model(
+    spec: str,
+    num_classes: int | None = None,
+    weights: Any = None,
+    in_chans: int | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    keep_classes: bool | Sequence[str] = False,
+    **builder_kwargs: Any,
+) -> nn.Module:
+    """Build a model from the zoo, with weights, head and stem as asked.
+
+    Args:
+        spec: ``torchvision:NAME``, ``timm:NAME[.tag]`` or ``package.module:callable``.
+        num_classes: outputs of the head (default: the weights' or the builder's own).
+        weights: ``None``; ``"DEFAULT"``/``True``; a torchvision enum name (``"IMAGENET1K_V2"``);
+            a timm pretrained tag (``"a1_in1k"``); or a checkpoint file path.
+        in_chans: input channels (the pretrained first conv is adapted by the graft).
+        classes: names of the outputs (sets ``num_classes``; recorded in the spec).
+        keep_classes: keep the pretrained head rows of these (or, with True, of all shared) classes.
+        builder_kwargs: passed to the library's builder (e.g. ``drop_path_rate`` for timm).
+
+    Returns:
+        The model, with its :class:`~torchgraft.ModelSpec` as ``model.torchgraft_spec`` and,
+        when weights were loaded, the graft report as ``model.torchgraft_report``.
+
+    Raises:
+        SpecError: unknown model or weights (with close matches); GraftError: weights that
+            do not fit.
+
+    Example:
+        >>> model = tg.create_model("torchvision:resnet50", num_classes=37, weights="DEFAULT")
+        >>> model.torchgraft_spec.head_path
+        'fc'
+    """
+    from ..graft import graft  # local: graft imports the zoo for spec sources
+
+    if classes is not None and num_classes is None:
+        num_classes = len(classes)
+    built = build_model(
+        spec, num_classes=num_classes, weights=weights, in_chans=in_chans, **builder_kwargs
+    )
+    model = built.model
+    if in_chans is not None and in_chans != built.spec.in_chans:
+        replace_input_channels(model, in_chans)
+    current = model.torchgraft_spec
+    if (num_classes is not None and num_classes != current.num_classes) or keep_classes:
+        replace_head(model, num_classes, classes=classes, keep_classes=keep_classes)
+    elif classes is not None:
+        attach_spec(model, current.with_head(current.num_classes, tuple(classes)))
+    if built.source is not None:
+        report = graft(model, built.source, source_name=built.source_name)
+        object.__setattr__(model, "torchgraft_report", report)
+    return model
+
+
+def list_models(filter: str | None = None, library: str | None = None) -> list[ZooEntry]:
+    """Zoo entries whose spec contains ``filter`` (case-insensitive)."""
+    if library is not None and library not in LISTERS:
+        raise SpecError(f"unknown library '{library}'; known: {', '.join(LISTERS)}")
+    chosen = [library] if library else list(LISTERS)
+    needle = (filter or "").lower()
+    return [e for lib in chosen for e in LISTERS[lib]() if needle in e.spec.lower()]
+
+
+#: File suffixes that mark a ``weights=`` string as a path even before it exists.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pkl", ".tar")
+
+
+def _is_weights_file(weights: Any) -> bool:
+    if isinstance(weights, os.PathLike):
+        return True
+    if not isinstance(weights, str):
+        return False
+    return (
+        "/" in weights
+        or os.sep in weights
+        or weights.lower().endswith(CHECKPOINT_SUFFIXES)
+        or Path(weights).exists()
+    )
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
