@@ -94,7 +94,9 @@ def describe_model(spec_text: str, weights: str | None) -> dict[str, Any]:
 
 
 def _print_checkpoint(doc: dict[str, Any]) -> None:
-    rows = [(t["key"], "×".join(map(str, t["shape"])) or "scalar", t["dtype"]) for t in doc["tensors"]]
+    rows = [
+        (t["key"], "×".join(map(str, t["shape"])) or "scalar", t["dtype"]) for t in doc["tensors"]
+    ]
     stdout.print(table(None, ("key", "shape", "dtype"), rows))
     container = f", inside '{doc['container']}'" if doc["container"] else ""
     dtypes = ", ".join(f"{k} {v}" for k, v in doc["dtypes"].items())
@@ -112,7 +114,10 @@ def _print_model(doc: dict[str, Any]) -> None:
     pre = spec["preprocessing"]
     facts = [
         ("model", spec["name"] + (f" ({spec['weights']})" if spec["weights"] else "")),
-        ("head", ", ".join(spec["head_paths"]) + f"  ({spec['feature_dim']} → {spec['num_classes']})"),
+        (
+            "head",
+            ", ".join(spec["head_paths"]) + f"  ({spec['feature_dim']} → {spec['num_classes']})",
+        ),
         ("first conv", f"{spec['first_conv']}  ({spec['in_chans']} input channels)"),
         (
             "input",

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TorchgraftError
-from . import inspect_cmd, models_cmd, train_cmd
+from . import graft_cmd, inspect_cmd, models_cmd, train_cmd
 
 #: Subcommand modules, each with ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
-COMMANDS = (train_cmd, inspect_cmd, models_cmd)
+COMMANDS = (train_cmd, graft_cmd, inspect_cmd, models_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,9 +27,7 @@ def run(args: argparse.Namespace) -> int:
             ]
         )
         return 0
-    rows = [
-        (e.spec, ", ".join(e.head_paths), _weights(e.weights)) for e in entries
-    ]
+    rows = [(e.spec, ", ".join(e.head_paths), _weights(e.weights)) for e in entries]
     stdout.print(table(None, ("spec", "head", "weights"), rows))
     stdout.print(f"{len(entries)} models; also: package.module:callable for your own builder")
     return 0

@@ -122,9 +122,7 @@ def _in_chans(target_shape, source_shape, context: AdaptContext):
     if mode == "pick":
         pick = list(context.pick or range(min(wanted, have)))
         if len(pick) != wanted or any(not 0 <= c < have for c in pick):
-            raise GraftError(
-                f"pick={pick} must name {wanted} source channels in 0..{have - 1}"
-            )
+            raise GraftError(f"pick={pick} must name {wanted} source channels in 0..{have - 1}")
         adapt["pick"] = pick
     elif mode in ("sum", "mean") and wanted != 1:
         raise GraftError(f"in_chans mode '{mode}' makes 1 channel; the target takes {wanted}")

@@ -14,12 +14,19 @@ from torch import nn
 from ..errors import GraftError, HeadError, SpecError
 from .adapt import AdaptContext, apply_adaptation
 from .io import Checkpoint, read_checkpoint
-from .match import STRATEGIES, MatchContext, TensorInfo
+from .match import STRATEGIES, Match, MatchContext, TensorInfo
 from .plan import build_plan
 from .report import GraftPlan, GraftReport
 from .rules import RenameRules, load_rules
 
-__all__ = ["SourceWeights", "apply_plan", "graft", "plan_graft", "read_source"]
+__all__ = [
+    "SourceWeights",
+    "apply_plan",
+    "graft",
+    "plan_from_mapping",
+    "plan_graft",
+    "read_source",
+]
 
 Source = str | os.PathLike | Mapping[str, Any] | nn.Module
 
@@ -38,9 +45,13 @@ class SourceWeights:
 
     @property
     def order_trusted(self) -> bool:
+        """False when the stored order is a sort by name (safetensors stores keys sorted), so
+        it says nothing about the registration order. A real registration order is almost
+        never alphabetical (``conv1`` comes before ``bn1``)."""
+        from .structure import natural_key
+
         keys = list(self.checkpoint.tensors)
-        # safetensors stores keys sorted by name; a sorted key list has lost its order.
-        return not (self.checkpoint.format in ("safetensors", "hf-folder") and keys == sorted(keys))
+        return len(keys) < 3 or (keys != sorted(keys) and keys != sorted(keys, key=natural_key))
 
 
 def read_source(source: Source | SourceWeights, **read_options: Any) -> SourceWeights:
@@ -74,6 +85,7 @@ def plan_graft(
     ema: bool = False,
     allow_globals: Sequence[str] = (),
     trust: bool = False,
+    source_model: str | nn.Module | None = None,
 ) -> GraftPlan:
     """The full plan for grafting ``source`` into ``model``, without touching the model.
 
@@ -87,6 +99,8 @@ def plan_graft(
         source_classes: class names of the source head (default: from the source, if known).
         ema: take the checkpoint's EMA weights.
         allow_globals / trust: see :func:`torchgraft.graft.io.read_checkpoint`.
+        source_model: the architecture the source was saved from (a spec or a module); its
+            registration order tells apart same-shaped siblings in a name-sorted checkpoint.
 
     Raises:
         GraftError: unknown strategy, or the strategy's own refusal (``exact``, ``order``).
@@ -96,22 +110,66 @@ def plan_graft(
     weights = read_source(source, ema=ema, allow_globals=allow_globals, trust=trust)
     target = _infos(model.state_dict())
     source_infos = _infos(weights.checkpoint.tensors)
-    adapt_context = _adapt_context(model, target, in_chans_mode, pick, source_classes or weights.classes)
+    adapt_context = _adapt_context(
+        model, target, in_chans_mode, pick, source_classes or weights.classes
+    )
     context = MatchContext(
         adapt=adapt_context,
         rules=_rules(rules),
-        source_order=weights.order,
+        source_order=_registration_order(source_model) or weights.order,
         order_trusted=weights.order_trusted,
     )
     match = STRATEGIES[strategy](source_infos, target, context)
     plan = build_plan(
         match, source_infos, target, adapt_context, adapt=strategy != "shape", strategy=strategy
     )
+    _describe_source(plan, weights, model)
+    return plan
+
+
+def _describe_source(plan: GraftPlan, weights: SourceWeights, model: nn.Module) -> None:
     plan.source = weights.checkpoint.origin
     plan.source_format = weights.checkpoint.format
     plan.container = weights.checkpoint.container
     plan.set_aside = dict(weights.checkpoint.set_aside)
     plan.target_numels = {k: v.numel() for k, v in model.state_dict().items()}
+
+
+def plan_from_mapping(
+    model: nn.Module,
+    source: Source | SourceWeights,
+    mapping: Mapping[str, str | None],
+    **plan_options: Any,
+) -> GraftPlan:
+    """A plan from a hand-made (or hand-edited) ``{target_key: source_key}`` mapping.
+
+    The actions are recomputed from the shapes, so an edited plan cannot carry a stale
+    adaptation. Target keys absent from ``mapping`` or mapped to None receive nothing.
+
+    Raises:
+        GraftError: the mapping names keys that the model or the source lacks.
+    """
+    weights = read_source(source, **_read_options(plan_options))
+    target = _infos(model.state_dict())
+    source_infos = _infos(weights.checkpoint.tensors)
+    unknown_t = [k for k in mapping if k not in target]
+    unknown_s = [v for v in mapping.values() if v is not None and v not in source_infos]
+    if unknown_t or unknown_s:
+        raise GraftError(
+            "the plan does not fit: "
+            + (f"target keys not in the model: {unknown_t[:5]} " if unknown_t else "")
+            + (f"source keys not in the source: {unknown_s[:5]}" if unknown_s else "")
+        )
+    match = Match({t: (s, 1.0) for t, s in mapping.items() if s is not None})
+    adapt_context = _adapt_context(
+        model,
+        target,
+        plan_options.get("in_chans_mode"),
+        plan_options.get("pick"),
+        plan_options.get("source_classes") or weights.classes,
+    )
+    plan = build_plan(match, source_infos, target, adapt_context, strategy="plan")
+    _describe_source(plan, weights, model)
     return plan
 
 
@@ -150,10 +208,7 @@ def graft(
         >>> report.coverage, report.missing
         (0.998, ['fc.weight', 'fc.bias'])
     """
-    weights = read_source(
-        source,
-        **{k: plan_options[k] for k in ("ema", "allow_globals", "trust") if k in plan_options},
-    )
+    weights = read_source(source, **_read_options(plan_options))
     if plan is None:
         plan = plan_graft(model, weights, strategy=strategy, **plan_options)
     if source_name:
@@ -195,6 +250,22 @@ def apply_plan(model: nn.Module, plan: GraftPlan, tensors: Mapping[str, torch.Te
     with torch.no_grad():
         for target, value in staged:
             target.copy_(value)
+
+
+def _registration_order(source_model: str | nn.Module | None) -> tuple[str, ...] | None:
+    """The state_dict key order of the source architecture, built on the meta device."""
+    if source_model is None:
+        return None
+    if isinstance(source_model, nn.Module):
+        return tuple(source_model.state_dict())
+    from ..zoo import build_model
+
+    with torch.device("meta"):
+        return tuple(build_model(source_model).model.state_dict())
+
+
+def _read_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: options[k] for k in ("ema", "allow_globals", "trust") if k in options}
 
 
 def _infos(tensors: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:

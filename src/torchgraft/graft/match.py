@@ -56,7 +56,7 @@ class MatchContext:
             torch-saved state_dict) rather than sorted (safetensors).
     """
 
-    adapt: AdaptContext = AdaptContext()
+    adapt: AdaptContext = field(default_factory=AdaptContext)
     rules: RenameRules | None = None
     source_order: tuple[str, ...] | None = None
     order_trusted: bool = True
@@ -86,9 +86,12 @@ def match_exact(source, target, context: MatchContext) -> Match:
             ("shape mismatch", mismatched),
         ):
             if items:
-                parts.append(f"{title} ({len(items)}): {', '.join(items[:6])}{' …' if len(items) > 6 else ''}")
+                parts.append(
+                    f"{title} ({len(items)}): {', '.join(items[:6])}{' …' if len(items) > 6 else ''}"
+                )
         raise GraftError(
-            "strategy 'exact' found differences; " + "; ".join(parts)
+            "strategy 'exact' found differences; "
+            + "; ".join(parts)
             + ". Use --strategy shape to skip them or auto to match names by structure"
         )
     return Match({k: (k, 1.0) for k in target})
@@ -192,8 +195,8 @@ def strip_prefixes(
         return ".".join(parts)
 
     base = {k: (unwrap(k) if unwrap(k) else k) for k in source_keys}
-    strip_options = [""] + _common_prefixes(list(base.values()))
-    add_options = [""] + _common_prefixes(list(target_keys))
+    strip_options = ["", *_common_prefixes(list(base.values()))]
+    add_options = ["", *_common_prefixes(list(target_keys))]
     best = (-1, "", "")
     for strip in strip_options:
         for add in add_options:
@@ -214,7 +217,10 @@ def strip_prefixes(
     if not changed:
         return transform, ""
     example = changed[0]
-    return transform, f"renamed {len(changed)} source keys by prefix, e.g. '{example}' → '{transform(example)}'"
+    return (
+        transform,
+        f"renamed {len(changed)} source keys by prefix, e.g. '{example}' → '{transform(example)}'",
+    )
 
 
 def _common_prefixes(keys: Sequence[str], share: float = 0.5) -> list[str]:

@@ -49,7 +49,9 @@ def build_plan(
                 )
             else:
                 entries.append(
-                    KeyPlan(key, None, Action.MISSING, 0.0, shape, None, match.unresolved.get(key, ""))
+                    KeyPlan(
+                        key, None, Action.MISSING, 0.0, shape, None, match.unresolved.get(key, "")
+                    )
                 )
             continue
         source_key, confidence = pair

@@ -294,10 +294,7 @@ def _prefix_change(target: str, source: str) -> tuple[str, str]:
     after removing the longest common run of trailing components."""
     t_parts, s_parts = target.split("."), source.split(".")
     common = 0
-    while (
-        common < min(len(t_parts), len(s_parts))
-        and t_parts[-1 - common] == s_parts[-1 - common]
-    ):
+    while common < min(len(t_parts), len(s_parts)) and t_parts[-1 - common] == s_parts[-1 - common]:
         common += 1
     if common < 2:
         return ("", "")

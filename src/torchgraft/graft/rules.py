@@ -129,7 +129,9 @@ def _parse_rule(entry: Any, index: int) -> RenameRule:
             inverse,
             str(entry["pattern"]),
         )
-    raise GraftError(f"rule #{index} needs 'from' and 'to', or 'pattern' and 'replace': {dict(entry)}")
+    raise GraftError(
+        f"rule #{index} needs 'from' and 'to', or 'pattern' and 'replace': {dict(entry)}"
+    )
 
 
 def _template_rule(source: str, target: str, index: int) -> RenameRule:
@@ -148,7 +150,9 @@ def _template_rule(source: str, target: str, index: int) -> RenameRule:
     pattern = _compile("^" + "".join(parts) + "$", index)
     unknown = {m.group(1) for m in _PLACEHOLDER.finditer(target)} - set(names)
     if unknown:
-        raise GraftError(f"rule #{index}: '{target}' uses {sorted(unknown)} that '{source}' does not define")
+        raise GraftError(
+            f"rule #{index}: '{target}' uses {sorted(unknown)} that '{source}' does not define"
+        )
     replacement = _PLACEHOLDER.sub(lambda m: f"\\g<{m.group(1)}>", target.replace("\\", "\\\\"))
     return RenameRule(pattern, replacement, None, f"{source} -> {target}")
 

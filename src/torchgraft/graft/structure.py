@@ -1,12 +1,348 @@
-"""Structural matching for keys whose names and order both differ (work in progress)."""
+"""Structural matching: pair keys whose names AND order both differ.
+
+Both state_dicts become module trees. At each level the items (submodules and tensors) are
+paired by *fingerprint* — the multiset of tensor shapes below them — which does not depend
+on names. Ties between identical fingerprints are broken by role name (``weight`` with
+``weight``) and then by relative order: registration order on the target side; on the
+source side its stored order when trustworthy, else its natural sort (``blocks.2`` before
+``blocks.10``), which keeps the relative order of same-shaped siblings whose names sort in
+forward order (``_bn0`` < ``_bn1``).
+
+Items left over are opened (a container replaced by its children) on the side with fewer
+items, so a flat ``_blocks.0 … _blocks.15`` lines up with a nested ``blocks.0.0 … blocks.6.0``;
+what still differs is paired by shape similarity when that is unambiguous (a new head, an
+adapted stem), and otherwise reported as ambiguous — never guessed.
+
+Every pair carries a confidence: the lowest of the decisions on its path (see ``CONFIDENCE``).
+"""
 
 from __future__ import annotations
 
-from .match import Match
+import re
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-__all__ = ["match_structure"]
+from .match import Match, MatchContext, TensorInfo, _is_float, _pair_counters
+
+__all__ = ["CONFIDENCE", "match_structure", "natural_key"]
+
+#: Confidence of each kind of decision; a key's confidence is the minimum along its path.
+CONFIDENCE = {
+    "unique": 1.0,  # the only item with this fingerprint on both sides
+    "role": 1.0,  # same-shaped tensors told apart by their role name
+    "order": 0.9,  # identical fingerprints paired in trusted registration order
+    "sorted-order": 0.75,  # identical fingerprints paired in natural name order
+    "leftover": 0.6,  # different fingerprints paired as the one plausible counterpart
+}
+
+#: Role names that mean the same thing in different conventions.
+ROLE_SYNONYMS = (
+    {"weight", "gamma", "scale", "w", "kernel"},
+    {"bias", "beta", "offset", "b"},
+    {"running_mean", "moving_mean", "mean"},
+    {"running_var", "moving_var", "moving_variance", "var"},
+)
+
+#: Leftover pairs need at least this shape-multiset overlap (intersection / union).
+MIN_SIMILARITY = 0.5
 
 
-def match_structure(source, target, context) -> Match:
-    """Pair the keys exact names could not; not implemented yet: pairs nothing."""
-    return Match()
+@dataclass
+class Item:
+    """A module (with children) or a tensor (a leaf) at one level of a tree."""
+
+    path: str
+    position: float
+    key: str | None = None
+    children: list[Item] = field(default_factory=list)
+    fingerprint: Counter = field(default_factory=Counter)
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition(".")[2]
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.key is not None
+
+
+def natural_key(key: str) -> tuple:
+    """Sort key that orders numbers as numbers: ``blocks.2`` < ``blocks.10``, ``layer2`` <
+    ``layer10``."""
+    return tuple(
+        tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", part) if t)
+        for part in key.split(".")
+    )
+
+
+def match_structure(
+    source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo], context: MatchContext
+) -> Match:
+    """Pair ``source`` and ``target`` keys by structure; see the module docstring."""
+    trusted = context.order_trusted or context.source_order is not None
+    s_order = _source_order(source, context)
+    source_tree = _build_tree(source, s_order)
+    target_tree = _build_tree(target, list(target))
+    pairs: dict[str, tuple[str, float]] = {}
+    _match_children(source_tree, target_tree, 1.0, trusted, pairs)
+    match = Match({t: (s, c) for t, (s, c) in pairs.items()})
+    _pair_counters(source, target, match)
+    _explain_unpaired(source, target, match)
+    ambiguous = [k for k, why in match.unresolved.items() if why.startswith("ambiguous")]
+    if ambiguous:
+        match.notes.append(
+            f"structure: {len(ambiguous)} target keys are ambiguous (same shapes, nothing in the "
+            "names or order tells them apart) and were NOT loaded; pass the source "
+            "architecture (source_model= / --verify-with) for its registration order, or rules"
+        )
+    if pairs:
+        kind = "registration" if trusted else "natural name"
+        match.notes.append(
+            f"structure: {len(match.pairs)} keys paired by shape fingerprints "
+            f"({kind} order breaks ties)"
+        )
+    return match
+
+
+def _source_order(source: Mapping[str, TensorInfo], context: MatchContext) -> list[str]:
+    if context.source_order is not None:
+        known = [k for k in context.source_order if k in source]
+        return known + [k for k in source if k not in set(known)]
+    if context.order_trusted:
+        return list(source)
+    return sorted(source, key=natural_key)
+
+
+def _build_tree(infos: Mapping[str, TensorInfo], order: Sequence[str]) -> Item:
+    root = Item("", 0.0)
+    nodes: dict[str, Item] = {"": root}
+    for position, key in enumerate(order):
+        shape, dtype = infos[key]
+        if not _is_float((shape, dtype)):
+            continue
+        parts = key.split(".")
+        parent = root
+        for depth in range(1, len(parts)):
+            path = ".".join(parts[:depth])
+            if path not in nodes:
+                nodes[path] = Item(path, float(position))
+                parent.children.append(nodes[path])
+            parent = nodes[path]
+        parent.children.append(Item(key, float(position), key=key, fingerprint=Counter([shape])))
+    _fingerprint(root)
+    return root
+
+
+def _fingerprint(item: Item) -> Counter:
+    if item.is_tensor:
+        return item.fingerprint
+    total: Counter = Counter()
+    for child in item.children:
+        total.update(_fingerprint(child))
+    item.fingerprint = total
+    return total
+
+
+def _match_children(
+    source: Item, target: Item, confidence: float, trusted: bool, pairs: dict
+) -> None:
+    left_s = sorted(source.children, key=lambda i: i.position)
+    left_t = sorted(target.children, key=lambda i: i.position)
+    matched, left_s, left_t = _pair_level(left_s, left_t, trusted)
+    while left_s and left_t:
+        opened = _open_smaller_side(left_s, left_t)
+        if opened is None:
+            break
+        left_s, left_t = opened
+        more, left_s, left_t = _pair_level(left_s, left_t, trusted)
+        matched += more
+    matched += _pair_leftovers(left_s, left_t)
+    for s_item, t_item, how in matched:
+        _descend(s_item, t_item, min(confidence, CONFIDENCE[how]), trusted, pairs)
+
+
+def _descend(s_item: Item, t_item: Item, confidence: float, trusted: bool, pairs: dict) -> None:
+    if s_item.is_tensor and t_item.is_tensor:
+        pairs[t_item.key] = (s_item.key, confidence)
+    elif not s_item.is_tensor and not t_item.is_tensor:
+        _match_children(s_item, t_item, confidence, trusted, pairs)
+    elif t_item.is_tensor:
+        # A tensor against a module holding exactly one tensor (an extra wrapper level).
+        inner = _single_tensor(s_item)
+        if inner is not None:
+            pairs[t_item.key] = (inner.key, confidence)
+    else:
+        inner = _single_tensor(t_item)
+        if inner is not None:
+            pairs[inner.key] = (s_item.key, confidence)
+
+
+def _single_tensor(item: Item) -> Item | None:
+    while not item.is_tensor and len(item.children) == 1:
+        item = item.children[0]
+    return item if item.is_tensor else None
+
+
+def _pair_level(
+    sources: list[Item], targets: list[Item], trusted: bool
+) -> tuple[list[tuple[Item, Item, str]], list[Item], list[Item]]:
+    """Pair items of equal fingerprint; what cannot be paired with evidence stays left over."""
+    by_fp_s: dict[tuple, list[Item]] = defaultdict(list)
+    by_fp_t: dict[tuple, list[Item]] = defaultdict(list)
+    for item in sources:
+        by_fp_s[_fp_key(item)].append(item)
+    for item in targets:
+        by_fp_t[_fp_key(item)].append(item)
+    matched: list[tuple[Item, Item, str]] = []
+    for fp, t_items in by_fp_t.items():
+        s_items = by_fp_s.get(fp, [])
+        if len(s_items) != len(t_items):
+            continue
+        if len(t_items) == 1:
+            matched.append((s_items[0], t_items[0], "unique"))
+        else:
+            matched += _break_tie(s_items, t_items, trusted)
+    paired = {id(i) for s_item, t_item, _ in matched for i in (s_item, t_item)}
+    left_s = [i for i in sources if id(i) not in paired]
+    left_t = [i for i in targets if id(i) not in paired]
+    return matched, left_s, left_t
+
+
+def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
+    """Identical fingerprints need evidence: equal (or synonymous) names first, then the
+    relative order — registration order when trusted, else natural name order only when the
+    source names carry an order themselves (``_bn0``, ``_bn1``). Without evidence the items
+    stay unpaired and are reported as ambiguous."""
+    matched = []
+    remaining_s, remaining_t = list(s_items), list(t_items)
+    for t_item in t_items:
+        same = [s for s in remaining_s if _same_role(s.name, t_item.name)]
+        if len(same) == 1:
+            matched.append((same[0], t_item, "role"))
+            remaining_s.remove(same[0])
+            remaining_t.remove(t_item)
+    if trusted:
+        how = "order"
+    elif _ordinal_names([i.name for i in remaining_s]):
+        how = "sorted-order"
+    else:
+        return matched
+    matched += [(s, t, how) for s, t in zip(remaining_s, remaining_t, strict=True)]
+    return matched
+
+
+def _ordinal_names(names: list[str]) -> bool:
+    """True when names differ only in their numbers (``_bn0``/``_bn1``, ``ln_1``/``ln_2``),
+    so their natural sort is their intended order."""
+    if len(names) < 2:
+        return True
+    skeletons = {re.sub(r"\d+", "#", name) for name in names}
+    return len(skeletons) == 1 and "#" in next(iter(skeletons))
+
+
+def _open_smaller_side(left_s: list[Item], left_t: list[Item]):
+    """Replace the containers on the side with fewer leftovers by their children."""
+    can_s = any(not i.is_tensor for i in left_s)
+    can_t = any(not i.is_tensor for i in left_t)
+    if len(left_s) < len(left_t) and can_s:
+        return _open(left_s), left_t
+    if len(left_t) < len(left_s) and can_t:
+        return left_s, _open(left_t)
+    if len(left_s) == len(left_t):
+        return None
+    if can_s:
+        return _open(left_s), left_t
+    if can_t:
+        return left_s, _open(left_t)
+    return None
+
+
+def _open(items: list[Item]) -> list[Item]:
+    opened: list[Item] = []
+    for item in items:
+        opened.extend(item.children if not item.is_tensor else [item])
+    return sorted(opened, key=lambda i: i.position)
+
+
+def _pair_leftovers(left_s: list[Item], left_t: list[Item]) -> list[tuple[Item, Item, str]]:
+    """Pair items whose fingerprints differ when each has one clearly best counterpart."""
+    matched = []
+    taken: set[int] = set()
+    for t_item in left_t:
+        scored = sorted(
+            ((_similarity(s, t_item), s) for s in left_s if id(s) not in taken),
+            key=lambda pair: -pair[0],
+        )
+        if not scored or scored[0][0] < MIN_SIMILARITY:
+            if len(left_s) == len(left_t) == 1 and _compatible(left_s[0], t_item):
+                matched.append((left_s[0], t_item, "leftover"))
+                taken.add(id(left_s[0]))
+            continue
+        if len(scored) > 1 and scored[1][0] == scored[0][0]:
+            continue  # two equally good sources: ambiguous, leave it
+        best = scored[0][1]
+        rivals = [t for t in left_t if t is not t_item and _similarity(best, t) >= scored[0][0]]
+        if rivals:
+            continue
+        matched.append((best, t_item, "leftover"))
+        taken.add(id(best))
+    return matched
+
+
+def _similarity(a: Item, b: Item) -> float:
+    """How alike two items are, in [0, 1]: tensors by role and dimensions, modules by the
+    overlap of their (rank, output width) multisets."""
+    if a.is_tensor and b.is_tensor:
+        (shape_a,), (shape_b,) = a.fingerprint, b.fingerprint
+        if len(shape_a) != len(shape_b):
+            return 0.0
+        equal_dims = sum(x == y for x, y in zip(shape_a, shape_b, strict=True))
+        role = 0.5 if _same_role(a.name, b.name) else 0.25
+        return role + 0.5 * equal_dims / max(1, len(shape_a))
+    if a.is_tensor != b.is_tensor:
+        return 0.0
+    shapes_a = _shape_multiset(a)
+    shapes_b = _shape_multiset(b)
+    union = sum((shapes_a | shapes_b).values())
+    return sum((shapes_a & shapes_b).values()) / union if union else 0.0
+
+
+def _shape_multiset(item: Item) -> Counter:
+    """Shapes with the channel counts kept but the first two dimensions sorted away, so a
+    stem conv with another input width still resembles its original."""
+    counts: Counter = Counter()
+    for shape, n in item.fingerprint.items():
+        counts[(len(shape), shape[0] if shape else 0)] += n
+    return counts
+
+
+def _compatible(a: Item, b: Item) -> bool:
+    return sum(a.fingerprint.values()) == sum(b.fingerprint.values())
+
+
+def _fp_key(item: Item) -> tuple:
+    return tuple(sorted(item.fingerprint.items()))
+
+
+def _same_role(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    return any(a in group and b in group for group in ROLE_SYNONYMS)
+
+
+def _explain_unpaired(source, target, match: Match) -> None:
+    used = {s for s, _ in match.pairs.values()}
+    free_by_shape: dict[tuple, list[str]] = defaultdict(list)
+    for key, info in source.items():
+        if key not in used:
+            free_by_shape[info[0]].append(key)
+    for key, info in target.items():
+        if key in match.pairs:
+            continue
+        candidates = free_by_shape.get(info[0], [])
+        if len(candidates) >= 2:
+            shown = ", ".join(candidates[:3]) + (" …" if len(candidates) > 3 else "")
+            match.unresolved[key] = (
+                f"ambiguous: {len(candidates)} unpaired sources of this shape ({shown})"
+            )

@@ -57,8 +57,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
             )
             if spec in names
         ]
-        hint = f"; did you mean {' or '.join(found)}?" if found else (
-            "; write torchvision:NAME, timm:NAME or package.module:callable"
+        hint = (
+            f"; did you mean {' or '.join(found)}?"
+            if found
+            else ("; write torchvision:NAME, timm:NAME or package.module:callable")
         )
         raise SpecError(f"model spec '{spec}' names no library{hint}")
     if library in BUILDERS:

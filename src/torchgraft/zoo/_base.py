@@ -47,4 +47,6 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     if not close:
         return ""
     quoted = [f"'{prefix}{c}'" for c in close]
-    return "; did you mean " + (" or ".join(quoted) if len(quoted) <= 2 else ", ".join(quoted)) + "?"
+    return (
+        "; did you mean " + (" or ".join(quoted) if len(quoted) <= 2 else ", ".join(quoted)) + "?"
+    )

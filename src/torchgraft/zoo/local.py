@@ -1,12 +1,15 @@
 """``package.module:callable`` — a user's own builder function or class.
 
-The callable is imported and called; ``num_classes`` and ``in_chans`` are passed only when
+Literal arguments may follow: ``pkg.models:Net.from_name('lite0', dropout=0.1)``. Only Python
+literals are accepted there (strings, numbers, tuples, lists, dicts, booleans, None); nothing
+is evaluated. The callable is imported and called; ``num_classes`` and ``in_chans`` are passed only when
 its signature accepts them (``create_model`` changes head and stem otherwise). Weights for
 such a model come from a file, grafted like any other source.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 from typing import Any
@@ -38,19 +41,36 @@ def build(
             f"{target}: a local builder has no named weights '{weights}'; pass a checkpoint "
             "file path as weights instead"
         )
+    target, positional, literal_kwargs = _split_call(target)
     builder = _resolve(target)
     accepted = _accepted_parameters(builder)
-    options = dict(kwargs)
+    options = {**literal_kwargs, **kwargs}
     for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if value is not None and (accepted is None or key in accepted):
             options[key] = value
     try:
-        model = builder(**options)
+        model = builder(*positional, **options)
     except TypeError as exc:
         raise SpecError(f"calling {target}({_show(options)}) failed: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise SpecError(f"{target} returned a {type(model).__name__}, not an nn.Module")
     return BuiltModel(model, infer_spec(model, target))
+
+
+def _split_call(target: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """``"m:f(1, a='x')"`` -> ``("m:f", [1], {"a": "x"})``, accepting literals only."""
+    if not target.endswith(")") or "(" not in target:
+        return target, [], {}
+    name, _, arguments = target.partition("(")
+    try:
+        call = ast.parse(f"f({arguments}", mode="eval").body
+        positional = [ast.literal_eval(node) for node in call.args]
+        keywords = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+    except (SyntaxError, ValueError) as exc:
+        raise SpecError(
+            f"arguments in model spec '{target}' must be Python literals: {exc}"
+        ) from None
+    return name, positional, keywords
 
 
 def _resolve(target: str):

@@ -70,7 +70,9 @@ def build(
     full = f"{arch}.{tag}" if tag else arch
     model = timm.create_model(full, pretrained=True, **kwargs)
     tag = tag or model.pretrained_cfg.get("tag") or "default"
-    return BuiltModel(model, _spec(arch, model, tag), dict(model.state_dict()), f"timm {arch}.{tag}")
+    return BuiltModel(
+        model, _spec(arch, model, tag), dict(model.state_dict()), f"timm {arch}.{tag}"
+    )
 
 
 def _split_tag(name: str, weights: Any) -> tuple[str, str | None]:

@@ -1,0 +1,153 @@
+"""Graft a checkpoint into a model: plan, show, apply, verify, write.
+
+Reads SOURCE (a checkpoint file or folder, or a model spec with weights such as
+``torchvision:resnet50`` or ``timm:resnet50.a1_in1k``), builds MODEL_SPEC, works out which
+source tensor feeds which target tensor, and prints the plan (``--dry-run``) or the report.
+Nothing is loaded below ``--min-coverage``. ``--verify-with`` builds the source architecture,
+runs both models on one input and fails loudly if the function changed. ``-o`` writes the
+grafted weights as safetensors with a JSON sidecar (source, sha256 of both files, mapping,
+report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..errors import GraftError
+from ..graft.adapt import IN_CHANS_MODES
+from ..graft.api import MIN_COVERAGE, graft, plan_from_mapping, plan_graft, read_source
+from ..graft.match import STRATEGIES
+from ..graft.report import GraftPlan, GraftReport
+from ..graft.verify import DEFAULT_TOLERANCE, verify_graft
+from ..zoo import create_model
+from .output import print_json
+
+NAME = "graft"
+HELP = "load a checkpoint into a model whose keys differ, with a plan and a report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SOURCE", help="checkpoint file/folder or model spec")
+    parser.add_argument("--into", required=True, metavar="MODEL_SPEC", help="the target model")
+    parser.add_argument("--num-classes", type=int, help="classes of the target head")
+    parser.add_argument("--in-chans", type=int, help="input channels of the target")
+    parser.add_argument("--strategy", default="auto", choices=list(STRATEGIES))
+    parser.add_argument("--rules", metavar="RULES.yaml", help="rename rules (strategy rules)")
+    parser.add_argument("--in-chans-mode", choices=IN_CHANS_MODES, help="first-conv adaptation")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, load nothing")
+    parser.add_argument("--plan-out", metavar="PLAN.yaml", help="write the editable plan")
+    parser.add_argument("--plan", metavar="PLAN.yaml", help="apply a plan written by --plan-out")
+    parser.add_argument("--verify-with", metavar="SOURCE_MODEL_SPEC", help="source architecture")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="write grafted weights")
+    parser.add_argument("--min-coverage", type=float, default=MIN_COVERAGE)
+    parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    parser.add_argument(
+        "--allow-global",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="allow this pickled global (module.Name); repeatable",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle without restrictions (can run code from the file)",
+    )
+    parser.add_argument("--all", action="store_true", help="list every key, not the first 12")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def run(args: argparse.Namespace) -> int:
+    read_options = {
+        "ema": args.ema,
+        "allow_globals": args.allow_global,
+        "trust": args.trust_checkpoint,
+    }
+    weights = read_source(args.source, **read_options)
+    model = create_model(args.into, num_classes=args.num_classes, in_chans=args.in_chans)
+    options = {"in_chans_mode": args.in_chans_mode}
+    if args.plan:
+        plan = plan_from_mapping(model, weights, _read_plan(args.plan), **options)
+    else:
+        plan = plan_graft(
+            model,
+            weights,
+            strategy=args.strategy,
+            rules=args.rules,
+            source_model=args.verify_with,
+            **options,
+        )
+    if args.plan_out:
+        _write_plan(plan, Path(args.plan_out))
+    if args.dry_run:
+        _show(plan, args)
+        return 0
+    report = graft(model, weights, plan=plan, min_coverage=args.min_coverage)
+    status = 0
+    if args.verify_with:
+        result = verify_graft(model, args.verify_with, weights, tolerance=args.tolerance)
+        report.verification = result.to_dict()
+        report.notes.append(str(result))
+        status = 0 if result.ok else 1
+    if args.output and status == 0:
+        _write_output(Path(args.output), model, report, weights)
+    _show(report, args)
+    if status:
+        print(
+            f"torchgraft graft: error: verification failed: {report.notes[-1]}; nothing was written",
+            file=sys.stderr,
+        )
+    return status
+
+
+def _show(plan: GraftPlan, args: argparse.Namespace) -> None:
+    if args.json:
+        document = plan.to_dict()
+        document["dry_run"] = bool(args.dry_run)
+        document["output"] = args.output if not args.dry_run else None
+        print_json(document)
+    else:
+        print(plan.render(limit=None if (args.all or args.dry_run) else 12))
+
+
+def _read_plan(path: str) -> dict[str, str | None]:
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+        plan = GraftPlan.from_dict(document)
+    except (OSError, yaml.YAMLError) as exc:
+        raise GraftError(f"{path}: cannot read the plan: {exc}") from None
+    except GraftError as exc:
+        raise GraftError(f"{path}: {exc}") from None
+    return {e.target: e.source if e.action.loads else None for e in plan.entries}
+
+
+def _write_plan(plan: GraftPlan, path: Path) -> None:
+    from ..atomic import atomic_write_text
+
+    header = (
+        "# torchgraft graft plan: edit 'source' (or set action: missing) and apply with --plan.\n"
+        "# Actions are recomputed from the shapes when the plan is applied.\n"
+    )
+    atomic_write_text(path, header + yaml.safe_dump(plan.to_dict(), sort_keys=False))
+
+
+def _write_output(path: Path, model, report: GraftReport, weights) -> None:
+    from ..graft.save import save_grafted, sha256_file
+
+    origin = Path(weights.checkpoint.origin)
+    sidecar = {
+        "source": weights.checkpoint.origin,
+        "source_sha256": sha256_file(origin) if origin.is_file() else None,
+        "target": getattr(model, "torchgraft_spec", None).to_dict()
+        if getattr(model, "torchgraft_spec", None)
+        else None,
+        "mapping": report.mapping,
+        "report": report.to_dict(),
+    }
+    save_grafted(path, model.state_dict(), sidecar)
+    report.notes.append(f"wrote {path} and {path.with_suffix('.json')}")

@@ -1,0 +1,176 @@
+"""Proof that a graft kept the function: run source and target on the same input, compare.
+
+Equal shapes are not proof. timm's ``efficientnet_lite0`` accepts exactly the tensors of the
+original EfficientNet-Lite0 in the same order, yet pads differently and uses another
+BatchNorm epsilon, so its outputs differ; ``tf_efficientnet_lite0`` matches exactly. Only
+running both tells them apart.
+
+The comparison is made on the features entering the head (always comparable, even after the
+head was replaced) and on the outputs when their shapes agree.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import VerificationError
+
+__all__ = ["DEFAULT_TOLERANCE", "Verification", "compare_models", "verify_graft"]
+
+#: Largest relative difference accepted in float32 (differences of reduction order are ~1e-6).
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The result of one comparison.
+
+    Attributes:
+        ok: every compared quantity is within ``tolerance``.
+        feature_rel_diff: max |target - source| / max |source| of the head inputs.
+        output_rel_diff: the same for the outputs, or None when their shapes differ.
+        output_abs_diff: max |target - source| of the outputs, or None.
+        tolerance: the threshold used.
+        input_shape: the probe input's shape.
+        source: what the target was compared against.
+    """
+
+    ok: bool
+    feature_rel_diff: float
+    output_rel_diff: float | None
+    output_abs_diff: float | None
+    tolerance: float
+    input_shape: tuple[int, ...]
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        verdict = "OK: same function" if self.ok else "FAILED: the graft changed the function"
+        output = (
+            f", outputs {self.output_rel_diff:.2e} (abs {self.output_abs_diff:.3g})"
+            if self.output_rel_diff is not None
+            else ""
+        )
+        return (
+            f"verify against {self.source}: {verdict}; relative difference of features "
+            f"{self.feature_rel_diff:.2e}{output} (tolerance {self.tolerance:.0e})"
+        )
+
+
+def compare_models(
+    target: nn.Module,
+    reference: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    dtype: torch.dtype | None = None,
+    source: str = "source model",
+) -> Verification:
+    """Run both models in eval mode on ``example_input`` and compare.
+
+    Neither model is changed (copies are made when ``dtype`` asks for another precision;
+    train/eval flags are restored).
+    """
+    from ..spec import spec_of
+
+    results = []
+    for model in (target, reference):
+        runner = copy.deepcopy(model).to(dtype) if dtype is not None else model
+        head = spec_of(runner).head_path
+        results.append(_run(runner, head, example_input.to(dtype or example_input.dtype)))
+    (t_feat, t_out), (r_feat, r_out) = results
+    feature = _relative(t_feat, r_feat)
+    output_rel = output_abs = None
+    if t_out.shape == r_out.shape:
+        output_rel = _relative(t_out, r_out)
+        output_abs = float((t_out - r_out).abs().max())
+    ok = feature <= tolerance and (output_rel is None or output_rel <= tolerance)
+    return Verification(
+        ok, feature, output_rel, output_abs, tolerance, tuple(example_input.shape), source
+    )
+
+
+def verify_graft(
+    model: nn.Module,
+    source_model: str | nn.Module,
+    source_weights: Any,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    dtype: torch.dtype | None = None,
+    raise_on_failure: bool = False,
+    seed: int = 0,
+) -> Verification:
+    """Build the source architecture, load the source weights into it, compare with ``model``.
+
+    Args:
+        model: the grafted target.
+        source_model: the source architecture: a model spec (``package.module:callable``,
+            ``timm:NAME`` …) or a module.
+        source_weights: what was grafted (a path, a state_dict, …; see ``read_source``).
+        tolerance: largest accepted relative difference.
+        dtype: compare in this precision (``torch.float64`` for parity tests).
+        raise_on_failure: raise :class:`VerificationError` instead of returning a failed result.
+        seed: seed of the random probe input.
+
+    Raises:
+        VerificationError: with ``raise_on_failure``, when the outputs differ.
+        GraftError: the source weights do not load into the source architecture exactly.
+    """
+    from ..spec import spec_of
+    from .api import graft
+
+    if isinstance(source_model, nn.Module):
+        reference, name = source_model, type(source_model).__name__
+    else:
+        from ..zoo import build_model
+
+        reference, name = build_model(source_model).model, source_model
+    load = graft(reference, source_weights, min_coverage=0.999)
+    if load.coverage < 0.999:
+        raise VerificationError(
+            f"{name} does not take the source weights as they are ({load.coverage:.1%} loaded)"
+        )
+    spec = spec_of(model)
+    generator = torch.Generator().manual_seed(seed)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    example = torch.randn(2, *spec.preprocessing.input_size, generator=generator).to(device)
+    result = compare_models(
+        model, reference, example, tolerance=tolerance, dtype=dtype, source=name
+    )
+    if raise_on_failure and not result.ok:
+        raise VerificationError(str(result))
+    return result
+
+
+def _run(model: nn.Module, head_path: str, example: torch.Tensor):
+    from ..probe import primary_output
+
+    captured: dict[str, torch.Tensor] = {}
+    head = model.get_submodule(head_path)
+    handle = head.register_forward_pre_hook(
+        lambda _m, args: captured.setdefault("features", args[0].detach())
+    )
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = primary_output(model(example.to(next(model.parameters()).device)))
+    finally:
+        handle.remove()
+        for module, flag in training.items():
+            module.training = flag
+    return captured["features"].flatten(1).cpu(), output.detach().cpu()
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    scale = b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)
+    return float((a - b).abs().max() / scale)
