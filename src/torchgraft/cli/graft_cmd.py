@@ -15,19 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from ..errors import GraftError
-from ..graft.adapt import IN_CHANS_MODES
-from ..graft.api import MIN_COVERAGE, graft, plan_from_mapping, plan_graft, read_source
-from ..graft.match import STRATEGIES
-from ..graft.report import GraftPlan, GraftReport
-from ..graft.verify import DEFAULT_TOLERANCE, verify_graft
-from ..zoo import create_model
-from .output import print_json
 
 NAME = "graft"
 HELP = "load a checkpoint into a model whose keys differ, with a plan and a report"
+
+# Literal copies of the library's names and defaults, so that `--help` needs no torch import;
+# tests/cli/test_cli_light.py checks they equal graft.match.STRATEGIES etc.
+STRATEGIES = ("auto", "exact", "shape", "order", "rules")
+IN_CHANS_MODES = ("sum", "mean", "repeat", "pick")
+MIN_COVERAGE = 0.5
+DEFAULT_TOLERANCE = 1e-4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..graft.api import graft, plan_from_mapping, plan_graft, read_source
+    from ..graft.verify import verify_graft
+    from ..zoo import create_model
+
     read_options = {
         "ema": args.ema,
         "allow_globals": args.allow_global,
@@ -105,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def _show(plan: GraftPlan, args: argparse.Namespace) -> None:
+def _show(plan, args: argparse.Namespace) -> None:
+    from .output import print_json
+
     if args.json:
         document = plan.to_dict()
         document["dry_run"] = bool(args.dry_run)
@@ -116,6 +120,10 @@ def _show(plan: GraftPlan, args: argparse.Namespace) -> None:
 
 
 def _read_plan(path: str) -> dict[str, str | None]:
+    import yaml
+
+    from ..graft.report import GraftPlan
+
     try:
         document = yaml.safe_load(Path(path).read_text())
         plan = GraftPlan.from_dict(document)
@@ -126,7 +134,9 @@ def _read_plan(path: str) -> dict[str, str | None]:
     return {e.target: e.source if e.action.loads else None for e in plan.entries}
 
 
-def _write_plan(plan: GraftPlan, path: Path) -> None:
+def _write_plan(plan, path: Path) -> None:
+    import yaml
+
     from ..atomic import atomic_write_text
 
     header = (
@@ -136,7 +146,7 @@ def _write_plan(plan: GraftPlan, path: Path) -> None:
     atomic_write_text(path, header + yaml.safe_dump(plan.to_dict(), sort_keys=False))
 
 
-def _write_output(path: Path, model, report: GraftReport, weights) -> None:
+def _write_output(path: Path, model, report, weights) -> None:
     from ..graft.save import save_grafted, sha256_file
 
     origin = Path(weights.checkpoint.origin)

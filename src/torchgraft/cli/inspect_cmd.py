@@ -14,10 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..graft.io import Checkpoint, read_checkpoint
-from ..spec import spec_of
-from ..zoo import build_model
-from .output import human_bytes, human_count, print_json, stdout, table
 
 NAME = "inspect"
 HELP = "show a checkpoint's keys/shapes/dtypes or a model's anatomy"
@@ -31,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..graft.io import read_checkpoint
+    from .output import print_json
+
     path = Path(args.target)
     if path.exists():
         document = describe_checkpoint(read_checkpoint(path, ema=args.ema))
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
+def describe_checkpoint(checkpoint) -> dict[str, Any]:
     dtypes = Counter(str(t.dtype).replace("torch.", "") for t in checkpoint.tensors.values())
     return {
         "kind": "checkpoint",
@@ -73,6 +72,9 @@ def describe_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 def describe_model(spec_text: str, weights: str | None) -> dict[str, Any]:
+    from ..spec import spec_of
+    from ..zoo import build_model
+
     built = build_model(spec_text, weights=weights)
     spec = spec_of(built.model)
     names = [n for n, _ in built.model.named_parameters()]
@@ -94,6 +96,8 @@ def describe_model(spec_text: str, weights: str | None) -> dict[str, Any]:
 
 
 def _print_checkpoint(doc: dict[str, Any]) -> None:
+    from .output import human_bytes, human_count, stdout, table
+
     rows = [
         (t["key"], "×".join(map(str, t["shape"])) or "scalar", t["dtype"]) for t in doc["tensors"]
     ]
@@ -110,6 +114,8 @@ def _print_checkpoint(doc: dict[str, Any]) -> None:
 
 
 def _print_model(doc: dict[str, Any]) -> None:
+    from .output import human_count, stdout, table
+
     spec = doc["spec"]
     pre = spec["preprocessing"]
     facts = [

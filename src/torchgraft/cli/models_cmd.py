@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..zoo import list_models
-from .output import print_json, stdout, table
 
 NAME = "models"
 HELP = "list the models the zoo builds and their head paths"
@@ -18,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo import list_models
+    from .output import print_json, stdout, table
+
     entries = list_models(args.filter, args.library)
     if args.json:
         print_json(

@@ -1,15 +1,42 @@
 """Grafting: load weights whose names, order or shapes do not line up, and say exactly how.
 
 Public API: :func:`plan_graft` (the plan, model untouched), :func:`graft` (plan + apply +
-report), :func:`apply_plan` (a plan made earlier, possibly edited), :func:`read_checkpoint`.
+report), :func:`apply_plan` (a plan made earlier, possibly edited), :func:`read_checkpoint`,
+:func:`verify_graft` / :func:`compare_models` (proof that the function was kept).
 """
 
 from __future__ import annotations
 
-from .api import apply_plan, graft, plan_graft
-from .io import Checkpoint, read_checkpoint
-from .report import Action, GraftPlan, GraftReport, KeyPlan
-from .rules import RenameRules, load_rules
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "apply_plan": ".api",
+    "graft": ".api",
+    "plan_graft": ".api",
+    "plan_from_mapping": ".api",
+    "Checkpoint": ".io",
+    "read_checkpoint": ".io",
+    "Action": ".report",
+    "GraftPlan": ".report",
+    "GraftReport": ".report",
+    "KeyPlan": ".report",
+    "RenameRules": ".rules",
+    "load_rules": ".rules",
+    "Verification": ".verify",
+    "compare_models": ".verify",
+    "verify_graft": ".verify",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from .api import apply_plan, graft, plan_from_mapping, plan_graft
+    from .io import Checkpoint, read_checkpoint
+    from .report import Action, GraftPlan, GraftReport, KeyPlan
+    from .rules import RenameRules, load_rules
+    from .verify import Verification, compare_models, verify_graft
 
 __all__ = [
     "Action",
@@ -18,9 +45,13 @@ __all__ = [
     "GraftReport",
     "KeyPlan",
     "RenameRules",
+    "Verification",
     "apply_plan",
+    "compare_models",
     "graft",
     "load_rules",
+    "plan_from_mapping",
     "plan_graft",
     "read_checkpoint",
+    "verify_graft",
 ]

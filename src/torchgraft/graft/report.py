@@ -132,6 +132,26 @@ class GraftPlan:
         )
         return loaded / total if total else 1.0
 
+    def to_source_naming(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """Export a (grafted, perhaps fine-tuned) state_dict back to the source's naming.
+
+        Copied, renamed and reshaped keys go back under their source names and shapes;
+        adapted keys (input channels, class rows) and keys with no source are left out,
+        since no source tensor has their meaning.
+
+        Example:
+            >>> report = tg.graft(model, "lite0.pth")
+            >>> original_names = report.to_source_naming(model.state_dict())
+        """
+        exported = {}
+        for entry in self.entries:
+            if entry.action in (Action.COPY, Action.RENAME, Action.RESHAPE) and entry.source:
+                tensor = state_dict[entry.target]
+                if entry.source_shape is not None and tuple(tensor.shape) != entry.source_shape:
+                    tensor = tensor.reshape(entry.source_shape)
+                exported[entry.source] = tensor
+        return exported
+
     def by_action(self, action: Action) -> list[KeyPlan]:
         return [e for e in self.entries if e.action is action]
 
