@@ -51,7 +51,9 @@ def find_head_by_probe(
     modules = dict(model.named_modules())
     layers = [p for p in trace.order if out_features(modules[p]) is not None]
     if not layers:
-        raise HeadError(f"{type(model).__name__} has no Linear or convolution layer to act as a head")
+        raise HeadError(
+            f"{type(model).__name__} has no Linear or convolution layer to act as a head"
+        )
     head = layers[-1]
     if len(trace.output_shape) < 2:
         raise HeadError(

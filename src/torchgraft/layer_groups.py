@@ -218,9 +218,10 @@ def _units(model: nn.Module, head_path: str) -> tuple[list[tuple[str, nn.Module]
 
 
 def _is_norm_leaf(module: nn.Module) -> bool:
-    is_norm = isinstance(
-        module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-    ) or "Norm" in type(module).__name__
+    is_norm = (
+        isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+        or "Norm" in type(module).__name__
+    )
     return is_norm and not any(True for _ in module.children())
 
 

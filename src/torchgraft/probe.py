@@ -104,7 +104,9 @@ def trace_forward(
         SpecError: no pass succeeded; the message holds the last error.
     """
     candidates = (
-        [example_input] if example_input is not None else [example_input_for(model, s) for s in sizes]
+        [example_input]
+        if example_input is not None
+        else [example_input_for(model, s) for s in sizes]
     )
     last_error: Exception | None = None
     for candidate in candidates:

@@ -47,7 +47,11 @@ def replace_input_channels(model: nn.Module, in_chans: int) -> nn.Module:
     new.in_channels = in_chans
     new.weight = nn.Parameter(
         torch.empty(
-            old.out_channels, in_chans, *old.kernel_size, device=old.weight.device, dtype=old.weight.dtype
+            old.out_channels,
+            in_chans,
+            *old.kernel_size,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
         )
     )
     new.reset_parameters()

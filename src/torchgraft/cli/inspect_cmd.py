@@ -23,6 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="PATH_OR_MODEL_SPEC")
     parser.add_argument("--weights", help="for a model spec: build with these weights")
     parser.add_argument("--ema", action="store_true", help="for a checkpoint: show its EMA weights")
+    parser.add_argument(
+        "--allow-global",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="allow this pickled global (module.Name) in a torch file; repeatable",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle without restrictions (can run code from the file)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -32,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     path = Path(args.target)
     if path.exists():
-        document = describe_checkpoint(read_checkpoint(path, ema=args.ema))
+        checkpoint = read_checkpoint(
+            path, ema=args.ema, allow_globals=args.allow_global, trust=args.trust_checkpoint
+        )
+        document = describe_checkpoint(checkpoint)
         if args.json:
             print_json(document)
         else:

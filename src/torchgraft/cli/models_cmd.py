@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 NAME = "models"
 HELP = "list the models the zoo builds and their head paths"
 
