@@ -3,7 +3,10 @@
 A checkpoint (file or Hugging Face-style folder) lists keys, shapes, dtypes and total size;
 torch pickles are read with ``weights_only=True`` and memory-mapped, safetensors directly.
 A model spec shows the anatomy torchgraft works with: head path(s), feature width, first
-conv, preprocessing, class names, and the layer groups with their parameter counts.
+conv, preprocessing, class names, and the layer groups with their parameter counts. With
+``--print-groups`` it also applies a freezing policy and prints what trains and the optimizer
+parameter groups it would get (LR, weight decay, sizes, a few names), warning about frozen
+parameters in an optimizer — the audit ``train --print-groups`` will print.
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="unpickle without restrictions (can run code from the file)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    audit = parser.add_argument_group("fine-tuning audit (model specs)")
+    audit.add_argument(
+        "--print-groups", action="store_true", help="show the freeze summary and optimizer groups"
+    )
+    audit.add_argument("--freeze", default="none", metavar="POLICY", help="head, none, last:N, …")
+    audit.add_argument("--bn", default="frozen", choices=("frozen", "stats", "train"))
+    audit.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head")
+    audit.add_argument("--backbone-lr", type=float, help="learning rate of the other groups")
+    audit.add_argument("--layer-decay", type=float, help="layer-wise LR decay factor")
+    audit.add_argument("--weight-decay", type=float, default=0.0)
+    audit.add_argument("--num-classes", type=int, help="replace the head first")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             f"'{args.target}' is neither an existing file or folder nor a model spec "
             "(torchvision:NAME, timm:NAME, package.module:callable)"
         )
-    document = describe_model(args.target, args.weights)
+    document = describe_model(args.target, args.weights, args if args.print_groups else None)
     if args.json:
         print_json(document)
     else:
@@ -86,27 +100,60 @@ def describe_checkpoint(checkpoint) -> dict[str, Any]:
     }
 
 
-def describe_model(spec_text: str, weights: str | None) -> dict[str, Any]:
+def describe_model(
+    spec_text: str, weights: str | None, audit: argparse.Namespace | None = None
+) -> dict[str, Any]:
     from ..spec import spec_of
-    from ..zoo import build_model
+    from ..zoo import build_model, create_model
 
-    built = build_model(spec_text, weights=weights)
-    spec = spec_of(built.model)
-    names = [n for n, _ in built.model.named_parameters()]
+    if audit is not None and audit.num_classes:
+        model = create_model(spec_text, num_classes=audit.num_classes, weights=weights)
+    else:
+        model = build_model(spec_text, weights=weights).model
+    spec = spec_of(model)
+    names = [n for n, _ in model.named_parameters()]
     owner = spec.group_of(names)
     counts = Counter()
-    params = dict(built.model.named_parameters())
+    params = dict(model.named_parameters())
     for name, group in owner.items():
         counts[group] += params[name].numel()
+    extra = _audit(model, audit) if audit is not None else {}
     return {
+        **extra,
         "kind": "model",
         "spec": spec.to_dict(),
         "num_parameters": sum(p.numel() for p in params.values()),
         "group_parameters": {g.name: counts[g.name] for g in spec.layer_groups},
         "state_dict": [
             {"key": k, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-            for k, t in built.model.state_dict().items()
+            for k, t in model.state_dict().items()
         ],
+    }
+
+
+def _audit(model, args: argparse.Namespace) -> dict[str, Any]:
+    """Freeze as asked, build the parameter groups, and audit them (warnings collected)."""
+    import warnings
+
+    from ..freezing import freeze
+    from ..optimizer_groups import audit_optimizer, param_groups
+
+    summary = freeze(model, args.freeze, bn=args.bn)
+    groups = param_groups(
+        model,
+        args.lr,
+        backbone_lr=args.backbone_lr,
+        weight_decay=args.weight_decay,
+        layer_decay=args.layer_decay,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = audit_optimizer(groups, model)
+    return {
+        "freeze": summary.to_dict(),
+        "param_groups": report.to_dict(),
+        "freeze_text": summary.render(),
+        "groups_text": report.render(),
     }
 
 
@@ -155,6 +202,11 @@ def _print_model(doc: dict[str, Any]) -> None:
         for g in spec["layer_groups"]
     ]
     stdout.print(table("layer groups (stem → head)", ("group", "modules", "params"), rows))
+    if "freeze_text" in doc:
+        print()
+        print(doc["freeze_text"])
+        print()
+        print(doc["groups_text"])
 
 
 def _floats(values: list[float]) -> str:

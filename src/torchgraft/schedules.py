@@ -1,0 +1,374 @@
+"""Unfreezing schedules: which layer groups train at each epoch, and at what learning rate.
+
+A schedule is plain frozen data (a config section: ``to_dict()`` / :func:`schedule_from_config`)
+with one pure method, ``plan(epoch, groups) -> Stage``. Two functions do the work, and each
+schedule exposes them as methods:
+
+* ``start(model, epoch)`` freezes the model for that epoch's stage and returns the parameter
+  groups to build the optimizer from (also how a resumed run rebuilds it);
+* ``apply(model, optimizer, epoch)`` brings model and optimizer to the epoch's stage: it
+  re-applies :func:`~torchgraft.freeze` (``requires_grad`` and the BatchNorm policy follow the
+  change), puts newly trainable parameters into the optimizer with
+  :func:`~torchgraft.param_groups`' rules (their LR, weight decay and no-decay split) — into
+  the existing group of the same name, or a new group via ``add_param_group`` — and, when the
+  stage changed, sets every group's LR (and ``initial_lr``) to ``lr * lr_scale[group]``.
+
+``apply`` is idempotent. Learning rates are multipliers of ``lr``: an engine that also runs a
+per-step LR scheduler rebuilds it when ``StageChange.changed`` is true (torch schedulers keep
+one base LR per group, captured when they are built).
+
+The three recipes:
+
+* :class:`TwoPhase` — fastai's ``fine_tune``: the head alone for ``freeze_epochs``, then
+  everything at ``lr * unfrozen_scale`` for the head, spread geometrically down to
+  ``lr * unfrozen_scale / lr_mult`` for the stem (fastai's ``slice(lr/lr_mult, lr)``).
+* :class:`UnfreezeAt` — Lightning's ``BackboneFinetuning``: the head alone until ``epoch``,
+  then the backbone at ``backbone_ratio`` of the head's LR, multiplied by ``growth`` every
+  epoch and capped at the head's LR.
+* :class:`Progressive` — ULMFiT's gradual unfreezing: one more layer group every ``every``
+  epochs, from the head down, optionally with layer-wise LR decay (ULMFiT: ``1 / 2.6``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .freezing import BN_POLICIES, FreezeSummary, freeze
+from .optimizer_groups import param_groups
+from .spec import ModelSpec, spec_of
+
+__all__ = [
+    "SCHEDULES",
+    "Progressive",
+    "Stage",
+    "StageChange",
+    "TwoPhase",
+    "UnfreezeAt",
+    "UnfreezeSchedule",
+    "apply_stage",
+    "schedule_from_config",
+    "start_stage",
+]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What trains at one epoch.
+
+    Attributes:
+        epoch: the epoch (0-based).
+        trainable: the layer groups that train, stem first.
+        lr_scale: LR multiplier of every layer group (also used for the parameters of a
+            frozen group that still train, e.g. BatchNorm affine under ``bn="stats"``).
+    """
+
+    epoch: int
+    trainable: tuple[str, ...]
+    lr_scale: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "trainable": list(self.trainable),
+            "lr_scale": dict(self.lr_scale),
+        }
+
+
+@dataclass(frozen=True)
+class StageChange:
+    """What :func:`apply_stage` did.
+
+    Attributes:
+        stage: the stage now in force.
+        changed: the stage differs from the previous epoch's (LRs were set).
+        added: names of the parameters that joined the optimizer.
+        summary: the freeze summary of the model now.
+    """
+
+    stage: Stage
+    changed: bool
+    added: tuple[str, ...]
+    summary: FreezeSummary
+
+
+class UnfreezeSchedule(Protocol):
+    """What the engine reads from a schedule."""
+
+    kind: ClassVar[str]
+    lr: float
+    weight_decay: float
+    bn: str
+
+    def plan(self, epoch: int, groups: Sequence[str]) -> Stage: ...
+
+
+@dataclass(frozen=True)
+class TwoPhase:
+    """fastai's ``fine_tune``: head only, then all groups with discriminative LRs."""
+
+    lr: float
+    freeze_epochs: int = 1
+    lr_mult: float = 100.0
+    unfrozen_scale: float = 0.5
+    frozen_body_scale: float = 0.1
+    weight_decay: float = 0.0
+    bn: str = "frozen"
+    kind: ClassVar[str] = "two_phase"
+
+    def __post_init__(self) -> None:
+        _validate(self, positive=("lr", "lr_mult", "unfrozen_scale", "frozen_body_scale"))
+        _check_count(self, "freeze_epochs", minimum=0)
+
+    def plan(self, epoch: int, groups: Sequence[str]) -> Stage:
+        """Epochs ``< freeze_epochs``: the head (the body's scale is fastai's ``slice(lr)``)."""
+        if epoch < self.freeze_epochs:
+            scale = {g: 1.0 if g == "head" else self.frozen_body_scale for g in groups}
+            return Stage(epoch, ("head",), scale)
+        last = len(groups) - 1
+        scale = {
+            g: self.unfrozen_scale * self.lr_mult ** (-(last - i) / last if last else 0.0)
+            for i, g in enumerate(groups)
+        }
+        return Stage(epoch, tuple(groups), scale)
+
+    def start(
+        self, model: nn.Module, epoch: int = 0, *, spec: ModelSpec | None = None
+    ) -> list[dict[str, Any]]:
+        """See :func:`start_stage`."""
+        return start_stage(self, model, epoch, spec=spec)
+
+    def apply(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, **kw: Any
+    ) -> StageChange:
+        """See :func:`apply_stage`."""
+        return apply_stage(self, model, optimizer, epoch, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class UnfreezeAt:
+    """Lightning's ``BackboneFinetuning``: unfreeze the backbone at ``epoch`` with an LR ratio."""
+
+    lr: float
+    epoch: int = 10
+    backbone_ratio: float = 0.1
+    growth: float = 1.5
+    weight_decay: float = 0.0
+    bn: str = "frozen"
+    kind: ClassVar[str] = "unfreeze_at"
+
+    def __post_init__(self) -> None:
+        _validate(self, positive=("lr", "backbone_ratio", "growth"))
+        _check_count(self, "epoch", minimum=0)
+
+    def plan(self, epoch: int, groups: Sequence[str]) -> Stage:
+        """Head only before ``epoch``; then ratio x growth^(epochs since), at most 1."""
+        ratio = min(1.0, self.backbone_ratio * self.growth ** max(0, epoch - self.epoch))
+        scale = {g: 1.0 if g == "head" else ratio for g in groups}
+        trainable = ("head",) if epoch < self.epoch else tuple(groups)
+        return Stage(epoch, trainable, scale)
+
+    def start(
+        self, model: nn.Module, epoch: int = 0, *, spec: ModelSpec | None = None
+    ) -> list[dict[str, Any]]:
+        """See :func:`start_stage`."""
+        return start_stage(self, model, epoch, spec=spec)
+
+    def apply(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, **kw: Any
+    ) -> StageChange:
+        """See :func:`apply_stage`."""
+        return apply_stage(self, model, optimizer, epoch, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Progressive:
+    """ULMFiT's gradual unfreezing: one more layer group every ``every`` epochs."""
+
+    lr: float
+    every: int = 1
+    layer_decay: float | None = None
+    weight_decay: float = 0.0
+    bn: str = "frozen"
+    kind: ClassVar[str] = "progressive"
+
+    def __post_init__(self) -> None:
+        _validate(self, positive=("lr", "layer_decay"))
+        _check_count(self, "every", minimum=1)
+
+    def plan(self, epoch: int, groups: Sequence[str]) -> Stage:
+        """Epoch ``e`` trains the head and the last ``e // every`` groups before it."""
+        body = [g for g in groups if g != "head"]
+        count = min(len(body), epoch // self.every)
+        trainable = (*(body[len(body) - count :] if count else ()), "head")
+        last = len(groups) - 1
+        decay = self.layer_decay or 1.0
+        scale = {g: decay ** (last - i) for i, g in enumerate(groups)}
+        return Stage(epoch, trainable, scale)
+
+    def start(
+        self, model: nn.Module, epoch: int = 0, *, spec: ModelSpec | None = None
+    ) -> list[dict[str, Any]]:
+        """See :func:`start_stage`."""
+        return start_stage(self, model, epoch, spec=spec)
+
+    def apply(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, **kw: Any
+    ) -> StageChange:
+        """See :func:`apply_stage`."""
+        return apply_stage(self, model, optimizer, epoch, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+#: ``kind`` -> schedule class; the ``finetune.schedule`` config section names one.
+SCHEDULES: dict[str, type] = {cls.kind: cls for cls in (TwoPhase, UnfreezeAt, Progressive)}
+
+
+def schedule_from_config(config: Mapping[str, Any]) -> UnfreezeSchedule:
+    """A schedule from its config section, e.g. ``{"kind": "two_phase", "lr": 1e-3}``.
+
+    Raises:
+        ConfigError: unknown kind or field, or an invalid value (every problem at once).
+    """
+    data = dict(config)
+    kind = data.pop("kind", None)
+    if kind not in SCHEDULES:
+        close = difflib.get_close_matches(str(kind), SCHEDULES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown schedule kind {kind!r}{hint} (known: {', '.join(SCHEDULES)})")
+    cls = SCHEDULES[kind]
+    allowed = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise ConfigError(f"schedule {kind!r} has no field(s) {unknown}; fields: {allowed}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"schedule {kind!r}: {exc}") from None
+
+
+def start_stage(
+    schedule: UnfreezeSchedule, model: nn.Module, epoch: int = 0, *, spec: ModelSpec | None = None
+) -> list[dict[str, Any]]:
+    """Freeze ``model`` for ``epoch``'s stage and return the groups to build the optimizer.
+
+    Example:
+        >>> schedule = TwoPhase(lr=1e-3, freeze_epochs=1)
+        >>> opt = torch.optim.SGD(schedule.start(model), momentum=0.9)
+    """
+    spec = spec or spec_of(model)
+    stage = schedule.plan(epoch, spec.group_names)
+    freeze(model, list(stage.trainable), bn=schedule.bn, spec=spec)
+    return _wanted(schedule, model, stage, spec)
+
+
+def apply_stage(
+    schedule: UnfreezeSchedule,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    *,
+    spec: ModelSpec | None = None,
+) -> StageChange:
+    """Bring ``model`` and ``optimizer`` to ``epoch``'s stage (call at each epoch's start).
+
+    Returns:
+        A :class:`StageChange`.
+
+    Raises:
+        ConfigError: an optimizer group without ``param_names`` (build it from ``start``).
+    """
+    spec = spec or spec_of(model)
+    stage = schedule.plan(epoch, spec.group_names)
+    summary = freeze(model, list(stage.trainable), bn=schedule.bn, spec=spec)
+    changed = epoch == 0 or schedule.plan(epoch - 1, spec.group_names) != stage
+    added = _sync(optimizer, _wanted(schedule, model, stage, spec), set_rates=changed)
+    return StageChange(stage, changed, tuple(added), summary)
+
+
+def _wanted(schedule, model, stage: Stage, spec: ModelSpec) -> list[dict[str, Any]]:
+    return param_groups(
+        model,
+        schedule.lr,
+        weight_decay=schedule.weight_decay,
+        lr_scale=stage.lr_scale,
+        spec=spec,
+    )
+
+
+def _sync(optimizer: torch.optim.Optimizer, wanted, *, set_rates: bool) -> list[str]:
+    """Add the wanted parameters the optimizer lacks; set LRs when the stage changed."""
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    by_name = {g.get("name"): g for g in optimizer.param_groups}
+    scheduled = any("initial_lr" in g for g in optimizer.param_groups)
+    added: list[str] = []
+    for want in wanted:
+        new = [(n, p) for n, p in zip(want["param_names"], want["params"], strict=True)]
+        new = [(n, p) for n, p in new if id(p) not in held]
+        group = by_name.get(want["name"])
+        if group is None and new:
+            extra = {"initial_lr": want["lr"]} if scheduled else {}
+            optimizer.add_param_group(
+                {**want, **extra, "params": [p for _, p in new], "param_names": [n for n, _ in new]}
+            )
+        elif group is not None:
+            if new and "param_names" not in group:
+                raise ConfigError(
+                    f"optimizer group {want['name']!r} has no param_names; build the optimizer "
+                    "from schedule.start(model) or torchgraft.param_groups"
+                )
+            # One group per name keeps state-by-name and LR-by-group unambiguous.
+            group["params"].extend(p for _, p in new)
+            group["param_names"] = [*group.get("param_names", []), *(n for n, _ in new)]
+            if set_rates:
+                _set_rate(group, want["lr"], want["weight_decay"])
+        added += [n for n, _ in new]
+    return added
+
+
+def _set_rate(group: dict[str, Any], lr: float, weight_decay: float) -> None:
+    group["lr"] = lr
+    group["weight_decay"] = weight_decay
+    if "initial_lr" in group:
+        group["initial_lr"] = lr  # a rebuilt LR scheduler starts from the stage's rate
+
+
+def _validate(schedule: Any, positive: Sequence[str]) -> None:
+    problems = []
+    for name in ("lr", "weight_decay", *positive):
+        value = getattr(schedule, name)
+        if value is None and name != "lr":
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > 0 if name in positive else value >= 0)
+        if not ok:
+            problems.append(
+                f"{name} must be a finite number {'> 0' if name in positive else '>= 0'}, got {value!r}"
+            )
+    if schedule.bn not in BN_POLICIES:
+        problems.append(f"bn must be one of {', '.join(BN_POLICIES)}, got {schedule.bn!r}")
+    if problems:
+        raise ConfigError(f"{type(schedule).__name__}: " + "; ".join(problems))
+
+
+def _check_count(schedule: Any, name: str, minimum: int) -> None:
+    value = getattr(schedule, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(
+            f"{type(schedule).__name__}: {name} must be a whole number >= {minimum}, got {value!r}"
+        )
