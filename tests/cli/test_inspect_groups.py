@@ -49,7 +49,14 @@ def test_print_groups_reports_what_trains_and_the_groups(console_script):
 
 def test_print_groups_rejects_an_unknown_policy(console_script):
     out = subprocess.run(
-        [*console_script, "inspect", "torchvision:resnet18", "--print-groups", "--freeze", "lats:2"],
+        [
+            *console_script,
+            "inspect",
+            "torchvision:resnet18",
+            "--print-groups",
+            "--freeze",
+            "lats:2",
+        ],
         capture_output=True,
         text=True,
     )
