@@ -29,16 +29,16 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "GraftPlan": ".graft",
-    "GraftReport": ".graft",
-    "RenameRules": ".graft",
-    "Verification": ".graft",
-    "apply_plan": ".graft",
-    "graft": ".graft",
-    "load_rules": ".graft",
-    "plan_graft": ".graft",
-    "read_checkpoint": ".graft",
-    "verify_graft": ".graft",
+    "GraftPlan": ".grafting",
+    "GraftReport": ".grafting",
+    "RenameRules": ".grafting",
+    "Verification": ".grafting",
+    "apply_plan": ".grafting",
+    "graft": ".grafting",
+    "load_rules": ".grafting",
+    "plan_graft": ".grafting",
+    "read_checkpoint": ".grafting",
+    "verify_graft": ".grafting",
     "Head": ".heads",
     "HeadReplacement": ".heads",
     "find_head": ".heads",
@@ -72,7 +72,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from .freezing import FreezeSummary, freeze, unfreeze
-    from .graft import (
+    from .grafting import (
         GraftPlan,
         GraftReport,
         RenameRules,

@@ -8,10 +8,10 @@ import sys
 
 import torchgraft as tg
 from torchgraft.cli import graft_cmd
-from torchgraft.graft.adapt import IN_CHANS_MODES
-from torchgraft.graft.api import MIN_COVERAGE
-from torchgraft.graft.match import STRATEGIES
-from torchgraft.graft.verify import DEFAULT_TOLERANCE
+from torchgraft.grafting.adapt import IN_CHANS_MODES
+from torchgraft.grafting.api import MIN_COVERAGE
+from torchgraft.grafting.match import STRATEGIES
+from torchgraft.grafting.verify import DEFAULT_TOLERANCE
 
 
 def test_help_imports_no_torch():

@@ -224,12 +224,6 @@ def test_unknown_strategy_exits_2_naming_it(console_script, workdir, source_file
     assert "invalid choice: 'best'" in lines[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: command-line errors go through argparse's default error(), which prints the "
-    "15-line usage before the error line; the contract is one clear line on stderr",
-)
 def test_unknown_strategy_is_one_stderr_line(console_script, workdir, source_file):
     result = run(
         console_script, workdir, "colleague.pt", "--into", "tinynets:Net", "--strategy", "best"

@@ -12,10 +12,6 @@ from torch import nn
 
 import torchgraft as tg
 from torchgraft.errors import ConfigError
-
-# Not tg.graft: once the torchgraft.graft subpackage is imported, the lazy attribute
-# tg.graft is that module, not the function (reported to the maintainers).
-from torchgraft.graft import graft
 from torchgraft.initializers import SCHEMES, init_new_layers
 
 
@@ -29,7 +25,7 @@ def pretrained_source() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_only_keys_the_report_lists_are_written(pretrained_source, scheme):
     model = tg.create_model("torchvision:resnet18", num_classes=5)
-    report = graft(model, pretrained_source)
+    report = tg.graft(model, pretrained_source)
     assert report.missing == ["fc.weight", "fc.bias"]  # the replaced head: shape mismatch
     before = {k: v.clone() for k, v in model.state_dict().items()}
     summary = init_new_layers(model, report, scheme=scheme)
@@ -147,7 +143,7 @@ def test_tokens_get_trunc_normal_and_generators_reproduce(build):
 
 def test_summary_forms(pretrained_source):
     model = tg.create_model("torchvision:resnet18", num_classes=5)
-    summary = init_new_layers(model, graft(model, pretrained_source), "kaiming")
+    summary = init_new_layers(model, tg.graft(model, pretrained_source), "kaiming")
     data = json.loads(summary.to_json())
     assert data["scheme"] == "kaiming"
     assert [e["key"] for e in data["entries"]] == [

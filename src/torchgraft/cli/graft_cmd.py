@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..graft.api import graft, plan_from_mapping, plan_graft, read_source
-    from ..graft.verify import verify_graft
+    from ..grafting.api import graft, plan_from_mapping, plan_graft, read_source
+    from ..grafting.verify import verify_graft
     from ..zoo import create_model
 
     read_options = {
@@ -122,7 +122,7 @@ def _show(plan, args: argparse.Namespace) -> None:
 def _read_plan(path: str) -> dict[str, str | None]:
     import yaml
 
-    from ..graft.report import GraftPlan
+    from ..grafting.report import GraftPlan
 
     try:
         document = yaml.safe_load(Path(path).read_text())
@@ -147,7 +147,7 @@ def _write_plan(plan, path: Path) -> None:
 
 
 def _write_output(path: Path, model, report, weights) -> None:
-    from ..graft.save import save_grafted, sha256_file
+    from ..grafting.save import save_grafted, sha256_file
 
     origin = Path(weights.checkpoint.origin)
     sidecar = {

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpecError
+from ..errors import CheckpointError, SpecError
 
 NAME = "inspect"
 HELP = "show a checkpoint's keys/shapes/dtypes or a model's anatomy"
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..graft.io import read_checkpoint
+    from ..grafting.io import read_checkpoint
     from .output import print_json
 
     path = Path(args.target)
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_checkpoint(document)
         return 0
+    if "/" in args.target or args.target.startswith((".", "~")):
+        raise CheckpointError(f"{args.target}: no such file or folder")
     if ":" not in args.target:
         raise SpecError(
             f"'{args.target}' is neither an existing file or folder nor a model spec "

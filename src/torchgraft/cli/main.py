@@ -18,14 +18,25 @@ from . import graft_cmd, inspect_cmd, models_cmd, train_cmd
 COMMANDS = (train_cmd, graft_cmd, inspect_cmd, models_cmd)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the contract's error format: one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser = argparse.ArgumentParser(
+    # --debug is accepted before and after the subcommand; the subcommand's copy has no
+    # default, so it cannot reset a --debug given before it.
+    common = OneLineParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
+    parser = OneLineParser(
         prog="torchgraft",
         description="Fine-tune pretrained PyTorch models correctly; graft weights between models.",
-        parents=[common],
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"torchgraft {__version__}")

@@ -95,7 +95,7 @@ def build_model(
     else:
         built = BUILDERS[library](name, named, num_classes, in_chans, **builder_kwargs)
     if named is None and weights is not None:
-        from ..graft.io import read_checkpoint
+        from ..grafting.io import read_checkpoint
 
         checkpoint = read_checkpoint(weights)
         built.source, built.source_name = checkpoint.tensors, checkpoint.origin
@@ -138,7 +138,7 @@ def create_model(
         >>> model.torchgraft_spec.head_path
         'fc'
     """
-    from ..graft import graft  # local: graft imports the zoo for spec sources
+    from ..grafting import graft  # local: graft imports the zoo for spec sources
 
     if classes is not None and num_classes is None:
         num_classes = len(classes)

@@ -37,6 +37,7 @@ class RenameRule:
     replacement: str
     inverse: RenameRule | None = None
     text: str = ""
+    template: bool = False
 
     def apply(self, key: str) -> str | None:
         """The renamed key, or None if the rule does not match ``key``."""
@@ -66,6 +67,11 @@ class RenameRules:
         """
         inverted = []
         for rule in self.rules:
+            if rule.inverse is None and rule.template:
+                raise GraftError(
+                    f"rename template '{rule.text}' drops a placeholder, so it cannot be "
+                    "reversed; keep every placeholder of 'from' in 'to'"
+                )
             if rule.inverse is None:
                 raise GraftError(
                     f"rename rule '{rule.text}' is a regex without an 'inverse'; it cannot be "
@@ -117,8 +123,11 @@ def _parse_rule(entry: Any, index: int) -> RenameRule:
         raise GraftError(f"rule #{index} is a {type(entry).__name__}, not a mapping")
     if "from" in entry and "to" in entry:
         forward = _template_rule(str(entry["from"]), str(entry["to"]), index)
-        backward = _template_rule(str(entry["to"]), str(entry["from"]), index)
-        return RenameRule(forward.pattern, forward.replacement, backward, forward.text)
+        try:
+            backward = _template_rule(str(entry["to"]), str(entry["from"]), index)
+        except GraftError:
+            backward = None  # a template that drops a placeholder works forward only
+        return RenameRule(forward.pattern, forward.replacement, backward, forward.text, True)
     if "pattern" in entry:
         inverse = None
         if entry.get("inverse") is not None:

@@ -2,7 +2,7 @@
 
 A strategy answers one question — which source key feeds which target key, with what
 confidence — and nothing else. What happens to each pair (copy, reshape, adapt, skip) is
-decided afterwards by :func:`torchgraft.graft.plan.build_plan` with :mod:`.adapt`.
+decided afterwards by :func:`torchgraft.grafting.plan.build_plan` with :mod:`.adapt`.
 
 * ``exact``  — names and shapes must agree everywhere; any difference is an error.
 * ``shape``  — pair equal names of equal shape; skip the rest (the tutorial's filter).

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from torchgraft.errors import CheckpointError
-from torchgraft.graft import save as save_module
-from torchgraft.graft.save import save_grafted, sha256_file, sidecar_path
+from torchgraft.grafting import save as save_module
+from torchgraft.grafting.save import save_grafted, sha256_file, sidecar_path
 
 
 def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -98,7 +98,7 @@ def plan_graft(
         pick: source channels for ``pick``.
         source_classes: class names of the source head (default: from the source, if known).
         ema: take the checkpoint's EMA weights.
-        allow_globals / trust: see :func:`torchgraft.graft.io.read_checkpoint`.
+        allow_globals / trust: see :func:`torchgraft.grafting.io.read_checkpoint`.
         source_model: the architecture the source was saved from (a spec or a module); its
             registration order tells apart same-shaped siblings in a name-sorted checkpoint.
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from torchgraft.graft.api import graft, plan_graft
-from torchgraft.graft.match import MatchContext, match_auto
-from torchgraft.graft.report import Action
-from torchgraft.graft.verify import compare_models
+from torchgraft.grafting.api import graft, plan_graft
+from torchgraft.grafting.match import MatchContext, match_auto
+from torchgraft.grafting.report import Action
+from torchgraft.grafting.verify import compare_models
 
 TOLERANCE = 1e-5
 F32 = "torch.float32"
@@ -197,13 +197,22 @@ def test_trap_mobilenet_v3_differs_only_by_batchnorm_epsilon():
 # --- pairs the matcher gets wrong ----------------------------------------------------------
 
 
+def test_regnet_y_order_only_pairs_are_flagged_low_confidence():
+    target = create("timm:regnety_004")
+    plan = plan_graft(target, create("torchvision:regnet_y_400mf").state_dict())
+    confidence = {e.target: e.confidence for e in plan.entries}
+    assert confidence["s1.b1.conv1.conv.weight"] == 0.5
+    assert confidence["s1.b1.downsample.conv.weight"] == 0.5
+    assert any("registration order alone" in note for note in plan.notes)
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="BUG: structure._break_tie pairs same-shaped siblings by registration order, but "
-    "torchvision's RegNet registers the shortcut (proj) before the block (f.a) and timm the "
-    "block (conv1) before the shortcut (downsample): auto swaps them with confidence 0.9 "
-    "and reports no ambiguity",
+    reason="KNOWN LIMIT: torchvision's RegNet registers the shortcut (proj) before the block "
+    "(f.a), timm the block (conv1) before the shortcut (downsample); shapes and names cannot "
+    "tell them apart, so auto pairs them by registration order with confidence 0.5 and flags "
+    "it (previous test). Resolving it needs the source architecture run side by side.",
 )
 def test_regnet_y_shortcut_and_first_conv_are_not_swapped():
     target = create("timm:regnety_004")
@@ -214,13 +223,6 @@ def test_regnet_y_shortcut_and_first_conv_are_not_swapped():
     assert mapping["s1.b1.downsample.conv.weight"] == f"{stage1}.proj.0.weight"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: structure._break_tie takes equal numeric names of modules as role evidence: "
-    "EfficientNet-Lite2's flat _blocks.2/_blocks.3 (identical) go to timm blocks.1.2/blocks.1.1 "
-    "because '2' == '2' (relative output difference 0.15 at 260 px)",
-)
 def test_lite2_flat_blocks_pair_with_the_right_nested_blocks():
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -240,13 +242,6 @@ def bn(prefix: str, width: int) -> dict:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG/weakness: structural fingerprints use raw shapes, so a layer scale stored as "
-    "(C,1,1) (torchvision ConvNeXt) vs (C,) (timm) makes every block's fingerprint differ and "
-    "auto loads 8% of convnext_tiny; reshape-compatible shapes should fingerprint alike",
-)
 def test_convnext_layer_scale_layouts_do_not_break_structural_matching():
     source, target, expected = {}, {}, {}
     for block in range(3):
@@ -277,13 +272,6 @@ def test_convnext_layer_scale_layouts_do_not_break_structural_matching():
     assert {t: match.pairs[t][0] for t in expected if t in match.pairs} == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG/weakness: a Linear stored as a k x k conv (torchvision VGG classifier.0 "
-    "[4096, 25088] vs timm pre_logits.fc1 [4096, 512, 7, 7]) is never paired by structure "
-    "although propose() would reshape it; auto loads 10% of vgg11",
-)
 def test_vgg_linear_classifier_pairs_with_a_conv_pre_logits():
     source = {
         "features.0.weight": ((8, 3, 3, 3), F32),

@@ -61,16 +61,18 @@ def propose(
         with the adaptation, or ``SKIP_SHAPE`` with the reason.
     """
     target_shape, source_shape = tuple(target_shape), tuple(source_shape)
+    if target_key in context.head_keys:
+        # Checked before equal shapes: the same number of classes in another order still
+        # needs its rows moved.
+        rows = _class_rows(target_shape, source_shape, context)
+        if rows is not None:
+            return rows
     if target_shape == source_shape:
         return Action.COPY, None, ""
     if target_key == context.first_conv_key:
         channels = _in_chans(target_shape, source_shape, context)
         if channels is not None:
             return channels
-    if target_key in context.head_keys:
-        rows = _class_rows(target_shape, source_shape, context)
-        if rows is not None:
-            return rows
     if _numel(target_shape) == _numel(source_shape) and _layouts_agree(target_shape, source_shape):
         return Action.RESHAPE, {"kind": "reshape"}, "same elements, other layout"
     return (
@@ -85,21 +87,26 @@ def apply_adaptation(
 ) -> torch.Tensor:
     """The value to copy into ``target`` (a new tensor; ``target`` is not modified).
 
+    Every adaptation is checked against the tensors before any indexing, so a plan that does
+    not fit (an edited plan, a plan for another source) fails with a :class:`GraftError`.
+
     Raises:
-        GraftError: the adaptation does not fit these tensors (an edited plan, say).
+        GraftError: the adaptation does not fit these tensors, or its kind is unknown.
     """
     kind = (adapt or {}).get("kind")
     if kind is None:
         result = source
     elif kind == "reshape":
+        if source.numel() != target.numel():
+            raise GraftError(
+                f"cannot reshape {list(source.shape)} ({source.numel()} elements) into "
+                f"{list(target.shape)} ({target.numel()} elements)"
+            )
         result = source.reshape(target.shape)
     elif kind == "in_chans":
-        result = _adapt_in_chans(source, target.shape[1], adapt["mode"], adapt.get("pick"))
+        result = _checked_in_chans(source, target, adapt)
     elif kind == "class_rows":
-        result = target.detach().clone()
-        rows = torch.as_tensor(adapt["rows"], dtype=torch.long).reshape(-1, 2)
-        if len(rows):
-            result[rows[:, 1]] = source[rows[:, 0]].to(result.dtype)
+        result = _class_rows_value(source, target, adapt.get("rows", []))
     else:
         raise GraftError(f"unknown adaptation kind '{kind}'")
     if tuple(result.shape) != tuple(target.shape):
@@ -107,6 +114,38 @@ def apply_adaptation(
             f"adaptation {dict(adapt or {})} gives shape {list(result.shape)}, target needs "
             f"{list(target.shape)}"
         )
+    return result
+
+
+def _checked_in_chans(source: torch.Tensor, target: torch.Tensor, adapt: Mapping[str, Any]):
+    mode = adapt.get("mode")
+    if mode not in IN_CHANS_MODES:
+        raise GraftError(f"in_chans mode {mode!r} is not one of {', '.join(IN_CHANS_MODES)}")
+    if source.dim() < 3 or source.dim() != target.dim():
+        raise GraftError(
+            f"in_chans needs two conv kernels, got {list(source.shape)} and {list(target.shape)}"
+        )
+    pick = adapt.get("pick")
+    if mode == "pick":
+        pick = list(pick if pick is not None else range(target.shape[1]))
+        if any(not 0 <= int(c) < source.shape[1] for c in pick):
+            raise GraftError(f"pick={pick} names channels outside 0..{source.shape[1] - 1}")
+    return _adapt_in_chans(source, target.shape[1], mode, pick)
+
+
+def _class_rows_value(source: torch.Tensor, target: torch.Tensor, rows: Any) -> torch.Tensor:
+    pairs = torch.as_tensor(rows, dtype=torch.long).reshape(-1, 2)
+    if len(pairs):
+        bad = (pairs[:, 0] < 0) | (pairs[:, 0] >= source.shape[0])
+        bad |= (pairs[:, 1] < 0) | (pairs[:, 1] >= target.shape[0])
+        if bool(bad.any()) or source.shape[1:] != target.shape[1:]:
+            raise GraftError(
+                f"class rows {pairs[bad].tolist() or rows} do not fit a source of "
+                f"{list(source.shape)} and a target of {list(target.shape)}"
+            )
+    result = target.detach().clone()
+    if len(pairs):
+        result[pairs[:, 1]] = source[pairs[:, 0]].to(result.dtype)
     return result
 
 
@@ -145,16 +184,21 @@ def _adapt_in_chans(source: torch.Tensor, wanted: int, mode: str, pick: Sequence
 
 
 def _class_rows(target_shape, source_shape, context: AdaptContext):
-    if target_shape[1:] != source_shape[1:] or target_shape[0] == source_shape[0]:
+    if not target_shape or target_shape[1:] != source_shape[1:]:
         return None
     if context.target_classes is None or context.source_classes is None:
         return None
+    from ..heads import normalise_class
+
+    same = [normalise_class(n) for n in context.target_classes] == [
+        normalise_class(n) for n in context.source_classes
+    ]
+    if same:
+        return None  # the same classes in the same order: a plain copy
     if len(context.target_classes) != target_shape[0]:
         return None
     if len(context.source_classes) != source_shape[0]:
         return None
-    from ..heads import normalise_class
-
     source_rows = {normalise_class(n): i for i, n in enumerate(context.source_classes)}
     rows = [
         [source_rows[normalise_class(name)], t]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchgraft.errors import GraftError, VerificationError
-from torchgraft.graft.verify import DEFAULT_TOLERANCE, compare_models, verify_graft
+from torchgraft.grafting.verify import DEFAULT_TOLERANCE, compare_models, verify_graft
 
 INPUT = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -132,7 +132,7 @@ def test_verify_graft_passes_a_faithful_graft(helpers):
     source = helpers.randomize(helpers.TinyNet(), 13)
     renamed = {"net." + k: v for k, v in source.state_dict().items()}
     target = helpers.TinyNet()
-    from torchgraft.graft.api import graft
+    from torchgraft.grafting.api import graft
 
     graft(target, renamed)
     result = verify_graft(target, helpers.TinyNet(), source.state_dict(), dtype=torch.float64)
@@ -143,7 +143,7 @@ def test_verify_graft_passes_a_faithful_graft(helpers):
 def test_verify_graft_flags_same_shapes_with_another_function(helpers):
     source = helpers.randomize(helpers.TinyNet(), 13)
     target = PaddedNet()
-    from torchgraft.graft.api import graft
+    from torchgraft.grafting.api import graft
 
     report = graft(target, source.state_dict())
     assert report.coverage == 1.0  # every tensor fits...

@@ -74,7 +74,9 @@ class KeyPlan:
                 action=Action(data["action"]),
                 confidence=float(data.get("confidence", 1.0)),
                 target_shape=tuple(data.get("target_shape") or ()),
-                source_shape=tuple(data["source_shape"]) if data.get("source_shape") else None,
+                source_shape=(
+                    tuple(data["source_shape"]) if data.get("source_shape") is not None else None
+                ),
                 detail=data.get("detail", ""),
                 adapt=data.get("adapt"),
             )

@@ -31,8 +31,9 @@ __all__ = ["CONFIDENCE", "match_structure", "natural_key"]
 CONFIDENCE = {
     "unique": 1.0,  # the only item with this fingerprint on both sides
     "role": 1.0,  # same-shaped tensors told apart by their role name
-    "order": 0.9,  # identical fingerprints paired in trusted registration order
-    "sorted-order": 0.75,  # identical fingerprints paired in natural name order
+    "order": 0.9,  # ordinal names on both sides, source order trusted
+    "sorted-order": 0.75,  # ordinal names on both sides, source sorted by name
+    "registration-order": 0.5,  # only the source's registration order tells them apart
     "leftover": 0.6,  # different fingerprints paired as the one plausible counterpart
 }
 
@@ -76,6 +77,20 @@ def natural_key(key: str) -> tuple:
     )
 
 
+def canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape with its layout differences removed: size-1 dimensions dropped, and a weight
+    flattened behind its first dimension. A layer scale ``(C, 1, 1)`` and ``(C,)``, or a Linear
+    ``(out, in*k*k)`` and a ``k x k`` conv ``(out, in, k, k)``, fingerprint alike; whether
+    the pair can really be used is then :func:`~torchgraft.grafting.adapt.propose`'s call."""
+    squeezed = tuple(d for d in shape if d != 1)
+    if len(squeezed) <= 2:
+        return squeezed
+    rest = 1
+    for size in squeezed[1:]:
+        rest *= size
+    return (squeezed[0], rest)
+
+
 def match_structure(
     source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo], context: MatchContext
 ) -> Match:
@@ -95,6 +110,13 @@ def match_structure(
             f"structure: {len(ambiguous)} target keys are ambiguous (same shapes, nothing in the "
             "names or order tells them apart) and were NOT loaded; pass the source "
             "architecture (source_model= / --verify-with) for its registration order, or rules"
+        )
+    weak = [t for t, (_, c) in pairs.items() if c <= CONFIDENCE["registration-order"]]
+    if weak:
+        match.notes.append(
+            f"structure: {len(weak)} target keys were told apart from same-shaped siblings by "
+            "the source's registration order alone (confidence 0.5); libraries can register "
+            "layers in different orders, so verify the graft (--verify-with)"
         )
     if pairs:
         kind = "registration" if trusted else "natural name"
@@ -129,7 +151,8 @@ def _build_tree(infos: Mapping[str, TensorInfo], order: Sequence[str]) -> Item:
                 nodes[path] = Item(path, float(position))
                 parent.children.append(nodes[path])
             parent = nodes[path]
-        parent.children.append(Item(key, float(position), key=key, fingerprint=Counter([shape])))
+        leaf = Item(key, float(position), key=key, fingerprint=Counter([canonical_shape(shape)]))
+        parent.children.append(leaf)
     _fingerprint(root)
     return root
 
@@ -210,35 +233,62 @@ def _pair_level(
 
 
 def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
-    """Identical fingerprints need evidence: equal (or synonymous) names first, then the
-    relative order — registration order when trusted, else natural name order only when the
-    source names carry an order themselves (``_bn0``, ``_bn1``). Without evidence the items
-    stay unpaired and are reported as ambiguous."""
+    """Identical fingerprints need evidence, strongest first:
+
+    1. tensors: the same (or a synonymous) role name — ``weight`` with ``weight``;
+    2. modules: the same non-numeric name — ``conv1`` with ``conv1`` (equal *numbers* prove
+       nothing: ``_blocks.1`` and ``blocks.1.1`` are different blocks);
+    3. order, when the names on both sides carry one (``_bn0``, ``_bn1`` and ``bn1``, ``bn2``;
+       list indices): pair in order;
+    4. the source's registration order alone (a torch-saved state_dict, a module): weak
+       evidence, since two libraries can register the same layers in different orders
+       (torchvision's RegNet registers ``proj`` before ``f.a``, timm ``conv1`` before
+       ``downsample``). Paired with confidence 0.5 and called out in the notes.
+    With none of these (a name-sorted source with unrelated names) the items stay unpaired
+    and are reported as ambiguous; ``source_model=`` or rename rules resolve them.
+    """
     matched = []
     remaining_s, remaining_t = list(s_items), list(t_items)
     for t_item in t_items:
-        same = [s for s in remaining_s if _same_role(s.name, t_item.name)]
+        same = [s for s in remaining_s if _same_name(s, t_item)]
         if len(same) == 1:
             matched.append((same[0], t_item, "role"))
             remaining_s.remove(same[0])
             remaining_t.remove(t_item)
-    if trusted:
-        how = "order"
-    elif _ordinal_names([i.name for i in remaining_s]):
-        how = "sorted-order"
+    if not remaining_s:
+        return matched
+    source_names = [i.name for i in remaining_s]
+    target_names = [i.name for i in remaining_t]
+    if _ordinal_names(source_names) and _ordinal_names(target_names):
+        how = "order" if trusted else "sorted-order"
+    elif trusted:
+        how = "registration-order"
     else:
         return matched
     matched += [(s, t, how) for s, t in zip(remaining_s, remaining_t, strict=True)]
     return matched
 
 
+def _same_name(s_item: Item, t_item: Item) -> bool:
+    if s_item.is_tensor and t_item.is_tensor:
+        return _same_role(s_item.name, t_item.name)
+    if s_item.is_tensor or t_item.is_tensor:
+        return False
+    return not s_item.name.isdigit() and s_item.name == t_item.name
+
+
 def _ordinal_names(names: list[str]) -> bool:
-    """True when names differ only in their numbers (``_bn0``/``_bn1``, ``ln_1``/``ln_2``),
-    so their natural sort is their intended order."""
+    """True when names differ only in a number or a single letter (``_bn0``/``_bn1``,
+    ``ln_1``/``ln_2``, ``norm_a``/``norm_b``, list indices), so their natural sort is their
+    intended order."""
     if len(names) < 2:
         return True
-    skeletons = {re.sub(r"\d+", "#", name) for name in names}
+    skeletons = {_ORDINAL.sub("#", name) for name in names}
     return len(skeletons) == 1 and "#" in next(iter(skeletons))
+
+
+#: A number, or a letter standing alone between separators (``norm_a``, ``f.a``).
+_ORDINAL = re.compile(r"\d+|(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
 
 
 def _open_smaller_side(left_s: list[Item], left_t: list[Item]):
@@ -318,7 +368,21 @@ def _shape_multiset(item: Item) -> Counter:
 
 
 def _compatible(a: Item, b: Item) -> bool:
-    return sum(a.fingerprint.values()) == sum(b.fingerprint.values())
+    """Worth pairing as the one counterpart left: tensors of the same role and rank,
+    modules holding tensors of the same roles."""
+    if a.is_tensor or b.is_tensor:
+        return a.is_tensor and b.is_tensor and _similarity(a, b) >= MIN_SIMILARITY
+    return _roles(a) == _roles(b)
+
+
+def _roles(item: Item) -> list[str]:
+    if item.is_tensor:
+        return [_role_class(item.name)]
+    return sorted(r for child in item.children for r in _roles(child))
+
+
+def _role_class(role: str) -> str:
+    return next((min(group) for group in ROLE_SYNONYMS if role in group), role)
 
 
 def _fp_key(item: Item) -> tuple:

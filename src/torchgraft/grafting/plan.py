@@ -35,7 +35,7 @@ def build_plan(
         pair = match.pairs.get(key)
         if pair is None:
             same_name = source.get(key)
-            if same_name is not None:
+            if same_name is not None and tuple(same_name[0]) != tuple(shape):
                 entries.append(
                     KeyPlan(
                         key,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from torchgraft.graft.adapt import AdaptContext
-from torchgraft.graft.match import MatchContext, match_auto
-from torchgraft.graft.structure import CONFIDENCE, match_structure, natural_key
+from torchgraft.grafting.adapt import AdaptContext
+from torchgraft.grafting.match import MatchContext, match_auto
+from torchgraft.grafting.structure import CONFIDENCE, match_structure, natural_key
 
 F32 = "torch.float32"
 I64 = "torch.int64"
@@ -109,13 +109,6 @@ COLLIDING_BLOCKS = [(8, 16), (16, 16), (16, 16), (16, 24)]
 COLLIDING_NESTED = ["blocks.0.0", "blocks.1.0", "blocks.1.1", "blocks.2.0"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: structure._break_tie treats equal *numeric* names of modules ('1' in "
-    "_blocks.1 and blocks.1.1) as role evidence, so identical flat blocks pair with the "
-    "wrong nested blocks (confidence 1.0)",
-)
 @pytest.mark.parametrize("order_trusted", [True, False])
 def test_identical_flat_blocks_whose_indices_collide_with_nested_indices(order_trusted):
     source = flat_source(COLLIDING_BLOCKS)
@@ -217,8 +210,9 @@ def test_source_registration_order_breaks_ties_in_a_sorted_source(order_trusted)
     order = (*bn("omega", 8), *bn("alpha", 8))  # omega was registered first
     context = MatchContext(source_order=order, order_trusted=order_trusted)
     match = match_structure(source, target, context)
-    assert match.pairs["first.weight"] == ("omega.weight", CONFIDENCE["order"])
-    assert match.pairs["second.bias"] == ("alpha.bias", CONFIDENCE["order"])
+    # registration order alone is weak evidence (libraries differ): paired, confidence 0.5
+    assert match.pairs["first.weight"] == ("omega.weight", CONFIDENCE["registration-order"])
+    assert match.pairs["second.bias"] == ("alpha.bias", CONFIDENCE["registration-order"])
 
 
 def test_counts_of_unequal_size_are_not_forced():
