@@ -309,14 +309,6 @@ def test_head_path_override_names_a_different_head():
     assert owner["calib.weight"] != "head"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: anatomy.infer_spec runs find_head_by_probe before looking at head_path, so the "
-        "HeadError it raises (whose message says 'pass head_path=') also fires when head_path "
-        "is passed"
-    ),
-)
 def test_head_path_override_rescues_a_model_without_a_single_head():
     spec = tg.spec_of(TwoHeadsConcat(), head_path="b")
     assert spec.head_paths == ("b",)
@@ -328,13 +320,6 @@ def test_unknown_head_path_raises_head_error_listing_modules():
         infer_spec(Calibrated(), head_path="classifier")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: layer_groups.infer_groups labels a body unit by its path, so a body module "
-        "called 'head' becomes a second group named 'head' (the classifier's)"
-    ),
-)
 def test_a_body_module_called_head_is_not_the_head_group():
     model = BodyNamedHead()
     spec = tg.spec_of(model)

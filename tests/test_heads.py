@@ -156,14 +156,6 @@ def test_no_single_head_raises_head_error():
     assert model.b.out_features == 5  # untouched
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: replace_head(head_path=...) calls spec_of(model, head_path=...) -> "
-        "anatomy.infer_spec, which probes for a head first and raises the HeadError that "
-        "told the user to pass head_path= in the first place"
-    ),
-)
 def test_head_path_override_on_a_model_without_a_single_head():
     model = TwoHeadsConcat()
     tg.replace_head(model, num_classes=3, head_path="b")
@@ -182,14 +174,6 @@ def test_head_path_override_names_the_layer_to_replace():
     assert model.net[2].out_features == 4  # the detected head is left alone
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: heads.replace_head with head_path naming a container (Sequential) replaces the "
-        "whole container by a layer shaped like its LAST layer (Linear(32->n)), so the model "
-        "then fails on its 64-wide features"
-    ),
-)
 def test_head_path_naming_a_container_keeps_the_model_working():
     model = ContainerHead()
     tg.replace_head(model, num_classes=3, head_path="classifier")

@@ -46,9 +46,70 @@ def find_head_by_probe(
         HeadError: the last layer with weights does not produce the output's class
             dimension, so no single head can be named.
     """
-    sizes = (input_size,) if input_size else COMMON_SIZES
-    trace = trace_forward(model, example_input, sizes)
+    trace = _trace(model, example_input, input_size)
     modules = dict(model.named_modules())
+    head, num_classes = _detect_head(model, modules, trace)
+    aux = _aux_heads(modules, trace, head, num_classes)
+    return _anatomy(modules, trace, (head, *aux))
+
+
+def infer_spec(
+    model: nn.Module,
+    name: str | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
+    input_size: int | tuple[int, ...] | None = None,
+    head_path: str | Sequence[str] | None = None,
+) -> ModelSpec:
+    """A full :class:`ModelSpec` for a plain ``nn.Module``.
+
+    Args:
+        model: the model (left unchanged).
+        name: the spec's name; defaults to ``custom:<ClassName>``.
+        example_input: an input the model accepts; otherwise common image sizes are tried.
+        input_size: spatial size (int or (H, W)) to probe with.
+        head_path: name the head(s) yourself instead of detecting them (the probe still
+            runs, for the first conv and the input shape, but need not find a head).
+
+    Raises:
+        HeadError: no single head can be identified (pass ``head_path``).
+    """
+    trace = _trace(model, example_input, input_size)
+    modules = dict(model.named_modules())
+    if head_path is not None:
+        head_paths = (head_path,) if isinstance(head_path, str) else tuple(head_path)
+        _check_paths(model, head_paths)
+    else:
+        head, num_classes = _detect_head(model, modules, trace)
+        head_paths = (head, *_aux_heads(modules, trace, head, num_classes))
+    anatomy = _anatomy(modules, trace, head_paths)
+    spatial = anatomy.input_size[1:]
+    preprocessing = Preprocessing().with_channels(anatomy.in_chans)
+    if len(spatial) == 2:
+        preprocessing = Preprocessing(
+            input_size=(anatomy.in_chans, *spatial),
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+        )
+    return ModelSpec(
+        name=name or f"custom:{type(model).__name__}",
+        num_classes=anatomy.num_classes,
+        head_paths=head_paths,
+        feature_dim=anatomy.feature_dim,
+        first_conv=anatomy.first_conv,
+        in_chans=anatomy.in_chans,
+        layer_groups=infer_groups(model, head_paths),
+        preprocessing=preprocessing,
+    )
+
+
+def _trace(model, example_input, input_size) -> ForwardTrace:
+    sizes = (input_size,) if input_size else COMMON_SIZES
+    return trace_forward(model, example_input, sizes)
+
+
+def _detect_head(model: nn.Module, modules: dict[str, nn.Module], trace: ForwardTrace):
+    """The last layer with weights to run, which must produce the output's class dimension."""
     layers = [p for p in trace.order if out_features(modules[p]) is not None]
     if not layers:
         raise HeadError(
@@ -68,63 +129,25 @@ def find_head_by_probe(
             f"weights, '{head}' ({_describe(modules[head])}), gives {width} outputs but the "
             f"model returns {num_classes} per sample; pass head_path='...' to name the head"
         )
-    aux = _aux_heads(modules, trace, head, num_classes)
-    first_conv = _first_conv(modules, trace)
-    in_chans = trace.input_shape[1]
+    return head, num_classes
+
+
+def _anatomy(
+    modules: dict[str, nn.Module], trace: ForwardTrace, head_paths: tuple[str, ...]
+) -> HeadAnatomy:
+    """Widths come from the main head's last layer (a container head: its last Linear/conv)."""
+    from .heads import final_layer
+
+    main = final_layer(modules[head_paths[0]])
+    first = modules[head_paths[0]]
+    first_layer = next((m for m in first.modules() if in_features(m) is not None), main)
     return HeadAnatomy(
-        head_paths=(head, *aux),
-        num_classes=num_classes,
-        feature_dim=in_features(modules[head]) or 0,
-        first_conv=first_conv,
-        in_chans=in_chans,
-        input_size=trace.input_shape[1:],
-    )
-
-
-def infer_spec(
-    model: nn.Module,
-    name: str | None = None,
-    *,
-    example_input: torch.Tensor | None = None,
-    input_size: int | tuple[int, ...] | None = None,
-    head_path: str | Sequence[str] | None = None,
-) -> ModelSpec:
-    """A full :class:`ModelSpec` for a plain ``nn.Module``.
-
-    Args:
-        model: the model (left unchanged).
-        name: the spec's name; defaults to ``custom:<ClassName>``.
-        example_input: an input the model accepts; otherwise common image sizes are tried.
-        input_size: spatial size (int or (H, W)) to probe with.
-        head_path: name the head(s) yourself instead of detecting them.
-
-    Raises:
-        HeadError: no single head can be identified (pass ``head_path``).
-    """
-    anatomy = find_head_by_probe(model, example_input, input_size)
-    head_paths = anatomy.head_paths
-    if head_path is not None:
-        head_paths = (head_path,) if isinstance(head_path, str) else tuple(head_path)
-        _check_paths(model, head_paths)
-    modules = dict(model.named_modules())
-    main = modules[head_paths[0]]
-    spatial = anatomy.input_size[1:]
-    preprocessing = Preprocessing().with_channels(anatomy.in_chans)
-    if len(spatial) == 2:
-        preprocessing = Preprocessing(
-            input_size=(anatomy.in_chans, *spatial),
-            mean=preprocessing.mean,
-            std=preprocessing.std,
-        )
-    return ModelSpec(
-        name=name or f"custom:{type(model).__name__}",
-        num_classes=out_features(main) or anatomy.num_classes,
         head_paths=head_paths,
-        feature_dim=in_features(main) or anatomy.feature_dim,
-        first_conv=anatomy.first_conv,
-        in_chans=anatomy.in_chans,
-        layer_groups=infer_groups(model, head_paths),
-        preprocessing=preprocessing,
+        num_classes=out_features(main) or 0,
+        feature_dim=in_features(first_layer) or 0,
+        first_conv=_first_conv(modules, trace),
+        in_chans=trace.input_shape[1],
+        input_size=trace.input_shape[1:],
     )
 
 

@@ -19,7 +19,17 @@ from ._modules import in_features, out_features, set_module
 from .errors import HeadError
 from .spec import SPEC_ATTRIBUTE, ModelSpec, attach_spec, spec_of
 
-__all__ = ["Head", "HeadReplacement", "find_head", "normalise_class", "replace_head", "same_class"]
+__all__ = [
+    "Head",
+    "HeadReplacement",
+    "final_layer",
+    "final_layer_path",
+    "find_head",
+    "normalise_class",
+    "replace_head",
+    "rows_to_keep",
+    "same_class",
+]
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ def find_head(model: nn.Module) -> Head:
     spec = spec_of(model)
     modules = dict(model.named_modules())
     main = modules[spec.head_path]
-    layer = _final_layer(main)
+    layer = final_layer(main)
     return Head(
         path=spec.head_path,
         module=main,
@@ -126,6 +136,10 @@ def replace_head(
         fc: Linear(2048→1000) -> Linear(2048→10)
     """
     num_classes = _resolve_num_classes(num_classes, classes)
+    if not 0.0 <= dropout < 1.0:
+        raise HeadError(f"dropout must be in [0, 1), got {dropout}")
+    if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
+        raise HeadError(f"hidden must be a positive integer width, got {hidden!r}")
     if keep_classes and hidden:
         raise HeadError(
             "keep_classes cannot be combined with hidden=: pretrained rows take the old "
@@ -135,23 +149,27 @@ def replace_head(
     if head_path is not None and spec.head_path != head_path:
         spec = spec.with_head(spec.num_classes, None, (head_path,))
     modules = dict(model.named_modules())
-    rows = _rows_to_keep(spec, classes, keep_classes)
-    old_layers = {path: _final_layer(modules[path]) for path in spec.head_paths}
+    rows = rows_to_keep(spec, classes, keep_classes)
+    old_layers = {path: final_layer(modules[path]) for path in spec.head_paths}
     saved = {path: _saved_rows(layer, rows) for path, layer in old_layers.items()}
 
     if _is_timm(model) and head_path is None:
         new_paths = _reset_timm_classifier(model, num_classes)
     else:
+        # A head that is a container (Linear -> ReLU -> Linear) keeps its hidden layers; only
+        # the last layer, the one that makes the classes, is replaced.
         for path in spec.head_paths:
-            set_module(model, path, _layer_like(old_layers[path], num_classes))
+            layer_path = final_layer_path(model, path)
+            set_module(model, layer_path, _layer_like(old_layers[path], num_classes))
         new_paths = spec.head_paths
     if dropout or hidden:
-        main = dict(model.named_modules())[new_paths[0]]
-        set_module(model, new_paths[0], _wrap(main, num_classes, dropout, hidden))
+        main_layer = final_layer_path(model, new_paths[0])
+        layer = model.get_submodule(main_layer)
+        set_module(model, main_layer, _wrap(layer, num_classes, dropout, hidden))
 
     modules = dict(model.named_modules())
     for old_path, new_path in zip(spec.head_paths, new_paths, strict=True):
-        _copy_rows(saved[old_path], _final_layer(modules[new_path]), rows)
+        _copy_rows(saved[old_path], final_layer(modules[new_path]), rows)
     new_spec = spec.with_head(
         num_classes, tuple(classes) if classes is not None else None, tuple(new_paths)
     )
@@ -191,10 +209,14 @@ def _resolve_num_classes(num_classes: int | None, classes: Sequence[str] | None)
     return num_classes
 
 
-def _rows_to_keep(
+def rows_to_keep(
     spec: ModelSpec, classes: Sequence[str] | None, keep: bool | Sequence[str]
 ) -> list[tuple[str, int, int]]:
-    """(class name, old row, new row) for every pretrained row to carry over."""
+    """(class name, old row, new row) for every pretrained row to carry over.
+
+    Raises:
+        HeadError: no new names, unknown old names, or names to keep that one side lacks.
+    """
     if keep is False or keep is None:
         return []
     if classes is None:
@@ -241,7 +263,20 @@ def _copy_rows(saved, layer: nn.Module, rows: list[tuple[str, int, int]]) -> Non
             layer.bias[index] = bias.to(layer.bias.dtype)
 
 
-def _final_layer(module: nn.Module) -> nn.Module:
+def final_layer_path(model: nn.Module, path: str) -> str:
+    """Path of the last Linear/conv inside the module at ``path`` (``path`` itself if it is one)."""
+    module = model.get_submodule(path)
+    if out_features(module) is not None:
+        return path
+    inner = [p for p, m in module.named_modules() if out_features(m) is not None]
+    if not inner:
+        raise HeadError(
+            f"the head '{path}' ({type(module).__name__}) holds no Linear or convolution layer"
+        )
+    return f"{path}.{inner[-1]}"
+
+
+def final_layer(module: nn.Module) -> nn.Module:
     """The last Linear/conv inside ``module`` (the module itself when it is one)."""
     if out_features(module) is not None:
         return module
@@ -277,8 +312,6 @@ def _layer_like(old: nn.Module, out: int, in_width: int | None = None) -> nn.Mod
 
 
 def _wrap(layer: nn.Module, num_classes: int, dropout: float, hidden: int | None) -> nn.Module:
-    if not 0.0 <= dropout < 1.0:
-        raise HeadError(f"dropout must be in [0, 1), got {dropout}")
     parts: list[nn.Module] = []
     if hidden:
         if dropout:

@@ -146,6 +146,11 @@ def finish_groups(
     order = [g for g in order if g not in TRAILING_GROUPS] + [
         g for g in TRAILING_GROUPS if g in order
     ]
+    if "head" in order:
+        # "head" means the classifier; a body module that happens to be called head (timm's
+        # SelecSLS convs before its fc) gets another name, so the two never merge.
+        assignment = {k: ("head_body" if v == "head" else v) for k, v in assignment.items()}
+        order = ["head_body" if g == "head" else g for g in order]
     owners = _prefix_owners(parameter_names, assignment, head_paths)
     groups = []
     for label in order:

@@ -65,12 +65,13 @@ def primary_output(output: object) -> torch.Tensor | None:
 
 
 def example_input_for(
-    model: nn.Module, size: int | tuple[int, ...], batch: int = 2
+    model: nn.Module, size: int | tuple[int, ...], batch: int = 2, channels: int | None = None
 ) -> torch.Tensor:
     """A meta-device input shaped for the model's first layer.
 
-    The first convolution (in registration order) fixes channels and dimensionality; a model
-    without convolutions gets ``(batch, in_features)`` of its first Linear.
+    The first convolution (in registration order) fixes dimensionality and, unless
+    ``channels`` is given, the channels; a model without convolutions gets
+    ``(batch, in_features)`` of its first Linear.
 
     Raises:
         SpecError: neither a convolution nor a Linear layer exists to tell the input shape.
@@ -78,7 +79,8 @@ def example_input_for(
     for module in model.modules():
         if is_conv(module):
             spatial = tuple(size) if isinstance(size, tuple) else (size,) * len(module.kernel_size)
-            return torch.empty(batch, module.in_channels, *spatial, device="meta")
+            width = channels if channels is not None else module.in_channels
+            return torch.empty(batch, width, *spatial, device="meta")
         if isinstance(module, nn.Linear):
             return torch.empty(batch, module.in_features, device="meta")
     raise SpecError(
@@ -98,16 +100,20 @@ def trace_forward(
         model: the model; nothing about it is changed.
         example_input: the input to use; when None, one is made for each of ``sizes`` until a
             pass succeeds (a LeNet takes 32, a ResNet any of them).
-        sizes: spatial sizes to try when no example input is given.
+        sizes: spatial sizes to try when no example input is given (with the first conv's
+            channels, then with 3).
 
     Raises:
         SpecError: no pass succeeded; the message holds the last error.
     """
-    candidates = (
-        [example_input]
-        if example_input is not None
-        else [example_input_for(model, s) for s in sizes]
-    )
+    if example_input is not None:
+        candidates = [example_input]
+    else:
+        # The first conv's width first; then RGB, for stems that rearrange the image before
+        # their first conv (timm's TResNet turns 3 channels into 48 by space-to-depth).
+        candidates = [example_input_for(model, s) for s in sizes]
+        if candidates[0].dim() > 2 and candidates[0].shape[1] != 3:
+            candidates += [example_input_for(model, s, channels=3) for s in sizes]
     last_error: Exception | None = None
     for candidate in candidates:
         try:

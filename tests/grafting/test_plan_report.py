@@ -91,14 +91,15 @@ def test_a_lone_stray_source_tensor_is_not_paired_with_an_unrelated_missing_key(
     assert plan.unexpected == ["module.aux.weight"]
 
 
-def test_coverage_is_the_fraction_of_target_elements_loaded(helpers):
+def test_coverage_is_the_fraction_of_target_parameter_elements_loaded(helpers):
     target = helpers.TinyNet(num_classes=3)
     plan = plan_graft(target, messy_source(helpers))
-    # by hand: conv1 4*3*3*3, bn1 4*4 + 1 counter, conv2 4*4*3*3, bn2 17, fc 3*4 + 3
-    total = 108 + 17 + 144 + 17 + 15
-    not_loaded = 4 + 15  # bn2.running_mean and the head
+    # by hand, parameters only: conv1 4*3*3*3, bn1 weight+bias 8, conv2 4*4*3*3, bn2 8, fc 3*4+3
+    total = 108 + 8 + 144 + 8 + 15
+    not_loaded = 15  # the head; bn2.running_mean is a buffer: listed as missing, not counted
     assert plan.coverage == pytest.approx((total - not_loaded) / total)
-    assert total == sum(v.numel() for v in target.state_dict().values())
+    assert total == sum(p.numel() for p in target.parameters())
+    assert "bn2.running_mean" in plan.missing
 
 
 def test_plan_graft_touches_neither_model(helpers):
@@ -234,7 +235,10 @@ def test_render_shows_counts_sections_and_grouped_keys(helpers):
     text = plan.render()
     lines = text.splitlines()
     assert lines[0] == "graft auto: in-memory state_dict [state_dict]"
-    assert lines[1] == ("coverage 93.7% of target elements · rename 11 · skip-shape 2 · missing 1")
+    # 268 of 283 parameter elements (see the coverage test), rounded down
+    assert lines[1] == (
+        "coverage 94.6% of target parameter elements · rename 11 · skip-shape 2 · missing 1"
+    )
     assert "  * ← module.*  (11 keys, rest of the name equal)" in lines
     assert "skipped (shape):" in lines
     assert "  fc.weight [3, 4] ← module.fc.weight [5, 4]: shape [5, 4] cannot fill [3, 4]" in lines

@@ -17,17 +17,6 @@ import torchgraft as tg
 
 pytestmark = pytest.mark.usefixtures("skip_random_init", "one_torch_thread")
 
-BUG_TRESNET = (
-    "BUG: probe.example_input_for sizes the probe input from the first Conv's in_channels; "
-    "TResNet's stem is a SpaceToDepth (3 -> 48 channels) before its first conv, so "
-    "create_model('timm:tresnet_m') fails with SpecError 'probe forward ... (2, 48, 224, 224)'"
-)
-BUG_SELECSLS = (
-    "BUG: layer_groups.groups_from_ordinals names a body group after its module path; "
-    "selecsls42 has a body module called 'head' (convs before 'fc'), so the spec holds two "
-    "groups named 'head' and the body convs count as the classifier"
-)
-
 # (architecture, head paths written from timm's model code, input side used for the forward)
 SAMPLE = [
     ("resnet18", ("fc",), 64),
@@ -72,14 +61,10 @@ SAMPLE = [
     ("tresnet_m", ("head.fc",), 64),
     ("selecsls42", ("fc",), 64),
 ]
-XFAIL = {"tresnet_m": BUG_TRESNET, "selecsls42": BUG_SELECSLS}
 
 
 def _param(arch: str, heads: tuple[str, ...], size: int):
-    marks = []
-    if arch in XFAIL:
-        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[arch]))
-    return pytest.param(arch, heads, size, marks=marks, id=arch)
+    return pytest.param(arch, heads, size, id=arch)
 
 
 def _final_width(module: nn.Module) -> int:
@@ -100,7 +85,7 @@ def _under(name: str, paths) -> bool:
 
 
 def test_sample_is_broad_and_names_exist():
-    archs = [arch for arch, _, _ in SAMPLE if arch not in XFAIL]
+    archs = [arch for arch, _, _ in SAMPLE]
     assert len(set(archs)) >= 30
     assert all(timm.is_model(a) for a in archs)
 

@@ -38,6 +38,7 @@ class AdaptContext:
             ``repeat`` otherwise.
         pick: source channels to take with ``pick`` (default: the first ones).
         target_classes / source_classes: class names of the two heads, when known.
+        keep_classes: only these classes take pretrained rows (None: every shared class).
     """
 
     first_conv_key: str | None = None
@@ -46,6 +47,7 @@ class AdaptContext:
     pick: tuple[int, ...] | None = None
     target_classes: tuple[str, ...] | None = None
     source_classes: tuple[str, ...] | None = None
+    keep_classes: tuple[str, ...] | None = None
 
 
 def propose(
@@ -200,10 +202,16 @@ def _class_rows(target_shape, source_shape, context: AdaptContext):
     if len(context.source_classes) != source_shape[0]:
         return None
     source_rows = {normalise_class(n): i for i, n in enumerate(context.source_classes)}
+    wanted = (
+        {normalise_class(n) for n in context.keep_classes}
+        if context.keep_classes is not None
+        else None
+    )
     rows = [
         [source_rows[normalise_class(name)], t]
         for t, name in enumerate(context.target_classes)
         if normalise_class(name) in source_rows
+        and (wanted is None or normalise_class(name) in wanted)
     ]
     detail = f"{len(rows)} of {target_shape[0]} classes start from pretrained rows"
     return Action.ADAPT, {"kind": "class_rows", "rows": rows}, detail

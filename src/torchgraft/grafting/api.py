@@ -82,6 +82,7 @@ def plan_graft(
     in_chans_mode: str | None = None,
     pick: Sequence[int] | None = None,
     source_classes: Sequence[str] | None = None,
+    keep_classes: bool | Sequence[str] = True,
     ema: bool = False,
     allow_globals: Sequence[str] = (),
     trust: bool = False,
@@ -97,6 +98,8 @@ def plan_graft(
         in_chans_mode: first-conv adaptation: ``sum``, ``mean``, ``repeat`` or ``pick``.
         pick: source channels for ``pick``.
         source_classes: class names of the source head (default: from the source, if known).
+        keep_classes: with class names on both sides, copy the source rows of the classes
+            both heads name (True), of only these names (a list), or of none (False).
         ema: take the checkpoint's EMA weights.
         allow_globals / trust: see :func:`torchgraft.grafting.io.read_checkpoint`.
         source_model: the architecture the source was saved from (a spec or a module); its
@@ -111,7 +114,7 @@ def plan_graft(
     target = _infos(model.state_dict())
     source_infos = _infos(weights.checkpoint.tensors)
     adapt_context = _adapt_context(
-        model, target, in_chans_mode, pick, source_classes or weights.classes
+        model, target, in_chans_mode, pick, source_classes or weights.classes, keep_classes
     )
     context = MatchContext(
         adapt=adapt_context,
@@ -132,7 +135,11 @@ def _describe_source(plan: GraftPlan, weights: SourceWeights, model: nn.Module) 
     plan.source_format = weights.checkpoint.format
     plan.container = weights.checkpoint.container
     plan.set_aside = dict(weights.checkpoint.set_aside)
-    plan.target_numels = {k: v.numel() for k, v in model.state_dict().items()}
+    # Coverage counts parameter elements; buffers (BatchNorm statistics) weigh nothing there
+    # but are listed like every other key.
+    numels = dict.fromkeys(model.state_dict(), 0)
+    numels.update({k: p.numel() for k, p in model.named_parameters() if k in numels})
+    plan.target_numels = numels
 
 
 def plan_from_mapping(
@@ -167,6 +174,7 @@ def plan_from_mapping(
         plan_options.get("in_chans_mode"),
         plan_options.get("pick"),
         plan_options.get("source_classes") or weights.classes,
+        plan_options.get("keep_classes", True),
     )
     plan = build_plan(match, source_infos, target, adapt_context, strategy="plan")
     _describe_source(plan, weights, model)
@@ -278,6 +286,7 @@ def _adapt_context(
     in_chans_mode: str | None,
     pick: Sequence[int] | None,
     source_classes: Sequence[str] | None,
+    keep_classes: bool | Sequence[str] = True,
 ) -> AdaptContext:
     from ..layer_groups import under
     from ..spec import spec_of
@@ -295,7 +304,8 @@ def _adapt_context(
         in_chans_mode=in_chans_mode,
         pick=_tuple(pick),
         target_classes=spec.classes,
-        source_classes=_tuple(source_classes),
+        source_classes=_tuple(source_classes) if keep_classes is not False else None,
+        keep_classes=None if isinstance(keep_classes, bool) else tuple(keep_classes),
     )
 
 

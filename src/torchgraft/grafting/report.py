@@ -8,6 +8,7 @@ weight}``), serialises to JSON, and round-trips through an editable YAML/JSON do
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -125,7 +126,8 @@ class GraftPlan:
 
     @property
     def coverage(self) -> float:
-        """Fraction of the target's state_dict elements that load."""
+        """Fraction of the target's parameter elements that load (buffers such as BatchNorm
+        statistics are listed like any key but do not count here)."""
         total = sum(self.target_numels.get(e.target, _numel(e.target_shape)) for e in self.entries)
         loaded = sum(
             self.target_numels.get(e.target, _numel(e.target_shape))
@@ -209,7 +211,7 @@ class GraftPlan:
         lines = [
             f"graft {self.strategy}: {self.source or 'source'} "
             f"[{self.source_format or '?'}{', ' + self.container if self.container else ''}]",
-            f"coverage {self.coverage:.1%} of target elements · "
+            f"coverage {_percent(self.coverage)} of target parameter elements · "
             + " · ".join(f"{k} {v}" for k, v in self.counts.items() if v),
         ]
         lines += [f"note: {n}" for n in self.notes]
@@ -336,6 +338,11 @@ def _missing_lines(entries: list[KeyPlan]) -> list[str]:
     plain = [e.target for e in entries if not e.detail]
     explained = [f"{e.target}: {e.detail}" for e in entries if e.detail]
     return group_keys(plain) + explained
+
+
+def _percent(fraction: float) -> str:
+    """Rounded down, so "100.0%" means everything loaded."""
+    return f"{math.floor(fraction * 1000) / 10:.1f}%"
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import SpecError
-from ..heads import replace_head
+from ..heads import replace_head, rows_to_keep
 from ..spec import attach_spec
 from ..stem import replace_input_channels
 from . import local as local_zoo
@@ -149,12 +149,22 @@ def create_model(
     if in_chans is not None and in_chans != built.spec.in_chans:
         replace_input_channels(model, in_chans)
     current = model.torchgraft_spec
+    if keep_classes:
+        # Validate now (names, known categories); the graft copies the rows, so the report
+        # shows them as adapted.
+        rows_to_keep(current, classes, keep_classes)
     if (num_classes is not None and num_classes != current.num_classes) or keep_classes:
-        replace_head(model, num_classes, classes=classes, keep_classes=keep_classes)
+        replace_head(model, num_classes, classes=classes)
     elif classes is not None:
         attach_spec(model, current.with_head(current.num_classes, tuple(classes)))
     if built.source is not None:
-        report = graft(model, built.source, source_name=built.source_name)
+        report = graft(
+            model,
+            built.source,
+            source_name=built.source_name,
+            source_classes=current.classes if keep_classes else None,
+            keep_classes=keep_classes if not isinstance(keep_classes, bool) else True,
+        )
         object.__setattr__(model, "torchgraft_report", report)
     return model
 

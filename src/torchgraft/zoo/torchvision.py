@@ -91,7 +91,7 @@ def resolve_weights(name: str, weights: Any) -> Any:
     available = ", ".join(enum.__members__)
     raise SpecError(
         f"torchvision:{name} has no weights '{weights}'; available: {available}"
-        + did_you_mean(key, enum.__members__)
+        + did_you_mean(key.upper(), enum.__members__)
     )
 
 
