@@ -111,7 +111,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(console_script, workdir, sou
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "graft auto: colleague.pt [torch]"
-    assert lines[1] == "coverage 100.0% of target elements · rename 14"
+    assert lines[1] == "coverage 100.0% of target parameter elements · rename 14"
     assert "  * ← module.*  (14 keys, rest of the name equal)" in lines
     assert sorted(p.name for p in workdir.iterdir()) == before  # no output, no sidecar
 
@@ -257,6 +257,7 @@ def test_below_min_coverage_exits_2_and_writes_nothing(console_script, workdir, 
     lines = error_lines(result)
     assert len(lines) == 1
     assert "refusing to graft" in lines[0]
-    assert "35.9%" in lines[0]
+    # by hand: conv1 holds 108 of the 283 parameter elements (108+8+144+8+15), rounded down
+    assert "38.1%" in lines[0]
     assert "minimum 50%" in lines[0]
     assert not (workdir / "out.safetensors").exists()

@@ -212,7 +212,8 @@ def test_regnet_y_order_only_pairs_are_flagged_low_confidence():
     reason="KNOWN LIMIT: torchvision's RegNet registers the shortcut (proj) before the block "
     "(f.a), timm the block (conv1) before the shortcut (downsample); shapes and names cannot "
     "tell them apart, so auto pairs them by registration order with confidence 0.5 and flags "
-    "it (previous test). Resolving it needs the source architecture run side by side.",
+    "it (previous test). Given the source architecture, the tie is settled by running it "
+    "(test_regnet_y_ties_are_settled_by_running_the_source_model).",
 )
 def test_regnet_y_shortcut_and_first_conv_are_not_swapped():
     target = create("timm:regnety_004")
@@ -298,3 +299,20 @@ def test_vgg_linear_classifier_pairs_with_a_conv_pre_logits():
     paired = {t: s for t, (s, _) in match.pairs.items()}
     assert paired.get("pre_logits.fc1.weight") == "classifier.0.weight"
     assert paired.get("pre_logits.fc2.weight") == "classifier.3.weight"
+
+
+@pytest.mark.slow
+def test_regnet_y_ties_are_settled_by_running_the_source_model():
+    """With the source architecture at hand, order-only ties are tried both ways and the
+    assignment that reproduces the source block's output wins: the graft becomes exact."""
+    source = well_scaled(create("torchvision:regnet_y_400mf")).eval()
+    target = create("timm:regnety_004")
+    plan = plan_graft(target, source.state_dict(), source_model=source)
+    stage1 = "trunk_output.block1.block1-0"
+    assert plan.mapping["s1.b1.conv1.conv.weight"] == f"{stage1}.f.a.0.weight"
+    assert plan.mapping["s1.b1.downsample.conv.weight"] == f"{stage1}.proj.0.weight"
+    assert plan.mapping["s1.b1.conv1.bn.running_var"] == f"{stage1}.f.a.1.running_var"
+    assert any(note.startswith("resolve:") for note in plan.notes)
+    graft(target, source.state_dict(), plan=plan)
+    example = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    assert compare_models(target, source, example).ok

@@ -16,7 +16,7 @@ from .adapt import AdaptContext, apply_adaptation
 from .io import Checkpoint, read_checkpoint
 from .match import STRATEGIES, Match, MatchContext, TensorInfo
 from .plan import build_plan
-from .report import GraftPlan, GraftReport
+from .report import GraftPlan, GraftReport, percent
 from .rules import RenameRules, load_rules
 
 __all__ = [
@@ -102,8 +102,10 @@ def plan_graft(
             both heads name (True), of only these names (a list), or of none (False).
         ema: take the checkpoint's EMA weights.
         allow_globals / trust: see :func:`torchgraft.grafting.io.read_checkpoint`.
-        source_model: the architecture the source was saved from (a spec or a module); its
-            registration order tells apart same-shaped siblings in a name-sorted checkpoint.
+        source_model: the architecture the source was saved from (a spec or a module): its
+            registration order tells apart same-shaped siblings in a name-sorted checkpoint,
+            and siblings that only order could tell apart are settled by running it side by
+            side with the target (:mod:`.resolve`).
 
     Raises:
         GraftError: unknown strategy, or the strategy's own refusal (``exact``, ``order``).
@@ -123,10 +125,26 @@ def plan_graft(
         order_trusted=weights.order_trusted,
     )
     match = STRATEGIES[strategy](source_infos, target, context)
-    plan = build_plan(
-        match, source_infos, target, adapt_context, adapt=strategy != "shape", strategy=strategy
-    )
-    _describe_source(plan, weights, model)
+
+    def rebuild(correspondence: Match) -> GraftPlan:
+        plan = build_plan(
+            correspondence,
+            source_infos,
+            target,
+            adapt_context,
+            adapt=strategy != "shape",
+            strategy=strategy,
+        )
+        _describe_source(plan, weights, model)
+        return plan
+
+    plan = rebuild(match)
+    if plan.ties and source_model is not None:
+        from .resolve import resolve_ties
+        from .verify import reference_model
+
+        reference, _ = reference_model(source_model, weights.checkpoint.tensors)
+        plan = resolve_ties(plan, model, reference, weights.checkpoint.tensors, rebuild)
     return plan
 
 
@@ -224,7 +242,8 @@ def graft(
     if plan.coverage < min_coverage:
         raise GraftError(
             f"refusing to graft {plan.source or 'the source'}: it would load only "
-            f"{plan.coverage:.1%} of the target's elements (minimum {min_coverage:.0%}); "
+            f"{percent(plan.coverage)} of the target's parameter elements (minimum "
+            f"{min_coverage:.0%}); "
             f"{len(plan.missing)} target keys get nothing, e.g. {', '.join(plan.missing[:4])}. "
             "Check --dry-run, try another --strategy, or lower --min-coverage if this is intended"
         )

@@ -42,6 +42,8 @@ class Match:
     pairs: dict[str, tuple[str, float]] = field(default_factory=dict)
     unresolved: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: groups of ``(source path, target path)`` told apart by registration order alone
+    ties: list[list[tuple[str, str]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ def match_auto(source, target, context: MatchContext) -> Match:
         match.pairs.update(structural.pairs)
         match.unresolved.update(structural.unresolved)
         match.notes += structural.notes
+        match.ties += structural.ties
     return match
 
 

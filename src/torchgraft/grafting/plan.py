@@ -74,4 +74,6 @@ def build_plan(
     # A source skipped for its shape is reported under "skipped", not again as unexpected.
     used = {e.source for e in entries if e.action.loads or e.action is Action.SKIP_SHAPE}
     unexpected = [k for k in source if k not in used]
-    return GraftPlan(entries, unexpected, strategy=strategy, notes=list(match.notes))
+    return GraftPlan(
+        entries, unexpected, strategy=strategy, notes=list(match.notes), ties=list(match.ties)
+    )

@@ -107,6 +107,8 @@ class GraftPlan:
     set_aside: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     target_numels: dict[str, int] = field(default_factory=dict)
+    #: groups of (source module, target module) paired by registration order alone
+    ties: list[list[tuple[str, str]]] = field(default_factory=list)
 
     # --- the contract (PRODUCT.md) -------------------------------------------------------
     @property
@@ -211,7 +213,7 @@ class GraftPlan:
         lines = [
             f"graft {self.strategy}: {self.source or 'source'} "
             f"[{self.source_format or '?'}{', ' + self.container if self.container else ''}]",
-            f"coverage {_percent(self.coverage)} of target parameter elements · "
+            f"coverage {percent(self.coverage)} of target parameter elements · "
             + " · ".join(f"{k} {v}" for k, v in self.counts.items() if v),
         ]
         lines += [f"note: {n}" for n in self.notes]
@@ -340,7 +342,7 @@ def _missing_lines(entries: list[KeyPlan]) -> list[str]:
     return group_keys(plain) + explained
 
 
-def _percent(fraction: float) -> str:
+def percent(fraction: float) -> str:
     """Rounded down, so "100.0%" means everything loaded."""
     return f"{math.floor(fraction * 1000) / 10:.1f}%"
 

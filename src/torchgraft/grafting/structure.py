@@ -99,9 +99,10 @@ def match_structure(
     s_order = _source_order(source, context)
     source_tree = _build_tree(source, s_order)
     target_tree = _build_tree(target, list(target))
-    pairs: dict[str, tuple[str, float]] = {}
-    _match_children(source_tree, target_tree, 1.0, trusted, pairs)
-    match = Match({t: (s, c) for t, (s, c) in pairs.items()})
+    state = _State()
+    _match_children(source_tree, target_tree, 1.0, trusted, state)
+    pairs = state.pairs
+    match = Match({t: (s, c) for t, (s, c) in pairs.items()}, ties=state.ties)
     _pair_counters(source, target, match)
     _explain_unpaired(source, target, match)
     ambiguous = [k for k, why in match.unresolved.items() if why.startswith("ambiguous")]
@@ -167,8 +168,16 @@ def _fingerprint(item: Item) -> Counter:
     return total
 
 
+@dataclass
+class _State:
+    """What the recursion collects: key pairs, and the groups paired by order alone."""
+
+    pairs: dict[str, tuple[str, float]] = field(default_factory=dict)
+    ties: list[list[tuple[str, str]]] = field(default_factory=list)
+
+
 def _match_children(
-    source: Item, target: Item, confidence: float, trusted: bool, pairs: dict
+    source: Item, target: Item, confidence: float, trusted: bool, state: _State
 ) -> None:
     left_s = sorted(source.children, key=lambda i: i.position)
     left_t = sorted(target.children, key=lambda i: i.position)
@@ -181,15 +190,27 @@ def _match_children(
         more, left_s, left_t = _pair_level(left_s, left_t, trusted)
         matched += more
     matched += _pair_leftovers(left_s, left_t)
+    _record_ties(matched, state)
     for s_item, t_item, how in matched:
-        _descend(s_item, t_item, min(confidence, CONFIDENCE[how]), trusted, pairs)
+        _descend(s_item, t_item, min(confidence, CONFIDENCE[how]), trusted, state)
 
 
-def _descend(s_item: Item, t_item: Item, confidence: float, trusted: bool, pairs: dict) -> None:
+def _record_ties(matched: list[tuple[Item, Item, str]], state: _State) -> None:
+    """Groups of same-fingerprint items paired by registration order alone, for
+    :mod:`.resolve` to settle by running the models when the source architecture is known."""
+    groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    for s_item, t_item, how in matched:
+        if how == "registration-order":
+            groups[_fp_key(t_item)].append((s_item.path, t_item.path))
+    state.ties.extend(group for group in groups.values() if len(group) > 1)
+
+
+def _descend(s_item: Item, t_item: Item, confidence: float, trusted: bool, state: _State) -> None:
+    pairs = state.pairs
     if s_item.is_tensor and t_item.is_tensor:
         pairs[t_item.key] = (s_item.key, confidence)
     elif not s_item.is_tensor and not t_item.is_tensor:
-        _match_children(s_item, t_item, confidence, trusted, pairs)
+        _match_children(s_item, t_item, confidence, trusted, state)
     elif t_item.is_tensor:
         # A tensor against a module holding exactly one tensor (an extra wrapper level).
         inner = _single_tensor(s_item)

@@ -20,7 +20,14 @@ from torch import nn
 
 from ..errors import VerificationError
 
-__all__ = ["DEFAULT_TOLERANCE", "Verification", "compare_models", "verify_graft"]
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "Verification",
+    "compare_models",
+    "probe_input",
+    "reference_model",
+    "verify_graft",
+]
 
 #: Largest relative difference accepted in float32 (differences of reduction order are ~1e-6).
 DEFAULT_TOLERANCE = 1e-4
@@ -123,30 +130,44 @@ def verify_graft(
         VerificationError: with ``raise_on_failure``, when the outputs differ.
         GraftError: the source weights do not load into the source architecture exactly.
     """
-    from ..spec import spec_of
-    from .api import graft
-
-    if isinstance(source_model, nn.Module):
-        reference, name = source_model, type(source_model).__name__
-    else:
-        from ..zoo import build_model
-
-        reference, name = build_model(source_model).model, source_model
-    load = graft(reference, source_weights, min_coverage=0.999)
-    if load.coverage < 0.999:
-        raise VerificationError(
-            f"{name} does not take the source weights as they are ({load.coverage:.1%} loaded)"
-        )
-    spec = spec_of(model)
-    generator = torch.Generator().manual_seed(seed)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    example = torch.randn(2, *spec.preprocessing.input_size, generator=generator).to(device)
+    reference, name = reference_model(source_model, source_weights)
+    example = probe_input(model, seed)
     result = compare_models(
         model, reference, example, tolerance=tolerance, dtype=dtype, source=name
     )
     if raise_on_failure and not result.ok:
         raise VerificationError(str(result))
     return result
+
+
+def reference_model(source_model: str | nn.Module, source_weights: Any) -> tuple[nn.Module, str]:
+    """The source architecture holding the source weights, and its name.
+
+    A module passed in is copied, never changed.
+
+    Raises:
+        GraftError: the weights do not load into it as they are (≥ 99.9 % by parameters).
+    """
+    from .api import graft
+
+    if isinstance(source_model, nn.Module):
+        reference, name = copy.deepcopy(source_model), type(source_model).__name__
+    else:
+        from ..zoo import build_model
+
+        reference, name = build_model(source_model).model, source_model
+    graft(reference, source_weights, min_coverage=0.999)
+    return reference.eval(), name
+
+
+def probe_input(model: nn.Module, seed: int = 0, batch: int = 2) -> torch.Tensor:
+    """A seeded random input shaped by the model's preprocessing, on its device."""
+    from ..spec import spec_of
+
+    spec = spec_of(model)
+    generator = torch.Generator().manual_seed(seed)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.randn(batch, *spec.preprocessing.input_size, generator=generator).to(device)
 
 
 def _run(model: nn.Module, head_path: str, example: torch.Tensor):

@@ -1,0 +1,193 @@
+"""Settle, by running the models, the pairings that shapes and names could not.
+
+The structural matcher pairs same-shaped siblings by the source's registration order when
+nothing else tells them apart, with confidence 0.5 — a weak guess, because two libraries
+can register the same layers in different orders (torchvision's RegNet registers the
+shortcut ``proj`` before ``f.a``; timm registers ``conv1`` before ``downsample``).
+
+When the source architecture is known, each such group is settled by evidence instead: every
+assignment of the group's sources to its targets is grafted into a copy of the target, the
+copy and the source model run on one input, and the assignment whose *enclosing module* (the
+block holding the group) reproduces the source block's output best is kept. Groups are
+settled in forward order, so by the time a block is compared everything before it is already
+right and both blocks see the same input. A group of more than ``MAX_GROUP`` items is left
+as it was (its permutations would be too many to try).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .match import Match
+from .report import GraftPlan
+from .verify import probe_input
+
+__all__ = ["MAX_GROUP", "RESOLVED_CONFIDENCE", "resolve_ties"]
+
+#: Largest tie group whose permutations are tried, and most trials per block.
+MAX_GROUP = 4
+MAX_TRIALS = 24
+#: Confidence of a pairing chosen because it reproduced the source model's features.
+RESOLVED_CONFIDENCE = 0.95
+
+
+def resolve_ties(
+    plan: GraftPlan,
+    target: nn.Module,
+    reference: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    rebuild,
+) -> GraftPlan:
+    """A plan whose registration-order ties are settled by comparing model outputs.
+
+    Args:
+        plan: the plan with ``plan.ties``; returned unchanged when it has none.
+        target: the target model (not changed: trials run on a copy).
+        reference: the source architecture holding the source weights.
+        tensors: the source tensors.
+        rebuild: ``callable(Match) -> GraftPlan`` that turns a correspondence into a plan
+            (the caller's ``build_plan`` with its adaptation context).
+    """
+    if not plan.ties:
+        return plan
+    trial_model = copy.deepcopy(target)
+    example = probe_input(target)
+    pairs = {
+        e.target: (e.source, e.confidence) for e in plan.entries if e.source and e.action.loads
+    }
+    target_keys = set(target.state_dict())
+    settled = 0
+    for block, groups in _blocks(plan.ties, tensors, target_keys):
+        best = _best_assignment(
+            block, groups, pairs, tensors, trial_model, reference, example, rebuild
+        )
+        if best is not None:
+            pairs = best
+            settled += 1
+    resolved = rebuild(Match(pairs))
+    resolved.notes = [
+        *[n for n in plan.notes if "registration order alone" not in n],
+        f"resolve: same-shaped siblings in {settled} block(s) settled by running the source "
+        f"model side by side (confidence {RESOLVED_CONFIDENCE})",
+    ]
+    return resolved
+
+
+def _blocks(ties, tensors, target_keys):
+    """Tie groups as module pairs, merged per enclosing target block, in target order.
+
+    A tie can pair tensors (two BatchNorm weights) or modules (two convs); both become the
+    module pairs that own them, and groups in one block are tried together, since a conv
+    and its BatchNorm must move together.
+    """
+    blocks: dict[tuple[str, str], list[list[tuple[str, str]]]] = {}
+    for group in ties:
+        modules = list(
+            dict.fromkeys((_owner(s, tensors), _owner(t, target_keys)) for s, t in group)
+        )
+        if len(modules) < 2 or len(modules) > MAX_GROUP:
+            continue
+        key = (_enclosing([t for _, t in modules]), _enclosing([s for s, _ in modules]))
+        blocks.setdefault(key, []).append(modules)
+    return list(blocks.items())
+
+
+def _owner(path: str, keys) -> str:
+    return path.rpartition(".")[0] if path in keys else path
+
+
+def _best_assignment(block, groups, pairs, tensors, model, reference, example, rebuild):
+    target_block, source_block = block
+    expected = _output_of(reference, source_block, example)
+    choices = [list(itertools.permutations([s for s, _ in g])) for g in groups]
+    if expected is None or _count(choices) > MAX_TRIALS:
+        return None
+    scored = []
+    for combination in itertools.product(*choices):
+        trial = dict(pairs)
+        for group, order in zip(groups, combination, strict=True):
+            current = {t: s for s, t in group}
+            targets = [t for _, t in group]
+            trial = _reassign(trial, dict(zip(targets, order, strict=True)), current, tensors)
+            if trial is None:
+                break
+        if trial is None:
+            continue
+        _apply(model, rebuild(Match(trial)), tensors)
+        got = _output_of(model, target_block, example)
+        if got is None or got.shape != expected.shape:
+            return None  # the blocks cannot be compared: leave the group as it was
+        difference = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+        scored.append((difference, trial))
+    if not scored:
+        return None
+    return min(scored, key=lambda item: item[0])[1]
+
+
+def _count(choices) -> int:
+    total = 1
+    for options in choices:
+        total *= len(options)
+    return total
+
+
+def _enclosing(paths: list[str]) -> str:
+    """The deepest module holding every path of the group."""
+    parts = [p.split(".") for p in paths]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _output_of(model: nn.Module, path: str, example: torch.Tensor) -> torch.Tensor | None:
+    """The output of the module at ``path`` in one eval-mode forward pass."""
+    from ..probe import primary_output
+
+    captured: dict[str, torch.Tensor] = {}
+    module = model.get_submodule(path) if path else model
+
+    def hook(_module, _inputs, output):
+        tensor = primary_output(output)
+        if tensor is not None:
+            captured.setdefault("out", tensor.detach().float())
+
+    handle = module.register_forward_hook(hook)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        handle.remove()
+        model.train(training)
+    return captured.get("out")
+
+
+def _reassign(pairs, assignment, current, tensors):
+    """``pairs`` with each target module of the group fed from the source module
+    ``assignment`` names; None if some key has no counterpart there."""
+    result = dict(pairs)
+    for target_module, new_source in assignment.items():
+        old_source = current[target_module]
+        for key, (source_key, _) in pairs.items():
+            if not (key == target_module or key.startswith(target_module + ".")):
+                continue
+            candidate = new_source + source_key[len(old_source) :]
+            if candidate not in tensors:
+                return None
+            result[key] = (candidate, RESOLVED_CONFIDENCE)
+    return result
+
+
+def _apply(model: nn.Module, plan: GraftPlan, tensors) -> None:
+    from .api import apply_plan
+
+    apply_plan(model, plan, tensors)
