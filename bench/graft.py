@@ -74,6 +74,7 @@ def renamed_sorted(state: dict, keep_numbers: bool = True) -> tuple[dict, dict]:
 
 def time_matching() -> list[list[str]]:
     import torchgraft as tg
+    from torchgraft.grafting.report import percent
 
     rows = []
     for spec in MODELS:
@@ -90,10 +91,10 @@ def time_matching() -> list[list[str]]:
                 wrong = sum(k in paired and paired[k] != expect[k] for k in state)
                 unpaired = sum(k not in paired for k in state)
                 row.append(
-                    f"{elapsed * 1000:.0f} ms ({plan.coverage:.1%}; {unpaired} ambiguous, {wrong} wrong)"
+                    f"{elapsed * 1000:.0f} ms ({percent(plan.coverage)}; {unpaired} ambiguous, {wrong} wrong)"
                 )
             else:
-                row.append(f"{elapsed * 1000:.0f} ms ({plan.coverage:.1%})")
+                row.append(f"{elapsed * 1000:.0f} ms ({percent(plan.coverage)})")
         rows.append(row)
         print(" | ".join(row), flush=True)
     return rows
