@@ -8,29 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchgraft as tg
+from handmade_models import DictOutput, LeNet, TwoHeadsConcat
 from torchgraft.anatomy import infer_spec
 from torchgraft.spec import spec_of
 
 # --------------------------------------------------------------------------- models
-
-
-class LeNet(nn.Module):
-    """Classic LeNet-5: the hard-coded 16*5*5 only fits a 32x32 input."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.bn1 = nn.BatchNorm2d(6)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = torch.flatten(x, 1)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
 class FlatMLP(nn.Module):
@@ -58,19 +40,6 @@ class NestedDictHead(nn.Module):
     def forward(self, x):
         x = self.blocks["body"](self.blocks["stem"](x)).mean((2, 3))
         return self.blocks["out"]["logits"](self.blocks["out"]["norm"](x))
-
-
-class DictOutput(nn.Module):
-    """Returns features first and logits second, Hugging Face style."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 12, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-        self.classifier = nn.Linear(12, 6)
-
-    def forward(self, x):
-        f = self.features(x).flatten(1)
-        return {"features": f, "logits": self.classifier(f)}
 
 
 class Conv1dNet(nn.Module):
@@ -128,18 +97,6 @@ class ReshapeHead(nn.Module):
 
     def forward(self, x):
         return self.fc(F.relu(self.body(x))).view(x.shape[0], 2, 5).mean(1)
-
-
-class TwoHeadsConcat(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Linear(8, 16)
-        self.a = nn.Linear(16, 5)
-        self.b = nn.Linear(16, 5)
-
-    def forward(self, x):
-        h = F.relu(self.body(x))
-        return torch.cat([self.a(h), self.b(h)], 1)
 
 
 class PatchEmbedder(nn.Module):

@@ -12,26 +12,12 @@ from torch import nn
 from torchvision.models import ResNet18_Weights
 
 import torchgraft as tg
+from handmade_models import DictOutput, LeNet, TwoHeadsConcat
 from torchgraft.spec import attach_spec
 
 IMAGENET = list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 # --------------------------------------------------------------------------- models
-
-
-class LeNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))))
 
 
 class FlatMLP(nn.Module):
@@ -57,17 +43,6 @@ class NestedDictHead(nn.Module):
         return self.blocks["out"]["logits"](self.blocks["stem"](x).mean((2, 3)))
 
 
-class DictOutput(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 12, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-        self.classifier = nn.Linear(12, 6)
-
-    def forward(self, x):
-        f = self.features(x).flatten(1)
-        return {"features": f, "logits": self.classifier(f)}
-
-
 class Conv1dHead(nn.Module):
     """A 1-D conv net on (B, C, L) whose classifier is a 1x1 Conv1d, averaged over L."""
 
@@ -78,18 +53,6 @@ class Conv1dHead(nn.Module):
 
     def forward(self, x):
         return self.classifier(F.relu(self.conv1(x))).mean(-1)
-
-
-class TwoHeadsConcat(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Linear(8, 16)
-        self.a = nn.Linear(16, 5)
-        self.b = nn.Linear(16, 5)
-
-    def forward(self, x):
-        h = F.relu(self.body(x))
-        return torch.cat([self.a(h), self.b(h)], 1)
 
 
 class ContainerHead(nn.Module):

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import GraftError
+from .common import add_checkpoint_safety_arguments
 
 NAME = "graft"
 HELP = "load a checkpoint into a model whose keys differ, with a plan and a report"
@@ -44,18 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="write grafted weights")
     parser.add_argument("--min-coverage", type=float, default=MIN_COVERAGE)
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    parser.add_argument(
-        "--allow-global",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="allow this pickled global (module.Name); repeatable",
-    )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle without restrictions (can run code from the file)",
-    )
+    add_checkpoint_safety_arguments(parser)
     parser.add_argument("--all", action="store_true", help="list every key, not the first 12")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 

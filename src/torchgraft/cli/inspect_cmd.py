@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, SpecError
+from .common import add_checkpoint_safety_arguments
 
 NAME = "inspect"
 HELP = "show a checkpoint's keys/shapes/dtypes or a model's anatomy"
@@ -26,18 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="PATH_OR_MODEL_SPEC")
     parser.add_argument("--weights", help="for a model spec: build with these weights")
     parser.add_argument("--ema", action="store_true", help="for a checkpoint: show its EMA weights")
-    parser.add_argument(
-        "--allow-global",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="allow this pickled global (module.Name) in a torch file; repeatable",
-    )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle without restrictions (can run code from the file)",
-    )
+    add_checkpoint_safety_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     audit = parser.add_argument_group("fine-tuning audit (model specs)")
     audit.add_argument(
