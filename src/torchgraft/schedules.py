@@ -110,8 +110,28 @@ class UnfreezeSchedule(Protocol):
     def plan(self, epoch: int, groups: Sequence[str]) -> Stage: ...
 
 
+class _ScheduleMethods:
+    """``start``/``apply``/``to_dict`` shared by the schedules (thin calls to the module
+    functions, which hold the logic)."""
+
+    def start(
+        self, model: nn.Module, epoch: int = 0, *, spec: ModelSpec | None = None
+    ) -> list[dict[str, Any]]:
+        """See :func:`start_stage`."""
+        return start_stage(self, model, epoch, spec=spec)
+
+    def apply(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, **kw: Any
+    ) -> StageChange:
+        """See :func:`apply_stage`."""
+        return apply_stage(self, model, optimizer, epoch, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
 @dataclass(frozen=True)
-class TwoPhase:
+class TwoPhase(_ScheduleMethods):
     """fastai's ``fine_tune``: head only, then all groups with discriminative LRs."""
 
     lr: float
@@ -139,24 +159,9 @@ class TwoPhase:
         }
         return Stage(epoch, tuple(groups), scale)
 
-    def start(
-        self, model: nn.Module, epoch: int = 0, *, spec: ModelSpec | None = None
-    ) -> list[dict[str, Any]]:
-        """See :func:`start_stage`."""
-        return start_stage(self, model, epoch, spec=spec)
-
-    def apply(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, **kw: Any
-    ) -> StageChange:
-        """See :func:`apply_stage`."""
-        return apply_stage(self, model, optimizer, epoch, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class UnfreezeAt:
+class UnfreezeAt(_ScheduleMethods):
     """Lightning's ``BackboneFinetuning``: unfreeze the backbone at ``epoch`` with an LR ratio."""
 
     lr: float
@@ -178,24 +183,9 @@ class UnfreezeAt:
         trainable = ("head",) if epoch < self.epoch else tuple(groups)
         return Stage(epoch, trainable, scale)
 
-    def start(
-        self, model: nn.Module, epoch: int = 0, *, spec: ModelSpec | None = None
-    ) -> list[dict[str, Any]]:
-        """See :func:`start_stage`."""
-        return start_stage(self, model, epoch, spec=spec)
-
-    def apply(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, **kw: Any
-    ) -> StageChange:
-        """See :func:`apply_stage`."""
-        return apply_stage(self, model, optimizer, epoch, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class Progressive:
+class Progressive(_ScheduleMethods):
     """ULMFiT's gradual unfreezing: one more layer group every ``every`` epochs."""
 
     lr: float
@@ -218,21 +208,6 @@ class Progressive:
         decay = self.layer_decay or 1.0
         scale = {g: decay ** (last - i) for i, g in enumerate(groups)}
         return Stage(epoch, trainable, scale)
-
-    def start(
-        self, model: nn.Module, epoch: int = 0, *, spec: ModelSpec | None = None
-    ) -> list[dict[str, Any]]:
-        """See :func:`start_stage`."""
-        return start_stage(self, model, epoch, spec=spec)
-
-    def apply(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, **kw: Any
-    ) -> StageChange:
-        """See :func:`apply_stage`."""
-        return apply_stage(self, model, optimizer, epoch, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
 
 
 #: ``kind`` -> schedule class; the ``finetune.schedule`` config section names one.
