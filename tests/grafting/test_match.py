@@ -437,7 +437,8 @@ def test_coverage_floor_refuses_and_leaves_the_model_unchanged(helpers):
     total = loaded + 2 * (8 * 8 * 9 + 8)
     assert plan.coverage == pytest.approx(loaded / total)
     assert plan.coverage < 0.5
-    with pytest.raises(GraftError, match=r"refusing to graft .* 17\.2% .*minimum 50%"):
+    # 242 / 1410 = 17.16 %, shown rounded down
+    with pytest.raises(GraftError, match=r"refusing to graft .* 17\.1% .*minimum 50%"):
         graft(target, name_sorted)
     helpers.assert_bitwise_equal(target, before)
 

@@ -140,12 +140,22 @@ def plan_graft(
 
     plan = rebuild(match)
     if plan.ties and source_model is not None:
-        from .resolve import resolve_ties
-        from .verify import reference_model
-
-        reference, _ = reference_model(source_model, weights.checkpoint.tensors)
-        plan = resolve_ties(plan, model, reference, weights.checkpoint.tensors, rebuild)
+        plan = _settle_ties(plan, model, source_model, weights, rebuild)
     return plan
+
+
+def _settle_ties(plan, model, source_model, weights: SourceWeights, rebuild) -> GraftPlan:
+    """Run the source architecture to settle order-only ties; a source that cannot run
+    (no forward, another input shape) leaves the plan as it was, with a note saying why."""
+    from .resolve import resolve_ties
+    from .verify import reference_model
+
+    try:
+        reference, _ = reference_model(source_model, weights.checkpoint.tensors)
+        return resolve_ties(plan, model, reference, weights.checkpoint.tensors, rebuild)
+    except Exception as exc:  # the user's model code can raise anything
+        plan.notes.append(f"resolve: the source model could not be run to settle ties ({exc})")
+        return plan
 
 
 def _describe_source(plan: GraftPlan, weights: SourceWeights, model: nn.Module) -> None:
