@@ -34,64 +34,68 @@ _EXPORTS = {
     "RenameRules": ".grafting",
     "Verification": ".grafting",
     "apply_plan": ".grafting",
-    "graft": ".grafting",
+    "graft": ".zoo.grafts",
     "load_rules": ".grafting",
-    "plan_graft": ".grafting",
+    "plan_graft": ".zoo.grafts",
     "read_checkpoint": ".grafting",
-    "verify_graft": ".grafting",
-    "Head": ".heads",
-    "HeadReplacement": ".heads",
-    "find_head": ".heads",
-    "replace_head": ".heads",
-    "LayerGroup": ".spec",
-    "ModelSpec": ".spec",
-    "Preprocessing": ".spec",
-    "spec_of": ".spec",
-    "replace_input_channels": ".stem",
+    "verify_graft": ".zoo.grafts",
+    "Head": ".model.heads",
+    "HeadReplacement": ".model.heads",
+    "find_head": ".model.heads",
+    "replace_head": ".model.heads",
+    "LayerGroup": ".model.spec",
+    "ModelSpec": ".model.spec",
+    "Preprocessing": ".model.spec",
+    "spec_of": ".model.anatomy",
+    "replace_input_channels": ".model.stem",
     "build_model": ".zoo",
     "create_model": ".zoo",
     "list_models": ".zoo",
-    "FreezeSummary": ".freezing",
-    "freeze": ".freezing",
-    "unfreeze": ".freezing",
-    "OptimizerAudit": ".optimizer_groups",
-    "audit_optimizer": ".optimizer_groups",
-    "check_param_groups": ".optimizer_groups",
-    "param_groups": ".optimizer_groups",
-    "load_optimizer_state_by_name": ".optimizer_state",
-    "optimizer_state_by_name": ".optimizer_state",
-    "InitSummary": ".initializers",
-    "init_new_layers": ".initializers",
-    "Progressive": ".schedules",
-    "TwoPhase": ".schedules",
-    "UnfreezeAt": ".schedules",
-    "schedule_from_config": ".schedules",
+    "FreezeSummary": ".policies.freezing",
+    "freeze": ".policies.freezing",
+    "unfreeze": ".policies.freezing",
+    "OptimizerAudit": ".policies.optimizer_groups",
+    "audit_optimizer": ".policies.optimizer_groups",
+    "check_param_groups": ".policies.optimizer_groups",
+    "param_groups": ".policies.optimizer_groups",
+    "load_optimizer_state_by_name": ".policies.optimizer_state",
+    "optimizer_state_by_name": ".policies.optimizer_state",
+    "InitSummary": ".policies.initializers",
+    "init_new_layers": ".policies.initializers",
+    "Progressive": ".policies.schedules",
+    "TwoPhase": ".policies.schedules",
+    "UnfreezeAt": ".policies.schedules",
+    "schedule_from_config": ".policies.schedules",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from .freezing import FreezeSummary, freeze, unfreeze
     from .grafting import (
         GraftPlan,
         GraftReport,
         RenameRules,
         Verification,
         apply_plan,
-        graft,
         load_rules,
-        plan_graft,
         read_checkpoint,
-        verify_graft,
     )
-    from .heads import Head, HeadReplacement, find_head, replace_head
-    from .initializers import InitSummary, init_new_layers
-    from .optimizer_groups import OptimizerAudit, audit_optimizer, check_param_groups, param_groups
-    from .optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
-    from .schedules import Progressive, TwoPhase, UnfreezeAt, schedule_from_config
-    from .spec import LayerGroup, ModelSpec, Preprocessing, spec_of
-    from .stem import replace_input_channels
+    from .model.anatomy import spec_of
+    from .model.heads import Head, HeadReplacement, find_head, replace_head
+    from .model.spec import LayerGroup, ModelSpec, Preprocessing
+    from .model.stem import replace_input_channels
+    from .policies.freezing import FreezeSummary, freeze, unfreeze
+    from .policies.initializers import InitSummary, init_new_layers
+    from .policies.optimizer_groups import (
+        OptimizerAudit,
+        audit_optimizer,
+        check_param_groups,
+        param_groups,
+    )
+    from .policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
+    from .policies.schedules import Progressive, TwoPhase, UnfreezeAt, schedule_from_config
     from .zoo import build_model, create_model, list_models
+    from .zoo.grafts import graft, plan_graft, verify_graft
 
 # Written out (not derived from _EXPORTS) so linters and readers see the names.
 __all__ = [

@@ -14,7 +14,8 @@ from torchgraft.errors import GraftError
 from torchgraft.grafting.adapt import AdaptContext, apply_adaptation, propose
 from torchgraft.grafting.api import graft, plan_graft
 from torchgraft.grafting.report import Action
-from torchgraft.spec import attach_spec, spec_of
+from torchgraft.model.anatomy import spec_of
+from torchgraft.model.spec import attach_spec
 
 # --- input channels: values ----------------------------------------------------------------
 

@@ -11,10 +11,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import torchgraft as tg
 from torchgraft.errors import GraftError
-from torchgraft.grafting.api import apply_plan, graft, plan_from_mapping, plan_graft
+from torchgraft.grafting.api import graft, plan_graft
+from torchgraft.grafting.apply import apply_plan
+from torchgraft.grafting.planner import plan_from_mapping
 from torchgraft.grafting.report import Action, GraftPlan, KeyPlan
-from torchgraft.grafting.verify import verify_graft
 
 SOURCE_ARCH = "efficientnet_lite_pytorch:EfficientNet.from_name('efficientnet-lite0')"
 
@@ -99,7 +101,7 @@ def test_real_lite0_into_tf_efficientnet_lite0_verifies_with_zero_difference(
     assert report.mapping["blocks.0.0.conv_dw.weight"] == "_blocks.0._depthwise_conv.weight"
     assert report.mapping["blocks.6.0.conv_pwl.weight"] == "_blocks.15._project_conv.weight"
     assert report.mapping["classifier.weight"] == "_fc.weight"
-    result = verify_graft(model, SOURCE_ARCH, lite0_file)
+    result = tg.verify_graft(model, SOURCE_ARCH, lite0_file)
     assert result.ok
     assert result.output_rel_diff == 0.0
     assert result.feature_rel_diff == 0.0
@@ -141,7 +143,7 @@ def test_trap_timm_efficientnet_lite0_takes_every_tensor_but_not_the_function(li
     assert report.coverage == 1.0
     assert report.counts["skip-shape"] == 0
     assert report.missing == []
-    result = verify_graft(model, SOURCE_ARCH, lite0_file)
+    result = tg.verify_graft(model, SOURCE_ARCH, lite0_file)
     assert not result.ok
     assert result.output_abs_diff > 1.0  # measured: 3.25 max logit difference
 
@@ -275,11 +277,21 @@ def test_graft_with_an_edited_plan(helpers):
 
 
 def test_top_level_names_are_the_graft_functions():
-    import torchgraft as tg
-    from torchgraft.grafting import api
+    from torchgraft.grafting import apply
+    from torchgraft.zoo import grafts
 
-    assert tg.plan_graft is api.plan_graft
-    assert tg.apply_plan is api.apply_plan
+    assert tg.plan_graft is grafts.plan_graft
+    assert tg.graft is grafts.graft
+    assert tg.apply_plan is apply.apply_plan
+
+
+def test_grafting_layer_refuses_model_specs_and_points_to_the_zoo_layer():
+    """grafting/ knows no model names (the zoo sits above it); the error says where to go."""
+    from torchgraft.errors import CheckpointError
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=r"torchgraft\.graft"):
+        graft(model, "torchvision:resnet18")
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torchgraft.errors import GraftError
-from torchgraft.grafting.api import apply_plan, graft, plan_graft
+from torchgraft.grafting.api import graft, plan_graft
+from torchgraft.grafting.apply import apply_plan
 from torchgraft.grafting.report import Action, GraftPlan, KeyPlan
 
 MODELS = ("torchvision:resnet18", "timm:tf_efficientnet_lite0", "timm:mobilenetv3_large_100")

@@ -13,9 +13,9 @@ from torch import nn
 
 import torchgraft as tg
 from torchgraft.errors import ConfigError, TorchgraftError
-from torchgraft.freezing import freeze, has_running_stats, pinned_norms, unfreeze
-from torchgraft.layer_groups import under
-from torchgraft.optimizer_groups import param_groups
+from torchgraft.model.layer_groups import under
+from torchgraft.policies.freezing import freeze, has_running_stats, pinned_norms, unfreeze
+from torchgraft.policies.optimizer_groups import param_groups
 
 
 def trainable_names(model: nn.Module) -> set[str]:

@@ -12,7 +12,7 @@ from torch import nn
 
 import torchgraft as tg
 from torchgraft.errors import ConfigError
-from torchgraft.initializers import SCHEMES, init_new_layers
+from torchgraft.policies.initializers import SCHEMES, init_new_layers
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,18 @@ from torch import nn
 
 import torchgraft as tg
 from torchgraft.errors import ConfigError
-from torchgraft.freezing import freeze
-from torchgraft.optimizer_groups import (
+from torchgraft.policies.freezing import freeze
+from torchgraft.policies.optimizer_groups import (
     OptimizerAuditWarning,
     audit_optimizer,
     check_param_groups,
     no_weight_decay_names,
     param_groups,
 )
-from torchgraft.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
+from torchgraft.policies.optimizer_state import (
+    load_optimizer_state_by_name,
+    optimizer_state_by_name,
+)
 
 
 def by_name(groups):

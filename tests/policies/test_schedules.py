@@ -9,13 +9,16 @@ import torch
 
 import torchgraft as tg
 from torchgraft.errors import ConfigError
-from torchgraft.freezing import pinned_norms
-from torchgraft.optimizer_groups import (
+from torchgraft.policies.freezing import pinned_norms
+from torchgraft.policies.optimizer_groups import (
     audit_optimizer,
     check_param_groups,
 )
-from torchgraft.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
-from torchgraft.schedules import Progressive, TwoPhase, UnfreezeAt, schedule_from_config
+from torchgraft.policies.optimizer_state import (
+    load_optimizer_state_by_name,
+    optimizer_state_by_name,
+)
+from torchgraft.policies.schedules import Progressive, TwoPhase, UnfreezeAt, schedule_from_config
 
 GROUPS = ("stem", "a", "b", "head")
 

@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 import torchgraft as tg
-from torchgraft.anatomy import infer_spec
+from torchgraft.model.anatomy import infer_spec
 
 pytestmark = pytest.mark.usefixtures("skip_random_init", "one_torch_thread")
 

@@ -51,16 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..grafting.api import graft, plan_from_mapping, plan_graft, read_source
+    from ..grafting.api import graft, plan_graft
+    from ..grafting.planner import plan_from_mapping
     from ..grafting.verify import verify_graft
     from ..zoo import create_model
+    from ..zoo.grafts import resolve_source, resolve_source_model
 
     read_options = {
         "ema": args.ema,
         "allow_globals": args.allow_global,
         "trust": args.trust_checkpoint,
     }
-    weights = read_source(args.source, **read_options)
+    weights = resolve_source(args.source, **read_options)
+    source_model = resolve_source_model(args.verify_with)
     model = create_model(args.into, num_classes=args.num_classes, in_chans=args.in_chans)
     options = {"in_chans_mode": args.in_chans_mode}
     if args.plan:
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             weights,
             strategy=args.strategy,
             rules=args.rules,
-            source_model=args.verify_with,
+            source_model=source_model,
             **options,
         )
     if args.plan_out:
@@ -82,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     report = graft(model, weights, plan=plan, min_coverage=args.min_coverage)
     status = 0
     if args.verify_with:
-        result = verify_graft(model, args.verify_with, weights, tolerance=args.tolerance)
+        result = verify_graft(
+            model, source_model, weights, tolerance=args.tolerance, source_name=args.verify_with
+        )
         report.verification = result.to_dict()
         report.notes.append(str(result))
         status = 0 if result.ok else 1

@@ -95,7 +95,7 @@ def describe_checkpoint(checkpoint) -> dict[str, Any]:
 def describe_model(
     spec_text: str, weights: str | None, audit: argparse.Namespace | None = None
 ) -> dict[str, Any]:
-    from ..spec import spec_of
+    from ..model.anatomy import spec_of
     from ..zoo import build_model, create_model
 
     if audit is not None and audit.num_classes:
@@ -127,8 +127,8 @@ def _audit(model, args: argparse.Namespace) -> dict[str, Any]:
     """Freeze as asked, build the parameter groups, and audit them (warnings collected)."""
     import warnings
 
-    from ..freezing import freeze
-    from ..optimizer_groups import audit_optimizer, param_groups
+    from ..policies.freezing import freeze
+    from ..policies.optimizer_groups import audit_optimizer, param_groups
 
     summary = freeze(model, args.freeze, bn=args.bn)
     groups = param_groups(

@@ -2,7 +2,8 @@
 
 Public API: :func:`plan_graft` (the plan, model untouched), :func:`graft` (plan + apply +
 report), :func:`apply_plan` (a plan made earlier, possibly edited), :func:`read_checkpoint`,
-:func:`verify_graft` / :func:`compare_models` (proof that the function was kept).
+:func:`verify_graft` / :func:`compare_models` (proof that the function was kept). These take
+files, state_dicts and modules; the top-level ``torchgraft.graft`` & co. also take model specs.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "apply_plan": ".api",
+    "apply_plan": ".apply",
     "graft": ".api",
     "plan_graft": ".api",
-    "plan_from_mapping": ".api",
+    "plan_from_mapping": ".planner",
+    "SourceWeights": ".source",
+    "read_source": ".source",
     "Checkpoint": ".io",
     "read_checkpoint": ".io",
     "Action": ".report",
@@ -32,10 +35,13 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
-    from .api import apply_plan, graft, plan_from_mapping, plan_graft
+    from .api import graft, plan_graft
+    from .apply import apply_plan
     from .io import Checkpoint, read_checkpoint
+    from .planner import plan_from_mapping
     from .report import Action, GraftPlan, GraftReport, KeyPlan
     from .rules import RenameRules, load_rules
+    from .source import SourceWeights, read_source
     from .verify import Verification, compare_models, verify_graft
 
 __all__ = [
@@ -45,6 +51,7 @@ __all__ = [
     "GraftReport",
     "KeyPlan",
     "RenameRules",
+    "SourceWeights",
     "Verification",
     "apply_plan",
     "compare_models",
@@ -53,5 +60,6 @@ __all__ = [
     "plan_from_mapping",
     "plan_graft",
     "read_checkpoint",
+    "read_source",
     "verify_graft",
 ]

@@ -190,7 +190,7 @@ def _class_rows(target_shape, source_shape, context: AdaptContext):
         return None
     if context.target_classes is None or context.source_classes is None:
         return None
-    from ..heads import normalise_class
+    from ..model.heads import normalise_class
 
     same = [normalise_class(n) for n in context.target_classes] == [
         normalise_class(n) for n in context.source_classes

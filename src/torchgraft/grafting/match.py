@@ -16,52 +16,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from ..errors import GraftError
-from .adapt import AdaptContext, propose
+from .adapt import propose
+from .correspondence import Match, MatchContext, TensorInfo, is_float, pair_counters
 from .report import Action
-from .rules import RenameRules
+from .structure import match_structure
 
 __all__ = ["STRATEGIES", "Match", "MatchContext", "TensorInfo", "strip_prefixes"]
 
-#: ``(shape, dtype name)`` of one tensor; strategies never see values.
-TensorInfo = tuple[tuple[int, ...], str]
-
 #: Components that wrappers insert and that never name a real layer.
 WRAPPER_COMPONENTS = ("_orig_mod", "module")
-
-
-@dataclass
-class Match:
-    """A correspondence: ``pairs[target] = (source, confidence)``.
-
-    ``unresolved`` explains target keys deliberately left unpaired (an ambiguity).
-    """
-
-    pairs: dict[str, tuple[str, float]] = field(default_factory=dict)
-    unresolved: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    #: groups of ``(source path, target path)`` told apart by registration order alone
-    ties: list[list[tuple[str, str]]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class MatchContext:
-    """What a strategy may know beyond the two tables.
-
-    Attributes:
-        adapt: target facts used to tell an adaptable pair from a conflict.
-        rules: rename rules for the ``rules`` strategy.
-        source_order: the source's real registration order (from a module or spec), when known.
-        order_trusted: True when the source's stored order is its registration order (a
-            torch-saved state_dict) rather than sorted (safetensors).
-    """
-
-    adapt: AdaptContext = field(default_factory=AdaptContext)
-    rules: RenameRules | None = None
-    source_order: tuple[str, ...] | None = None
-    order_trusted: bool = True
 
 
 Strategy = Callable[[Mapping[str, TensorInfo], Mapping[str, TensorInfo], MatchContext], Match]
@@ -110,8 +75,8 @@ def match_order(source, target, context: MatchContext) -> Match:
     Raises:
         GraftError: at the first pair that cannot be reconciled, naming both keys.
     """
-    t_keys = [k for k in target if _is_float(target[k])]
-    s_keys = [k for k in source if _is_float(source[k])]
+    t_keys = [k for k in target if is_float(target[k])]
+    s_keys = [k for k in source if is_float(source[k])]
     match = Match()
     for index, (t_key, s_key) in enumerate(zip(t_keys, s_keys, strict=False)):
         action, _, detail = propose(t_key, target[t_key][0], source[s_key][0], context.adapt)
@@ -128,7 +93,7 @@ def match_order(source, target, context: MatchContext) -> Match:
             f"order: {len(t_keys)} target and {len(s_keys)} source weights; "
             f"the last {abs(len(t_keys) - len(s_keys))} are left unpaired"
         )
-    _pair_counters(source, target, match)
+    pair_counters(source, target, match)
     return match
 
 
@@ -153,8 +118,6 @@ def match_rules(source, target, context: MatchContext) -> Match:
 
 def match_auto(source, target, context: MatchContext) -> Match:
     """Prefixes, then exact names, then structure for what is left."""
-    from .structure import match_structure
-
     transform, note = strip_prefixes(list(source), list(target))
     match = Match(notes=[note] if note else [])
     by_new_name = {transform(k): k for k in source}
@@ -235,19 +198,3 @@ def _common_prefixes(keys: Sequence[str], share: float = 0.5) -> list[str]:
             counts[".".join(parts[:depth]) + "."] += 1
     threshold = max(1, int(share * len(keys)))
     return [p for p, c in counts.most_common() if c >= threshold]
-
-
-def _is_float(info: TensorInfo) -> bool:
-    return info[1].startswith(("torch.float", "torch.bfloat", "torch.half", "torch.complex"))
-
-
-def _pair_counters(source, target, match: Match) -> None:
-    """Integer buffers (``num_batches_tracked``) follow the pairing of their module."""
-    module_map = {t.rpartition(".")[0]: s.rpartition(".")[0] for t, (s, _) in match.pairs.items()}
-    for key, info in target.items():
-        if _is_float(info) or key in match.pairs:
-            continue
-        module, _, role = key.rpartition(".")
-        candidate = f"{module_map[module]}.{role}" if module in module_map else None
-        if candidate in source and not _is_float(source[candidate]):
-            match.pairs[key] = (candidate, 1.0)

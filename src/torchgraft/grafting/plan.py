@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .adapt import AdaptContext, propose
-from .match import Match, TensorInfo
+from .correspondence import Match, TensorInfo
 from .report import Action, GraftPlan, KeyPlan
 
 __all__ = ["build_plan"]

@@ -23,7 +23,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .match import Match
+from ..model.probe import primary_output
+from .apply import apply_plan
+from .correspondence import Match
 from .report import GraftPlan
 from .verify import probe_input
 
@@ -149,8 +151,6 @@ def _enclosing(paths: list[str]) -> str:
 
 def _output_of(model: nn.Module, path: str, example: torch.Tensor) -> torch.Tensor | None:
     """The output of the module at ``path`` in one eval-mode forward pass."""
-    from ..probe import primary_output
-
     captured: dict[str, torch.Tensor] = {}
     module = model.get_submodule(path) if path else model
 
@@ -188,6 +188,4 @@ def _reassign(pairs, assignment, current, tensors):
 
 
 def _apply(model: nn.Module, plan: GraftPlan, tensors) -> None:
-    from .api import apply_plan
-
     apply_plan(model, plan, tensors)

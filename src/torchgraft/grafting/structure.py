@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .match import Match, MatchContext, TensorInfo, _is_float, _pair_counters
+from .correspondence import Match, MatchContext, TensorInfo, is_float, pair_counters
 
 __all__ = ["CONFIDENCE", "match_structure", "natural_key"]
 
@@ -103,7 +103,7 @@ def match_structure(
     _match_children(source_tree, target_tree, 1.0, trusted, state)
     pairs = state.pairs
     match = Match({t: (s, c) for t, (s, c) in pairs.items()}, ties=state.ties)
-    _pair_counters(source, target, match)
+    pair_counters(source, target, match)
     _explain_unpaired(source, target, match)
     ambiguous = [k for k, why in match.unresolved.items() if why.startswith("ambiguous")]
     if ambiguous:
@@ -142,7 +142,7 @@ def _build_tree(infos: Mapping[str, TensorInfo], order: Sequence[str]) -> Item:
     nodes: dict[str, Item] = {"": root}
     for position, key in enumerate(order):
         shape, dtype = infos[key]
-        if not _is_float((shape, dtype)):
+        if not is_float((shape, dtype)):
             continue
         parts = key.split(".")
         parent = root

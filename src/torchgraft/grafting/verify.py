@@ -12,13 +12,21 @@ head was replaced) and on the outputs when their shapes agree.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import VerificationError
+from ..errors import GraftError, VerificationError
+from ..model.anatomy import spec_of
+from ..model.probe import primary_output
+from .apply import apply_plan
+from .io import Checkpoint
+from .planner import make_plan
+from .report import percent
+from .source import SourceWeights, read_source
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -31,6 +39,8 @@ __all__ = [
 
 #: Largest relative difference accepted in float32 (differences of reduction order are ~1e-6).
 DEFAULT_TOLERANCE = 1e-4
+#: Share of its parameter elements the source architecture must take from the source weights.
+REFERENCE_COVERAGE = 0.999
 
 
 @dataclass(frozen=True)
@@ -85,8 +95,6 @@ def compare_models(
     Neither model is changed (copies are made when ``dtype`` asks for another precision;
     train/eval flags are restored).
     """
-    from ..spec import spec_of
-
     results = []
     for model in (target, reference):
         runner = copy.deepcopy(model).to(dtype) if dtype is not None else model
@@ -106,64 +114,73 @@ def compare_models(
 
 def verify_graft(
     model: nn.Module,
-    source_model: str | nn.Module,
+    source_model: nn.Module,
     source_weights: Any,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     dtype: torch.dtype | None = None,
     raise_on_failure: bool = False,
     seed: int = 0,
+    source_name: str | None = None,
 ) -> Verification:
-    """Build the source architecture, load the source weights into it, compare with ``model``.
+    """Load the source weights into the source architecture, compare it with ``model``.
 
     Args:
         model: the grafted target.
-        source_model: the source architecture: a model spec (``package.module:callable``,
-            ``timm:NAME`` …) or a module.
-        source_weights: what was grafted (a path, a state_dict, …; see ``read_source``).
+        source_model: the source architecture, as a module (it is copied, never changed;
+            :func:`torchgraft.verify_graft` also takes a model spec and builds it).
+        source_weights: what was grafted (a path, a state_dict, a module, or
+            :class:`~torchgraft.grafting.source.SourceWeights`).
         tolerance: largest accepted relative difference.
         dtype: compare in this precision (``torch.float64`` for parity tests).
         raise_on_failure: raise :class:`VerificationError` instead of returning a failed result.
         seed: seed of the random probe input.
+        source_name: how the result names the source architecture.
 
     Raises:
         VerificationError: with ``raise_on_failure``, when the outputs differ.
         GraftError: the source weights do not load into the source architecture exactly.
     """
-    reference, name = reference_model(source_model, source_weights)
+    weights = read_source(source_weights)
+    reference = reference_model(source_model, weights.checkpoint.tensors)
     example = probe_input(model, seed)
     result = compare_models(
-        model, reference, example, tolerance=tolerance, dtype=dtype, source=name
+        model,
+        reference,
+        example,
+        tolerance=tolerance,
+        dtype=dtype,
+        source=source_name or type(source_model).__name__,
     )
     if raise_on_failure and not result.ok:
         raise VerificationError(str(result))
     return result
 
 
-def reference_model(source_model: str | nn.Module, source_weights: Any) -> tuple[nn.Module, str]:
-    """The source architecture holding the source weights, and its name.
+def reference_model(source_model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of the source architecture holding the source tensors, in eval mode.
 
-    A module passed in is copied, never changed.
+    The tensors must load as they are (names equal up to wrapper prefixes, ≥ 99.9 % of the
+    parameter elements): a reference that is itself a guess proves nothing.
 
     Raises:
-        GraftError: the weights do not load into it as they are (≥ 99.9 % by parameters).
+        GraftError: the tensors do not load into the architecture that way.
     """
-    from .api import graft
-
-    if isinstance(source_model, nn.Module):
-        reference, name = copy.deepcopy(source_model), type(source_model).__name__
-    else:
-        from ..zoo import build_model
-
-        reference, name = build_model(source_model).model, source_model
-    graft(reference, source_weights, min_coverage=0.999)
-    return reference.eval(), name
+    reference = copy.deepcopy(source_model)
+    weights = SourceWeights(Checkpoint(dict(tensors), "state_dict", "source weights"))
+    plan = make_plan(reference, weights, strategy="auto")
+    if plan.coverage < REFERENCE_COVERAGE:
+        raise GraftError(
+            f"the source weights do not load into {type(source_model).__name__} as they are "
+            f"({percent(plan.coverage)} of its parameter elements; at least "
+            f"{REFERENCE_COVERAGE:.1%} needed): is it the architecture they were saved from?"
+        )
+    apply_plan(reference, plan, tensors)
+    return reference.eval()
 
 
 def probe_input(model: nn.Module, seed: int = 0, batch: int = 2) -> torch.Tensor:
     """A seeded random input shaped by the model's preprocessing, on its device."""
-    from ..spec import spec_of
-
     spec = spec_of(model)
     generator = torch.Generator().manual_seed(seed)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -171,8 +188,6 @@ def probe_input(model: nn.Module, seed: int = 0, batch: int = 2) -> torch.Tensor
 
 
 def _run(model: nn.Module, head_path: str, example: torch.Tensor):
-    from ..probe import primary_output
-
     captured: dict[str, torch.Tensor] = {}
     head = model.get_submodule(head_path)
     handle = head.register_forward_pre_hook(

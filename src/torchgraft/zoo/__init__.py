@@ -14,9 +14,11 @@ from typing import Any
 from torch import nn
 
 from ..errors import SpecError
-from ..heads import replace_head, rows_to_keep
-from ..spec import attach_spec
-from ..stem import replace_input_channels
+from ..grafting.api import graft
+from ..grafting.io import read_checkpoint
+from ..model.heads import replace_head, rows_to_keep
+from ..model.spec import attach_spec
+from ..model.stem import replace_input_channels
 from . import local as local_zoo
 from . import timm as timm_zoo
 from . import torchvision as torchvision_zoo
@@ -95,8 +97,6 @@ def build_model(
     else:
         built = BUILDERS[library](name, named, num_classes, in_chans, **builder_kwargs)
     if named is None and weights is not None:
-        from ..grafting.io import read_checkpoint
-
         checkpoint = read_checkpoint(weights)
         built.source, built.source_name = checkpoint.tensors, checkpoint.origin
     attach_spec(built.model, built.spec)
@@ -138,8 +138,6 @@ def create_model(
         >>> model.torchgraft_spec.head_path
         'fc'
     """
-    from ..grafting import graft  # local: graft imports the zoo for spec sources
-
     if classes is not None and num_classes is None:
         num_classes = len(classes)
     built = build_model(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..spec import ModelSpec
+from ..model.spec import ModelSpec
 
 __all__ = ["BuiltModel", "ZooEntry", "did_you_mean"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from ..anatomy import infer_spec
 from ..errors import SpecError
+from ..model.anatomy import infer_spec
 from ._base import BuiltModel, did_you_mean
 
 __all__ = ["build"]

@@ -15,10 +15,10 @@ import timm
 import timm.data
 from torch import nn
 
-from ..anatomy import infer_spec
 from ..errors import SpecError
-from ..layer_groups import groups_from_ordinals
-from ..spec import ModelSpec, Preprocessing
+from ..model.anatomy import infer_spec
+from ..model.layer_groups import groups_from_ordinals
+from ..model.spec import ModelSpec, Preprocessing
 from ._base import BuiltModel, ZooEntry, did_you_mean
 
 __all__ = ["PREFIX", "build", "entries", "names"]

@@ -15,9 +15,9 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model_builder, get_model_weights, list_models
 
-from ..anatomy import infer_spec
 from ..errors import SpecError
-from ..spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocessing
+from ..model.anatomy import infer_spec
+from ..model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocessing
 from ._base import BuiltModel, ZooEntry, did_you_mean
 
 __all__ = ["HEAD_PATHS", "PREFIX", "build", "entries", "names", "resolve_weights"]

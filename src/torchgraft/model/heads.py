@@ -15,15 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._modules import in_features, out_features, set_module
-from .errors import HeadError
-from .spec import SPEC_ATTRIBUTE, ModelSpec, attach_spec, spec_of
+from ..errors import HeadError
+from ._modules import final_layer, final_layer_path, in_features, out_features, set_module
+from .anatomy import spec_of
+from .spec import SPEC_ATTRIBUTE, ModelSpec, attach_spec
 
 __all__ = [
     "Head",
     "HeadReplacement",
-    "final_layer",
-    "final_layer_path",
     "find_head",
     "normalise_class",
     "replace_head",
@@ -261,29 +260,6 @@ def _copy_rows(saved, layer: nn.Module, rows: list[tuple[str, int, int]]) -> Non
         layer.weight[index] = weight.to(layer.weight.dtype)
         if bias is not None and layer.bias is not None:
             layer.bias[index] = bias.to(layer.bias.dtype)
-
-
-def final_layer_path(model: nn.Module, path: str) -> str:
-    """Path of the last Linear/conv inside the module at ``path`` (``path`` itself if it is one)."""
-    module = model.get_submodule(path)
-    if out_features(module) is not None:
-        return path
-    inner = [p for p, m in module.named_modules() if out_features(m) is not None]
-    if not inner:
-        raise HeadError(
-            f"the head '{path}' ({type(module).__name__}) holds no Linear or convolution layer"
-        )
-    return f"{path}.{inner[-1]}"
-
-
-def final_layer(module: nn.Module) -> nn.Module:
-    """The last Linear/conv inside ``module`` (the module itself when it is one)."""
-    if out_features(module) is not None:
-        return module
-    layers = [m for m in module.modules() if out_features(m) is not None]
-    if not layers:
-        raise HeadError(f"the head {type(module).__name__} holds no Linear or convolution layer")
-    return layers[-1]
 
 
 def _layer_like(old: nn.Module, out: int, in_width: int | None = None) -> nn.Module:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .optimizer_groups import _preview
 
 __all__ = ["STATE_FORMAT", "StateLoad", "load_optimizer_state_by_name", "optimizer_state_by_name"]

@@ -9,7 +9,7 @@ from timm.layers import Conv2dSame
 from torch import nn
 
 import torchgraft as tg
-from torchgraft.spec import IMAGENET_MEAN, IMAGENET_STD
+from torchgraft.model.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_torchvision_resnet18_with_one_input_channel():

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import torchgraft as tg
-from torchgraft.spec import IMAGENET_MEAN, IMAGENET_STD, LayerGroup, ModelSpec, Preprocessing
+from torchgraft.model.spec import IMAGENET_MEAN, IMAGENET_STD, LayerGroup, ModelSpec, Preprocessing
 
 
 def _spec(**overrides) -> ModelSpec:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["in_features", "is_conv", "out_features", "set_module"]
+from ..errors import HeadError
+
+__all__ = [
+    "final_layer",
+    "final_layer_path",
+    "in_features",
+    "is_conv",
+    "out_features",
+    "set_module",
+]
 
 
 def is_conv(module: nn.Module) -> bool:
@@ -33,3 +42,26 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     # nn.Module.__setattr__ drops the old child from _modules, so its parameters leave
     # parameters() and state_dict().
     setattr(parent, name, module)
+
+
+def final_layer_path(model: nn.Module, path: str) -> str:
+    """Path of the last Linear/conv inside the module at ``path`` (``path`` itself if it is one)."""
+    module = model.get_submodule(path)
+    if out_features(module) is not None:
+        return path
+    inner = [p for p, m in module.named_modules() if out_features(m) is not None]
+    if not inner:
+        raise HeadError(
+            f"the head '{path}' ({type(module).__name__}) holds no Linear or convolution layer"
+        )
+    return f"{path}.{inner[-1]}"
+
+
+def final_layer(module: nn.Module) -> nn.Module:
+    """The last Linear/conv inside ``module`` (the module itself when it is one)."""
+    if out_features(module) is not None:
+        return module
+    layers = [m for m in module.modules() if out_features(m) is not None]
+    if not layers:
+        raise HeadError(f"the head {type(module).__name__} holds no Linear or convolution layer")
+    return layers[-1]

@@ -2,8 +2,9 @@
 
 A spec is plain, frozen data (JSON round-trip with :meth:`ModelSpec.to_dict` and
 :meth:`ModelSpec.from_dict`). :func:`torchgraft.create_model` attaches one to the model it
-returns (``model.torchgraft_spec``); :func:`spec_of` returns it, or infers one for a plain
-``nn.Module`` the tool has never seen.
+returns (``model.torchgraft_spec``); :func:`torchgraft.spec_of` (in :mod:`.anatomy`) returns
+it, or infers one for a plain ``nn.Module`` the tool has never seen. This module is pure
+data and imports nothing else of torchgraft's but its errors.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import SpecError
+from ..errors import SpecError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -25,7 +26,6 @@ __all__ = [
     "ModelSpec",
     "Preprocessing",
     "attach_spec",
-    "spec_of",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -213,40 +213,6 @@ def attach_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
     # object.__setattr__ keeps nn.Module from treating the spec as a submodule or buffer.
     object.__setattr__(model, SPEC_ATTRIBUTE, spec)
     return model
-
-
-def spec_of(model: nn.Module, *, refresh: bool = False, **infer_options: Any) -> ModelSpec:
-    """The spec attached to ``model``, or one inferred from the module itself.
-
-    Args:
-        model: any ``nn.Module``.
-        refresh: infer again even if a spec is attached (after editing the model by hand).
-        infer_options: passed to :func:`torchgraft.anatomy.infer_spec` (``example_input``,
-            ``input_size``, ``head_path``).
-
-    Raises:
-        HeadError: the model has no identifiable single classifier head.
-
-    Example:
-        >>> spec = spec_of(torchvision.models.resnet18())
-        >>> spec.head_path, spec.feature_dim
-        ('fc', 512)
-    """
-    attached = getattr(model, SPEC_ATTRIBUTE, None)
-    if attached is not None and not refresh:
-        return attached
-    from .anatomy import infer_spec  # local: anatomy imports this module
-
-    name = attached.name if attached is not None else "custom:" + type(model).__name__
-    inferred = infer_spec(model, name=name, **infer_options)
-    if attached is not None:
-        inferred = dataclasses.replace(
-            inferred,
-            weights=attached.weights,
-            preprocessing=attached.preprocessing.with_channels(inferred.in_chans),
-            classes=attached.classes if attached.num_classes == inferred.num_classes else None,
-        )
-    return inferred
 
 
 def _longest_member(name: str, owner: Mapping[str, str]) -> str | None:

@@ -13,9 +13,10 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..errors import SpecError
 from ._modules import set_module
-from .errors import SpecError
-from .spec import SPEC_ATTRIBUTE, attach_spec, spec_of
+from .anatomy import spec_of
+from .spec import SPEC_ATTRIBUTE, attach_spec
 
 __all__ = ["replace_input_channels"]
 

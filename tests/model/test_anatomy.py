@@ -9,8 +9,7 @@ from torch import nn
 
 import torchgraft as tg
 from handmade_models import DictOutput, LeNet, TwoHeadsConcat
-from torchgraft.anatomy import infer_spec
-from torchgraft.spec import spec_of
+from torchgraft.model.anatomy import infer_spec, spec_of
 
 # --------------------------------------------------------------------------- models
 

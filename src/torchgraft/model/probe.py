@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import SpecError
 from ._modules import is_conv
-from .errors import SpecError
 
 __all__ = ["ForwardTrace", "example_input_for", "primary_output", "trace_forward"]
 

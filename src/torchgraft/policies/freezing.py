@@ -36,9 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, TorchgraftError
-from .layer_groups import under
-from .spec import ModelSpec, spec_of
+from ..errors import ConfigError, TorchgraftError
+from ..model.anatomy import spec_of
+from ..model.layer_groups import under
+from ..model.spec import ModelSpec
 
 __all__ = [
     "BN_POLICIES",

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .spec import ModelSpec, spec_of
+from ..errors import ConfigError
+from ..model.anatomy import spec_of
+from ..model.spec import ModelSpec
 
 __all__ = [
     "NO_DECAY_KEYWORDS",

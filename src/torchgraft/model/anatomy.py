@@ -8,19 +8,21 @@ output width that do not run in eval mode (Inception's and GoogLeNet's aux class
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ._modules import in_features, is_conv, out_features
-from .errors import HeadError
+from ..errors import HeadError
+from ._modules import final_layer, in_features, is_conv, out_features
 from .layer_groups import infer_groups
 from .probe import COMMON_SIZES, ForwardTrace, trace_forward
-from .spec import ModelSpec, Preprocessing
+from .spec import SPEC_ATTRIBUTE, ModelSpec, Preprocessing
 
-__all__ = ["HeadAnatomy", "find_head_by_probe", "infer_spec"]
+__all__ = ["HeadAnatomy", "find_head_by_probe", "infer_spec", "spec_of"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,38 @@ def infer_spec(
     )
 
 
+def spec_of(model: nn.Module, *, refresh: bool = False, **infer_options: Any) -> ModelSpec:
+    """The spec attached to ``model``, or one inferred from the module itself.
+
+    Args:
+        model: any ``nn.Module``.
+        refresh: infer again even if a spec is attached (after editing the model by hand).
+        infer_options: passed to :func:`torchgraft.anatomy.infer_spec` (``example_input``,
+            ``input_size``, ``head_path``).
+
+    Raises:
+        HeadError: the model has no identifiable single classifier head.
+
+    Example:
+        >>> spec = spec_of(torchvision.models.resnet18())
+        >>> spec.head_path, spec.feature_dim
+        ('fc', 512)
+    """
+    attached = getattr(model, SPEC_ATTRIBUTE, None)
+    if attached is not None and not refresh:
+        return attached
+    name = attached.name if attached is not None else "custom:" + type(model).__name__
+    inferred = infer_spec(model, name=name, **infer_options)
+    if attached is not None:
+        inferred = dataclasses.replace(
+            inferred,
+            weights=attached.weights,
+            preprocessing=attached.preprocessing.with_channels(inferred.in_chans),
+            classes=attached.classes if attached.num_classes == inferred.num_classes else None,
+        )
+    return inferred
+
+
 def _trace(model, example_input, input_size) -> ForwardTrace:
     sizes = (input_size,) if input_size else COMMON_SIZES
     return trace_forward(model, example_input, sizes)
@@ -136,8 +170,6 @@ def _anatomy(
     modules: dict[str, nn.Module], trace: ForwardTrace, head_paths: tuple[str, ...]
 ) -> HeadAnatomy:
     """Widths come from the main head's last layer (a container head: its last Linear/conv)."""
-    from .heads import final_layer
-
     main = final_layer(modules[head_paths[0]])
     first = modules[head_paths[0]]
     first_layer = next((m for m in first.modules() if in_features(m) is not None), main)

@@ -13,7 +13,7 @@ from torchvision.models import ResNet18_Weights
 
 import torchgraft as tg
 from handmade_models import DictOutput, LeNet, TwoHeadsConcat
-from torchgraft.spec import attach_spec
+from torchgraft.model.spec import attach_spec
 
 IMAGENET = list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 

@@ -40,10 +40,11 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..model.anatomy import spec_of
+from ..model.spec import ModelSpec
 from .freezing import BN_POLICIES, FreezeSummary, freeze
 from .optimizer_groups import param_groups
-from .spec import ModelSpec, spec_of
 
 __all__ = [
     "SCHEDULES",

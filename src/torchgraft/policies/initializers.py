@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["SCHEMES", "InitEntry", "InitSummary", "init_new_layers"]
 

@@ -1,0 +1,183 @@
+"""From a model and source weights to a plan: match with a strategy, then decide each key.
+
+:func:`make_plan` is the pure part of a graft (the model is read, never written). It does not
+run anything: settling order-only ties by running the source architecture is
+:mod:`.resolve`'s job, called by :func:`torchgraft.grafting.plan_graft`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import GraftError, HeadError, SpecError
+from ..model.anatomy import spec_of
+from ..model.layer_groups import under
+from .adapt import AdaptContext
+from .correspondence import Match, MatchContext, TensorInfo
+from .match import STRATEGIES
+from .plan import build_plan
+from .report import GraftPlan
+from .rules import RenameRules, load_rules
+from .source import Source, SourceWeights, read_options, read_source
+
+__all__ = ["check_strategy", "make_plan", "plan_from_mapping", "rebuild_plan", "tensor_infos"]
+
+
+def make_plan(
+    model: nn.Module,
+    weights: SourceWeights,
+    *,
+    strategy: str = "auto",
+    rules: RenameRules | str | Path | Sequence[Mapping[str, str]] | None = None,
+    in_chans_mode: str | None = None,
+    pick: Sequence[int] | None = None,
+    source_classes: Sequence[str] | None = None,
+    keep_classes: bool | Sequence[str] = True,
+    source_order: Sequence[str] | None = None,
+) -> GraftPlan:
+    """The plan for grafting ``weights`` into ``model`` with ``strategy`` (see ``plan_graft``).
+
+    ``source_order`` is the source architecture's registration order, when known.
+
+    Raises:
+        GraftError: unknown strategy, or the strategy's own refusal (``exact``, ``order``).
+    """
+    check_strategy(strategy)
+    target = tensor_infos(model.state_dict())
+    source_infos = tensor_infos(weights.checkpoint.tensors)
+    adapt_context = _adapt_context(
+        model, target, in_chans_mode, pick, source_classes or weights.classes, keep_classes
+    )
+    context = MatchContext(
+        adapt=adapt_context,
+        rules=_rules(rules),
+        source_order=tuple(source_order) if source_order is not None else weights.order,
+        order_trusted=weights.order_trusted,
+    )
+    match = STRATEGIES[strategy](source_infos, target, context)
+    return rebuild_plan(model, weights, match, adapt_context, strategy=strategy)
+
+
+def rebuild_plan(
+    model: nn.Module,
+    weights: SourceWeights,
+    match: Match,
+    adapt_context: AdaptContext | None = None,
+    *,
+    strategy: str,
+) -> GraftPlan:
+    """The plan for a given correspondence (used again when ties are settled)."""
+    target = tensor_infos(model.state_dict())
+    source_infos = tensor_infos(weights.checkpoint.tensors)
+    if adapt_context is None:
+        adapt_context = _adapt_context(model, target, None, None, weights.classes)
+    plan = build_plan(
+        match, source_infos, target, adapt_context, adapt=strategy != "shape", strategy=strategy
+    )
+    _describe_source(plan, weights, model)
+    return plan
+
+
+def plan_from_mapping(
+    model: nn.Module,
+    source: Source | SourceWeights,
+    mapping: Mapping[str, str | None],
+    **plan_options: Any,
+) -> GraftPlan:
+    """A plan from a hand-made (or hand-edited) ``{target_key: source_key}`` mapping.
+
+    The actions are recomputed from the shapes, so an edited plan cannot carry a stale
+    adaptation. Target keys absent from ``mapping`` or mapped to None receive nothing.
+
+    Raises:
+        GraftError: the mapping names keys that the model or the source lacks.
+    """
+    weights = read_source(source, **read_options(plan_options))
+    target = tensor_infos(model.state_dict())
+    source_infos = tensor_infos(weights.checkpoint.tensors)
+    unknown_t = [k for k in mapping if k not in target]
+    unknown_s = [v for v in mapping.values() if v is not None and v not in source_infos]
+    if unknown_t or unknown_s:
+        raise GraftError(
+            "the plan does not fit: "
+            + (f"target keys not in the model: {unknown_t[:5]} " if unknown_t else "")
+            + (f"source keys not in the source: {unknown_s[:5]}" if unknown_s else "")
+        )
+    match = Match({t: (s, 1.0) for t, s in mapping.items() if s is not None})
+    adapt_context = _adapt_context(
+        model,
+        target,
+        plan_options.get("in_chans_mode"),
+        plan_options.get("pick"),
+        plan_options.get("source_classes") or weights.classes,
+        plan_options.get("keep_classes", True),
+    )
+    plan = build_plan(match, source_infos, target, adapt_context, strategy="plan")
+    _describe_source(plan, weights, model)
+    return plan
+
+
+def check_strategy(strategy: str) -> None:
+    """Raises GraftError for an unknown strategy (before anything is read)."""
+    if strategy not in STRATEGIES:
+        raise GraftError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+
+
+def tensor_infos(tensors: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
+    """``{key: (shape, dtype name)}``: all a strategy may see of a state_dict."""
+    return {k: (tuple(v.shape), str(v.dtype)) for k, v in tensors.items()}
+
+
+def _describe_source(plan: GraftPlan, weights: SourceWeights, model: nn.Module) -> None:
+    plan.source = weights.checkpoint.origin
+    plan.source_format = weights.checkpoint.format
+    plan.container = weights.checkpoint.container
+    plan.set_aside = dict(weights.checkpoint.set_aside)
+    # Coverage counts parameter elements; buffers (BatchNorm statistics) weigh nothing there
+    # but are listed like every other key.
+    numels = dict.fromkeys(model.state_dict(), 0)
+    numels.update({k: p.numel() for k, p in model.named_parameters() if k in numels})
+    plan.target_numels = numels
+
+
+def _adapt_context(
+    model: nn.Module,
+    target: Mapping[str, TensorInfo],
+    in_chans_mode: str | None,
+    pick: Sequence[int] | None,
+    source_classes: Sequence[str] | None,
+    keep_classes: bool | Sequence[str] = True,
+) -> AdaptContext:
+    try:
+        spec = spec_of(model)
+    except (HeadError, SpecError):
+        # A backbone without a classifier still grafts; it just has no head to adapt.
+        first = next((k for k, (shape, _) in target.items() if len(shape) == 4), None)
+        return AdaptContext(first_conv_key=first, in_chans_mode=in_chans_mode, pick=_tuple(pick))
+    head_keys = frozenset(k for k in target if under(k, spec.head_paths))
+    return AdaptContext(
+        first_conv_key=f"{spec.first_conv}.weight" if spec.first_conv else None,
+        head_keys=head_keys,
+        in_chans_mode=in_chans_mode,
+        pick=_tuple(pick),
+        target_classes=spec.classes,
+        source_classes=_tuple(source_classes) if keep_classes is not False else None,
+        keep_classes=None if isinstance(keep_classes, bool) else tuple(keep_classes),
+    )
+
+
+def _rules(rules: Any) -> RenameRules | None:
+    if rules is None:
+        return None
+    if isinstance(rules, (str, Path)):
+        return load_rules(rules)
+    return RenameRules.from_data(rules)
+
+
+def _tuple(values: Sequence[Any] | None) -> tuple[Any, ...] | None:
+    return tuple(values) if values is not None else None

@@ -1,0 +1,74 @@
+"""Where grafted weights come from: a file or folder, a state_dict or a module, read once.
+
+Model *names* are not sources at this level: turning ``torchvision:resnet50`` into weights
+needs the zoo, which sits above grafting. :func:`torchgraft.graft` (``zoo/grafts.py``)
+resolves names and then calls in here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import CheckpointError
+from .io import Checkpoint, read_checkpoint
+from .structure import natural_key
+
+__all__ = ["Source", "SourceWeights", "looks_like_spec", "read_options", "read_source"]
+
+Source = str | os.PathLike | Mapping[str, Any] | nn.Module
+
+
+@dataclass
+class SourceWeights:
+    """A checkpoint plus what is known about where it came from."""
+
+    checkpoint: Checkpoint
+    classes: tuple[str, ...] | None = None
+    order: tuple[str, ...] | None = None  # real registration order, when a module is known
+
+    @property
+    def order_trusted(self) -> bool:
+        """False when the stored order is a sort by name (safetensors stores keys sorted), so
+        it says nothing about the registration order. A real registration order is almost
+        never alphabetical (``conv1`` comes before ``bn1``)."""
+        keys = list(self.checkpoint.tensors)
+        return len(keys) < 3 or (keys != sorted(keys) and keys != sorted(keys, key=natural_key))
+
+
+def read_source(source: Source | SourceWeights, **options: Any) -> SourceWeights:
+    """Read a file or folder, a state_dict or a module (``options``: see ``read_checkpoint``).
+
+    Raises:
+        CheckpointError: an unreadable file, or a model spec string (resolve those with
+            :func:`torchgraft.graft`, which knows the zoo).
+    """
+    if isinstance(source, SourceWeights):
+        return source
+    if isinstance(source, nn.Module):
+        spec = getattr(source, "torchgraft_spec", None)
+        checkpoint = read_checkpoint(source)
+        return SourceWeights(checkpoint, spec.classes if spec else None, tuple(checkpoint.tensors))
+    if isinstance(source, (str, Path)) and not Path(source).exists() and looks_like_spec(source):
+        raise CheckpointError(
+            f"'{source}' is not a file; it looks like a model spec. torchgraft.graft and "
+            "torchgraft.plan_graft build model specs; torchgraft.grafting takes files, "
+            "state_dicts and modules"
+        )
+    return SourceWeights(read_checkpoint(source, **options))
+
+
+def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The reader's options (``ema``, ``allow_globals``, ``trust``) among graft options."""
+    return {k: options[k] for k in ("ema", "allow_globals", "trust") if k in options}
+
+
+def looks_like_spec(text: str | Path) -> bool:
+    """``library:name`` or ``package.module:callable``, not a path."""
+    text = str(text)
+    return ":" in text and not text.startswith((".", "/", "~")) and "\\" not in text
