@@ -137,6 +137,32 @@ def test_two_phase_applied_to_a_real_model(tiny_net, batch, train_step, snapshot
     assert not torch.equal(model.bn1.running_mean, before["bn1.running_mean"])  # BN follows
 
 
+def test_apply_leaves_lrs_alone_within_a_stage(tiny_net):
+    """Within one stage, apply() must not touch LRs (an LR scheduler sets them every step);
+    the stage carries its epoch number, which once made every epoch look like a change."""
+    model = tiny_net()
+    schedule = TwoPhase(lr=0.1, freeze_epochs=1)
+    optimizer = torch.optim.SGD(schedule.start(model), momentum=0.9)
+    assert schedule.apply(model, optimizer, 0).changed
+    assert schedule.apply(model, optimizer, 1).changed  # unfrozen: a real change
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-5  # what a scheduler would have set by the end of epoch 1
+    for epoch in (2, 3):
+        change = schedule.apply(model, optimizer, epoch)
+        assert not change.changed
+        assert change.added == ()
+        assert all(g["lr"] == 1e-5 for g in optimizer.param_groups)
+
+
+def test_unfreeze_at_growth_is_a_change_until_capped(tiny_net):
+    model = tiny_net()
+    schedule = UnfreezeAt(lr=0.1, epoch=1, backbone_ratio=0.25, growth=2.0)
+    optimizer = torch.optim.SGD(schedule.start(model), momentum=0.9)
+    changes = [schedule.apply(model, optimizer, epoch).changed for epoch in range(6)]
+    # 0: start; 1: unfrozen at 0.25; 2: 0.5; 3: 1.0 (capped); 4, 5: the same stage.
+    assert changes == [True, True, True, True, False, False]
+
+
 def test_progressive_adds_one_group_per_epoch(build, batch, train_step):
     model = build["resnet18"]()
     schedule = Progressive(lr=0.1, layer_decay=0.5, bn="stats")

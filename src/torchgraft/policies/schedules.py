@@ -75,6 +75,10 @@ class Stage:
     trainable: tuple[str, ...]
     lr_scale: Mapping[str, float] = field(default_factory=dict)
 
+    def same_as(self, other: Stage) -> bool:
+        """Same trainable groups and LR multipliers (the epoch number aside)."""
+        return self.trainable == other.trainable and dict(self.lr_scale) == dict(other.lr_scale)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -89,7 +93,8 @@ class StageChange:
 
     Attributes:
         stage: the stage now in force.
-        changed: the stage differs from the previous epoch's (LRs were set).
+        changed: what trains or an LR multiplier differs from the previous epoch's stage
+            (only then are the groups' LRs set; otherwise they are left as they are).
         added: names of the parameters that joined the optimizer.
         summary: the freeze summary of the model now.
     """
@@ -272,7 +277,9 @@ def apply_stage(
     spec = spec or spec_of(model)
     stage = schedule.plan(epoch, spec.group_names)
     summary = freeze(model, list(stage.trainable), bn=schedule.bn, spec=spec)
-    changed = epoch == 0 or schedule.plan(epoch - 1, spec.group_names) != stage
+    # The stage carries its epoch number; only what trains and at what LR multiplier count,
+    # so the LRs an LR scheduler set are left alone from one epoch of a stage to the next.
+    changed = epoch == 0 or not schedule.plan(epoch - 1, spec.group_names).same_as(stage)
     added = _sync(optimizer, _wanted(schedule, model, stage, spec), set_rates=changed)
     return StageChange(stage, changed, tuple(added), summary)
 
