@@ -49,3 +49,31 @@ class TwoHeadsConcat(nn.Module):
     def forward(self, x):
         h = F.relu(self.body(x))
         return torch.cat([self.a(h), self.b(h)], 1)
+
+
+class TinyCNN(nn.Module):
+    """A small convolutional classifier for engine tests: any input size (adaptive pooling),
+    BatchNorm in the body (freeze policies), dropout before the head (the feature cache's head
+    entry), two layer groups worth of blocks."""
+
+    def __init__(self, num_classes: int = 3, in_chans: int = 3, width: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.block1 = nn.Sequential(
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width * 2),
+            nn.ReLU(),
+        )
+        self.block2 = nn.Sequential(
+            nn.Conv2d(width * 2, width * 2, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width * 2),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(width * 2, num_classes))
+
+    def forward(self, x):
+        x = self.pool(self.block2(self.block1(self.stem(x)))).flatten(1)
+        return self.classifier(x)

@@ -47,7 +47,13 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return result
 
 
+#: Top-level modules that belong to a layer other than the floor.
+PLACED = {"__main__": "cli"}  # ``python -m torchgraft`` is the command line
+
+
 def _layer(name: str) -> int:
+    if name in PLACED:
+        return LAYERS.index(PLACED[name])
     folder = name.split(".")[0] if "." in name else ""
     if folder == "" and name in LAYERS:  # a folder's own __init__
         folder = name

@@ -21,6 +21,7 @@ from .errors import (
     HeadError,
     SpecError,
     TorchgraftError,
+    TrainingError,
     UnsafeCheckpointError,
     VerificationError,
 )
@@ -66,11 +67,19 @@ _EXPORTS = {
     "TwoPhase": ".policies.schedules",
     "UnfreezeAt": ".policies.schedules",
     "schedule_from_config": ".policies.schedules",
+    "Run": ".engine.fit",
+    "fit": ".engine.fit",
+    "RunConfig": ".engine.config",
+    "load_config": ".engine.config",
+    "load": ".engine.artifacts",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from .engine.artifacts import load
+    from .engine.config import RunConfig, load_config
+    from .engine.fit import Run, fit
     from .grafting import (
         GraftPlan,
         GraftReport,
@@ -116,8 +125,11 @@ __all__ = [
     "Preprocessing",
     "Progressive",
     "RenameRules",
+    "Run",
+    "RunConfig",
     "SpecError",
     "TorchgraftError",
+    "TrainingError",
     "TwoPhase",
     "UnfreezeAt",
     "UnsafeCheckpointError",
@@ -130,10 +142,13 @@ __all__ = [
     "check_param_groups",
     "create_model",
     "find_head",
+    "fit",
     "freeze",
     "graft",
     "init_new_layers",
     "list_models",
+    "load",
+    "load_config",
     "load_optimizer_state_by_name",
     "load_rules",
     "optimizer_state_by_name",

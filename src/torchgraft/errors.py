@@ -15,6 +15,7 @@ __all__ = [
     "HeadError",
     "SpecError",
     "TorchgraftError",
+    "TrainingError",
     "UnsafeCheckpointError",
     "VerificationError",
 ]
@@ -62,3 +63,9 @@ class ConfigError(TorchgraftError, ValueError):
 
 class DataError(TorchgraftError, ValueError):
     """A dataset that cannot be read as asked."""
+
+
+class TrainingError(TorchgraftError):
+    """Training itself failed (a non-finite loss): the run stops, its last good state kept."""
+
+    exit_code = 1

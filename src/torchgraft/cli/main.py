@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TorchgraftError
-from . import graft_cmd, inspect_cmd, models_cmd, train_cmd
+from . import eval_cmd, graft_cmd, inspect_cmd, models_cmd, predict_cmd, train_cmd
 
 #: Subcommand modules, each with ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
-COMMANDS = (train_cmd, graft_cmd, inspect_cmd, models_cmd)
+COMMANDS = (train_cmd, eval_cmd, predict_cmd, graft_cmd, inspect_cmd, models_cmd)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,10 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if getattr(args, "run", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    if extra and not getattr(_command(args.command), "ACCEPTS_OVERRIDES", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return int(args.run(args) or 0)
     except TorchgraftError as exc:
@@ -75,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _command(name: str):
+    return next(c for c in COMMANDS if name == c.NAME)
 
 
 if __name__ == "__main__":

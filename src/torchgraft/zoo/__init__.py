@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..grafting.io import read_checkpoint
 from ..model.heads import replace_head, rows_to_keep
 from ..model.spec import attach_spec
 from ..model.stem import replace_input_channels
+from ..resources import is_package_uri, resolve_package_file
 from . import local as local_zoo
 from . import timm as timm_zoo
 from . import torchvision as torchvision_zoo
@@ -83,21 +84,25 @@ def build_model(
     num_classes: int | None = None,
     weights: Any = None,
     in_chans: int | None = None,
+    read_options: Mapping[str, Any] | None = None,
     **builder_kwargs: Any,
 ) -> BuiltModel:
     """The architecture, its spec and its source weights, before any graft.
 
     With named weights the model keeps its pretrained head and stem (the caller changes them
-    and grafts); without weights, ``num_classes``/``in_chans`` go to the builder when it takes them.
+    and grafts); without weights, ``num_classes``/``in_chans`` go to the builder when it takes
+    them. ``read_options`` (``ema``, ``allow_globals``, ``trust``) apply to a weights file.
     """
     library, name = parse_spec(spec)
+    if is_package_uri(weights):
+        weights = resolve_package_file(weights)
     named = None if _is_weights_file(weights) else weights
     if library == LOCAL:
         built = local_zoo.build(name, named, num_classes, in_chans, **builder_kwargs)
     else:
         built = BUILDERS[library](name, named, num_classes, in_chans, **builder_kwargs)
     if named is None and weights is not None:
-        checkpoint = read_checkpoint(weights)
+        checkpoint = read_checkpoint(weights, **dict(read_options or {}))
         built.source, built.source_name = checkpoint.tensors, checkpoint.origin
     attach_spec(built.model, built.spec)
     return built
@@ -119,6 +124,7 @@ def create_model(
         spec: ``torchvision:NAME``, ``timm:NAME[.tag]`` or ``package.module:callable``.
         num_classes: outputs of the head (default: the weights' or the builder's own).
         weights: ``None``; ``"DEFAULT"``/``True``; a torchvision enum name (``"IMAGENET1K_V2"``);
+            ``package://PACKAGE/PATH`` (a file inside an installed package);
             a timm pretrained tag (``"a1_in1k"``); or a checkpoint file path.
         in_chans: input channels (the pretrained first conv is adapted by the graft).
         classes: names of the outputs (sets ``num_classes``; recorded in the spec).

@@ -20,7 +20,7 @@ from ..errors import SpecError
 from ..model.anatomy import infer_spec
 from ._base import BuiltModel, did_you_mean
 
-__all__ = ["build"]
+__all__ = ["build", "resolve_builder"]
 
 
 def build(
@@ -55,6 +55,15 @@ def build(
     if not isinstance(model, nn.Module):
         raise SpecError(f"{target} returned a {type(model).__name__}, not an nn.Module")
     return BuiltModel(model, infer_spec(model, target))
+
+
+def resolve_builder(target: str):
+    """The callable ``package.module:callable(literal args)`` names (imported, not called).
+
+    Raises:
+        SpecError: the arguments are not literals, or the module or callable cannot be found.
+    """
+    return _resolve(_split_call(target)[0])
 
 
 def _split_call(target: str) -> tuple[str, list[Any], dict[str, Any]]:

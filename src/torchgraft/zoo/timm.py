@@ -21,7 +21,7 @@ from ..model.layer_groups import groups_from_ordinals
 from ..model.spec import ModelSpec, Preprocessing
 from ._base import BuiltModel, ZooEntry, did_you_mean
 
-__all__ = ["PREFIX", "build", "entries", "names"]
+__all__ = ["PREFIX", "build", "entries", "is_model", "names"]
 
 PREFIX = "timm"
 
@@ -29,6 +29,11 @@ PREFIX = "timm"
 def names() -> list[str]:
     """Every timm architecture name."""
     return timm.list_models()
+
+
+def is_model(arch: str) -> bool:
+    """True when timm has an architecture called ``arch``."""
+    return timm.is_model(arch)
 
 
 def entries() -> list[ZooEntry]:

@@ -1,0 +1,85 @@
+"""Evaluate a trained model on labelled images: metrics, a per-class table, a confusion matrix.
+
+RUN_DIR_OR_MODEL is a run directory (or its model.safetensors). --data is a folder of class
+subfolders, a folder with train/val/test splits (test/ is used, else val/), or a CSV of
+path,label. Class names are matched to the model's by name. The confusion matrix is written
+as PNG (--output, default: eval_confusion.png in the run directory or the current folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "eval"
+HELP = "metrics of a trained model on labelled images"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory or model file")
+    parser.add_argument("--data", required=True, metavar="DIR", help="labelled images")
+    parser.add_argument("--output", metavar="PNG", help="where the confusion matrix goes")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave unreadable images out (listed) instead of stopping",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.artifacts import load
+    from ..engine.inference import evaluate_folder
+    from ..engine.plots import plot_confusion
+    from .output import print_json, stdout, table
+
+    model = load(args.model)
+    result, data = evaluate_folder(
+        model, args.data, on_bad_image="skip" if args.skip_bad else "stop", skip_hint="--skip-bad"
+    )
+    folder = Path(args.model) if Path(args.model).is_dir() else Path.cwd()
+    picture = Path(args.output) if args.output else folder / "eval_confusion.png"
+    plot_confusion(
+        result.confusion, model.classes, picture, title=f"Confusion matrix ({args.data})"
+    )
+    skipped = [{"path": str(b.path), "reason": b.reason} for b in data.bad]
+    document = {
+        "model": str(args.model),
+        "data": str(args.data),
+        **result.to_dict(),
+        "skipped": skipped,
+        "confusion_png": str(picture),
+    }
+    if args.json:
+        print_json(document)
+        return 0
+    stdout.print(table(None, ("metric", "value"), _summary_rows(result)))
+    rows = [
+        (name, f"{m['precision']:.2%}", f"{m['recall']:.2%}", f"{m['f1']:.2%}", m["support"])
+        for name, m in result.per_class.items()
+        if m["support"]
+    ]
+    stdout.print(table("per class", ("class", "precision", "recall", "F1", "images"), rows))
+    print(f"confusion matrix: {picture}")
+    if data.bad:
+        from ..data.scan import describe_bad
+
+        print(f"skipped {describe_bad(data.bad)}", file=sys.stderr)
+    return 0
+
+
+def _summary_rows(result) -> list[tuple[str, str]]:
+    rows = [
+        ("images", str(result.count)),
+        ("loss", f"{result.loss:.4f}"),
+        ("top-1", f"{result.acc1:.2%}"),
+    ]
+    if result.acc5 is not None:
+        rows.append(("top-5", f"{result.acc5:.2%}"))
+    rows += [
+        ("macro precision", f"{result.precision:.2%}"),
+        ("macro recall", f"{result.recall:.2%}"),
+    ]
+    rows.append(("macro F1", f"{result.f1:.2%}"))
+    return rows

@@ -1,0 +1,56 @@
+"""Predict the classes of images with a trained model (its own preprocessing).
+
+Folders are walked recursively for image files. An unreadable file is named with the
+reason, and the others are still predicted; the status is 1 only when no image could be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "predict"
+HELP = "class probabilities of images with a trained model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory or model file")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
+    parser.add_argument("--topk", type=_positive, default=3, metavar="K", help="classes per image")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.scan import printable
+    from ..engine.artifacts import load
+    from ..engine.inference import image_files, predict_files
+    from ..errors import DataError
+    from .output import print_json, stderr, stdout, table
+
+    files = image_files(args.inputs)
+    if not files:
+        raise DataError(f"no image files in {', '.join(args.inputs)}")
+    model = load(args.model)
+    predictions = predict_files(model, files, topk=args.topk)
+    failed = [p for p in predictions if p.error is not None]
+    if args.json:
+        print_json({"model": str(args.model), "predictions": [p.to_dict() for p in predictions]})
+    else:
+        rows = [
+            (printable(str(p.path)), *(f"{name} {prob:.1%}" for name, prob in p.top))
+            for p in predictions
+            if p.error is None
+        ]
+        if rows:
+            width = max(len(r) for r in rows)
+            columns = ("image", *(f"#{i}" for i in range(1, width)))
+            stdout.print(table(None, columns, rows))
+        for p in failed:
+            stderr.print(f"{printable(str(p.path))}: {printable(p.error)}", markup=False)
+    return 1 if len(failed) == len(predictions) else 0

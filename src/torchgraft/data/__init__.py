@@ -1,0 +1,1 @@
+"""Datasets, image decoding and transforms built from a model's preprocessing."""

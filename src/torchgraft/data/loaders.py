@@ -1,0 +1,155 @@
+"""Batches of uint8 images and labels, in an order drawn from one generator.
+
+Every loader — in-memory, streamed with worker processes, or the engine's cached features —
+draws its sample order from :func:`batch_order` with the loader's own ``torch.Generator``. The
+generator's state is saved in a run's resume state, so a resumed run sees the same batches as
+an uninterrupted one; and the three loaders of one dataset yield the same batches.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from .sources import Split
+
+__all__ = ["MemoryLoader", "StreamLoader", "batch_order"]
+
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+def batch_order(
+    count: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+) -> list[torch.Tensor]:
+    """Index batches over ``count`` samples; a permutation drawn from ``generator`` if shuffled.
+
+    The last batch may be smaller (nothing is dropped: every sample is seen once per epoch).
+    """
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    return list(order.split(batch_size))
+
+
+class MemoryLoader:
+    """Batches from images decoded once and kept as one uint8 tensor (N, C, H, W).
+
+    Args:
+        images: the base images (see :mod:`.transforms`).
+        labels: int64 labels (N,).
+        batch_size: samples per batch.
+        shuffle: draw a new order each epoch from ``generator``.
+        generator: the data-order generator (its state is saved for resume).
+        augment: applied to each image of a training batch (uses torch's global generator).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        augment: Augment | None = None,
+    ):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator, self.augment = generator, augment
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in batch_order(
+            len(self.labels), self.batch_size, shuffle=self.shuffle, generator=self.generator
+        ):
+            images = self.images[index]
+            if self.augment is not None:
+                images = torch.stack([self.augment(image) for image in images])
+            yield images, self.labels[index]
+
+
+class _StreamDataset(TorchDataset):
+    """Decodes one file per item: base transform, then the augmentation."""
+
+    def __init__(self, split: Split, channels: int, base, augment: Augment | None):
+        self.split, self.channels, self.base, self.augment = split, channels, base, augment
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.base(self.split.image(index, self.channels))
+        if self.augment is not None:
+            image = self.augment(image)
+        return image, self.split.labels[index]
+
+
+class _FixedBatches:
+    """A batch sampler that replays :func:`batch_order` (so streaming keeps the same order)."""
+
+    def __init__(self, loader: StreamLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        loader = self.loader
+        for index in batch_order(
+            len(loader.split), loader.batch_size, shuffle=loader.shuffle, generator=loader.generator
+        ):
+            yield index.tolist()
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's base seed; random and numpy follow it, so
+    # augmentations in workers are reproducible too.
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class StreamLoader:
+    """Batches decoded from files by ``workers`` processes (for data too big for memory).
+
+    Same order and same pixels as :class:`MemoryLoader` would give; a file that fails to
+    decode inside a worker raises a DataError naming it.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        channels: int,
+        base,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        augment: Augment | None = None,
+        workers: int = 0,
+    ):
+        self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
+        self.generator = generator
+        self.dataset = _StreamDataset(split, channels, base, augment)
+        self.workers = workers
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # No generator here: torch draws the workers' base seed from its global generator
+        # (saved with the run), leaving the data-order generator's draws to the order alone.
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=_FixedBatches(self),
+            num_workers=self.workers,
+            worker_init_fn=_seed_worker if self.workers else None,
+            persistent_workers=False,
+        )
+        for images, labels in loader:
+            yield images, labels.to(torch.int64)

@@ -1,0 +1,203 @@
+"""The trained model as files: ``model.safetensors`` + ``model.json``, and :func:`load`.
+
+``model.json`` says how to rebuild the architecture (``build``: zoo spec, builder options,
+head), what the outputs mean (``classes``), how inputs must be prepared
+(``preprocessing``), the metrics it reached, and the sha256 of ``model.safetensors``.
+
+Both files are written atomically, weights first. The same document (less the file hash)
+also travels inside the safetensors header, with a hash of the tensors' content: if a run is
+killed between the two renames, :func:`load` finds ``model.json`` one save behind, sees that
+the weights are intact and newer, and uses the embedded copy (saying so) — while a weights
+file whose content does not match any record is refused.
+
+Every weight of a loaded model enters through an ``exact`` graft, like every other load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..errors import CheckpointError
+from ..grafting.api import graft
+from ..grafting.save import sha256_file
+from ..model.heads import replace_head
+from ..model.spec import ModelSpec, Preprocessing, attach_spec
+from ..model.stem import replace_input_channels
+from ..zoo import build_model
+
+__all__ = [
+    "MODEL_FILE",
+    "MODEL_FORMAT",
+    "MODEL_JSON",
+    "build_architecture",
+    "content_sha256",
+    "load",
+    "read_model_document",
+    "save_model",
+]
+
+MODEL_FILE = "model.safetensors"
+MODEL_JSON = "model.json"
+MODEL_FORMAT = "torchgraft.model/1"
+_METADATA_KEY = "torchgraft"
+
+
+def content_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A hash of names, dtypes, shapes and bytes, independent of the file layout."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_model(folder: str | os.PathLike, model: nn.Module, document: Mapping[str, Any]) -> str:
+    """Write ``model.safetensors`` then ``model.json`` into ``folder``; returns the file sha256.
+
+    Raises:
+        CheckpointError: a non-finite weight (a diverged model is never saved as a result).
+    """
+    folder = Path(folder)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"refusing to save a model with non-finite weights ({', '.join(bad[:3])})"
+        )
+    record = {**document, "format": MODEL_FORMAT, "content_sha256": content_sha256(tensors)}
+    data = safetensors_bytes(tensors, metadata={_METADATA_KEY: json.dumps(record)})
+    sha = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(folder / MODEL_FILE, data)
+    atomic_write_text(folder / MODEL_JSON, json.dumps({**record, "sha256": sha}, indent=2) + "\n")
+    return sha
+
+
+def read_model_document(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """``(document, weights file)`` for a run directory or a ``model.safetensors`` file,
+    checked against the recorded hashes (see the module docstring).
+
+    Raises:
+        CheckpointError: no model there, or weights that match no record.
+    """
+    weights, sidecar = _locate(Path(path))
+    embedded = _embedded_document(weights)
+    if sidecar.exists():
+        try:
+            document = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{sidecar}: cannot read it ({exc})") from None
+        if sha256_file(weights) == document.get("sha256"):
+            return document, weights
+        if embedded is None or embedded == {k: v for k, v in document.items() if k != "sha256"}:
+            raise CheckpointError(
+                f"{weights} does not match the sha256 recorded in {sidecar}: the file was "
+                "changed or damaged after it was saved"
+            )
+        message = f"{sidecar} is one save behind {weights.name} (a run stopped while saving)"
+        warnings.warn(f"{message}; using the record inside the weights file", stacklevel=2)
+    elif embedded is None:
+        raise CheckpointError(
+            f"{weights}: no {MODEL_JSON} beside it and no torchgraft record inside"
+        )
+    return embedded, weights
+
+
+def build_architecture(build: Mapping[str, Any], classes: tuple[str, ...] | None) -> nn.Module:
+    """The architecture a run trained, without weights: zoo build, stem, head as recorded."""
+    built = build_model(build["model"], **dict(build.get("kwargs") or {}))
+    model = built.model
+    in_chans = build.get("in_chans")
+    if in_chans and in_chans != built.spec.in_chans:
+        replace_input_channels(model, in_chans)
+    head = build.get("head") or {}
+    replace_head(
+        model,
+        build["num_classes"],
+        classes=classes,
+        dropout=head.get("dropout") or 0.0,
+        hidden=head.get("hidden"),
+    )
+    return model
+
+
+def load(path: str | os.PathLike) -> nn.Module:
+    """The trained model of a run directory (or of a ``model.safetensors`` file) in eval mode.
+
+    The model carries ``.classes`` (its output names), ``.preprocessing`` (a
+    :class:`~torchgraft.Preprocessing`: size, mean, std, interpolation, crop) and, as every
+    model torchgraft builds, ``.torchgraft_spec``; ``.torchgraft_report`` is the exact graft
+    of the saved weights.
+
+    Raises:
+        CheckpointError: no model there, or weights that do not match their recorded sha256.
+
+    Example:
+        >>> model = tg.load("runs/2026-11-29_120000-tf_efficientnet_lite0")
+        >>> model.classes[:3], model.preprocessing.input_size
+        (('0', '1', '2'), (3, 64, 64))
+    """
+    document, weights = read_model_document(path)
+    spec = ModelSpec.from_dict(document["spec"])
+    classes = tuple(document["classes"])
+    model = build_architecture(document["build"], classes)
+    report = graft(model, weights, strategy="exact", source_name=str(weights))
+    attach_spec(model, spec)
+    object.__setattr__(model, "torchgraft_report", report)
+    model.classes = classes
+    model.preprocessing = spec.preprocessing
+    return model.eval()
+
+
+def preprocessing_of(document: Mapping[str, Any]) -> Preprocessing:
+    """The preprocessing a saved model expects."""
+    return ModelSpec.from_dict(document["spec"]).preprocessing
+
+
+def _locate(path: Path) -> tuple[Path, Path]:
+    if path.is_dir():
+        weights = path / MODEL_FILE
+        if not weights.exists():
+            raise CheckpointError(
+                f"{path}: no {MODEL_FILE} here; give a run directory (runs/…) whose training "
+                "finished at least one epoch, or a model.safetensors file"
+            )
+        return weights, path / MODEL_JSON
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or model file")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: expected a run directory or a .safetensors model file")
+    return path, path.with_name(MODEL_JSON) if path.name == MODEL_FILE else path.with_suffix(
+        ".json"
+    )
+
+
+def _embedded_document(weights: Path) -> dict[str, Any] | None:
+    """The record inside the safetensors header, if its content hash matches the tensors."""
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            record = json.loads(metadata[_METADATA_KEY]) if _METADATA_KEY in metadata else None
+            if record is None:
+                return None
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
+    if content_sha256(tensors) != record.get("content_sha256"):
+        raise CheckpointError(
+            f"{weights}: its tensors do not match the hash recorded when it was saved: the file "
+            "was changed or damaged"
+        )
+    return record

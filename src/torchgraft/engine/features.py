@@ -1,0 +1,149 @@
+"""The feature cache of a linear probe: run the frozen body once, then train the head alone.
+
+When only the head trains, the body computes the same features for an image every epoch —
+provided nothing random happens before the head: no augmentation, no mixup, no dropout or
+drop-path in the frozen part, and frozen normalisation layers whose statistics are fixed.
+Then the body runs once per image (inference mode, large batches, channels-last) and each
+epoch trains the head on the stored features, in the same batch order the full model would
+have seen (:func:`~torchgraft.data.loaders.batch_order` with the same generator).
+
+*Where* the features are taken is the *head entry*: the head module itself, or the smallest
+container holding it and nothing else but parameter-free layers (torchvision's
+``classifier = Sequential(Dropout, Linear)``), so the dropout there still runs while the
+head trains. timm models apply ``drop_rate`` dropout just before their classifier, inside
+``forward_head``; that one is applied to the cached features with the same probability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.loaders import batch_order
+from ..data.prepare import PreparedData
+from ..data.transforms import Normalizer
+from ..model.layer_groups import under
+from ..model.spec import ModelSpec
+from ..policies.freezing import has_running_stats, pinned_norms
+from .runtime import Runtime
+
+__all__ = ["FeatureCache", "HeadEntry", "cache_refusal", "find_head_entry"]
+
+_PASSIVE = (nn.Dropout, nn.Identity, nn.Flatten, nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh)
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    """Where cached features enter the head.
+
+    Attributes:
+        path: the module whose input is cached and which is run on the cached features.
+        dropout: dropout applied to the cached features in training (timm's ``drop_rate``).
+    """
+
+    path: str
+    dropout: float = 0.0
+
+
+def find_head_entry(model: nn.Module, spec: ModelSpec) -> HeadEntry:
+    """The head entry of ``model`` (see the module docstring)."""
+    path = spec.head_path
+    while "." in path:
+        parent_path = path.rpartition(".")[0]
+        parent = model.get_submodule(parent_path)
+        others = [m for name, m in parent.named_children() if f"{parent_path}.{name}" != path]
+        if not all(isinstance(m, _PASSIVE) for m in others):
+            break
+        path = parent_path
+    timm_dropout = 0.0
+    if spec.library == "timm" and path == spec.head_path:
+        timm_dropout = float(getattr(model, "drop_rate", 0.0) or 0.0)
+    return HeadEntry(path, timm_dropout)
+
+
+def cache_refusal(
+    model: nn.Module, spec: ModelSpec, entry: HeadEntry, *, deterministic_input: bool
+) -> str | None:
+    """Why the features cannot be cached now (None: they can)."""
+    if not deterministic_input:
+        return "the training input is random (augmentation or mixup)"
+    if len(spec.head_paths) > 1:
+        return "the model has auxiliary heads"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        return "nothing trains"
+    outside = [n for n in trainable if not under(n, (entry.path,))]
+    if outside:
+        return f"more than the head trains ({outside[0]}, …)"
+    pinned = set(pinned_norms(model))
+    for path, module in model.named_modules():
+        if under(path, (entry.path,)) or path == entry.path:
+            continue
+        if has_running_stats(module) and path not in pinned:
+            return f"the statistics of {path} are not fixed (freeze.bn)"
+        if _is_random(module):
+            return f"{path} is random in training ({type(module).__name__})"
+    return None
+
+
+def _is_random(module: nn.Module) -> bool:
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    drop = getattr(module, "drop_prob", None)  # timm's DropPath
+    return isinstance(drop, float) and drop > 0
+
+
+class FeatureCache:
+    """Features of the train and val splits at the head entry, computed once."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        entry: HeadEntry,
+        data: PreparedData,
+        runtime: Runtime,
+        *,
+        batch_size: int,
+        splits: tuple[str, ...] = ("train", "val"),
+    ):
+        self.entry = entry
+        self.head = model.get_submodule(entry.path)
+        self.features = {
+            name: self._compute(model, data, runtime, name, batch_size) for name in splits
+        }
+        self.labels = {name: data.labels(name).to(runtime.device) for name in splits}
+
+    def _compute(self, model, data: PreparedData, runtime: Runtime, split: str, batch_size: int):
+        captured: list[torch.Tensor] = []
+        handle = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        normalizer = Normalizer(data.preprocessing, runtime.device, runtime.memory_format)
+        training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode(), runtime.autocast():
+                for images, _ in data.loader(split, batch_size):
+                    model(normalizer(images))
+        finally:
+            handle.remove()
+            model.train(training)
+        # inference tensors cannot enter autograd; a clone outside inference mode can.
+        return torch.cat(captured).float().clone()
+
+    def batches(
+        self, split: str, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Feature batches in the order the image loader would give for the same generator."""
+        features, labels = self.features[split], self.labels[split]
+        for index in batch_order(len(labels), batch_size, shuffle=shuffle, generator=generator):
+            index = index.to(features.device)
+            yield features[index], labels[index]
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The head on cached features (with timm's dropout when training)."""
+        if self.entry.dropout and self.head.training:
+            features = F.dropout(features, p=self.entry.dropout, training=True)
+        return self.head(features)

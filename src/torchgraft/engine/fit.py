@@ -1,0 +1,302 @@
+"""``tg.fit(config)``: what ``torchgraft train`` runs, top to bottom.
+
+config (validated) → data source (classes) → model (build, head, graft, verify, init) →
+runtime (device, precision, threads) → data (decoded or scanned, preprocessing from the
+model's spec) → session (stages, optimizer, scheduler) → epochs (train, validate, save the
+best model, save the resume state, then the metrics rows) → test split, plots, final table.
+
+``resume=RUN_DIR`` reads the run's own ``config.yaml`` (overrides may extend it, e.g. more
+epochs), rebuilds the architecture from the saved record, restores the last complete epoch's
+state and continues: the final weights are bitwise those of an uninterrupted run (CPU).
+A changed model, class list or dataset is refused with the difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.prepare import PreparedData, prepare_data
+from ..data.scan import write_bad_list
+from ..data.sources import discover
+from ..data.transforms import resolve_preprocessing
+from ..errors import ConfigError
+from ..grafting.api import graft
+from ..model.spec import attach_spec
+from .artifacts import build_architecture, save_model
+from .config import RunConfig, load_config
+from .console import RunConsole
+from .outputs import final_rows, graft_lines, write_plots
+from .run_dir import RunDirectory
+from .runtime import resolve_runtime
+from .session import Session
+from .setup import ModelSetup, build_run_model
+from .state import clean_temporaries, load_state, save_state
+
+__all__ = ["Run", "fit"]
+
+
+@dataclass
+class Run:
+    """The outcome of :func:`fit`.
+
+    Attributes:
+        dir: the run directory (``tg.load(run.dir)`` gives the best model back).
+        best: the best epoch's validation metrics, with ``epoch`` (0-based).
+        history: every metrics row (one per epoch and split).
+        test: metrics of the best model on the test split, when the data has one.
+        model: the model in memory at the end of training (the last epoch's weights).
+        seconds: wall time of the training part.
+    """
+
+    dir: Path
+    best: dict[str, Any]
+    history: list[dict[str, Any]]
+    test: dict[str, Any] | None = None
+    model: nn.Module | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+
+def fit(
+    config: RunConfig | Mapping[str, Any] | str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    resume: str | Path | None = None,
+    console: RunConsole | None = None,
+) -> Run:
+    """Train as ``config`` says (None: the embedded default) and leave a run directory.
+
+    Args:
+        config: a :class:`RunConfig`, a mapping of sections, a YAML file, or None.
+        overrides: dotted overrides (``["--train.epochs", "1"]`` or ``{"train.epochs": 1}``).
+        resume: a run directory to continue from its last complete epoch (its own config is
+            used; ``config`` must then be None).
+        console: where progress goes (default: stdout).
+
+    Returns:
+        A :class:`Run`.
+
+    Raises:
+        ConfigError, DataError, SpecError, GraftError, CheckpointError: bad input.
+        VerificationError: the graft changed what the source model computes.
+        TrainingError: the loss became non-finite.
+
+    Example:
+        >>> run = tg.fit({"data": {"source": "photos/"}, "train": {"epochs": 5}})
+        >>> model = tg.load(run.dir)
+    """
+    console = console or RunConsole()
+    config, run_dir, state = _open(config, overrides, resume)
+    _seed(config.train.seed)
+    source = discover(
+        config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
+    )
+    setup = _model(config, source.classes, state, run_dir)
+    runtime = resolve_runtime(
+        setup.model,
+        device=config.train.device,
+        precision=config.train.precision,
+        threads=config.train.threads,
+        channels_last=config.model.channels_last,
+    )
+    setup.model.to(runtime.device, memory_format=runtime.memory_format)
+    data = _data(config, setup, source)
+    if state is not None:
+        _check_same_run(state, setup, data)
+    _write_start(run_dir, config, setup, data, source.summary(), console, resumed=state is not None)
+    session = Session(config, setup.model, setup.spec, runtime, data)
+    first = session.begin(state)
+    console.line(
+        f"runtime: {runtime.describe()}; data {'in memory' if data.in_memory else 'streamed'}"
+    )
+    started = time.perf_counter()
+    for epoch in range(first, config.train.epochs):
+        result = session.run_epoch(epoch, console)
+        if result.improved:
+            save_model(
+                run_dir.path,
+                session.evaluation_model(),
+                _model_document(config, setup, data, session),
+            )
+        save_state(
+            run_dir.path, epoch, {**session.state(epoch), "fingerprint": _fingerprint(setup, data)}
+        )
+        run_dir.write_metrics(session.history)
+        run_dir.write_json("policy.json", session.policies)
+        console.end_epoch(_epoch_line(result))
+        if session.should_stop():
+            console.line(
+                f"early stopping: no improvement of {config.train.monitor} for {session.stale} epochs"
+            )
+            break
+    return _finish(config, run_dir, session, console, time.perf_counter() - started)
+
+
+def _open(config, overrides, resume) -> tuple[RunConfig, RunDirectory, dict[str, Any] | None]:
+    if resume is None:
+        config = load_config(config, overrides)
+        directory = RunDirectory.create(config.output.dir, config.output.name, config.model.name)
+        return config, directory, None
+    if config is not None:
+        raise ConfigError("--resume continues a run with its own config.yaml; pass overrides only")
+    directory = RunDirectory(Path(resume))
+    saved = directory.file("config.yaml")
+    if not saved.is_file():
+        raise ConfigError(
+            f"{resume}: not a run directory (no config.yaml); give the folder train created"
+        )
+    clean_temporaries(directory.path)
+    config = load_config(saved, overrides)
+    return config, directory, load_state(directory.path)
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _model(config: RunConfig, classes, state, run_dir: RunDirectory) -> ModelSetup:
+    if state is None:
+        return build_run_model(config, classes)
+    # Resuming: the architecture from the saved record, the weights from the saved state —
+    # the pretrained source is not needed any more.
+    build = state["fingerprint"]["build"]
+    model = build_architecture(build, tuple(classes))
+    report = graft(model, state["model"], strategy="exact", source_name=f"{run_dir.path}/state")
+    return ModelSetup(model, model.torchgraft_spec, build, report)
+
+
+def _data(config: RunConfig, setup: ModelSetup, source) -> PreparedData:
+    settings = config.data
+    pre = resolve_preprocessing(
+        setup.spec.preprocessing,
+        image_size=settings.image_size,
+        crop_pct=settings.crop_pct,
+        interpolation=settings.interpolation,
+        mean=settings.mean,
+        std=settings.std,
+    )
+    attach_spec(setup.model, dataclasses.replace(setup.spec, preprocessing=pre))
+    setup.spec = setup.model.torchgraft_spec
+    return prepare_data(
+        source,
+        pre,
+        in_memory=settings.in_memory,
+        memory_limit_mb=settings.memory_limit_mb,
+        on_bad_image=settings.on_bad_image,
+        workers=2 if settings.workers == "auto" else settings.workers,
+    )
+
+
+def _fingerprint(setup: ModelSetup, data: PreparedData) -> dict[str, Any]:
+    return {
+        "build": setup.build,
+        "classes": list(data.classes),
+        "data": data.source.fingerprint(),
+        "keys": {k: list(v.shape) for k, v in setup.model.state_dict().items()},
+    }
+
+
+def _check_same_run(state: dict[str, Any], setup: ModelSetup, data: PreparedData) -> None:
+    saved, now = state["fingerprint"], _fingerprint(setup, data)
+    differences = []
+    if saved["classes"] != now["classes"]:
+        differences.append(f"classes were {saved['classes']}, now {now['classes']}")
+    if saved["data"] != now["data"]:
+        differences.append("the dataset changed (files added, removed, relabelled or resized)")
+    if saved["keys"] != now["keys"]:
+        differences.append("the model's tensors changed")
+    if differences:
+        raise ConfigError(
+            "cannot resume exactly: " + "; ".join(differences) + "; start a new run instead"
+        )
+
+
+def _write_start(run_dir, config, setup, data, summary, console, *, resumed) -> None:
+    if not resumed:
+        run_dir.write_text("config.yaml", config.to_yaml())
+        if setup.report is not None:
+            run_dir.write_json("graft.json", setup.report.to_dict())
+        if data.bad:
+            write_bad_list(data.bad, run_dir.file("bad_images.txt"))
+    console.rule(f"torchgraft train → {run_dir.path}" + (" (resumed)" if resumed else ""))
+    console.line(f"model: {config.model.name} · data {summary}")
+    for line in graft_lines(setup.report, setup.verification, resumed=resumed):
+        console.line(line)
+    if data.bad:
+        console.line(f"skipped {len(data.bad)} unreadable image file(s); listed in bad_images.txt")
+
+
+def _model_document(
+    config: RunConfig, setup: ModelSetup, data: PreparedData, session: Session
+) -> dict[str, Any]:
+    spec = dataclasses.replace(
+        setup.spec, classes=tuple(data.classes), num_classes=len(data.classes)
+    )
+    return {
+        "spec": spec.to_dict(),
+        "build": setup.build,
+        "classes": list(data.classes),
+        "preprocessing": dataclasses.asdict(data.preprocessing),
+        "metrics": session.best.get("metrics"),
+        "epoch": session.best.get("epoch"),
+        "ema": config.train.ema is not None,
+    }
+
+
+def _epoch_line(result) -> str:
+    train, val = result.rows
+    marker = " *" if result.improved else ""
+    cached = " (cached features)" if result.cached else ""
+    return (
+        f"epoch {result.epoch + 1}: train loss {train['loss']:.4f} acc {train['acc1']:.2%} · "
+        f"val loss {val['loss']:.4f} acc {val['acc1']:.2%} · {result.seconds:.1f}s{cached}{marker}"
+    )
+
+
+def _finish(config, run_dir: RunDirectory, session: Session, console, seconds: float) -> Run:
+    test = None
+    if "test" in session.data.source.splits and run_dir.file("model.safetensors").exists():
+        from .artifacts import load
+
+        best = load(run_dir.path).to(session.runtime.device)
+        test = _evaluate_model(session, best, "test").to_dict()
+        run_dir.write_json("test_metrics.json", test)
+    if config.output.plots:
+        write_plots(run_dir.path, session)
+    console.table("result", ("", ""), final_rows(session, test, seconds, run_dir.path))
+    return Run(
+        run_dir.path,
+        {**session.best.get("metrics", {}), "epoch": session.best.get("epoch")},
+        session.history,
+        test,
+        session.model,
+        seconds,
+    )
+
+
+def _evaluate_model(session: Session, model: nn.Module, split: str):
+    from .loop import evaluate
+    from .metrics import Evaluator
+
+    model.to(memory_format=session.runtime.memory_format)
+    evaluator = Evaluator(session.data.classes, session.runtime.device)
+    batches = session.data.loader(split, session.config.data.eval_batch_size)
+    return evaluate(
+        batches,
+        evaluator,
+        prepare=session.normalize,
+        forward=model,
+        runtime=session.runtime,
+        modules=[model],
+    )

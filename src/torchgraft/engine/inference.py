@@ -1,0 +1,181 @@
+"""Using a trained model: evaluate it on a labelled folder, predict classes of image files.
+
+Both take the model :func:`~torchgraft.engine.artifacts.load` returns and prepare images
+exactly as the run did (its saved preprocessing: size, crop, interpolation, mean, std).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.images import UnreadableImageError, is_image_file, load_image
+from ..data.prepare import PreparedData, prepare_data
+from ..data.sources import DataSource, Split, class_folders, discover
+from ..data.transforms import Normalizer, base_transform
+from ..errors import DataError
+from .loop import evaluate
+from .metrics import EvalResult, Evaluator
+from .runtime import resolve_runtime
+
+__all__ = ["Prediction", "evaluate_folder", "image_files", "predict_files"]
+
+
+@dataclass
+class Prediction:
+    """The top classes of one image (or why it could not be read)."""
+
+    path: Path
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": str(self.path), "error": self.error}
+        return {
+            "path": str(self.path),
+            "top": [{"class": name, "probability": p} for name, p in self.top],
+        }
+
+
+def image_files(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files named, and the image files inside folders named (recursively, sorted).
+
+    Raises:
+        DataError: an input that does not exist.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return files
+
+
+def predict_files(
+    model: nn.Module,
+    paths: Sequence[Path],
+    *,
+    topk: int = 5,
+    batch_size: int = 64,
+    workers: int = 2,
+) -> list[Prediction]:
+    """Class probabilities of each file (softmax), the ``topk`` most likely; an unreadable
+    file gets a :class:`Prediction` with ``error`` set, the others are unaffected."""
+    pre = model.preprocessing
+    channels = pre.input_size[0]
+    transform = base_transform(pre)
+    device = next(model.parameters()).device
+    normalize = Normalizer(pre, device)
+    classes = model.classes
+    k = max(1, min(topk, len(classes)))
+    results: list[Prediction] = []
+
+    def decode(path: Path):
+        try:
+            return transform(load_image(path, channels)), None
+        except UnreadableImageError as exc:
+            return None, exc.reason
+        except DataError as exc:
+            return None, str(exc)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = list(paths[start : start + batch_size])
+            decoded = list(pool.map(decode, chunk))
+            good = [(p, img) for p, (img, _) in zip(chunk, decoded, strict=True) if img is not None]
+            probabilities = _probabilities(model, normalize, [img for _, img in good])
+            by_path = dict(zip([p for p, _ in good], probabilities, strict=True))
+            for path, (_, error) in zip(chunk, decoded, strict=True):
+                if error is not None:
+                    results.append(Prediction(path, error=error))
+                    continue
+                values, indices = by_path[path].topk(k)
+                top = [
+                    (classes[i], float(v)) for v, i in zip(values, indices.tolist(), strict=True)
+                ]
+                results.append(Prediction(path, top))
+    return results
+
+
+def _probabilities(model: nn.Module, normalize: Normalizer, images: list[torch.Tensor]):
+    if not images:
+        return []
+    with torch.inference_mode():
+        logits = model(normalize(torch.stack(images)))
+    return list(logits.float().softmax(dim=1).cpu())
+
+
+def evaluate_folder(
+    model: nn.Module,
+    source: str | Path,
+    *,
+    on_bad_image: str = "stop",
+    batch_size: int = 256,
+    skip_hint: str = "on_bad_image='skip'",
+) -> tuple[EvalResult, PreparedData]:
+    """Metrics of ``model`` on a labelled dataset: a folder of class subfolders, a folder with
+    ``test/`` (else ``val/``) split folders, or a CSV of ``path,label``.
+
+    Class names are matched to the model's by name; the data may hold fewer classes.
+
+    Returns:
+        the metrics, and the prepared data (``.bad`` lists files left out with ``"skip"``).
+
+    Raises:
+        DataError: a class the model does not know, or bad files (with ``"stop"``).
+    """
+    data_source = _labelled(Path(source), tuple(model.classes))
+    data = prepare_data(
+        data_source, model.preprocessing, on_bad_image=on_bad_image, skip_hint=skip_hint
+    )
+    runtime = resolve_runtime(
+        model,
+        device=str(next(model.parameters()).device),
+        precision="fp32",
+        threads="auto",
+        channels_last="auto",
+    )
+    evaluator = Evaluator(tuple(model.classes), runtime.device)
+    batches = data.loader("eval", batch_size)
+    normalize = Normalizer(data.preprocessing, runtime.device, runtime.memory_format)
+    model.to(memory_format=runtime.memory_format)
+    result = evaluate(
+        batches, evaluator, prepare=normalize, forward=model, runtime=runtime, modules=[model]
+    )
+    return result, data
+
+
+def _labelled(path: Path, classes: tuple[str, ...]) -> DataSource:
+    """One split called ``eval`` whose labels index the model's classes."""
+    if path.is_dir() and (path / "train").is_dir():
+        found = discover(str(path))
+        names, split = found.classes, found.splits.get("test") or found.splits["val"]
+        labels, paths, root = split.labels, split.paths, split.root
+    elif path.is_dir():
+        names, samples = class_folders(path, allow_single=True)
+        labels, paths, root = [s[1] for s in samples], [s[0] for s in samples], path
+    elif path.suffix.lower() == ".csv" and path.is_file():
+        found = discover(str(path))
+        names, parts = found.classes, list(found.splits.values())
+        labels = [label for s in parts for label in s.labels]
+        paths, root = [p for s in parts for p in s.paths], path.parent
+    else:
+        raise DataError(f"{path}: give a folder of class subfolders or a .csv of path,label")
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        shown = ", ".join(classes[:10]) + (", …" if len(classes) > 10 else "")
+        raise DataError(f"{path}: class(es) {unknown[:5]} are not classes of the model ({shown})")
+    index = {c: i for i, c in enumerate(classes)}
+    mapped = [index[names[label]] for label in labels]
+    return DataSource(classes, {"eval": Split("eval", mapped, paths, root=root)}, str(path), "eval")

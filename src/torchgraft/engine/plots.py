@@ -1,0 +1,505 @@
+"""Run-directory plots: loss and accuracy curves, LR schedule, confusion matrix, LR finder.
+
+Contract:
+
+* Every function renders one PNG and writes it atomically
+  (:func:`~torchgraft.atomic.atomic_write_bytes`): the destination holds either its old
+  content or the complete new image, never a half-written file. Missing parent folders are
+  created (only once the image has rendered).
+* Rendering uses matplotlib's object-oriented API (``Figure`` + ``FigureCanvasAgg``), never
+  ``pyplot``: no GUI backend is chosen, the user's backend and global ``rcParams`` are left
+  alone, no figure stays registered anywhere, and two threads may plot at the same time.
+* matplotlib (and numpy) are imported inside the functions, so importing this module is
+  cheap; matplotlib is only needed when a plot is drawn.
+* Strings that come from users' data (class names, optimizer group names, split names,
+  titles) are drawn literally: ``$x^2$``, ``a_b`` or ``\\foo`` never go through mathtext or
+  LaTeX, so they cannot raise and print as written.
+* Missing values (``None``, NaN, infinities, absent keys) are skipped, never drawn as zero.
+  A function that has nothing to draw returns ``None`` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..atomic import atomic_write_bytes
+from ..errors import DataError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+__all__ = ["plot_confusion", "plot_curves", "plot_lr", "plot_lr_finder"]
+
+_DPI = 100
+#: Known splits first, in this order and with these colours, so every plot of every run
+#: agrees on which colour is which split.
+_SPLIT_COLORS = {"train": "C0", "val": "C1", "test": "C2"}
+#: Up to this many optimizer groups the legend sits inside the axes.
+_MAX_INLINE_LEGEND = 8
+#: Up to this many classes the confusion matrix shows counts in its cells.
+_MAX_COUNTS = 30
+#: Up to this many classes the confusion matrix shows class names on its axes.
+_MAX_TICK_LABELS = 50
+#: Class names longer than this are shortened on the axes (the image stays readable).
+_MAX_NAME_CHARS = 32
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A figure bound to the Agg canvas, outside pyplot (nothing global is registered)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:  # matplotlib is optional for everything else in torchgraft
+        raise ImportError(
+            "torchgraft's plots need matplotlib, which is not installed: pip install matplotlib"
+        ) from error
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
+    """Render ``figure`` to PNG bytes, then write them atomically to ``path``."""
+    buffer = io.BytesIO()
+    # Render before touching the disk: a drawing error leaves neither a file nor new folders.
+    figure.savefig(buffer, format="png", dpi=_DPI)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(target, buffer.getvalue())
+
+
+def _literal(texts: Iterable[Text]) -> None:
+    """Draw these texts as written: no mathtext, no LaTeX (their strings are users' data)."""
+    for text in texts:
+        text.set_parse_math(False)
+        text.set_usetex(False)
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, not a number, NaN or infinite."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _legend(axes: Axes, handles: list[Any], labels: list[str], **kwargs: Any) -> None:
+    # Explicit handles and labels: a label starting with "_" (a group named "_head") would
+    # otherwise be dropped from the legend silently.
+    legend = axes.legend(handles, labels, **kwargs)
+    _literal(legend.get_texts())
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str, scale: float) -> dict[str, list]:
+    """``{split: [(epoch + 1, value * scale), ...]}`` sorted by epoch, finite values only."""
+    found: dict[str, dict[int, float]] = {}
+    for row in rows:
+        epoch, split = row.get("epoch"), row.get("split")
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+            continue  # not an epoch row (the log may hold other kinds of rows)
+        if not isinstance(split, str):
+            continue
+        value = _finite(row.get(key))
+        if value is not None:
+            # A resumed run repeats the epoch it was interrupted in: the last row wins.
+            found.setdefault(split, {})[int(epoch) + 1] = value * scale
+    return {split: sorted(points.items()) for split, points in found.items()}
+
+
+def _split_order(*series: Mapping[str, Any]) -> list[str]:
+    seen = list(dict.fromkeys(split for s in series for split in s))
+    return [s for s in _SPLIT_COLORS if s in seen] + [s for s in seen if s not in _SPLIT_COLORS]
+
+
+def _draw_curves(axes: Axes, series: dict[str, list], splits: list[str], ylabel: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    handles, labels = [], []
+    for index, split in enumerate(splits):
+        points = series.get(split)
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        color = _SPLIT_COLORS.get(split, f"C{(index + 3) % 10}")
+        # Markers keep a single epoch (or an isolated value) visible; dense runs skip them.
+        marker = "o" if len(points) <= 40 else None
+        (line,) = axes.plot(xs, ys, color=color, marker=marker, markersize=3)
+        handles.append(line)
+        labels.append(split)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(ylabel)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    if handles:
+        _legend(axes, handles, labels)
+    else:
+        axes.text(0.5, 0.5, "nothing recorded", ha="center", va="center", transform=axes.transAxes)
+
+
+def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path | None:
+    """Loss and top-1 accuracy per epoch: one PNG, loss on the left, accuracy on the right.
+
+    One line per split (train, val, test, then any other split in order of appearance),
+    with the same colour in both panels. The x axis is ``epoch + 1``. Values that are
+    missing, ``None``, NaN or infinite are skipped (the line joins its neighbours); rows
+    without an integer ``epoch`` or a string ``split`` are ignored; when a split has two
+    rows for one epoch (a resumed run), the later row wins.
+
+    Args:
+        rows: metrics rows as the engine writes them to ``metrics.jsonl``: ``epoch``
+            (0-based int), ``split`` (``"train"``, ``"val"``, ``"test"``), optionally
+            ``loss`` (float) and ``acc1`` (fraction in [0, 1], drawn in percent).
+        path: the PNG to write; missing parent folders are created.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`, or ``None`` (nothing written) when no row
+        holds a finite loss or accuracy.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        OSError: the file cannot be written; an existing file keeps its old content.
+    """
+    losses = _series(rows, "loss", 1.0)
+    accuracies = _series(rows, "acc1", 100.0)
+    if not losses and not accuracies:
+        return None
+    splits = _split_order(losses, accuracies)
+    figure = _new_figure(11.0, 4.2)
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    _draw_curves(loss_axes, losses, splits, "loss")
+    loss_axes.set_title("Loss")
+    _draw_curves(acc_axes, accuracies, splits, "top-1 accuracy (%)")
+    acc_axes.set_title("Top-1 accuracy")
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- LR schedule
+
+
+def _lr_series(steps: Sequence[int], lrs: Mapping[str, Sequence[float]]) -> dict[str, list]:
+    """Each group's LRs as floats (NaN where missing); DataError when a length is wrong."""
+    series = {}
+    for name, values in lrs.items():
+        if len(values) != len(steps):
+            raise DataError(
+                f"learning rates of group {name!r}: {len(values)} values for {len(steps)} "
+                "steps; give one LR per step"
+            )
+        series[str(name)] = [math.nan if (v := _finite(x)) is None else v for x in values]
+    return series
+
+
+def _use_log_scale(series: Mapping[str, list]) -> bool:
+    values = [v for vs in series.values() for v in vs if not math.isnan(v)]
+    return bool(values) and min(values) > 0 and max(values) > 10 * min(values)
+
+
+def _lr_colors(count: int) -> list[Any]:
+    if count <= 10:
+        return [f"C{i}" for i in range(count)]
+    from matplotlib import colormaps
+
+    # More groups than the default cycle has colours: a gradient, which also suits the
+    # usual case of many groups (layer-wise LR decay, ordered from the stem to the head).
+    cmap = colormaps["viridis"]
+    return [cmap(i / (count - 1)) for i in range(count)]
+
+
+def _draw_lr_lines(
+    axes: Axes, steps: Sequence[int], series: Mapping[str, list], stage_starts: Sequence[int]
+) -> tuple[list[Any], list[str]]:
+    """One line per group and a dashed line per stage start; the legend's handles, labels."""
+    handles, labels = [], []
+    for (name, values), color in zip(series.items(), _lr_colors(len(series)), strict=True):
+        (line,) = axes.plot(list(steps), values, color=color, linewidth=1.2)
+        handles.append(line)
+        labels.append(name)
+    for index, start in enumerate(stage_starts):
+        line = axes.axvline(start, color="0.4", linestyle="--", linewidth=0.9)
+        if index == 0:  # one legend entry for all of them
+            handles.append(line)
+            labels.append("stage start")
+    return handles, labels
+
+
+def plot_lr(
+    steps: Sequence[int],
+    lrs: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    *,
+    stage_starts: Sequence[int] = (),
+) -> Path | None:
+    """The learning-rate schedule: one line per optimizer group, against the step.
+
+    The y axis is logarithmic when every LR is positive and they span more than a factor
+    of 10. Each step in ``stage_starts`` (where an unfreezing stage began) gets a dashed
+    vertical line. With more than 8 groups the legend moves outside the axes, in small
+    type and as many columns as it needs, so it never covers the lines.
+
+    Args:
+        steps: the optimizer steps (x values).
+        lrs: group name -> LR at each step, each as long as ``steps``. Missing values
+            (``None``, NaN) are skipped; a group that is not trained yet can hold them.
+        path: the PNG to write; missing parent folders are created.
+        stage_starts: steps where an unfreezing stage began.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`, or ``None`` (nothing written) when there is no
+        step, no group or no finite LR.
+
+    Raises:
+        DataError: a group does not hold exactly one LR per step.
+        ImportError: matplotlib is not installed.
+        OSError: the file cannot be written; an existing file keeps its old content.
+    """
+    series = _lr_series(steps, lrs)
+    if len(steps) == 0 or not any(not math.isnan(v) for vs in series.values() for v in vs):
+        return None
+    many = len(series) > _MAX_INLINE_LEGEND
+    figure = _new_figure(11.0 if many else 8.0, 4.5)
+    axes = figure.subplots()
+    handles, labels = _draw_lr_lines(axes, steps, series, stage_starts)
+    if _use_log_scale(series):
+        axes.set_yscale("log")
+    axes.set(xlabel="step", ylabel="learning rate", title="Learning-rate schedule")
+    axes.grid(alpha=0.3)
+    if many:
+        # Outside the axes, to the right (constrained layout makes room), in columns of
+        # at most 24 entries: 100 layer-wise groups stay readable and cover no line.
+        columns = math.ceil(len(handles) / 24)
+        placement = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
+        _legend(axes, handles, labels, fontsize="x-small", ncols=columns, **placement)
+    else:
+        _legend(axes, handles, labels, fontsize="small")
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- confusion
+
+
+def _counts(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> Any:
+    """``matrix`` as a square int64 numpy array; DataError naming what is wrong."""
+    import numpy as np
+
+    size = len(classes)
+    if size == 0:
+        raise DataError("confusion matrix: no classes given")
+    if len(matrix) != size:
+        raise DataError(f"confusion matrix has {len(matrix)} rows for {size} classes")
+    for index, row in enumerate(matrix):
+        if not hasattr(row, "__len__"):
+            raise DataError(f"confusion matrix row {index} is {row!r}, not a row of counts")
+        if len(row) != size:
+            raise DataError(
+                f"confusion matrix row {index} ({classes[index]!r}) has {len(row)} "
+                f"columns; expected {size}, one per class (the matrix must be square)"
+            )
+    try:
+        array = np.asarray(matrix)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise DataError(f"confusion matrix cannot be read as numbers: {error}") from error
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+    elif array.dtype.kind in "iu":
+        bad = np.zeros(array.shape, dtype=bool)
+    else:
+        raise DataError(f"confusion matrix must hold integer counts, not {array.dtype} values")
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"confusion matrix holds {array[row, column].item()!r} at true {classes[row]!r}, "
+            f"predicted {classes[column]!r}; counts must be whole numbers"
+        )
+    if (array < 0).any():
+        row, column = (int(i) for i in np.argwhere(array < 0)[0])
+        raise DataError(
+            f"confusion matrix holds a negative count ({array[row, column]}) at true "
+            f"{classes[row]!r}, predicted {classes[column]!r}"
+        )
+    return array.astype(np.int64)
+
+
+def _confusion_size(count: int) -> float:
+    """Figure side in inches: grows with the classes, capped (1000 classes stay 10 inches)."""
+    if count > _MAX_TICK_LABELS:
+        return 10.0
+    return min(max(4.5, 2.5 + 0.32 * count), 18.0)
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _MAX_NAME_CHARS else name[: _MAX_NAME_CHARS - 1] + "…"
+
+
+def _label_axes(axes: Axes, names: list[str]) -> None:
+    """Class names on both axes; none at all when there are too many to read."""
+    ticks = range(len(names))
+    if len(names) > _MAX_TICK_LABELS:
+        axes.set_xticks([])
+        axes.set_yticks([])
+        return
+    size = 9 if len(names) <= 20 else 7
+    # Rotation keeps long or numerous names from running into each other.
+    rotation = 90 if len(names) > 10 or max(map(len, names)) > 4 else 0
+    axes.set_xticks(ticks, labels=names, rotation=rotation, fontsize=size)
+    axes.set_yticks(ticks, labels=names, fontsize=size)
+    _literal(axes.get_xticklabels() + axes.get_yticklabels())
+
+
+def _write_counts(axes: Axes, counts: Any, shares: Any, side: float) -> None:
+    # Font sized to the cell (the axes take about 3/4 of the figure's side), so that
+    # three-digit counts still fit in a 30-class matrix.
+    cell_points = 0.75 * side * 72 / len(counts)
+    size = max(5.0, min(11.0, 0.4 * cell_points))
+    for row, values in enumerate(counts.tolist()):
+        for column, count in enumerate(values):
+            color = "white" if shares[row, column] > 0.5 else "0.15"
+            text = axes.text(
+                column, row, str(count), ha="center", va="center", color=color, fontsize=size
+            )
+            # Inside the axes by construction; leaving them out of the layout saves
+            # measuring up to 900 texts several times per render.
+            text.set_in_layout(False)
+
+
+def plot_confusion(
+    matrix: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "Confusion matrix (validation)",
+) -> Path:
+    """A confusion matrix: rows are the true class, columns the predicted class.
+
+    The colour of a cell is its share of the true class's row (rows sum to 1; an empty row
+    stays blank). Up to 30 classes each cell shows its count (white on dark cells, dark on
+    light); up to 50 classes both axes show the class names (shortened past 32 characters,
+    x labels rotated when long or numerous). The figure grows with the number of classes,
+    up to a cap; past 50 classes it is a fixed 10 inches with neither names nor counts.
+
+    Args:
+        matrix: ``len(classes)`` rows of ``len(classes)`` non-negative integer counts
+            (lists, a numpy array or a CPU tensor).
+        classes: class names, in the order of the rows and columns.
+        path: the PNG to write; missing parent folders are created.
+        title: the title above the matrix.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DataError: no classes, a matrix that is not square with one row per class, or a
+            count that is negative or not a whole number.
+        ImportError: matplotlib is not installed.
+        OSError: the file cannot be written; an existing file keeps its old content.
+    """
+    import numpy as np
+
+    counts = _counts(matrix, classes)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = _confusion_size(len(classes))
+    figure = _new_figure(side + 1.2, side)  # the extra width holds the colour bar
+    axes = figure.subplots()
+    # Sharp cells while each class gets several pixels; past that, averaging pixels keeps
+    # every row visible (nearest-neighbour downsampling would silently drop some classes).
+    smooth = "antialiased" if len(classes) > _MAX_TICK_LABELS else "nearest"
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation=smooth)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
+    _label_axes(axes, [_short(str(name)) for name in classes])
+    if len(classes) <= _MAX_COUNTS:
+        _write_counts(axes, counts, shares, side)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    _literal([axes.set_title(str(title))])
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- LR finder
+
+
+def _finder_points(lrs: Sequence[float], losses: Sequence[float]) -> list[tuple[float, float]]:
+    if len(lrs) != len(losses):
+        raise DataError(f"LR finder: {len(lrs)} learning rates for {len(losses)} losses")
+    points = []
+    for lr, loss in zip(lrs, losses, strict=True):
+        x, y = _finite(lr), _finite(loss)
+        if x is not None and y is not None and x > 0:  # a log axis cannot show lr <= 0
+            points.append((x, y))
+    return points
+
+
+def _finder_ylim(ys: Sequence[float]) -> tuple[float, float]:
+    """Loss range to show: an exploding tail is cut off so the valley stays readable."""
+    low, high, first = min(ys), max(ys), ys[0]
+    if first > low:
+        high = min(high, first + 2 * (first - low))
+    margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    return low - margin, high + margin
+
+
+def plot_lr_finder(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    path: str | os.PathLike[str],
+    *,
+    suggestion: float | None = None,
+) -> Path | None:
+    """The LR finder's curve: loss against learning rate, on a logarithmic LR axis.
+
+    Points whose LR is not positive, or whose LR or loss is missing or not finite, are
+    skipped. When the loss explodes at the end of the sweep the y axis stops at the first
+    loss plus twice its drop, so the useful part of the curve is not flattened.
+
+    Args:
+        lrs: the learning rates tried, in sweep order.
+        losses: the (smoothed) loss at each of them.
+        path: the PNG to write; missing parent folders are created.
+        suggestion: the suggested LR: marked with a dashed vertical line and a dot on the
+            curve, and named in the legend.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`, or ``None`` (nothing written) when no point
+        can be drawn.
+
+    Raises:
+        DataError: ``lrs`` and ``losses`` differ in length, or ``suggestion`` is not a
+            positive finite number.
+        ImportError: matplotlib is not installed.
+        OSError: the file cannot be written; an existing file keeps its old content.
+    """
+    import numpy as np
+
+    points = _finder_points(lrs, losses)
+    if suggestion is not None and not (_finite(suggestion) or 0.0) > 0:
+        raise DataError(f"LR finder: the suggestion must be a positive number, not {suggestion!r}")
+    if not points:
+        return None
+    xs, ys = (list(v) for v in zip(*points, strict=True))
+    figure = _new_figure(7.0, 4.5)
+    axes = figure.subplots()
+    axes.plot(xs, ys, color="C0", marker="o" if len(xs) == 1 else None, markersize=3)
+    axes.set_xscale("log")
+    axes.set_ylim(*_finder_ylim(ys))
+    if suggestion is not None:
+        order = np.argsort(xs)
+        at = float(np.interp(np.log(suggestion), np.log(xs)[order], np.asarray(ys)[order]))
+        axes.axvline(suggestion, color="C3", linestyle="--", linewidth=1.0)
+        (dot,) = axes.plot([suggestion], [at], "o", color="C3", markersize=6)
+        _legend(axes, [dot], [f"suggested LR {suggestion:.2e}"])
+    axes.set(xlabel="learning rate (log scale)", ylabel="loss", title="Learning-rate finder")
+    axes.grid(alpha=0.3)
+    return _save(figure, path)

@@ -1,0 +1,117 @@
+"""The run directory: one folder per run, every file in it written atomically.
+
+::
+
+    runs/2026-11-29_120000-tf_efficientnet_lite0/
+      config.yaml          the resolved configuration (what --resume reads back)
+      graft.json           how the pretrained weights entered the model (GraftReport)
+      policy.json          freeze summary and optimizer groups of each unfreezing stage
+      bad_images.txt       files left out with --data.on_bad_image skip (only then)
+      metrics.csv          one row per epoch and split (scalars)
+      metrics.jsonl        the same rows with per-class metrics and confusion matrices
+      curves.png  lr.png  confusion.png
+      model.safetensors    the best model …
+      model.json           … how to rebuild it, its classes, preprocessing, metrics, sha256
+      state/               the resume state of the last complete epoch
+
+Metrics files are rewritten whole (they are small) after the epoch's resume state is on
+disk, so a row never describes an epoch a resume would repeat.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_write_text
+from ..errors import ConfigError
+
+__all__ = ["CSV_FIELDS", "RunDirectory"]
+
+#: Columns of metrics.csv, in order.
+CSV_FIELDS = (
+    "epoch",
+    "split",
+    "stage",
+    "loss",
+    "acc1",
+    "acc5",
+    "precision",
+    "recall",
+    "f1",
+    "lr",
+    "count",
+    "seconds",
+    "cached",
+)
+
+
+class RunDirectory:
+    """Paths and writers of one run's folder."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, parent: str | Path, name: str | None, model_name: str) -> RunDirectory:
+        """A new, empty run folder ``parent/name`` (default name: time stamp + model).
+
+        Raises:
+            ConfigError: ``name`` given and that folder already holds a run.
+        """
+        parent = Path(parent)
+        if name is None:
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
+            short = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name.split(":")[-1])[:40]
+            name = f"{stamp}-{short}"
+            candidate, suffix = parent / name, 1
+            while candidate.exists():
+                suffix += 1
+                candidate = parent / f"{name}-{suffix}"
+        else:
+            candidate = parent / name
+            if candidate.exists() and any(candidate.iterdir()):
+                raise ConfigError(
+                    f"output.name: {candidate} already holds files; choose another name, or "
+                    f"continue that run with --resume {candidate}"
+                )
+        candidate.mkdir(parents=True, exist_ok=True)
+        return cls(candidate)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, document: Any) -> Path:
+        return atomic_write_text(
+            self.file(name), json.dumps(document, indent=2, default=str) + "\n"
+        )
+
+    def write_text(self, name: str, text: str) -> Path:
+        return atomic_write_text(self.file(name), text)
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Rewrite metrics.jsonl (every field) and metrics.csv (:data:`CSV_FIELDS`)."""
+        lines = "".join(json.dumps(row, default=_json_default) + "\n" for row in rows)
+        atomic_write_text(self.file("metrics.jsonl"), lines)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_FIELDS})
+        atomic_write_text(self.file("metrics.csv"), buffer.getvalue())
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)

@@ -1,0 +1,127 @@
+"""Where and how the numbers are computed: device, precision, threads, memory format.
+
+``auto`` choices, each from what the hardware can do rather than a guess:
+
+* device: the first CUDA device when there is one, else the CPU;
+* precision: on a GPU, bf16 autocast where the GPU supports it (Ampere and newer), else fp16
+  with a gradient scaler; on a CPU, bf16 only when the CPU has native bf16 arithmetic
+  (AVX512-BF16 or AMX) — without it bf16 autocast is many times *slower* than fp32
+  (measured 3–34× on an AVX2 machine), so fp32;
+* threads: torch's default (one per physical core), which ``bench/main_job.py`` measured as
+  the faster choice for training on the 2-core reference machine;
+* channels-last: on for models with 2-D convolutions (measured 1.57× faster training of
+  EfficientNet-Lite0 on that CPU), off otherwise.
+
+On the CPU, runs are deterministic: the same seed gives bitwise-equal weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["Runtime", "cpu_has_fast_bf16", "resolve_runtime"]
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved choices of one run.
+
+    Attributes:
+        device: where the model and batches live.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast dtype; parameters stay fp32).
+        threads: torch's intra-op threads.
+        channels_last: inputs and model in channels-last memory format.
+    """
+
+    device: torch.device
+    precision: str
+    threads: int
+    channels_last: bool
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast for the forward pass (a no-op in fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled only for fp16 (bf16 has fp32's range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def describe(self) -> str:
+        layout = ", channels-last" if self.channels_last else ""
+        return f"{self.device} · {self.precision} · {self.threads} thread(s){layout}"
+
+
+def resolve_runtime(
+    model: nn.Module, *, device: str, precision: str, threads: int | str, channels_last: bool | str
+) -> Runtime:
+    """The run's device, precision, threads and memory format (see the module docstring).
+
+    Side effects: sets torch's thread count, and on the CPU asks for deterministic algorithms.
+
+    Raises:
+        ConfigError: CUDA asked for but not available, or a precision the device cannot run.
+    """
+    chosen = _device(device)
+    chosen_precision = _precision(precision, chosen)
+    if threads != "auto":
+        torch.set_num_threads(int(threads))
+    if chosen.type == "cpu":
+        # CPU kernels are deterministic already; this makes any that are not raise.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    layout = has_conv if channels_last == "auto" else bool(channels_last)
+    return Runtime(chosen, chosen_precision, torch.get_num_threads(), layout)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device: {name!r} asked for, but torch sees no CUDA device here "
+                "(use train.device=cpu or auto)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device: {name!r} does not exist; this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision: fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    return precision
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX tiles)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # not Linux: no cheap way to tell, and fp32 is the safe choice
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))

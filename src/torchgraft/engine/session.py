@@ -1,0 +1,316 @@
+"""One run's training state and its epoch: stages, optimizer, scheduler, EMA, feature cache,
+metrics history, best model, early stopping — and their capture for an exact resume.
+
+:class:`Session` is a plain holder with three verbs: :meth:`~Session.begin` (build the
+optimizer for the first epoch to run, restoring a saved state when resuming),
+:meth:`~Session.run_epoch` (stage change, one training pass, validation) and
+:meth:`~Session.state` (everything :mod:`.state` saves). The loop itself is in :mod:`.loop`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch import nn
+
+from ..data.prepare import PreparedData
+from ..data.transforms import Normalizer, train_augment
+from ..model.spec import ModelSpec
+from ..policies.optimizer_groups import audit_optimizer
+from ..policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
+from .config import RunConfig
+from .features import FeatureCache, cache_refusal, find_head_entry
+from .loop import Trainer, evaluate, train_one_epoch
+from .metrics import EvalResult, Evaluator
+from .mixing import BatchMixer
+from .runtime import Runtime
+from .stages import Stages, make_optimizer
+from .state import capture_rng, restore_rng
+
+__all__ = ["EpochResult", "Session"]
+
+
+@dataclass
+class EpochResult:
+    """What one epoch produced."""
+
+    epoch: int
+    rows: list[dict[str, Any]]
+    val: EvalResult
+    improved: bool
+    cached: bool
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+class Session:
+    """The mutable parts of a run (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model: nn.Module,
+        spec: ModelSpec,
+        runtime: Runtime,
+        data: PreparedData,
+    ):
+        self.config, self.model, self.spec = config, model, spec
+        self.runtime, self.data = runtime, data
+        self.stages = Stages(config, model, spec)
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.augment = train_augment(
+            config.data.augment, data.preprocessing, hflip=config.data.hflip
+        )
+        self.normalize = Normalizer(data.preprocessing, runtime.device, runtime.memory_format)
+        train = config.train
+        self.mixer = (
+            BatchMixer(train.mixup, train.cutmix, train.label_smoothing, len(data.classes))
+            if train.mixup or train.cutmix
+            else None
+        )
+        self.entry = find_head_entry(model, spec)
+        self.cache: FeatureCache | None = None
+        self.trainer: Trainer | None = None
+        self.history: list[dict[str, Any]] = []
+        self.policies: list[dict[str, Any]] = []
+        self.stage_steps: list[int] = []
+        self.best: dict[str, Any] = {}
+        self.stale = 0
+
+    # --- setting up ----------------------------------------------------------------------
+    @property
+    def train_batches(self) -> int:
+        return -(-len(self.data.source.splits["train"]) // self.config.data.batch_size)
+
+    def begin(self, state: dict[str, Any] | None = None) -> int:
+        """Build optimizer (and, when resuming, everything else) for the first epoch to run.
+
+        Returns:
+            that epoch (0, or the one after the saved state's).
+        """
+        first = 0 if state is None else state["epoch"] + 1
+        groups, summary = self.stages.start(max(0, first - 1))
+        optimizer = make_optimizer(self.config, groups)
+        train = self.config.train
+        ema = ModelEmaV3(self.model, decay=train.ema) if train.ema else None
+        self.trainer = Trainer(
+            self.model,
+            optimizer,
+            None,
+            SoftTargetCrossEntropy()
+            if self.mixer
+            else nn.CrossEntropyLoss(label_smoothing=train.label_smoothing),
+            self.runtime,
+            self.runtime.grad_scaler(),
+            ema=ema,
+            mixup=self.mixer,
+            grad_accum=train.grad_accum,
+            clip_grad_norm=train.clip_grad_norm,
+            max_steps=train.max_steps,
+        )
+        if state is not None:
+            self._restore(state, first)
+        elif summary is not None:
+            self._log_policy(0, summary)
+        return first
+
+    def _restore(self, state: dict[str, Any], first: int) -> None:
+        trainer = self.trainer
+        load_optimizer_state_by_name(trainer.optimizer, state["optimizer"])
+        trainer.scheduler = self.stages.scheduler(
+            trainer.optimizer, first - 1, trainer.steps_per_epoch(self.train_batches)
+        )
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        if trainer.ema is not None and state.get("ema") is not None:
+            trainer.ema.load_state_dict(state["ema"])
+        trainer.step = state["step"]
+        trainer.lr_trace = [tuple(item) for item in state["lr_trace"]]
+        self.history, self.policies = list(state["history"]), list(state["policies"])
+        self.stage_steps, self.best, self.stale = (
+            list(state["stage_steps"]),
+            dict(state["best"]),
+            state["stale"],
+        )
+        restore_rng(state["rng"], self.generator)
+
+    # --- one epoch -----------------------------------------------------------------------
+    def run_epoch(self, epoch: int, progress=None) -> EpochResult:
+        """Stage change, one pass over the training data, validation, bookkeeping."""
+        started = time.perf_counter()
+        trainer = self.trainer
+        entry, rescale = self.stages.enter(trainer.optimizer, epoch)
+        steps = trainer.steps_per_epoch(self.train_batches)
+        if entry.new_stage:
+            trainer.scheduler = self.stages.scheduler(trainer.optimizer, epoch, steps)
+            self.stage_steps.append(trainer.step)
+            if entry.summary is not None:
+                self._log_policy(epoch, entry.summary)
+        elif rescale:
+            self.stages.rebase(trainer.scheduler)
+        cached = self._use_cache()
+        if progress is not None:
+            progress.start_epoch(self._title(epoch, cached), steps)
+        train_row = self._train(epoch, cached, progress)
+        val = self._validate(cached)
+        improved = self._update_best(epoch, val)
+        seconds = time.perf_counter() - started
+        rows = self._rows(epoch, train_row, val, cached, seconds)
+        self.history += rows
+        return EpochResult(epoch, rows, val, improved, cached, seconds)
+
+    def _use_cache(self) -> bool:
+        """Train on cached features when allowed and possible; compute them on first use."""
+        setting = self.config.train.feature_cache
+        deterministic = self.augment is None and self.mixer is None
+        refusal = cache_refusal(
+            self.model, self.spec, self.entry, deterministic_input=deterministic
+        )
+        if setting is False or refusal is not None:
+            self.cache = None
+            return False
+        if self.cache is None:
+            self.cache = FeatureCache(
+                self.model,
+                self.entry,
+                self.data,
+                self.runtime,
+                batch_size=self.config.data.eval_batch_size,
+            )
+        return True
+
+    def _train(self, epoch: int, cached: bool, progress) -> dict[str, float]:
+        trainer, batch_size = self.trainer, self.config.data.batch_size
+        if cached:
+            batches = self.cache.batches(
+                "train", batch_size, shuffle=True, generator=self.generator
+            )
+            prepare, forward = (lambda x: x), self.cache.logits
+        else:
+            batches = self.data.loader(
+                "train", batch_size, shuffle=True, generator=self.generator, augment=self.augment
+            )
+            prepare, forward = self.normalize, self.model
+        on_step = None
+        if progress is not None:
+            on_step = lambda done, total: progress.advance(done, total)  # noqa: E731
+        return train_one_epoch(
+            trainer,
+            batches,
+            self.train_batches,
+            prepare=prepare,
+            forward=forward,
+            epoch=epoch,
+            on_step=on_step,
+        )
+
+    def evaluation_model(self) -> nn.Module:
+        """The weights that are evaluated and saved: the EMA's when EMA is on."""
+        return self.trainer.ema.module if self.trainer.ema is not None else self.model
+
+    def _validate(self, cached: bool) -> EvalResult:
+        return self.evaluate("val", cached)
+
+    def evaluate(self, split: str, cached: bool = False) -> EvalResult:
+        """Metrics of the evaluation model on ``split``."""
+        model = self.evaluation_model()
+        evaluator = Evaluator(self.data.classes, self.runtime.device)
+        batch_size = self.config.data.eval_batch_size
+        if cached and self.cache is not None and split in self.cache.features:
+            head = model.get_submodule(self.entry.path)
+            batches = self.cache.batches(split, batch_size, shuffle=False, generator=None)
+            return evaluate(
+                batches,
+                evaluator,
+                prepare=lambda x: x,
+                forward=head,
+                runtime=self.runtime,
+                modules=[model],
+            )
+        batches = self.data.loader(split, batch_size)
+        return evaluate(
+            batches,
+            evaluator,
+            prepare=self.normalize,
+            forward=model,
+            runtime=self.runtime,
+            modules=[model],
+        )
+
+    def _update_best(self, epoch: int, val: EvalResult) -> bool:
+        monitor = self.config.train.monitor
+        value = val.acc1 if monitor == "val/acc1" else val.loss
+        better = not self.best or (
+            value > self.best["value"] if monitor == "val/acc1" else value < self.best["value"]
+        )
+        if better:
+            self.best = {
+                "value": value,
+                "epoch": epoch,
+                "monitor": monitor,
+                "metrics": val.scalars(),
+            }
+            self.stale = 0
+        else:
+            self.stale += 1
+        return better
+
+    def should_stop(self) -> bool:
+        patience = self.config.train.early_stopping
+        return patience is not None and self.stale >= patience
+
+    def _rows(self, epoch, train_row, val: EvalResult, cached, seconds) -> list[dict[str, Any]]:
+        lr = self._head_lr()
+        stage = self.stages.describe(epoch)
+        common = {"epoch": epoch, "stage": stage, "lr": lr, "cached": cached}
+        return [
+            {**common, "split": "train", **train_row, "seconds": round(seconds - val.seconds, 3)},
+            {
+                **common,
+                "split": "val",
+                **val.scalars(),
+                "seconds": round(val.seconds, 3),
+                "per_class": val.per_class,
+                "confusion": val.confusion,
+            },
+        ]
+
+    def _head_lr(self) -> float:
+        groups = self.trainer.optimizer.param_groups
+        head = [g["lr"] for g in groups if g.get("layer_group") == "head"]
+        return float(head[0] if head else groups[0]["lr"])
+
+    def _title(self, epoch: int, cached: bool) -> str:
+        suffix = ", cached features" if cached else ""
+        return (
+            f"epoch {epoch + 1}/{self.config.train.epochs} ({self.stages.describe(epoch)}{suffix})"
+        )
+
+    def _log_policy(self, epoch: int, summary) -> None:
+        audit = audit_optimizer(self.trainer.optimizer, self.model, warn=False)
+        self.policies.append(
+            {"epoch": epoch, "freeze": summary.to_dict(), "groups": audit.to_dict()}
+        )
+
+    # --- saving --------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict[str, Any]:
+        """Everything needed to resume after ``epoch`` (see :mod:`.state`)."""
+        trainer = self.trainer
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": optimizer_state_by_name(trainer.optimizer),
+            "scheduler": trainer.scheduler.state_dict(),
+            "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
+            "step": trainer.step,
+            "lr_trace": [list(item) for item in trainer.lr_trace],
+            "history": self.history,
+            "policies": self.policies,
+            "stage_steps": self.stage_steps,
+            "best": self.best,
+            "stale": self.stale,
+            "rng": capture_rng(self.generator),
+        }
