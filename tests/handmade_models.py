@@ -77,3 +77,19 @@ class TinyCNN(nn.Module):
     def forward(self, x):
         x = self.pool(self.block2(self.block1(self.stem(x)))).flatten(1)
         return self.classifier(x)
+
+
+class NaNAt(TinyCNN):
+    """TinyCNN whose ``nan_at``-th training forward pass returns NaN (an injected fault)."""
+
+    def __init__(self, num_classes: int = 3, nan_at: int = 6):
+        super().__init__(num_classes)
+        self.nan_at, self.calls = nan_at, 0
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.nan_at:
+                return out * float("nan")
+        return out

@@ -125,7 +125,8 @@ def prepare_data(
             images[name], bad[name] = _decode(split, channels, base, workers)
         else:
             bad[name] = _scan(split, channels, workers)
-    found = [item for rows in bad.values() for _, item in rows]
+    # One entry per file, however many times the splits list it.
+    found = list({item.path: item for rows in bad.values() for _, item in rows}.values())
     if found and on_bad_image == "stop":
         raise DataError(
             describe_bad(sorted(found, key=lambda b: str(b.path)))
@@ -159,9 +160,11 @@ def _decode(split: Split, channels: int, base, workers: int):
 def _scan(split: Split, channels: int, workers: int) -> list[tuple[int, BadImage]]:
     if split.paths is None:
         return []
-    found = scan_images(split.paths, channels, workers=max(1, workers))
-    position = {path: i for i, path in enumerate(split.paths)}
-    return [(position[item.path], item) for item in found]
+    found = {
+        item.path: item for item in scan_images(split.paths, channels, workers=max(1, workers))
+    }
+    # Every position of a bad file (a CSV may list one twice), so skipping drops them all.
+    return [(i, found[path]) for i, path in enumerate(split.paths) if path in found]
 
 
 def _without_bad(source: DataSource, images, bad) -> tuple[DataSource, dict[str, torch.Tensor]]:

@@ -125,7 +125,8 @@ def discover(source: str, *, val_fraction: float = 0.2, split_seed: int = 0) -> 
 
     Raises:
         DataError: no such path, no class folders, an empty class, a single class, a
-            validation class the training data lacks, or a CSV without its header.
+            validation class the training data lacks, a CSV without its header, or a CSV
+            whose split column is empty in some rows only.
     """
     if source == "digits":
         return _digits(val_fraction, split_seed)
@@ -254,6 +255,7 @@ def _csv(path: Path, val_fraction: float, seed: int) -> DataSource:
         }
         if "train" not in splits or "val" not in splits:
             raise DataError(f"{path}: the split column names no train or no val rows")
+        _check_csv_splits(path, rows, classes)
     else:
         train, val = stratified_split([label for _, label in samples], val_fraction, seed)
         splits = {
@@ -261,6 +263,25 @@ def _csv(path: Path, val_fraction: float, seed: int) -> DataSource:
             "val": _split("val", samples, val, path.parent),
         }
     return DataSource(classes, splits, str(path), "csv")
+
+
+def _check_csv_splits(path: Path, rows, classes: tuple[str, ...]) -> None:
+    """Every row names its split, and every class has training rows (as with folders)."""
+    # A row without a split would otherwise belong to no split: silently dropped.
+    unassigned = [line for line, (_, _, split) in enumerate(rows, start=2) if not split]
+    if unassigned:
+        raise DataError(
+            f"{path}:{unassigned[0]}: empty split while other rows name one "
+            f"({len(unassigned)} such row(s)); give every row train, val or test, "
+            "or leave the split column empty in every row to split automatically"
+        )
+    trained = {label for _, label, split in rows if split == "train"}
+    missing = [c for c in classes if c not in trained]
+    if missing:
+        raise DataError(
+            f"{path}: label(s) {_names(missing)} have no train rows; every val or test "
+            "label must also be a train label"
+        )
 
 
 def _read_csv(path: Path) -> list[tuple[str, str, str | None]]:

@@ -11,7 +11,9 @@ or streamed from disk:
 
 Normalisation (``(x / 255 - mean) / std``) happens on the batch, on the device, so the data
 path moves 1-byte pixels. Because augmentation starts from the base image in both cases, an
-in-memory run and a streamed run see exactly the same pixels.
+in-memory run and a streamed run see exactly the same base pixels (the same augmented ones
+too, statistically: streaming draws the workers' seeds from torch's generator, so the
+random crops themselves differ).
 """
 
 from __future__ import annotations

@@ -133,6 +133,12 @@ class ProgressiveConfig(Section):
     layer_decay: PositiveFloat | None = None
 
 
+#: ``kind`` -> config model (pydantic names the kind in an error's location).
+_SCHEDULE_MODELS: dict[str, type[BaseModel]] = {
+    "two_phase": TwoPhaseConfig,
+    "unfreeze_at": UnfreezeAtConfig,
+    "progressive": ProgressiveConfig,
+}
 UnfreezeConfig = Annotated[
     TwoPhaseConfig | UnfreezeAtConfig | ProgressiveConfig, Field(discriminator="kind")
 ]
@@ -270,6 +276,13 @@ class RunConfig(Section):
                 self.weights.source = "DEFAULT"
             if "verify_with" not in self.graft.model_fields_set:
                 self.graft.verify_with = None
+        # 64 px without a crop suits the 8x8 digits, not photographs: other data gets the
+        # model's own input size and crop unless the config says otherwise.
+        data = self.data
+        if "source" in data.model_fields_set and data.source != DataConfig().source:
+            for key in ("image_size", "crop_pct"):
+                if key not in data.model_fields_set:
+                    setattr(data, key, None)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -311,13 +324,14 @@ def load_config(
     data = _source_data(source)
     pairs = parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides
     problems: list[str] = []
-    for key, value in pairs.items():
+    # A new schedule kind first: it starts that kind afresh, and the other overrides refine it.
+    for key, value in sorted(pairs.items(), key=lambda pair: not pair[0].endswith(".kind")):
         _set_dotted(data, key, value, problems)
     problems += _reference_problems(data, check_paths, check_names)
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems += [_describe(error) for error in exc.errors()]
+        problems += _describe_all(exc.errors())
         raise ConfigError(_summary(problems)) from None
     problems += _semantic_problems(config)
     if problems:
@@ -408,6 +422,8 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any, problems: list[str])
             problems.append(f"{'.'.join(parts[: depth + 1])}: is a value, not a section")
             return
         node = child
+    if parts[-1] == "kind" and node.get("kind", value) != value:
+        node.clear()  # another kind's fields (e.g. the default two_phase's) do not apply
     node[parts[-1]] = value
 
 
@@ -420,83 +436,114 @@ def _default_subsection(path: list[str]) -> dict[str, Any]:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else {}
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    """One line for one pydantic error: the dotted key, the value found, what is wanted."""
-    location = [str(p) for p in error["loc"] if not _is_union_tag(p)]
-    key = ".".join(location)
+def _describe_all(errors: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per problem; the members of a union (``int | 'auto'``) that each refused a
+    value share its key's line, joined with "or"."""
+    lines: list[str | list[Any]] = []
+    plain: dict[str, list[Any]] = {}  # key -> [key, value found, messages]
+    for error in errors:
+        key, line = _describe(error)
+        if line is not None:
+            lines.append(line)
+        elif key in plain:
+            plain[key][2].append(error["msg"])
+        else:
+            plain[key] = [key, error.get("input"), [error["msg"]]]
+            lines.append(plain[key])
+    return [
+        line
+        if isinstance(line, str)
+        else f"{line[0]}: {'; or '.join(line[2])}, got {_show(line[1])}"
+        for line in lines
+    ]
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The dotted key of one pydantic error and its line (None: a plain "msg, got value")."""
+    path, section = _key_path(error["loc"])
+    key = ".".join(path)
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{key}: unknown key{_suggestion(location)}"
-    found = error.get("input")
-    message = error["msg"]
+        return key, f"{key}: unknown key{_suggestion(path, section)}"
     if kind == "missing":
-        return f"{key}: required"
+        return key, f"{key}: required"
     if kind == "union_tag_invalid":
         expected = [t.strip("' ") for t in str(error["ctx"]["expected_tags"]).split(",")]
         tag = str(error["ctx"]["tag"])
         close = difflib.get_close_matches(tag, expected, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"{key}.kind: unknown kind {tag!r}{hint} (known: {', '.join(expected)})"
-    return f"{key}: {message}, got {_show(found)}"
+        return key, f"{key}.kind: unknown kind {tag!r}{hint} (known: {', '.join(expected)})"
+    return key, None
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the discriminator value (e.g. 'two_phase') into the location.
-    return part in ("two_phase", "unfreeze_at", "progressive")
+def _key_path(location: Sequence[Any]) -> tuple[list[str], Any]:
+    """The dotted key of a pydantic error location, and the section class holding its last
+    part (None past a leaf value).
 
-
-def _suggestion(location: list[str]) -> str:
-    """``"; did you mean 'optim.lr'?"`` from the fields of the enclosing section."""
+    pydantic also puts union members into the location: the schedule kind (``'two_phase'``,
+    which picks the section to look in) and a leaf's type (``'constrained-int'``,
+    ``"literal['auto']"``, ``'list[str]'``), which is not a key.
+    """
     section: Any = RunConfig
-    for part in location[:-1]:
-        field = section.model_fields.get(part) if hasattr(section, "model_fields") else None
-        if field is None:
-            return ""
-        annotation = field.annotation
-        section = annotation if isinstance(annotation, type) else None
-        if section is None or not issubclass(section, BaseModel):
-            section = _union_member(field.annotation, location)
-            if section is None:
-                return ""
+    holder: Any = None
+    path: list[str] = []
+    for part in location:
+        if section is None and part in _SCHEDULE_MODELS:
+            section = _SCHEDULE_MODELS[part]
+        elif section is not None:
+            holder = section
+            path.append(str(part))
+            field = section.model_fields.get(part)
+            annotation = field.annotation if field is not None else None
+            is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            section = annotation if is_section else None
+        elif isinstance(part, int):  # a list index
+            path.append(str(part))
+    return path, holder
+
+
+def _suggestion(path: list[str], section: Any) -> str:
+    """``"; did you mean 'optim.lr'?"`` from the fields of the enclosing section."""
+    if section is None:
+        return ""
     names = list(section.model_fields)
-    close = difflib.get_close_matches(location[-1], names, n=1, cutoff=0.6)
-    prefix = ".".join(location[:-1])
+    close = difflib.get_close_matches(path[-1], names, n=1, cutoff=0.6)
+    prefix = ".".join(path[:-1])
     if close:
         return f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
     return f" (known: {', '.join(names)})"
 
 
-def _union_member(annotation: Any, location: list[str]) -> Any:
-    """The schedule model among a union's members (all share the unknown-key lookup)."""
-    for member in getattr(annotation, "__args__", ()):
-        for inner in getattr(member, "__args__", (member,)):
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                return inner
-    return None
-
-
 def _semantic_problems(config: RunConfig) -> list[str]:
     """What types cannot say: combinations that contradict each other."""
     problems = []
-    if config.freeze.schedule is not None:
+    schedule = config.freeze.schedule
+    if schedule is not None:
         if config.freeze.policy != "none":
             problems.append(
-                "freeze.policy: the unfreezing schedule (freeze.schedule) decides what trains; "
+                f"freeze.policy: got {config.freeze.policy!r}, but the unfreezing schedule "
+                f"(freeze.schedule, kind {schedule.kind!r}) decides what trains; "
                 "set freeze.schedule: null to use a fixed policy"
             )
         for name in ("backbone_lr", "layer_decay"):
             if getattr(config.optim, name) is not None:
                 problems.append(
-                    f"optim.{name}: the unfreezing schedule (freeze.schedule) sets the LR of "
-                    "each layer group; set freeze.schedule: null to use optim." + name
+                    f"optim.{name}: got {getattr(config.optim, name)!r}, but the unfreezing "
+                    f"schedule (freeze.schedule, kind {schedule.kind!r}) sets the LR of each "
+                    f"layer group; set freeze.schedule: null to use optim.{name}"
                 )
     if config.graft.strategy == "rules" and not config.graft.rules:
-        problems.append("graft.rules: strategy 'rules' needs a rules file")
+        problems.append("graft.rules: strategy 'rules' needs a rules file, got none")
     if config.graft.rules and config.graft.strategy != "rules":
-        problems.append("graft.rules: rules are only used with graft.strategy: rules")
+        problems.append(
+            f"graft.rules: got {config.graft.rules!r}, but rules are only used with "
+            f"graft.strategy: rules (got {config.graft.strategy!r})"
+        )
     mean, std = config.data.mean, config.data.std
     if mean is not None and std is not None and len(mean) != len(std):
-        problems.append("data.std: needs as many values as data.mean")
+        problems.append(
+            f"data.std: needs as many values as data.mean ({len(mean)}), got {len(std)}: {std}"
+        )
     return problems
 
 

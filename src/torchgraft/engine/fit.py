@@ -133,6 +133,8 @@ def fit(
         run_dir.write_metrics(session.history)
         run_dir.write_json("policy.json", session.policies)
         console.end_epoch(_epoch_line(result))
+        for note in result.notes:
+            console.line(note)
         if session.should_stop():
             console.line(
                 f"early stopping: no improvement of {config.train.monitor} for {session.stale} epochs"

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer, train_augment
+from ..errors import TrainingError
 from ..model.spec import ModelSpec
 from ..policies.optimizer_groups import audit_optimizer
 from ..policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
@@ -81,6 +82,8 @@ class Session:
         self.stage_steps: list[int] = []
         self.best: dict[str, Any] = {}
         self.stale = 0
+        self.notes: list[str] = []  # said once to the user (the engine prints them)
+        self._cache_note: str | None = None
 
     # --- setting up ----------------------------------------------------------------------
     @property
@@ -121,11 +124,13 @@ class Session:
 
     def _restore(self, state: dict[str, Any], first: int) -> None:
         trainer = self.trainer
-        load_optimizer_state_by_name(trainer.optimizer, state["optimizer"])
         trainer.scheduler = self.stages.scheduler(
             trainer.optimizer, first - 1, trainer.steps_per_epoch(self.train_batches)
         )
         trainer.scheduler.load_state_dict(state["scheduler"])
+        # After the scheduler: building it set each group's LR from its first step; the
+        # saved group settings (lr, initial_lr) put back the rates of the moment of saving.
+        load_optimizer_state_by_name(trainer.optimizer, state["optimizer"])
         if trainer.ema is not None and state.get("ema") is not None:
             trainer.ema.load_state_dict(state["ema"])
         trainer.step = state["step"]
@@ -156,12 +161,14 @@ class Session:
         if progress is not None:
             progress.start_epoch(self._title(epoch, cached), steps)
         train_row = self._train(epoch, cached, progress)
+        _check_weights(self.model, epoch)
         val = self._validate(cached)
         improved = self._update_best(epoch, val)
         seconds = time.perf_counter() - started
         rows = self._rows(epoch, train_row, val, cached, seconds)
         self.history += rows
-        return EpochResult(epoch, rows, val, improved, cached, seconds)
+        notes, self.notes = self.notes, []
+        return EpochResult(epoch, rows, val, improved, cached, seconds, notes)
 
     def _use_cache(self) -> bool:
         """Train on cached features when allowed and possible; compute them on first use."""
@@ -170,6 +177,9 @@ class Session:
         refusal = cache_refusal(
             self.model, self.spec, self.entry, deterministic_input=deterministic
         )
+        if setting is True and refusal is not None and refusal != self._cache_note:
+            self.notes.append(f"feature cache not used: {refusal}")
+            self._cache_note = refusal
         if setting is False or refusal is not None:
             self.cache = None
             return False
@@ -314,3 +324,19 @@ class Session:
             "stale": self.stale,
             "rng": capture_rng(self.generator),
         }
+
+
+def _check_weights(model: nn.Module, epoch: int) -> None:
+    """A finite loss can still leave non-finite weights or statistics (an exploding
+    BatchNorm variance); such a model must never become the saved best or last one."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if bad:
+        raise TrainingError(
+            f"weights became non-finite during epoch {epoch + 1} ({', '.join(bad[:3])}); the run "
+            "stopped and nothing of this epoch was saved. Lower optim.lr or set "
+            "train.clip_grad_norm"
+        )

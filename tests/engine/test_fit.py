@@ -1,0 +1,336 @@
+"""tg.fit end to end on a hand-written CNN and real PNG files: the run directory, the saved
+model, determinism, the feature cache, stages, non-finite losses, resume (in process; the
+SIGKILL test is in tests/cli/test_train_cmd.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import torchgraft as tg
+from conftest import tiny_config, write_digit_folder
+from torchgraft.engine.artifacts import read_model_document
+from torchgraft.engine.console import RunConsole
+from torchgraft.engine.state import load_state
+from torchgraft.errors import CheckpointError, ConfigError, DataError, TrainingError
+
+QUIET = RunConsole(quiet=True)
+
+
+def fit(config, *args, **kwargs):
+    return tg.fit(config, *args, console=QUIET, **kwargs)
+
+
+def final_weights(run_dir):
+    return load_state(run_dir)["model"]
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_the_run_directory_holds_every_output(digit_folder, tmp_path):
+    run = fit(
+        tiny_config(digit_folder, tmp_path / "runs", output={"plots": True}, train={"epochs": 3})
+    )
+    names = {p.name for p in run.dir.iterdir()}
+    assert {
+        "config.yaml",
+        "metrics.csv",
+        "metrics.jsonl",
+        "model.safetensors",
+        "model.json",
+        "policy.json",
+        "curves.png",
+        "lr.png",
+        "confusion.png",
+        "state",
+    } <= names
+    lines = (run.dir / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,split,stage,loss,acc1")
+    assert len(lines) == 1 + 3 * 2  # a train and a val row per epoch
+    rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    assert [r["epoch"] for r in val] == [0, 1, 2]
+    assert set(val[0]["per_class"]) == {"0", "1", "2"}
+    assert sum(map(sum, val[0]["confusion"])) == val[0]["count"] == 6
+    # the resolved config reloads to the same config
+    again = tg.load_config(run.dir / "config.yaml")
+    assert again.train.epochs == 3
+    assert again.data.source == str(digit_folder)
+    assert not list(run.dir.glob(".*.tmp"))
+
+
+def test_model_json_describes_the_saved_best_model(digit_folder, tmp_path):
+    run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 3}))
+    document, weights = read_model_document(run.dir)
+    import hashlib
+
+    assert document["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert document["classes"] == ["0", "1", "2"]
+    assert document["build"]["model"] == "handmade_models:TinyCNN"
+    assert document["spec"]["preprocessing"]["input_size"] == [3, 16, 16]
+    best_val = [r for r in run.history if r["split"] == "val" and r["epoch"] == run.best["epoch"]]
+    assert document["metrics"]["acc1"] == pytest.approx(best_val[0]["acc1"])
+
+
+def test_load_gives_the_model_back_with_classes_and_preprocessing(digit_folder, tmp_path):
+    run = fit(
+        tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 2, "monitor": "val/loss"})
+    )
+    model = tg.load(run.dir)
+    assert not model.training
+    assert model.classes == ("0", "1", "2")
+    assert model.preprocessing.input_size == (3, 16, 16)
+    assert model.torchgraft_report.coverage == 1.0
+    # Predicting the validation images again reproduces the accuracy recorded for the best
+    # epoch: the weights, the classes and the preprocessing all came back.
+    from torchgraft.engine.inference import evaluate_folder
+
+    val_dir = tmp_path / "val_only"
+    source = tg.load_config(run.dir / "config.yaml")
+    from torchgraft.data.sources import discover
+
+    split = discover(source.data.source).splits["val"]
+    for path, label in zip(split.paths, split.labels, strict=True):
+        target = val_dir / str(label) / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    result, _ = evaluate_folder(model, val_dir)
+    assert result.acc1 == pytest.approx(run.best["acc1"])
+    assert result.loss == pytest.approx(run.best["loss"], rel=1e-4)
+
+
+def test_a_damaged_model_file_is_refused_by_load(digit_folder, tmp_path):
+    run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 1}))
+    path = run.dir / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"sha256|hash"):
+        tg.load(run.dir)
+
+
+def test_same_seed_gives_bitwise_equal_weights_and_another_seed_does_not(digit_folder, tmp_path):
+    first = fit(tiny_config(digit_folder, tmp_path / "a", data={"augment": "light"}))
+    second = fit(tiny_config(digit_folder, tmp_path / "b", data={"augment": "light"}))
+    other = fit(
+        tiny_config(digit_folder, tmp_path / "c", data={"augment": "light"}, train={"seed": 1})
+    )
+    assert_bitwise_equal(final_weights(first.dir), final_weights(second.dir))
+    assert not torch.equal(
+        final_weights(first.dir)["classifier.1.weight"],
+        final_weights(other.dir)["classifier.1.weight"],
+    )
+
+
+class StopAfter(RunConsole):
+    """A console that interrupts the run after ``epochs`` epochs (as a kill would)."""
+
+    def __init__(self, epochs: int):
+        super().__init__(quiet=True)
+        self.left = epochs
+
+    def end_epoch(self, summary: str) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"data": {"augment": "light"}, "schedule": {"name": "onecycle"}, "train": {"ema": 0.9}},
+        {"freeze": {"schedule": {"kind": "two_phase", "freeze_epochs": 2}}, "weights": "file"},
+    ],
+    ids=["augment-onecycle-ema", "two-phase-cache"],
+)
+def test_resume_in_process_ends_where_an_uninterrupted_run_ends(digit_folder, tmp_path, settings):
+    settings = {k: dict(v) if isinstance(v, dict) else v for k, v in settings.items()}
+    if settings.pop("weights", None):
+        from handmade_models import TinyCNN
+
+        save_file(TinyCNN().state_dict(), tmp_path / "w.safetensors")
+        settings["weights"] = {"source": str(tmp_path / "w.safetensors")}
+
+    def config(out):
+        made = tiny_config(digit_folder, tmp_path / out, **settings)
+        made["train"]["epochs"] = 4
+        if "schedule" in made["freeze"]:
+            made["freeze"].pop("policy")
+        return made
+
+    whole = fit(config("whole"))
+    with pytest.raises(KeyboardInterrupt):
+        tg.fit(config("cut"), console=StopAfter(2))
+    assert load_state(tmp_path / "cut" / "run")["epoch"] == 1
+    resumed = fit(None, resume=tmp_path / "cut" / "run")
+    assert_bitwise_equal(final_weights(whole.dir), final_weights(resumed.dir))
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+
+
+def test_feature_cache_gives_the_same_probe_as_full_forward_passes(digit_folder, tmp_path):
+    settings = {
+        "freeze": {"policy": "head", "bn": "frozen"},
+        "optim": {"lr": 0.1},
+        "train": {"epochs": 3},
+    }
+    source = tmp_path / "weights.safetensors"
+    from handmade_models import TinyCNN
+
+    torch.manual_seed(3)
+    save_file(TinyCNN().state_dict(), source)
+    cached = fit(
+        tiny_config(digit_folder, tmp_path / "cached", weights={"source": str(source)}, **settings)
+    )
+    settings["train"] = {**settings["train"], "feature_cache": False}
+    full = fit(
+        tiny_config(digit_folder, tmp_path / "full", weights={"source": str(source)}, **settings)
+    )
+    assert all(r["cached"] for r in cached.history)
+    assert not any(r["cached"] for r in full.history)
+    a, b = final_weights(cached.dir), final_weights(full.dir)
+    for key in a:
+        if key.startswith("classifier."):
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+        else:  # the frozen body, BatchNorm statistics included, is untouched in both
+            assert torch.equal(a[key], b[key]), key
+    original = load_file(source)
+    for key in original:
+        if not key.startswith("classifier."):
+            assert torch.equal(a[key], original[key]), key
+
+
+def test_two_phase_caches_the_head_stage_then_trains_everything(digit_folder, tmp_path):
+    source = tmp_path / "weights.safetensors"
+    from handmade_models import TinyCNN
+
+    save_file(TinyCNN().state_dict(), source)
+    config = tiny_config(
+        digit_folder,
+        tmp_path / "runs",
+        weights={"source": str(source)},
+        freeze={"policy": "none", "schedule": {"kind": "two_phase", "freeze_epochs": 2}},
+        train={"epochs": 3},
+        output={"plots": True},
+    )
+    config["freeze"].pop("policy")
+    run = fit(config)
+    train_rows = [r for r in run.history if r["split"] == "train"]
+    assert [r["cached"] for r in train_rows] == [True, True, False]
+    assert [r["stage"] for r in train_rows] == ["head only", "head only", "all layers"]
+    policies = json.loads((run.dir / "policy.json").read_text())
+    assert [p["epoch"] for p in policies] == [0, 2]
+    assert policies[0]["freeze"]["trainable"] < policies[1]["freeze"]["trainable"]
+    state = load_state(run.dir)
+    assert len(state["stage_steps"]) == 2  # the LR scheduler was rebuilt once, at the unfreeze
+    # fastai's fine_tune: after unfreezing the stem trains at lr / lr_mult of the head
+    first_unfrozen = next(rates for _, rates in state["lr_trace"] if "stem" in rates)
+    assert first_unfrozen["stem"] == pytest.approx(first_unfrozen["head"] / 100)
+
+
+def test_a_non_finite_loss_stops_the_run_and_nothing_poisoned_is_saved(digit_folder, tmp_path):
+    config = tiny_config(
+        digit_folder,
+        tmp_path / "runs",
+        optim={"lr": 1e12, "momentum": 0.0},
+        schedule={"name": "constant"},
+        train={"epochs": 2, "label_smoothing": 0.0},
+    )
+    with pytest.raises(TrainingError, match=r"non-finite|became (nan|inf)") as caught:
+        fit(config)
+    assert "epoch 1" in str(caught.value)
+    run_dir = tmp_path / "runs" / "run"
+    assert not (run_dir / "model.safetensors").exists()
+    assert not (run_dir / "state" / "last.json").exists()
+
+
+def test_a_nan_loss_names_the_step_and_the_last_good_epoch_stays(digit_folder, tmp_path):
+    config = tiny_config(digit_folder, tmp_path / "runs", model={"name": "handmade_models:NaNAt"})
+    with pytest.raises(
+        TrainingError, match=r"became nan at epoch 2, step 6 \(batch 2 of the epoch\)"
+    ):
+        fit(config)
+    run_dir = tmp_path / "runs" / "run"
+    assert load_state(run_dir)["epoch"] == 0  # epoch 1's state, nothing of epoch 2
+    model = tg.load(run_dir)
+    assert all(
+        torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()
+    )
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # only epoch 1's rows
+
+
+def test_a_corrupt_image_stops_the_run_by_default_and_is_skipped_on_request(tmp_path):
+    data = write_digit_folder(tmp_path / "d")
+    broken = data / "1" / "broken.png"
+    good = next((data / "1").glob("*.png")).read_bytes()
+    broken.write_bytes(good[: len(good) // 2])  # a truncated PNG
+    with pytest.raises(DataError, match=r"broken\.png"):
+        fit(tiny_config(data, tmp_path / "runs"))
+    run = fit(tiny_config(data, tmp_path / "runs2", data={"on_bad_image": "skip"}))
+    listed = (run.dir / "bad_images.txt").read_text()
+    assert "broken.png" in listed
+
+
+def test_resume_refuses_a_changed_dataset(digit_folder, tmp_path):
+    run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 1}))
+    extra = next((digit_folder / "2").glob("*.png"))
+    (digit_folder / "2" / "copy.png").write_bytes(extra.read_bytes())
+    with pytest.raises(ConfigError, match="dataset changed"):
+        fit(None, ["--train.epochs", "2"], resume=run.dir)
+
+
+def test_resume_of_a_finished_run_with_more_epochs_continues(digit_folder, tmp_path):
+    run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 1}))
+    more = fit(None, ["--train.epochs", "2"], resume=run.dir)
+    assert [r["epoch"] for r in more.history if r["split"] == "val"] == [0, 1]
+
+
+def test_early_stopping_stops_after_patience(digit_folder, tmp_path):
+    config = tiny_config(
+        digit_folder,
+        tmp_path / "runs",
+        optim={"lr": 1e-9},
+        train={"epochs": 6, "early_stopping": 2, "monitor": "val/loss"},
+    )
+    run = fit(config)
+    epochs = sorted({r["epoch"] for r in run.history})
+    assert len(epochs) < 6
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"train": {"ema": 0.9}},
+        {"train": {"mixup": 0.2, "cutmix": 1.0}},
+        {"train": {"grad_accum": 2, "clip_grad_norm": 1.0}},
+        {"optim": {"name": "adamw", "lr": 1e-3}, "schedule": {"name": "step", "step_epochs": 1}},
+        {"freeze": {"schedule": {"kind": "progressive", "every": 1}}},
+        {"freeze": {"schedule": {"kind": "unfreeze_at", "epoch": 1}}},
+    ],
+    ids=[
+        "ema",
+        "mixup-cutmix",
+        "accumulation-clipping",
+        "adamw-step",
+        "progressive",
+        "unfreeze-at",
+    ],
+)
+def test_training_options_run_and_learn_something(digit_folder, tmp_path, extra):
+    config = tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 2})
+    for section, values in extra.items():
+        config[section] = {**config.get(section, {}), **values}
+        if section == "freeze":
+            config["freeze"].pop("policy", None)
+    run = fit(config)
+    rows = [r for r in run.history if r["split"] == "train"]
+    assert len(rows) == 2
+    assert all(r["loss"] == r["loss"] for r in rows)  # finite, not NaN
+    assert (run.dir / "model.safetensors").exists()
