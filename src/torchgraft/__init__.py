@@ -72,6 +72,8 @@ _EXPORTS = {
     "RunConfig": ".engine.config",
     "load_config": ".engine.config",
     "load": ".engine.artifacts",
+    "Prediction": ".engine.inference",
+    "predict": ".engine.inference",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -80,6 +82,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .engine.artifacts import load
     from .engine.config import RunConfig, load_config
     from .engine.fit import Run, fit
+    from .engine.inference import Prediction, predict
     from .grafting import (
         GraftPlan,
         GraftReport,
@@ -122,6 +125,7 @@ __all__ = [
     "LayerGroup",
     "ModelSpec",
     "OptimizerAudit",
+    "Prediction",
     "Preprocessing",
     "Progressive",
     "RenameRules",
@@ -154,6 +158,7 @@ __all__ = [
     "optimizer_state_by_name",
     "param_groups",
     "plan_graft",
+    "predict",
     "read_checkpoint",
     "replace_head",
     "replace_input_channels",

@@ -106,6 +106,17 @@ def test_load_gives_the_model_back_with_classes_and_preprocessing(digit_folder, 
     assert result.loss == pytest.approx(run.best["loss"], rel=1e-4)
 
 
+def test_a_test_split_is_evaluated_with_the_best_model(tmp_path):
+    root = tmp_path / "splits"
+    for split, count in (("train", 10), ("val", 3), ("test", 4)):
+        write_digit_folder(root / split, per_class=count)
+    run = fit(tiny_config(root, tmp_path / "runs", train={"epochs": 2}))
+    assert run.test is not None
+    assert run.test["count"] == 12
+    saved = json.loads((run.dir / "test_metrics.json").read_text())
+    assert saved["acc1"] == pytest.approx(run.test["acc1"])
+
+
 def test_a_damaged_model_file_is_refused_by_load(digit_folder, tmp_path):
     run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 1}))
     path = run.dir / "model.safetensors"
@@ -286,10 +297,26 @@ def test_resume_refuses_a_changed_dataset(digit_folder, tmp_path):
         fit(None, ["--train.epochs", "2"], resume=run.dir)
 
 
+def test_resume_refuses_a_changed_model_instead_of_ignoring_the_override(digit_folder, tmp_path):
+    run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 1}))
+    with pytest.raises(ConfigError, match=r"model head was .* now .*0\.5"):
+        fit(None, ["--head.dropout", "0.5"], resume=run.dir)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_model_object(digit_folder, tmp_path):
+    run = fit(
+        tiny_config(digit_folder, tmp_path / "runs", model={"compile": True}, train={"epochs": 1})
+    )
+    assert not any(k.startswith("_orig_mod") for k in final_weights(run.dir))
+    assert tg.load(run.dir).classes == ("0", "1", "2")
+
+
 def test_resume_of_a_finished_run_with_more_epochs_continues(digit_folder, tmp_path):
     run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 1}))
     more = fit(None, ["--train.epochs", "2"], resume=run.dir)
     assert [r["epoch"] for r in more.history if r["split"] == "val"] == [0, 1]
+    assert tg.load_config(run.dir / "config.yaml").train.epochs == 2  # the run says so
 
 
 def test_early_stopping_stops_after_patience(digit_folder, tmp_path):

@@ -64,14 +64,24 @@ def content_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_model(folder: str | os.PathLike, model: nn.Module, document: Mapping[str, Any]) -> str:
+def save_model(
+    folder: str | os.PathLike,
+    weights: nn.Module | Mapping[str, torch.Tensor],
+    document: Mapping[str, Any],
+) -> str:
     """Write ``model.safetensors`` then ``model.json`` into ``folder``; returns the file sha256.
+
+    Args:
+        folder: the run directory.
+        weights: the model, or a snapshot of its state_dict.
+        document: the record (see the module docstring).
 
     Raises:
         CheckpointError: a non-finite weight (a diverged model is never saved as a result).
     """
     folder = Path(folder)
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(

@@ -203,11 +203,16 @@ class DataConfig(Section):
     augment: Literal["none", "light", "strong"] = "none"
     hflip: bool = True
     batch_size: PositiveInt = 32
-    eval_batch_size: PositiveInt = 256
+    eval_batch_size: PositiveInt | None = None  # None: twice batch_size
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     in_memory: bool | Literal["auto"] = "auto"
     memory_limit_mb: PositiveInt = 1024
     on_bad_image: Literal["stop", "skip"] = "stop"
+
+    @property
+    def eval_batch(self) -> int:
+        """Images per evaluation batch (64 beat 256 for a 64 px Lite0 on the reference CPU)."""
+        return self.eval_batch_size or 2 * self.batch_size
 
 
 class TrainConfig(Section):

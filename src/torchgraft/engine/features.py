@@ -3,7 +3,8 @@
 When only the head trains, the body computes the same features for an image every epoch —
 provided nothing random happens before the head: no augmentation, no mixup, no dropout or
 drop-path in the frozen part, and frozen normalisation layers whose statistics are fixed.
-Then the body runs once per image (inference mode, large batches, channels-last) and each
+Then the body runs once per image (inference mode, batched, channels-last; on a CPU traced
+and frozen when that is exact, see :mod:`.frozen_body`) and each
 epoch trains the head on the stored features, in the same batch order the full model would
 have seen (:func:`~torchgraft.data.loaders.batch_order` with the same generator).
 
@@ -29,6 +30,7 @@ from ..data.transforms import Normalizer
 from ..model.layer_groups import under
 from ..model.spec import ModelSpec
 from ..policies.freezing import has_running_stats, pinned_norms
+from .frozen_body import FeatureExtractor
 from .runtime import Runtime
 
 __all__ = ["FeatureCache", "HeadEntry", "cache_refusal", "find_head_entry"]
@@ -112,26 +114,30 @@ class FeatureCache:
     ):
         self.entry = entry
         self.head = model.get_submodule(entry.path)
+        # TorchScript pays off on a CPU (Python overhead, BatchNorm folding); on a GPU the
+        # eager pass is already fast.
+        extractor = FeatureExtractor(model, entry.path, trace=runtime.device.type == "cpu")
         self.features = {
-            name: self._compute(model, data, runtime, name, batch_size) for name in splits
+            name: self._compute(extractor, model, data, runtime, name, batch_size)
+            for name in splits
         }
         self.labels = {name: data.labels(name).to(runtime.device) for name in splits}
+        self.note = extractor.note
 
-    def _compute(self, model, data: PreparedData, runtime: Runtime, split: str, batch_size: int):
-        captured: list[torch.Tensor] = []
-        handle = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    @staticmethod
+    def _compute(extractor, model, data: PreparedData, runtime: Runtime, split, batch_size):
         normalizer = Normalizer(data.preprocessing, runtime.device, runtime.memory_format)
         training = model.training
         model.eval()
         try:
             with torch.inference_mode(), runtime.autocast():
-                for images, _ in data.loader(split, batch_size):
-                    model(normalizer(images))
+                chunks = [
+                    extractor(normalizer(images)) for images, _ in data.loader(split, batch_size)
+                ]
         finally:
-            handle.remove()
             model.train(training)
         # inference tensors cannot enter autograd; a clone outside inference mode can.
-        return torch.cat(captured).float().clone()
+        return torch.cat(chunks).float().clone()
 
     def batches(
         self, split: str, batch_size: int, *, shuffle: bool, generator: torch.Generator | None

@@ -39,7 +39,7 @@ from .outputs import final_rows, graft_lines, write_plots
 from .run_dir import RunDirectory
 from .runtime import resolve_runtime
 from .session import Session
-from .setup import ModelSetup, build_run_model
+from .setup import ModelSetup, build_document, build_run_model
 from .state import clean_temporaries, load_state, save_state
 
 __all__ = ["Run", "fit"]
@@ -111,7 +111,7 @@ def fit(
     setup.model.to(runtime.device, memory_format=runtime.memory_format)
     data = _data(config, setup, source)
     if state is not None:
-        _check_same_run(state, setup, data)
+        _check_same_run(state, config, setup, data)
     _write_start(run_dir, config, setup, data, source.summary(), console, resumed=state is not None)
     session = Session(config, setup.model, setup.spec, runtime, data)
     first = session.begin(state)
@@ -119,28 +119,45 @@ def fit(
         f"runtime: {runtime.describe()}; data {'in memory' if data.in_memory else 'streamed'}"
     )
     started = time.perf_counter()
+    best = None  # the best weights not yet written (cached epochs write at their stage's end)
     for epoch in range(first, config.train.epochs):
         result = session.run_epoch(epoch, console)
         if result.improved:
-            save_model(
-                run_dir.path,
-                session.evaluation_model(),
-                _model_document(config, setup, data, session),
-            )
-        save_state(
-            run_dir.path, epoch, {**session.state(epoch), "fingerprint": _fingerprint(setup, data)}
-        )
-        run_dir.write_metrics(session.history)
-        run_dir.write_json("policy.json", session.policies)
+            best = _snapshot(session.evaluation_model())
+        stop = session.should_stop()
+        if stop or _checkpoint_after(session, result, epoch):
+            if best is not None:
+                save_model(run_dir.path, best, _model_document(config, setup, data, session))
+                best = None
+            fingerprint = _fingerprint(setup, data)
+            save_state(run_dir.path, epoch, {**session.state(epoch), "fingerprint": fingerprint})
+            run_dir.write_metrics(session.history)
+            run_dir.write_json("policy.json", session.policies)
         console.end_epoch(_epoch_line(result))
         for note in result.notes:
             console.line(note)
-        if session.should_stop():
+        if stop:
             console.line(
                 f"early stopping: no improvement of {config.train.monitor} for {session.stale} epochs"
             )
             break
     return _finish(config, run_dir, session, console, time.perf_counter() - started)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _checkpoint_after(session: Session, result, epoch: int) -> bool:
+    """Save the resume state (and the rows, and the best model) after this epoch?
+
+    Always, except inside a run of cached epochs: one costs a fraction of a second (less than
+    its checkpoint) and is redone exactly after a kill, so those are saved at the end of
+    their stage.
+    """
+    last = epoch + 1 >= session.config.train.epochs
+    stage_ends = last or session.stages.trainable(epoch + 1) != session.stages.trainable(epoch)
+    return not result.cached or stage_ends
 
 
 def _open(config, overrides, resume) -> tuple[RunConfig, RunDirectory, dict[str, Any] | None]:
@@ -209,9 +226,18 @@ def _fingerprint(setup: ModelSetup, data: PreparedData) -> dict[str, Any]:
     }
 
 
-def _check_same_run(state: dict[str, Any], setup: ModelSetup, data: PreparedData) -> None:
+def _check_same_run(
+    state: dict[str, Any], config: RunConfig, setup: ModelSetup, data: PreparedData
+) -> None:
+    """Refuse to resume when the model, the classes or the data differ from the saved run."""
     saved, now = state["fingerprint"], _fingerprint(setup, data)
     differences = []
+    asked = build_document(config, config.head.num_classes or len(data.classes))
+    changed = [k for k in asked if asked[k] != saved["build"].get(k)]
+    if changed:
+        differences += [
+            f"model {k} was {saved['build'].get(k)!r}, now {asked[k]!r}" for k in changed
+        ]
     if saved["classes"] != now["classes"]:
         differences.append(f"classes were {saved['classes']}, now {now['classes']}")
     if saved["data"] != now["data"]:
@@ -225,8 +251,8 @@ def _check_same_run(state: dict[str, Any], setup: ModelSetup, data: PreparedData
 
 
 def _write_start(run_dir, config, setup, data, summary, console, *, resumed) -> None:
+    run_dir.write_text("config.yaml", config.to_yaml())  # on resume: with the overrides used
     if not resumed:
-        run_dir.write_text("config.yaml", config.to_yaml())
         if setup.report is not None:
             run_dir.write_json("graft.json", setup.report.to_dict())
         if data.bad:
@@ -271,8 +297,10 @@ def _finish(config, run_dir: RunDirectory, session: Session, console, seconds: f
     if "test" in session.data.source.splits and run_dir.file("model.safetensors").exists():
         from .artifacts import load
 
-        best = load(run_dir.path).to(session.runtime.device)
-        test = _evaluate_model(session, best, "test").to_dict()
+        best = load(run_dir.path).to(
+            session.runtime.device, memory_format=session.runtime.memory_format
+        )
+        test = session.evaluate("test", model=best).to_dict()
         run_dir.write_json("test_metrics.json", test)
     if config.output.plots:
         write_plots(run_dir.path, session)
@@ -284,21 +312,4 @@ def _finish(config, run_dir: RunDirectory, session: Session, console, seconds: f
         test,
         session.model,
         seconds,
-    )
-
-
-def _evaluate_model(session: Session, model: nn.Module, split: str):
-    from .loop import evaluate
-    from .metrics import Evaluator
-
-    model.to(memory_format=session.runtime.memory_format)
-    evaluator = Evaluator(session.data.classes, session.runtime.device)
-    batches = session.data.loader(split, session.config.data.eval_batch_size)
-    return evaluate(
-        batches,
-        evaluator,
-        prepare=session.normalize,
-        forward=model,
-        runtime=session.runtime,
-        modules=[model],
     )

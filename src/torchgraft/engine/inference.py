@@ -24,7 +24,7 @@ from .loop import evaluate
 from .metrics import EvalResult, Evaluator
 from .runtime import resolve_runtime
 
-__all__ = ["Prediction", "evaluate_folder", "image_files", "predict_files"]
+__all__ = ["Prediction", "evaluate_folder", "image_files", "predict", "predict_files"]
 
 
 @dataclass
@@ -60,6 +60,25 @@ def image_files(inputs: Iterable[str | Path]) -> list[Path]:
         else:
             raise DataError(f"{path}: no such file or folder")
     return files
+
+
+def predict(
+    model: nn.Module, inputs: Iterable[str | Path], *, topk: int = 5, batch_size: int = 64
+) -> list[Prediction]:
+    """The ``topk`` classes of every image file named or found in the folders named.
+
+    ``model`` is what :func:`torchgraft.load` returns (it carries ``classes`` and
+    ``preprocessing``). An unreadable file gets a :class:`Prediction` with ``error`` set.
+
+    Raises:
+        DataError: an input that does not exist.
+
+    Example:
+        >>> model = tg.load("runs/first")
+        >>> tg.predict(model, ["photos/cat.jpg"], topk=2)[0].top
+        [('cat', 0.97), ('dog', 0.02)]
+    """
+    return predict_files(model, image_files(inputs), topk=topk, batch_size=batch_size)
 
 
 def predict_files(

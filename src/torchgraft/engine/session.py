@@ -75,6 +75,9 @@ class Session:
             else None
         )
         self.entry = find_head_entry(model, spec)
+        # torch.compile wraps the forward only: the model object, its state_dict keys, hooks
+        # and freezing stay as they are (a compiled module would prefix every key).
+        self.forward = torch.compile(model) if config.model.compile else model
         self.cache: FeatureCache | None = None
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
@@ -189,7 +192,11 @@ class Session:
                 self.entry,
                 self.data,
                 self.runtime,
-                batch_size=self.config.data.eval_batch_size,
+                batch_size=self.config.data.eval_batch,
+            )
+            count = sum(len(f) for f in self.cache.features.values())
+            self.notes.append(
+                f"feature cache: {count:,} images through the frozen body, {self.cache.note}"
             )
         return True
 
@@ -204,7 +211,7 @@ class Session:
             batches = self.data.loader(
                 "train", batch_size, shuffle=True, generator=self.generator, augment=self.augment
             )
-            prepare, forward = self.normalize, self.model
+            prepare, forward = self.normalize, self.forward
         on_step = None
         if progress is not None:
             on_step = lambda done, total: progress.advance(done, total)  # noqa: E731
@@ -225,28 +232,26 @@ class Session:
     def _validate(self, cached: bool) -> EvalResult:
         return self.evaluate("val", cached)
 
-    def evaluate(self, split: str, cached: bool = False) -> EvalResult:
-        """Metrics of the evaluation model on ``split``."""
-        model = self.evaluation_model()
+    def evaluate(
+        self, split: str, cached: bool = False, model: nn.Module | None = None
+    ) -> EvalResult:
+        """Metrics on ``split`` of ``model`` (default: the evaluation model), from cached
+        features when ``cached`` and the cache holds the split."""
+        model = model if model is not None else self.evaluation_model()
         evaluator = Evaluator(self.data.classes, self.runtime.device)
-        batch_size = self.config.data.eval_batch_size
+        batch_size = self.config.data.eval_batch
         if cached and self.cache is not None and split in self.cache.features:
             head = model.get_submodule(self.entry.path)
             batches = self.cache.batches(split, batch_size, shuffle=False, generator=None)
-            return evaluate(
-                batches,
-                evaluator,
-                prepare=lambda x: x,
-                forward=head,
-                runtime=self.runtime,
-                modules=[model],
-            )
-        batches = self.data.loader(split, batch_size)
+            prepare, forward = (lambda x: x), head
+        else:
+            batches = self.data.loader(split, batch_size)
+            prepare, forward = self.normalize, model
         return evaluate(
             batches,
             evaluator,
-            prepare=self.normalize,
-            forward=model,
+            prepare=prepare,
+            forward=forward,
             runtime=self.runtime,
             modules=[model],
         )

@@ -62,15 +62,6 @@ class Stages:
             end += 1
         return start, end
 
-    def head_only(self) -> bool:
-        """True when only the head trains now (a linear probe)."""
-        head = set(self.spec.head_paths)
-        return all(
-            any(n == h or n.startswith(h + ".") for h in head)
-            for n, p in self.model.named_parameters()
-            if p.requires_grad
-        )
-
     # --- model and optimizer -------------------------------------------------------------
     def start(self, epoch: int) -> tuple[list[dict[str, Any]], FreezeSummary | None]:
         """Freeze the model for ``epoch``'s stage; the optimizer groups to build from."""
