@@ -43,36 +43,40 @@ def probe(epochs: int, cache: bool, out: Path) -> tg.Run:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=10)
-    epochs = parser.parse_args().epochs
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
+    counts = parser.parse_args().epochs
     out = Path(tempfile.mkdtemp(prefix="torchgraft-probe-"))
-    usual = probe(epochs, False, out / "usual")
-    cached = probe(epochs, True, out / "cached")
-    if not all(r["cached"] for r in cached.history) or any(r["cached"] for r in usual.history):
-        sys.exit("the runs did not use the feature cache as asked")
-    speedup = usual.seconds / cached.seconds
-    gap = (cached.best["acc1"] - usual.best["acc1"]) * 100
-    rows = [
-        ("full forward every batch", usual),
-        ("feature cache", cached),
-    ]
-    for label, run in rows:
-        print(f"{label}: {run.seconds:.1f} s, top-1 {run.best['acc1']:.2%}")
     body = [
-        f"Linear probe of the embedded default ({epochs} epochs, head only, frozen BatchNorm),",
-        "the usual way and with the feature cache, in one process; time = the training part",
-        "of `tg.fit` (the cache's feature pass included).",
+        "Linear probe of the embedded default (head only, frozen BatchNorm), the usual way and",
+        "with the feature cache, in one process; time = the training part of `tg.fit` (the",
+        "cache's feature pass and every checkpoint included).",
         "",
-        "| probe | time | s/epoch | best val top-1 |",
-        "|---|---|---|---|",
+        "| epochs | full forward every batch | feature cache | speed-up | top-1 usual | top-1 cached |",
+        "|---|---|---|---|---|---|",
     ]
+    for epochs in counts:
+        usual = probe(epochs, False, out / f"usual-{epochs}")
+        cached = probe(epochs, True, out / f"cached-{epochs}")
+        if not all(r["cached"] for r in cached.history) or any(r["cached"] for r in usual.history):
+            sys.exit("the runs did not use the feature cache as asked")
+        speedup = usual.seconds / cached.seconds
+        print(
+            f"{epochs} epochs: usual {usual.seconds:.1f} s, cached {cached.seconds:.1f} s, {speedup:.1f}x"
+        )
+        body.append(
+            f"| {epochs} | {usual.seconds:.1f} s | {cached.seconds:.1f} s | **{speedup:.1f}×** | "
+            f"{usual.best['acc1']:.2%} | {cached.best['acc1']:.2%} |"
+        )
     body += [
-        f"| {label} | {run.seconds:.1f} s | {run.seconds / epochs:.2f} | {run.best['acc1']:.2%} |"
-        for label, run in rows
+        "",
+        "The cache pass costs about one epoch of the usual probe (every image through the body",
+        "once); each cached epoch then costs ~0.1 s. At 10 epochs the speed-up is therefore",
+        "bounded by about 10× however fast the head trains, and grows with the epochs.",
     ]
-    body += ["", f"Speed-up: **{speedup:.1f}×**; accuracy difference: {gap:+.2f} points."]
     write_section(
-        "Linear probe: feature cache", f"python bench/probe_cache.py --epochs {epochs}", body
+        "Linear probe: feature cache",
+        f"python bench/probe_cache.py --epochs {' '.join(map(str, counts))}",
+        body,
     )
 
 

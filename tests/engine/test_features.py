@@ -64,7 +64,7 @@ def test_cache_is_refused_for_random_input_and_random_layers():
 
 def test_traced_extractor_gives_the_eager_features():
     model = timm.create_model("tf_efficientnet_lite0", num_classes=3).eval()
-    extractor = FeatureExtractor(model, "classifier")
+    extractor = FeatureExtractor(model, "classifier")  # total unknown: traces
     images = torch.randn(4, 3, 64, 64)
     with torch.inference_mode():
         first = extractor(images)  # checked against eager
@@ -73,6 +73,15 @@ def test_traced_extractor_gives_the_eager_features():
     assert extractor.note.startswith("traced")
     assert first.shape == (4, 1280)
     torch.testing.assert_close(second, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_a_small_pass_is_not_worth_tracing():
+    model = TinyCNN().eval()
+    extractor = FeatureExtractor(model, "classifier", total=40)
+    with torch.inference_mode():
+        extractor(torch.randn(8, 3, 16, 16))
+    assert not extractor.trace
+    assert "pay off" in extractor.note
 
 
 class Branchy(nn.Module):

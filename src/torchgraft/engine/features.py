@@ -116,7 +116,10 @@ class FeatureCache:
         self.head = model.get_submodule(entry.path)
         # TorchScript pays off on a CPU (Python overhead, BatchNorm folding); on a GPU the
         # eager pass is already fast.
-        extractor = FeatureExtractor(model, entry.path, trace=runtime.device.type == "cpu")
+        total = sum(len(data.source.splits[name]) for name in splits)
+        extractor = FeatureExtractor(
+            model, entry.path, trace=runtime.device.type == "cpu", total=total
+        )
         self.features = {
             name: self._compute(extractor, model, data, runtime, name, batch_size)
             for name in splits
