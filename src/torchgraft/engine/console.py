@@ -62,10 +62,14 @@ class RunConsole:
 
     def end_epoch(self, summary: str) -> None:
         """Close the bar and print the epoch's summary line."""
+        self.stop_progress()
+        self.line(summary)
+
+    def stop_progress(self) -> None:
+        """Close the bar, if one is shown (an interrupted epoch)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        self.line(summary)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.quiet:

@@ -119,6 +119,17 @@ def fit(
         f"runtime: {runtime.describe()}; data {'in memory' if data.in_memory else 'streamed'}"
     )
     started = time.perf_counter()
+    try:
+        _epochs(config, setup, data, session, run_dir, console, first)
+    except KeyboardInterrupt:
+        console.stop_progress()
+        console.line(f"interrupted; continue with: torchgraft train --resume {run_dir.path}")
+        raise
+    return _finish(config, run_dir, session, console, time.perf_counter() - started)
+
+
+def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, console, first: int):
+    """Train the epochs from ``first``; after each, save as :func:`_checkpoint_after` says."""
     best = None  # the best weights not yet written (cached epochs write at their stage's end)
     for epoch in range(first, config.train.epochs):
         result = session.run_epoch(epoch, console)
@@ -141,7 +152,6 @@ def fit(
                 f"early stopping: no improvement of {config.train.monitor} for {session.stale} epochs"
             )
             break
-    return _finish(config, run_dir, session, console, time.perf_counter() - started)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

