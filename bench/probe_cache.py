@@ -70,9 +70,9 @@ def main() -> None:
     body += [
         "",
         "The cache pass costs about one epoch of the usual probe (every image through the body",
-        "once); each further cached epoch costs about a hundredth of a second (cached epochs are",
-        "checkpointed at the end of their stage). At 10 epochs the speed-up is therefore bounded by",
-        "about 10× however fast the head trains; it grows with the epochs.",
+        "once, traced and frozen); each further cached epoch costs about a tenth of a second",
+        "(cached epochs are checkpointed at the end of their stage). At 10 epochs the speed-up is",
+        "therefore bounded by about 10× however fast the head trains; it grows with the epochs.",
     ]
     write_section(
         "Linear probe: feature cache",
