@@ -245,6 +245,35 @@ def test_two_phase_caches_the_head_stage_then_trains_everything(digit_folder, tm
     assert first_unfrozen["stem"] == pytest.approx(first_unfrozen["head"] / 100)
 
 
+class StateWatcher(RunConsole):
+    """Records, at the end of each epoch, which epoch the saved resume state holds."""
+
+    def __init__(self, run_dir):
+        super().__init__(quiet=True)
+        self.run_dir, self.seen = run_dir, []
+
+    def end_epoch(self, summary: str) -> None:
+        from torchgraft.engine.state import state_epoch
+
+        self.seen.append(state_epoch(self.run_dir))
+
+
+def test_cached_epochs_are_checkpointed_at_the_end_of_their_stage(digit_folder, tmp_path):
+    config = tiny_config(
+        digit_folder,
+        tmp_path / "runs",
+        freeze={"schedule": {"kind": "two_phase", "freeze_epochs": 3}},
+        train={"epochs": 4},
+    )
+    config["freeze"].pop("policy")
+    watcher = StateWatcher(tmp_path / "runs" / "run")
+    tg.fit(config, console=watcher)
+    # epochs 1-2: cached, nothing saved yet; 3: the cached stage ends; 4: every epoch saves
+    assert watcher.seen == [None, None, 2, 3]
+    rows = (tmp_path / "runs" / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 2
+
+
 def test_a_non_finite_loss_stops_the_run_and_nothing_poisoned_is_saved(digit_folder, tmp_path):
     config = tiny_config(
         digit_folder,

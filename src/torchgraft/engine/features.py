@@ -135,7 +135,8 @@ class FeatureCache:
         try:
             with torch.inference_mode(), runtime.autocast():
                 chunks = [
-                    extractor(normalizer(images)) for images, _ in data.loader(split, batch_size)
+                    _padded(extractor, normalizer(images), batch_size)
+                    for images, _ in data.loader(split, batch_size)
                 ]
         finally:
             model.train(training)
@@ -156,3 +157,22 @@ class FeatureCache:
         if self.entry.dropout and self.head.training:
             features = F.dropout(features, p=self.entry.dropout, training=True)
         return self.head(features)
+
+
+def _padded(extractor, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Features of a batch padded to ``batch_size`` (the last image repeated): one input
+    shape for the whole pass, so a traced extractor is checked once and used throughout."""
+    count = len(images)
+    if count == batch_size:
+        return extractor(images)
+    filler = images[-1:].expand(batch_size - count, *images.shape[1:])
+    padded = torch.cat([images, filler]).contiguous(memory_format=_format(images))
+    return extractor(padded)[:count]
+
+
+def _format(images: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last
+        if images.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )

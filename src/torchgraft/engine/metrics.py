@@ -84,6 +84,13 @@ class Evaluator:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0
 
+    def reset(self) -> Evaluator:
+        """Forget every batch (so one evaluator serves every epoch); returns itself."""
+        self.metrics.reset()
+        self.loss_sum.zero_()
+        self.count = 0
+        return self
+
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> None:
         """Add one batch (``loss_sum``: the batch's summed, not averaged, loss)."""
         self.metrics.update(logits.float(), targets)

@@ -86,6 +86,7 @@ class Session:
         self.best: dict[str, Any] = {}
         self.stale = 0
         self.notes: list[str] = []  # said once to the user (the engine prints them)
+        self._evaluators: dict[str, Evaluator] = {}
         self._cache_note: str | None = None
 
     # --- setting up ----------------------------------------------------------------------
@@ -238,7 +239,9 @@ class Session:
         """Metrics on ``split`` of ``model`` (default: the evaluation model), from cached
         features when ``cached`` and the cache holds the split."""
         model = model if model is not None else self.evaluation_model()
-        evaluator = Evaluator(self.data.classes, self.runtime.device)
+        if split not in self._evaluators:  # torchmetrics objects are built once per split
+            self._evaluators[split] = Evaluator(self.data.classes, self.runtime.device)
+        evaluator = self._evaluators[split].reset()
         batch_size = self.config.data.eval_batch
         if cached and self.cache is not None and split in self.cache.features:
             head = model.get_submodule(self.entry.path)

@@ -44,6 +44,7 @@ class Stages:
         self.config, self.model, self.spec = config, model, spec
         self.epochs = config.train.epochs
         self.schedule = _schedule(config)
+        self._entered = False  # apply_stage ran in this process (a resumed run applies again)
 
     # --- which groups train when ---------------------------------------------------------
     def trainable(self, epoch: int) -> tuple[str, ...]:
@@ -97,6 +98,14 @@ class Stages:
         new_stage = epoch == 0 or self.trainable(epoch) != self.trainable(epoch - 1)
         if self.schedule is None:
             return StageEntry(new_stage, self.trainable(epoch), None), False
+        groups = self.spec.group_names
+        same = epoch > 0 and self.schedule.plan(epoch, groups).same_as(
+            self.schedule.plan(epoch - 1, groups)
+        )
+        if same and self._entered:
+            # Nothing to change (apply_stage is idempotent): skip its walk over the model.
+            return StageEntry(False, self.trainable(epoch), None), False
+        self._entered = True
         change = apply_stage(self.schedule, self.model, optimizer, epoch, spec=self.spec)
         entry = StageEntry(new_stage, change.stage.trainable, change.summary, change.added)
         return entry, change.changed and not new_stage
