@@ -390,3 +390,22 @@ def test_training_options_run_and_learn_something(digit_folder, tmp_path, extra)
     assert len(rows) == 2
     assert all(r["loss"] == r["loss"] for r in rows)  # finite, not NaN
     assert (run.dir / "model.safetensors").exists()
+
+
+def test_the_weight_check_covers_what_an_epoch_can_change():
+    from torchgraft.engine.session import _check_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    model[1].eval()
+    model[1].running_var.fill_(float("nan"))  # a pinned module's statistics: not this epoch's doing
+    model[0].weight.requires_grad_(False)
+    with torch.no_grad():
+        model[0].weight.fill_(float("inf"))
+    _check_weights(model, 0)
+    model[1].train()  # a BatchNorm that updates its statistics
+    with pytest.raises(TrainingError, match=r"epoch 1 \(1\.running_var\)"):
+        _check_weights(model, 0)
+    model[1].eval()
+    model[0].weight.requires_grad_(True)
+    with pytest.raises(TrainingError, match=r"\(0\.weight\)"):
+        _check_weights(model, 0)

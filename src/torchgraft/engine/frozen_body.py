@@ -81,7 +81,8 @@ class FeatureExtractor:
                 self.trace = False
                 self.note = "eager (too few images for tracing to pay off)"
                 return want
-            self.traced = self._build(images)
+            # Traced on two images (tracing cost grows with the batch), checked on the full one.
+            self.traced = self._build(images[:2])
         if self.traced is not None and self._agrees(self._run_traced(images), want):
             self.checked.add(shape)
         else:

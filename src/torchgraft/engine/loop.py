@@ -76,16 +76,18 @@ def train_one_epoch(
     *,
     prepare: Callable[[torch.Tensor], torch.Tensor],
     forward: Callable[[torch.Tensor], torch.Tensor],
+    module: nn.Module | None = None,
     epoch: int,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Train over ``batches`` (``count`` of them); returns the epoch's loss and top-1.
+    ``module`` is what ``forward`` runs, put in training mode (default: the trainer's model).
 
     Raises:
         TrainingError: a non-finite loss (the epoch and step are named).
     """
-    model, runtime = trainer.model, trainer.runtime
-    model.train()
+    runtime = trainer.runtime
+    (module if module is not None else trainer.model).train()
     running = RunningMetrics(runtime.device)
     steps = trainer.steps_per_epoch(count)
     taken = 0

@@ -88,6 +88,7 @@ class Session:
         self.notes: list[str] = []  # said once to the user (the engine prints them)
         self._evaluators: dict[str, Evaluator] = {}
         self._cache_note: str | None = None
+        self._refusal: tuple[tuple[str, ...], str | None] | None = None  # (stage, refusal)
 
     # --- setting up ----------------------------------------------------------------------
     @property
@@ -161,7 +162,7 @@ class Session:
                 self._log_policy(epoch, entry.summary)
         elif rescale:
             self.stages.rebase(trainer.scheduler)
-        cached = self._use_cache()
+        cached = self._use_cache(entry.trainable)
         if progress is not None:
             progress.start_epoch(self._title(epoch, cached), steps)
         train_row = self._train(epoch, cached, progress)
@@ -174,13 +175,17 @@ class Session:
         notes, self.notes = self.notes, []
         return EpochResult(epoch, rows, val, improved, cached, seconds, notes)
 
-    def _use_cache(self) -> bool:
-        """Train on cached features when allowed and possible; compute them on first use."""
+    def _use_cache(self, stage: tuple[str, ...]) -> bool:
+        """Train on cached features when allowed and possible; compute them on first use.
+        Whether they can be used depends only on the stage (what is frozen): asked once each."""
         setting = self.config.train.feature_cache
-        deterministic = self.augment is None and self.mixer is None
-        refusal = cache_refusal(
-            self.model, self.spec, self.entry, deterministic_input=deterministic
-        )
+        if self._refusal is None or self._refusal[0] != stage:
+            deterministic = self.augment is None and self.mixer is None
+            self._refusal = (
+                stage,
+                cache_refusal(self.model, self.spec, self.entry, deterministic_input=deterministic),
+            )
+        refusal = self._refusal[1]
         if setting is True and refusal is not None and refusal != self._cache_note:
             self.notes.append(f"feature cache not used: {refusal}")
             self._cache_note = refusal
@@ -208,11 +213,13 @@ class Session:
                 "train", batch_size, shuffle=True, generator=self.generator
             )
             prepare, forward = (lambda x: x), self.cache.logits
+            running = self.cache.head
         else:
             batches = self.data.loader(
                 "train", batch_size, shuffle=True, generator=self.generator, augment=self.augment
             )
             prepare, forward = self.normalize, self.forward
+            running = self.model
         on_step = None
         if progress is not None:
             on_step = lambda done, total: progress.advance(done, total)  # noqa: E731
@@ -222,6 +229,7 @@ class Session:
             self.train_batches,
             prepare=prepare,
             forward=forward,
+            module=running,
             epoch=epoch,
             on_step=on_step,
         )
@@ -256,7 +264,7 @@ class Session:
             prepare=prepare,
             forward=forward,
             runtime=self.runtime,
-            modules=[model],
+            modules=[forward],
         )
 
     def _update_best(self, epoch: int, val: EvalResult) -> bool:
@@ -336,10 +344,18 @@ class Session:
 
 def _check_weights(model: nn.Module, epoch: int) -> None:
     """A finite loss can still leave non-finite weights or statistics (an exploding
-    BatchNorm variance); such a model must never become the saved best or last one."""
+    BatchNorm variance); such a model must never become the saved best or last one. Only
+    what an epoch can change is checked: trainable parameters and the buffers of modules in
+    training mode (a frozen body costs nothing here)."""
+    changing = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for path, module in model.named_modules():
+        if module.training:
+            changing += [
+                (f"{path}.{n}" if path else n, b) for n, b in module.named_buffers(recurse=False)
+            ]
     bad = [
         name
-        for name, tensor in model.state_dict().items()
+        for name, tensor in changing
         if tensor.is_floating_point() and not torch.isfinite(tensor).all()
     ]
     if bad:
