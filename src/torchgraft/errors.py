@@ -12,7 +12,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "GraftError",
+    "GraftWarning",
     "HeadError",
+    "InexactGraftError",
     "SpecError",
     "TorchgraftError",
     "TrainingError",
@@ -51,8 +53,23 @@ class GraftError(TorchgraftError, ValueError):
     """Weights that cannot be matched or loaded into the target as asked."""
 
 
-class VerificationError(TorchgraftError):
-    """A graft that changed the function the source model computes."""
+class InexactGraftError(GraftError):
+    """A graft that would not be exact: target keys outside the new head left unloaded, or
+    paired on evidence that does not prove the pairing. Nothing was loaded."""
+
+    exit_code = 1
+
+
+class GraftWarning(UserWarning):
+    """A graft accepted on purpose although not everything in it is proven."""
+
+
+class VerificationError(GraftError):
+    """A graft that changed the function the source model computes.
+
+    A :class:`GraftError` (``except GraftError`` catches every graft that failed), but a failed
+    operation rather than bad input: exit status 1.
+    """
 
     exit_code = 1
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchgraft.errors import GraftError
+from torchgraft.errors import GraftError, GraftWarning, InexactGraftError
 from torchgraft.grafting.adapt import AdaptContext
 from torchgraft.grafting.api import graft, plan_graft
 from torchgraft.grafting.match import (
@@ -374,6 +374,11 @@ def test_auto_source_model_resolves_the_ambiguity_of_a_sorted_checkpoint(helpers
             self.body.norm = nn.BatchNorm2d(4)
             self.head = nn.Linear(4, 3)
 
+        def forward(self, x):
+            x = torch.relu(self.stem.norm(self.stem.conv(x)))
+            x = torch.relu(self.body.norm(self.body.conv(x)))
+            return self.head(x.mean((2, 3)))
+
     source_model = tiny(seed=2)
     renamed = rename_state(source_model.state_dict(), TINY_NAMES, STRUCT_NAMES)
     name_sorted = dict(sorted(renamed.items()))
@@ -381,6 +386,9 @@ def test_auto_source_model_resolves_the_ambiguity_of_a_sorted_checkpoint(helpers
     report = graft(target, name_sorted, source_model=Renamed())
     assert report.mapping == STRUCT_MAPPING
     helpers.assert_bitwise_equal(target, helpers.snapshot(source_model))
+    evidence = {e.target: e.evidence for e in report.entries}
+    assert evidence["bn1.weight"] == evidence["bn2.running_var"] == "architecture"
+    assert report.uncertain == []
 
 
 def test_auto_structure_through_graft_loads_the_right_tensors(helpers, tiny):
@@ -389,8 +397,17 @@ def test_auto_structure_through_graft_loads_the_right_tensors(helpers, tiny):
     head_first = {k: renamed[k] for k in ("head.weight", "head.bias")}
     head_first.update({k: v for k, v in renamed.items() if not k.startswith("head.")})
     target = tiny(seed=1)
-    report = graft(target, head_first)
+    before = helpers.snapshot(target)
+    # the two norms are told apart by the source's registration order alone: not proof
+    with pytest.raises(InexactGraftError, match=r"registration-order \(0\.5\): 8") as refused:
+        graft(target, head_first)
+    assert "bn1.{weight, bias, running_mean, running_var}: ← stem.norm" in str(refused.value)
+    assert "allow_uncertain=True" in str(refused.value)
+    helpers.assert_bitwise_equal(target, before)  # nothing was loaded
+    with pytest.warns(GraftWarning, match="8 target keys loaded on registration-order"):
+        report = graft(target, head_first, allow_uncertain=True)
     assert report.mapping == STRUCT_MAPPING
+    assert any("allow_uncertain" in note for note in report.notes)
     helpers.assert_bitwise_equal(target, helpers.snapshot(source_model))
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(target.eval()(x), source_model.eval()(x))
@@ -447,7 +464,7 @@ def test_coverage_floor_zero_allows_a_partial_graft(helpers):
     _, name_sorted = sorted_twin_source(3)
     target = Twin()
     before = helpers.snapshot(target)
-    report = graft(target, name_sorted, min_coverage=0)
+    report = graft(target, name_sorted, min_coverage=0, allow_partial=True)
     state = target.state_dict()
     assert torch.equal(state["entry.weight"], name_sorted["stem.weight"])
     assert torch.equal(state["fc.bias"], name_sorted["classifier.bias"])

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from torchgraft.errors import InexactGraftError
 from torchgraft.grafting.api import graft, plan_graft
 from torchgraft.grafting.match import MatchContext, match_auto
 from torchgraft.grafting.report import Action
@@ -158,7 +159,10 @@ def test_every_checkpoint_format_gives_the_same_graft_and_function(tmp_path):
         folder = tmp_path / fmt
         folder.mkdir()
         target = create("timm:mobilenetv2_100")
-        report = graft(target, write(fmt, source.state_dict(), folder))
+        # name-sorted formats lose the registration order; the source architecture gives
+        # it back (without it, numbered names only suggest the pairing and the graft refuses)
+        architecture = create("torchvision:mobilenet_v2")
+        report = graft(target, write(fmt, source.state_dict(), folder), source_model=architecture)
         prefix = "model." if fmt == "lightning" else ""
         assert report.mapping == {t: prefix + s for t, s in expected.items()}, fmt
         assert report.coverage == 1.0
@@ -203,25 +207,31 @@ def test_regnet_y_order_only_pairs_are_flagged_low_confidence():
     confidence = {e.target: e.confidence for e in plan.entries}
     assert confidence["s1.b1.conv1.conv.weight"] == 0.5
     assert confidence["s1.b1.downsample.conv.weight"] == 0.5
+    evidence = {e.target: e.evidence for e in plan.entries}
+    assert evidence["s1.b1.conv1.conv.weight"] == "registration-order"
     assert any("registration order alone" in note for note in plan.notes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="KNOWN LIMIT: torchvision's RegNet registers the shortcut (proj) before the block "
-    "(f.a), timm the block (conv1) before the shortcut (downsample); shapes and names cannot "
-    "tell them apart, so auto pairs them by registration order with confidence 0.5 and flags "
-    "it (previous test). Given the source architecture, the tie is settled by running it "
-    "(test_regnet_y_ties_are_settled_by_running_the_source_model).",
-)
-def test_regnet_y_shortcut_and_first_conv_are_not_swapped():
+def test_regnet_y_graft_refuses_what_only_registration_order_paired():
+    """torchvision's RegNet registers the shortcut (proj) before the block (f.a), timm the
+    block (conv1) before the shortcut (downsample): registration order pairs them swapped,
+    which would compute something else. The graft refuses and loads nothing."""
     target = create("timm:regnety_004")
-    plan = plan_graft(target, create("torchvision:regnet_y_400mf").state_dict())
-    mapping = plan.mapping
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    source = create("torchvision:regnet_y_400mf").state_dict()
+    plan = plan_graft(target, source)
     stage1 = "trunk_output.block1.block1-0"
-    assert mapping["s1.b1.conv1.conv.weight"] == f"{stage1}.f.a.0.weight"
-    assert mapping["s1.b1.downsample.conv.weight"] == f"{stage1}.proj.0.weight"
+    assert plan.mapping["s1.b1.conv1.conv.weight"] == f"{stage1}.proj.0.weight"  # swapped
+    with pytest.raises(InexactGraftError) as refused:
+        graft(target, source)
+    message = str(refused.value)
+    assert (
+        "s1.b1.conv1.conv.weight: ← trunk_output.block1.block1-0.proj.0 [registration-order]"
+        in message
+    )
+    assert "source_model=" in message and "allow_uncertain=True" in message
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 def test_lite2_flat_blocks_pair_with_the_right_nested_blocks():

@@ -10,7 +10,8 @@ import pytest
 
 from torchgraft.grafting.adapt import AdaptContext
 from torchgraft.grafting.match import MatchContext, match_auto
-from torchgraft.grafting.structure import CONFIDENCE, match_structure, natural_key
+from torchgraft.grafting.correspondence import EVIDENCE
+from torchgraft.grafting.structure import match_structure, natural_key
 
 F32 = "torch.float32"
 I64 = "torch.int64"
@@ -125,21 +126,25 @@ def test_flat_to_nested_confidences():
     match = match_auto(flat_source(), nested_target(), MatchContext())
     confidence = {t: c for t, (_, c) in match.pairs.items()}
     assert confidence["conv_stem.weight"] == 1.0  # unique fingerprint
-    # blocks 4 and 5 are identical: their order decides
-    assert confidence["blocks.3.1.conv_dw.weight"] == CONFIDENCE["order"] == 0.9
+    # blocks 4 and 5 are identical: numbered names in the source's real registration order
+    # decide, and that proves the pairing
+    assert match.evidence["blocks.3.1.conv_dw.weight"] == "order"
+    assert confidence["blocks.3.1.conv_dw.weight"] == 1.0
     assert confidence["blocks.3.0.conv_dw.weight"] == 1.0
     sorted_match = match_auto(
         dict(sorted(flat_source().items())), nested_target(), MatchContext(order_trusted=False)
     )
     sorted_confidence = {t: c for t, (_, c) in sorted_match.pairs.items()}
-    assert sorted_confidence["blocks.3.2.conv_dw.weight"] == CONFIDENCE["sorted-order"] == 0.75
+    # name-sorted: the numbered names' natural order is all there is, which suggests only
+    assert sorted_match.evidence["blocks.3.2.conv_dw.weight"] == "numbered-names"
+    assert sorted_confidence["blocks.3.2.conv_dw.weight"] == EVIDENCE["numbered-names"] == 0.75
     assert sorted_confidence["conv_stem.weight"] == 1.0
 
 
 def test_a_new_head_pairs_as_a_leftover_with_low_confidence():
     match = match_auto(flat_source(), nested_target(num_classes=10), MatchContext())
-    assert match.pairs["classifier.weight"] == ("_fc.weight", CONFIDENCE["leftover"])
-    assert match.pairs["classifier.bias"] == ("_fc.bias", CONFIDENCE["leftover"])
+    assert match.pairs["classifier.weight"] == ("_fc.weight", EVIDENCE["leftover"])
+    assert match.pairs["classifier.bias"] == ("_fc.bias", EVIDENCE["leftover"])
     assert pairs_of(match) == expected_flat_to_nested()
 
 
@@ -189,8 +194,8 @@ def test_ordinal_sibling_names_break_ties_in_a_sorted_source():
     source = {**bn("_bn1", 8), **bn("_bn0", 8)}  # stored sorted the wrong way round
     target = {**bn("norm_a", 8), **bn("norm_b", 8)}
     match = match_structure(source, target, MatchContext(order_trusted=False))
-    assert match.pairs["norm_a.weight"] == ("_bn0.weight", CONFIDENCE["sorted-order"])
-    assert match.pairs["norm_b.running_var"] == ("_bn1.running_var", CONFIDENCE["sorted-order"])
+    assert match.pairs["norm_a.weight"] == ("_bn0.weight", EVIDENCE["numbered-names"])
+    assert match.pairs["norm_b.running_var"] == ("_bn1.running_var", EVIDENCE["numbered-names"])
     assert match.pairs["norm_a.num_batches_tracked"][0] == "_bn0.num_batches_tracked"
 
 
@@ -211,8 +216,9 @@ def test_source_registration_order_breaks_ties_in_a_sorted_source(order_trusted)
     context = MatchContext(source_order=order, order_trusted=order_trusted)
     match = match_structure(source, target, context)
     # registration order alone is weak evidence (libraries differ): paired, confidence 0.5
-    assert match.pairs["first.weight"] == ("omega.weight", CONFIDENCE["registration-order"])
-    assert match.pairs["second.bias"] == ("alpha.bias", CONFIDENCE["registration-order"])
+    assert match.pairs["first.weight"] == ("omega.weight", EVIDENCE["registration-order"])
+    assert match.pairs["second.bias"] == ("alpha.bias", EVIDENCE["registration-order"])
+    assert EVIDENCE["registration-order"] == 0.5
 
 
 def test_counts_of_unequal_size_are_not_forced():

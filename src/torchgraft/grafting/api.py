@@ -16,7 +16,8 @@ from torch import nn
 
 from ..errors import GraftError
 from .apply import apply_plan
-from .planner import check_strategy, make_plan, plan_from_mapping, rebuild_plan
+from .exactness import AllowPartial, check_exact
+from .planner import check_strategy, head_keys, make_plan, plan_from_mapping, rebuild_plan
 from .report import GraftPlan, GraftReport, percent
 from .resolve import resolve_ties
 from .rules import RenameRules
@@ -119,12 +120,16 @@ def graft(
     min_coverage: float = MIN_COVERAGE,
     plan: GraftPlan | None = None,
     source_name: str | None = None,
+    allow_partial: AllowPartial = False,
+    allow_uncertain: bool = False,
     **plan_options: Any,
 ) -> GraftReport:
     """Graft ``source`` into ``model`` and report what was done.
 
-    The plan is computed (or taken from ``plan``), checked against ``min_coverage``, and
-    applied all-or-nothing: every value is computed before the first one is written.
+    The plan is computed (or taken from ``plan``), checked against ``min_coverage``, checked
+    for exactness (:mod:`.exactness`: every key outside the new head loads, on evidence that
+    proves the pairing), and applied all-or-nothing: every value is computed before the
+    first one is written.
 
     Args:
         model: the target, changed in place.
@@ -133,6 +138,10 @@ def graft(
         min_coverage: refuse below this fraction of target elements loaded (0 disables).
         plan: a plan made earlier (``plan_graft`` or an edited ``--plan-out`` file).
         source_name: how the report names the source.
+        allow_partial: accept target keys outside the head left unloaded: True, or glob
+            patterns of the keys (``"layer4.*"``); each acceptance is noted in the report.
+        allow_uncertain: accept pairings that order only suggested (a GraftWarning is raised
+            and the report says so); verify such a graft before trusting it.
         plan_options: passed to :func:`plan_graft`.
 
     Returns:
@@ -140,6 +149,8 @@ def graft(
 
     Raises:
         GraftError: coverage below ``min_coverage`` or a plan that does not fit.
+        InexactGraftError: an inexact graft not accepted (see ``allow_partial``,
+            ``allow_uncertain``); nothing was loaded.
 
     Example:
         >>> report = tg.graft(model, "colleague.ckpt")
@@ -159,5 +170,10 @@ def graft(
             f"{len(plan.missing)} target keys get nothing, e.g. {', '.join(plan.missing[:4])}. "
             "Check --dry-run, try another --strategy, or lower --min-coverage if this is intended"
         )
+    accepted = check_exact(
+        plan, head_keys(model), allow_partial=allow_partial, allow_uncertain=allow_uncertain
+    )
     apply_plan(model, plan, weights.checkpoint.tensors)
-    return GraftReport.from_plan(plan)
+    report = GraftReport.from_plan(plan)
+    report.notes += accepted
+    return report

@@ -14,6 +14,8 @@ decided afterwards by :func:`torchgraft.grafting.plan.build_plan` with :mod:`.ad
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
@@ -61,12 +63,12 @@ def match_exact(source, target, context: MatchContext) -> Match:
             + "; ".join(parts)
             + ". Use --strategy shape to skip them or auto to match names by structure"
         )
-    return Match({k: (k, 1.0) for k in target})
+    return Match.of({k: k for k in target}, "name")
 
 
 def match_shape(source, target, context: MatchContext) -> Match:
     """Equal names with equal shapes; everything else is left for the plan to report."""
-    return Match({k: (k, 1.0) for k in target if k in source and source[k][0] == target[k][0]})
+    return Match.of({k: k for k in target if k in source and source[k][0] == target[k][0]}, "name")
 
 
 def match_order(source, target, context: MatchContext) -> Match:
@@ -87,7 +89,7 @@ def match_order(source, target, context: MatchContext) -> Match:
                 f"cannot be reconciled ({detail}). The orders differ from here on; try "
                 "--strategy auto"
             )
-        match.pairs[t_key] = (s_key, 1.0)
+        match.pair(t_key, s_key, "stored-order")
     if len(s_keys) != len(t_keys):
         match.notes.append(
             f"order: {len(t_keys)} target and {len(s_keys)} source weights; "
@@ -113,27 +115,104 @@ def match_rules(source, target, context: MatchContext) -> Match:
                 f"rename rules map both '{renamed[new]}' and '{key}' to '{new}'; make them distinct"
             )
         renamed[new] = key
-    return Match({k: (renamed[k], 1.0) for k in target if k in renamed})
+    return Match.of({k: renamed[k] for k in target if k in renamed}, "rules")
 
 
 def match_auto(source, target, context: MatchContext) -> Match:
-    """Prefixes, then exact names, then structure for what is left."""
+    """Prefixes, then equal names whose shapes fit, then structure for what is left, then
+    equal names whose shapes conflict (reported as such).
+
+    An equal name is evidence only when the shapes fit (equal, or adaptable: a head's class
+    rows, a stem's input channels): two codebases can use one name for different layers
+    (EfficientNet-PyTorch's ``_bn1`` is the head's norm, timm's ``bn1`` the stem's), and
+    pairing those by name would leave both real counterparts unpaired.
+    """
     transform, note = strip_prefixes(list(source), list(target))
     match = Match(notes=[note] if note else [])
     by_new_name = {transform(k): k for k in source}
     for key in target:
-        if key in by_new_name:
-            match.pairs[key] = (by_new_name[key], 1.0)
-    left_target = {k: v for k, v in target.items() if k not in match.pairs}
+        found = by_new_name.get(key)
+        if (
+            found is not None
+            and is_float(target[key])  # counters follow their module, below
+            and _shapes_fit(key, target[key][0], source[found][0], context)
+        ):
+            match.pair(key, found, "name")
+    _drop_contested_names(match, source, target)
+    left_target = {k: v for k, v in target.items() if k not in match.pairs and is_float(v)}
     used = {s for s, _ in match.pairs.values()}
-    left_source = {k: v for k, v in source.items() if k not in used}
+    left_source = {k: v for k, v in source.items() if k not in used and is_float(v)}
     if left_target and left_source:
         structural = match_structure(left_source, left_target, context)
         match.pairs.update(structural.pairs)
+        match.evidence.update(structural.evidence)
         match.unresolved.update(structural.unresolved)
         match.notes += structural.notes
         match.ties += structural.ties
+    pair_counters(source, target, match)
+    used = {s for s, _ in match.pairs.values()}
+    for key in target:
+        found = by_new_name.get(key)
+        if key not in match.pairs and found is not None and found not in used:
+            match.pair(key, found, "name")
+            match.unresolved.pop(key, None)
     return match
+
+
+def _drop_contested_names(match: Match, source, target) -> None:
+    """Unpair equal numbered names that the source itself contradicts.
+
+    Two codebases can count from 0 and from 1: the source's ``bn1`` is then the target's
+    ``bn2``, and the target's ``bn1`` is the source's ``bn0``. When a name-paired module
+    with a number in its name has an unpaired source sibling of the same shapes and the same
+    name but another number, the equal name proves nothing: those pairs go back to the
+    structural matcher, where order decides (and says so).
+    """
+    owner = {t.rpartition(".")[0]: s.rpartition(".")[0] for t, (s, _) in match.pairs.items()}
+    used_modules = set(owner.values())
+    source_modules: dict[str, list[str]] = {}  # parent -> child modules
+    shapes_of: dict[str, list] = {}  # module -> its (role, shape) items
+    for key, info in source.items():
+        module, _, role = key.rpartition(".")
+        if module not in shapes_of:
+            source_modules.setdefault(module.rpartition(".")[0], []).append(module)
+        shapes_of.setdefault(module, []).append((role, tuple(info[0])))
+    contested = set()
+    for t_module, s_module in owner.items():
+        name = s_module.rpartition(".")[2]
+        if not any(c.isdigit() for c in name):
+            continue
+        parent = s_module.rpartition(".")[0]
+        skeleton, shapes = _NUMBER.sub("#", name), sorted(shapes_of[s_module])
+        for sibling in source_modules.get(parent, []):
+            sibling_name = sibling.rpartition(".")[2]
+            if (
+                sibling not in used_modules
+                and _NUMBER.sub("#", sibling_name) == skeleton
+                and sorted(shapes_of[sibling]) == shapes
+            ):
+                contested.add(t_module)
+    for key in [k for k in match.pairs if k.rpartition(".")[0] in contested]:
+        del match.pairs[key]
+        match.evidence.pop(key, None)
+    if contested:
+        match.notes.append(
+            f"names: {len(contested)} modules with equal numbered names were not paired by "
+            "name, since the source numbers a same-shaped sibling differently (e.g. "
+            f"{sorted(contested)[0]}); order decides them"
+        )
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def _shapes_fit(key: str, target_shape, source_shape, context: MatchContext) -> bool:
+    """Whether an equal name is evidence: equal or adaptable shapes, or a head key (a head of
+    another size is paired with its namesake, to be adapted or reported as skipped)."""
+    if tuple(target_shape) == tuple(source_shape) or key in context.adapt.head_keys:
+        return True
+    action, _, _ = propose(key, target_shape, source_shape, context.adapt)
+    return action is not Action.SKIP_SHAPE
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -196,5 +275,6 @@ def _common_prefixes(keys: Sequence[str], share: float = 0.5) -> list[str]:
         parts = key.split(".")
         for depth in range(1, min(4, len(parts))):
             counts[".".join(parts[:depth]) + "."] += 1
-    threshold = max(1, int(share * len(keys)))
+    # rounded up: in a three-key table a prefix held by one key is no wrapper
+    threshold = max(1, math.ceil(share * len(keys)))
     return [p for p, c in counts.most_common() if c >= threshold]

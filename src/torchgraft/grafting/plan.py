@@ -69,7 +69,17 @@ def build_plan(
         if action is Action.COPY and source_key != key:
             action = Action.RENAME
         entries.append(
-            KeyPlan(key, source_key, action, confidence, shape, source_shape, detail, adaptation)
+            KeyPlan(
+                key,
+                source_key,
+                action,
+                confidence,
+                shape,
+                source_shape,
+                detail,
+                adaptation,
+                match.evidence.get(key, ""),
+            )
         )
     # A source skipped for its shape is reported under "skipped", not again as unexpected.
     used = {e.source for e in entries if e.action.loads or e.action is Action.SKIP_SHAPE}

@@ -25,7 +25,14 @@ from .report import GraftPlan
 from .rules import RenameRules, load_rules
 from .source import Source, SourceWeights, read_options, read_source
 
-__all__ = ["check_strategy", "make_plan", "plan_from_mapping", "rebuild_plan", "tensor_infos"]
+__all__ = [
+    "check_strategy",
+    "head_keys",
+    "make_plan",
+    "plan_from_mapping",
+    "rebuild_plan",
+    "tensor_infos",
+]
 
 
 def make_plan(
@@ -108,7 +115,7 @@ def plan_from_mapping(
             + (f"target keys not in the model: {unknown_t[:5]} " if unknown_t else "")
             + (f"source keys not in the source: {unknown_s[:5]}" if unknown_s else "")
         )
-    match = Match({t: (s, 1.0) for t, s in mapping.items() if s is not None})
+    match = Match.of({t: s for t, s in mapping.items() if s is not None}, "plan")
     adapt_context = _adapt_context(
         model,
         target,
@@ -126,6 +133,15 @@ def check_strategy(strategy: str) -> None:
     """Raises GraftError for an unknown strategy (before anything is read)."""
     if strategy not in STRATEGIES:
         raise GraftError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+
+
+def head_keys(model: nn.Module) -> frozenset[str]:
+    """The state_dict keys of ``model``'s classifier head(s) (none for a bare backbone)."""
+    try:
+        spec = spec_of(model)
+    except (HeadError, SpecError):
+        return frozenset()
+    return frozenset(k for k in model.state_dict() if under(k, spec.head_paths))
 
 
 def tensor_infos(tensors: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:

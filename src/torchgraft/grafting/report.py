@@ -47,6 +47,8 @@ class KeyPlan:
         target_shape / source_shape: tensor shapes.
         detail: why (the adaptation applied, the shape conflict, the ambiguity).
         adapt: machine-readable adaptation, e.g. ``{"kind": "in_chans", "mode": "sum"}``.
+        evidence: what decided the pairing (a rung of the evidence ladder, see
+            ``torchgraft.grafting.correspondence.EVIDENCE``); "" when nothing loads.
     """
 
     target: str
@@ -57,6 +59,12 @@ class KeyPlan:
     source_shape: tuple[int, ...] | None = None
     detail: str = ""
     adapt: Mapping[str, Any] | None = None
+    evidence: str = ""
+
+    @property
+    def certain(self) -> bool:
+        """Loads on proven evidence (full confidence)."""
+        return self.action.loads and self.confidence >= 1.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -80,6 +88,7 @@ class KeyPlan:
                 ),
                 detail=data.get("detail", ""),
                 adapt=data.get("adapt"),
+                evidence=str(data.get("evidence", "")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise GraftError(f"invalid plan entry {dict(data)!r}: {exc}") from None
@@ -158,6 +167,20 @@ class GraftPlan:
                 exported[entry.source] = tensor
         return exported
 
+    @property
+    def evidence_counts(self) -> dict[str, int]:
+        """How many loaded keys each kind of evidence decided (strongest rung first)."""
+        counts: dict[str, int] = {}
+        for entry in sorted(self.entries, key=lambda e: -e.confidence):
+            if entry.action.loads and entry.evidence:
+                counts[entry.evidence] = counts.get(entry.evidence, 0) + 1
+        return counts
+
+    @property
+    def uncertain(self) -> list[KeyPlan]:
+        """Keys that load on evidence that does not prove the pairing."""
+        return [e for e in self.entries if e.action.loads and not e.certain]
+
     def by_action(self, action: Action) -> list[KeyPlan]:
         return [e for e in self.entries if e.action is action]
 
@@ -178,6 +201,7 @@ class GraftPlan:
             "container": self.container,
             "coverage": round(self.coverage, 6),
             "counts": self.counts,
+            "evidence": self.evidence_counts,
             "notes": list(self.notes),
             "set_aside": dict(self.set_aside),
             "entries": [e.to_dict() for e in self.entries],
@@ -216,6 +240,11 @@ class GraftPlan:
             f"coverage {percent(self.coverage)} of target parameter elements · "
             + " · ".join(f"{k} {v}" for k, v in self.counts.items() if v),
         ]
+        evidence = self.evidence_counts
+        if evidence:
+            lines.append(
+                "evidence: " + " · ".join(f"{kind} {count}" for kind, count in evidence.items())
+            )
         lines += [f"note: {n}" for n in self.notes]
         sections: list[tuple[str, list[str]]] = [
             ("copied", group_keys(e.target for e in self.by_action(Action.COPY))),
@@ -306,13 +335,22 @@ def _rename_lines(entries: list[KeyPlan]) -> list[str]:
         by_module[(t_mod, s_mod)].append(entry)
     for (t_mod, s_mod), group in by_module.items():
         roles = _brace([e.target.rpartition(".")[2] for e in group])
-        low = min(e.confidence for e in group)
-        confidence = f"  (confidence {low:.2f})" if low < 1.0 else ""
+        confidence = _evidence_tag(min(group, key=lambda e: e.confidence))
         if t_mod and s_mod:
             lines.append(f"{t_mod}.{roles} ← {s_mod}{confidence}")
         else:
             lines.append(f"{group[0].target} ← {group[0].source}{confidence}")
     return lines
+
+
+#: Evidence worth naming on a line even at full confidence (it decided a tie).
+_TELLING = ("order", "architecture", "bn-statistics", "leftover")
+
+
+def _evidence_tag(entry: KeyPlan) -> str:
+    if entry.confidence < 1.0:
+        return f"  ({entry.evidence or 'unproven'}, confidence {entry.confidence:.2f})"
+    return f"  ({entry.evidence})" if entry.evidence in _TELLING else ""
 
 
 def _prefix_change(target: str, source: str) -> tuple[str, str]:

@@ -1,17 +1,19 @@
 """Settle, by running the models, the pairings that shapes and names could not.
 
-The structural matcher pairs same-shaped siblings by the source's registration order when
-nothing else tells them apart, with confidence 0.5 — a weak guess, because two libraries
-can register the same layers in different orders (torchvision's RegNet registers the
-shortcut ``proj`` before ``f.a``; timm registers ``conv1`` before ``downsample``).
+The structural matcher pairs same-shaped siblings by an order that proves nothing when
+nothing else tells them apart — the source's registration order alone, or the natural order
+of numbered names in a name-sorted source — because two libraries can register the same
+layers in different orders (torchvision's RegNet registers the shortcut ``proj`` before
+``f.a``; timm registers ``conv1`` before ``downsample``).
 
 When the source architecture is known, each such group is settled by evidence instead: every
 assignment of the group's sources to its targets is grafted into a copy of the target, the
 copy and the source model run on one input, and the assignment whose *enclosing module* (the
 block holding the group) reproduces the source block's output best is kept. Groups are
 settled in forward order, so by the time a block is compared everything before it is already
-right and both blocks see the same input. A group of more than ``MAX_GROUP`` items is left
-as it was (its permutations would be too many to try).
+right and both blocks see the same input. The winner is proven (evidence ``architecture``)
+only when it reproduces the source block within :data:`EXACT`; otherwise, or for a group of
+more than ``MAX_GROUP`` items (too many permutations), the group stays unproven.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from .correspondence import Match
 from .report import GraftPlan
 from .verify import probe_input
 
-__all__ = ["MAX_GROUP", "RESOLVED_CONFIDENCE", "resolve_ties"]
+__all__ = ["EXACT", "MAX_GROUP", "resolve_ties"]
 
 #: Largest tie group whose permutations are tried, and most trials per block.
 MAX_GROUP = 4
 MAX_TRIALS = 24
-#: Confidence of a pairing chosen because it reproduced the source model's features.
-RESOLVED_CONFIDENCE = 0.95
+#: Largest relative difference between the two blocks' outputs for a proven assignment
+#: (float32 rounding; a wrong pairing differs by orders of magnitude more).
+EXACT = 1e-4
 
 
 def resolve_ties(
@@ -59,9 +62,7 @@ def resolve_ties(
         return plan
     trial_model = copy.deepcopy(target)
     example = probe_input(target)
-    pairs = {
-        e.target: (e.source, e.confidence) for e in plan.entries if e.source and e.action.loads
-    }
+    pairs = {e.target: (e.source, e.evidence) for e in plan.entries if e.source and e.action.loads}
     target_keys = set(target.state_dict())
     settled = 0
     for block, groups in _blocks(plan.ties, tensors, target_keys):
@@ -71,13 +72,20 @@ def resolve_ties(
         if best is not None:
             pairs = best
             settled += 1
-    resolved = rebuild(Match(pairs))
+    resolved = rebuild(_as_match(pairs))
     resolved.notes = [
-        *[n for n in plan.notes if "registration order alone" not in n],
-        f"resolve: same-shaped siblings in {settled} block(s) settled by running the source "
-        f"model side by side (confidence {RESOLVED_CONFIDENCE})",
+        *plan.notes,
+        f"resolve: same-shaped siblings in {settled} of {len(_blocks(plan.ties, tensors, target_keys))} "
+        "block(s) proven by running the source architecture side by side",
     ]
     return resolved
+
+
+def _as_match(pairs) -> Match:
+    match = Match()
+    for target, (source, evidence) in pairs.items():
+        match.pair(target, source, evidence or "plan")
+    return match
 
 
 def _blocks(ties, tensors, target_keys):
@@ -120,7 +128,7 @@ def _best_assignment(block, groups, pairs, tensors, model, reference, example, r
                 break
         if trial is None:
             continue
-        _apply(model, rebuild(Match(trial)), tensors)
+        _apply(model, rebuild(_as_match(trial)), tensors)
         got = _output_of(model, target_block, example)
         if got is None or got.shape != expected.shape:
             return None  # the blocks cannot be compared: leave the group as it was
@@ -128,7 +136,8 @@ def _best_assignment(block, groups, pairs, tensors, model, reference, example, r
         scored.append((difference, trial))
     if not scored:
         return None
-    return min(scored, key=lambda item: item[0])[1]
+    difference, best = min(scored, key=lambda item: item[0])
+    return best if difference <= EXACT else None
 
 
 def _count(choices) -> int:
@@ -183,7 +192,7 @@ def _reassign(pairs, assignment, current, tensors):
             candidate = new_source + source_key[len(old_source) :]
             if candidate not in tensors:
                 return None
-            result[key] = (candidate, RESOLVED_CONFIDENCE)
+            result[key] = (candidate, "architecture")
     return result
 
 

