@@ -25,6 +25,20 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _identify_cache(tmp_path_factory):
+    """A private cache and a two-architecture index for every test and its subprocesses.
+
+    ``torchgraft inspect CHECKPOINT`` identifies the architecture from an index that takes
+    minutes to build over all of timm; tests must neither wait for it nor write to ``~/.cache``.
+    Tests of the identification itself choose their own architectures and folders.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHGRAFT_CACHE_DIR", str(tmp_path_factory.mktemp("torchgraft-cache")))
+        patch.setenv("TORCHGRAFT_IDENTIFY_ARCHS", "torchvision:resnet18,timm:resnet18")
+        yield
+
+
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch) -> Path:
     """An empty ``$TORCH_HOME``: torchvision's weight cache lives in ``hub/checkpoints``."""

@@ -189,10 +189,68 @@ def test_failed_verification_exits_1_with_one_line_and_writes_nothing(
     assert result.returncode == 1
     lines = error_lines(result)
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("torchgraft graft: error: verification failed")
-    assert "nothing was written" in lines[0]
+    assert lines[0].startswith("torchgraft graft: error: VERIFICATION FAILED: ")
+    assert "tolerance 1e-04" in lines[0]
+    # no padding: conv1's output is smaller, so the models part right after it
+    assert "after target module 'conv1' (source 'conv1')" in lines[0]
+    assert lines[0].endswith("nothing was written to out.safetensors")
+    assert "FAILED: the graft changed the function" in result.stdout  # the report, above
     assert not (workdir / "out.safetensors").exists()
     assert not (workdir / "out.json").exists()
+
+
+@pytest.mark.slow
+def test_plan_out_says_where_it_wrote(console_script, workdir, source_file):
+    result = run(
+        console_script, workdir, "colleague.pt", "--into", "tinynets:Net", "--dry-run",
+        "--plan-out", "plans/plan.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = (workdir / "plans" / "plan.yaml").resolve()
+    assert written.is_file()
+    last = result.stdout.splitlines()[-1]
+    assert last == f"wrote the plan to {written}; edit it, then apply it with --plan {written}"
+    quiet = run(
+        console_script, workdir, "colleague.pt", "--into", "tinynets:Net", "--dry-run",
+        "--plan-out", "plan.yaml", "--json",
+    )  # fmt: skip
+    json.loads(quiet.stdout)  # still exactly one JSON document on stdout...
+    assert f"wrote the plan to {workdir.resolve() / 'plan.yaml'}" in quiet.stderr  # ...and this
+
+
+@pytest.mark.slow
+def test_a_cut_listing_names_the_flag_that_lists_everything(console_script, workdir, source_state):
+    extra = {f"extra{i}.proj.weight": torch.ones(7) for i in range(20)}  # 20 unexpected lines
+    torch.save({**source_state, **extra}, workdir / "more.pt")
+    short = run(console_script, workdir, "more.pt", "--into", "tinynets:Net")
+    assert short.returncode == 0, short.stderr
+    assert "  … 8 more (--all lists every key)" in short.stdout.splitlines()
+    assert "to_json()" not in short.stdout
+    full = run(console_script, workdir, "more.pt", "--into", "tinynets:Net", "--all")
+    assert "extra19.proj.weight" in full.stdout
+    assert "more (" not in full.stdout
+
+
+@pytest.mark.slow
+def test_an_unsafe_pickle_names_the_flags_here_and_the_arguments_in_python(
+    console_script, workdir, source_state
+):
+    import argparse
+
+    import torchgraft as tg
+
+    # argparse.Namespace: the classic training-script pickle, outside torch's safe list
+    torch.save({"state_dict": source_state, "args": argparse.Namespace(lr=0.1)}, workdir / "a.pt")
+    with pytest.raises(tg.UnsafeCheckpointError) as refused:
+        tg.read_checkpoint(workdir / "a.pt")
+    assert 'allow_globals=["argparse.Namespace"]) or use trust=True' in str(refused.value)
+    assert "--" not in str(refused.value)
+    result = run(console_script, workdir, "a.pt", "--into", "tinynets:Net")
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert "(--allow-global argparse.Namespace) or use --trust-checkpoint" in lines[0]
+    assert "allow_globals" not in lines[0]
 
 
 @pytest.mark.slow
@@ -261,3 +319,37 @@ def test_below_min_coverage_exits_2_and_writes_nothing(console_script, workdir, 
     assert "38.1%" in lines[0]
     assert "minimum 50%" in lines[0]
     assert not (workdir / "out.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_an_inexact_graft_is_refused_in_flags_and_accepted_on_request(console_script, workdir):
+    """Only registration order tells the two norms apart: refused (exit 1, nothing written)
+    in the CLI's words; a dry run says so; --allow-uncertain loads it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_loader("tinynets_fresh", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(TINYNETS, module.__dict__)
+    names = {"conv1": "stem", "bn1": "omega", "conv2": "body", "bn2": "alpha", "fc": "head"}
+    state = {
+        names[k.partition(".")[0]] + "." + k.partition(".")[2]: v
+        for k, v in module.Net().state_dict().items()
+    }
+    torch.save(state, workdir / "renamed.pt")
+    out = workdir / "out.safetensors"
+    refused = run(console_script, workdir, "renamed.pt", "--into", "tinynets:Net", "-o", str(out))
+    assert refused.returncode == 1
+    assert "registration-order" in refused.stderr
+    assert "--allow-uncertain" in refused.stderr
+    assert "--verify-with SPEC" in refused.stderr
+    assert "allow_uncertain=True" not in refused.stderr
+    assert not out.exists()
+    dry = run(console_script, workdir, "renamed.pt", "--into", "tinynets:Net", "--dry-run")
+    assert dry.returncode == 0
+    assert "the graft would be refused" in dry.stderr
+    accepted = run(
+        console_script, workdir, "renamed.pt", "--into", "tinynets:Net", "--allow-uncertain",
+        "-o", str(out),
+    )  # fmt: skip
+    assert accepted.returncode == 0, accepted.stderr
+    assert out.exists()

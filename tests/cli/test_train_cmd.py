@@ -81,7 +81,7 @@ def test_an_image_folder_with_a_corrupt_file_stops_and_skip_goes_on(
     stopped = run_cli(console_script, "train", "--config", config, env=subprocess_env)
     assert stopped.returncode == 2
     assert "notes.jpg" in stopped.stderr
-    assert "on_bad_image skip" in stopped.stderr
+    assert "run again with --data.on_bad_image skip" in stopped.stderr  # an override
     assert "Traceback" not in stopped.stderr
     assert not (tmp_path / "runs" / "run" / "model.safetensors").exists()
 
@@ -131,6 +131,26 @@ def test_bad_input_exits_2_with_a_clear_line(console_script, subprocess_env, arg
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert "internal error" not in result.stderr
+
+
+def test_a_taken_run_name_names_the_resume_flag_here_and_the_argument_in_python(
+    console_script, subprocess_env, tmp_path, digit_folder
+):
+    from torchgraft.engine.fit import fit
+    from torchgraft.errors import ConfigError
+
+    config = tiny_config(digit_folder, tmp_path / "runs")
+    taken = tmp_path / "runs" / "run"
+    taken.mkdir(parents=True)
+    (taken / "metrics.csv").write_text("")
+    with pytest.raises(ConfigError) as python:
+        fit(config)
+    assert f'continue that run with resume="{taken}"' in str(python.value)
+    config_file = write_config(tmp_path / "run.yaml", config)
+    result = run_cli(console_script, "train", "--config", config_file, env=subprocess_env)
+    assert result.returncode == 2
+    assert f"continue that run with --resume {taken}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _kill_after(console_script, config: Path, env, run_dir: Path, epochs_done: int) -> None:

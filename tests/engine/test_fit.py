@@ -311,8 +311,9 @@ def test_a_corrupt_image_stops_the_run_by_default_and_is_skipped_on_request(tmp_
     broken = data / "1" / "broken.png"
     good = next((data / "1").glob("*.png")).read_bytes()
     broken.write_bytes(good[: len(good) // 2])  # a truncated PNG
-    with pytest.raises(DataError, match=r"broken\.png"):
+    with pytest.raises(DataError, match=r"broken\.png") as stopped:
         fit(tiny_config(data, tmp_path / "runs"))
+    assert 'run again with data.on_bad_image="skip"' in str(stopped.value)  # a config key
     run = fit(tiny_config(data, tmp_path / "runs2", data={"on_bad_image": "skip"}))
     listed = (run.dir / "bad_images.txt").read_text()
     assert "broken.png" in listed

@@ -246,6 +246,28 @@ def test_real_lite0_renamed_and_sorted_is_refused_then_exact_when_accepted(lite0
     assert plan.mapping["bn1.weight"] == "bn0.weight"
     assert plan.mapping["bn2.running_var"] == "bn1.running_var"
     assert plan.mapping["bn1.num_batches_tracked"] == "bn0.num_batches_tracked"
+    # the norms inside each block: settled by the weights' BatchNorm statistics, by far
+    evidence = {e.target: e.evidence for e in plan.entries}
+    assert evidence["blocks.1.0.bn1.weight"] == evidence["blocks.6.0.bn2.weight"] == "bn-statistics"
+    margins = [
+        float(m) for m in re.findall(r": settled, .*\(margin ([\d.e+]+)×", "\n".join(plan.notes))
+    ]
+    assert len(margins) == 15
+    assert min(margins) > 20  # measured 46-1880x
+    # whole identical blocks barely change the statistics: they stay suggested, and refused
+    unproven = {
+        e.target.split(".")[:3][-1] and ".".join(e.target.split(".")[:3]) for e in plan.uncertain
+    }
+    assert unproven == {
+        "blocks.3.1",
+        "blocks.3.2",
+        "blocks.4.1",
+        "blocks.4.2",
+        "blocks.5.1",
+        "blocks.5.2",
+        "blocks.5.3",
+    }
+    assert any("blocks.3: NOT settled" in note for note in plan.notes)
     with pytest.raises(InexactGraftError, match=r"numbered-names \(0\.75\)"):
         graft(target, lite0_renamed_sorted)
     with pytest.warns(GraftWarning):
@@ -272,4 +294,44 @@ def test_real_lite0_renamed_in_registration_order_is_proven(tmp_path):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want, got = lite0_reference()(x), target(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_fresh_batchnorm_statistics_settle_nothing():
+    """Untrained weights carry no record of activations: no trial is run, nothing proven."""
+    source = Ladder(names=("a", "b", "c", "d", "e", "f", "g"))
+    plan = plan_graft(Ladder(), dict(sorted(source.state_dict().items())))
+    assert not any(note.startswith("bn-statistics") for note in plan.notes)
+    assert "bn-statistics" not in plan.evidence_counts
+
+
+# --- the source architecture identified from the weights ---------------------------------
+
+
+@pytest.mark.slow
+def test_an_identified_source_architecture_proves_a_sorted_checkpoint(tmp_path, monkeypatch):
+    """torchvision's MobileNetV2 saved as safetensors (names sorted, order lost) into timm's
+    twin: the names and shapes identify torchvision:mobilenet_v2, whose registration order
+    proves what the numbered names only suggested; no source_model given."""
+    import torchvision
+
+    import torchgraft as tg
+
+    monkeypatch.setenv("TORCHGRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(
+        "TORCHGRAFT_IDENTIFY_ARCHS", "torchvision:mobilenet_v2,timm:mobilenetv2_100,timm:resnet18"
+    )
+    source = torchvision.models.mobilenet_v2().eval()
+    path = tmp_path / "mobilenet_v2.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    target = tg.create_model("timm:mobilenetv2_100").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraftWarning)
+        report = tg.graft(target, str(path))
+    assert any("identified as torchvision:mobilenet_v2" in note for note in report.notes)
+    assert report.uncertain == []
+    assert report.evidence_counts.get("order", 0) > 100
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = source(x), target(x)
     assert float((got - want).abs().max() / want.abs().max()) < 1e-5

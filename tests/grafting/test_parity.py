@@ -191,6 +191,7 @@ def test_trap_mobilenet_v3_differs_only_by_batchnorm_epsilon():
     trapped = compare_models(target, source, x, tolerance=TOLERANCE)
     assert not trapped.ok
     assert trapped.output_rel_diff > 1e-3
+    assert trapped.diverges_at == ("bn1", "features.0.1")  # the first BatchNorm, as expected
     for module in target.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eps = 1e-3  # the one real difference
@@ -229,7 +230,8 @@ def test_regnet_y_graft_refuses_what_only_registration_order_paired():
         "s1.b1.conv1.conv.weight: ← trunk_output.block1.block1-0.proj.0 [registration-order]"
         in message
     )
-    assert "source_model=" in message and "allow_uncertain=True" in message
+    assert "source_model=" in message
+    assert "allow_uncertain=True" in message
     for key, value in target.state_dict().items():
         assert torch.equal(value, before[key]), key
 

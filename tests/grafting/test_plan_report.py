@@ -274,7 +274,7 @@ def test_render_groups_missing_keys_and_limits_long_sections(helpers):
         + "}.{bias, num_batches_tracked, running_mean, running_var, weight}"
     )
     short = plan.render(limit=0)
-    assert "… 1 more (to_json() lists all)" in short
+    assert "… 1 more (render(limit=None) lists all)" in short
 
 
 def test_renames_without_a_common_prefix_are_listed_per_module(helpers):

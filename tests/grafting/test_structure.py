@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from torchgraft.grafting.adapt import AdaptContext
-from torchgraft.grafting.match import MatchContext, match_auto
 from torchgraft.grafting.correspondence import EVIDENCE
+from torchgraft.grafting.match import MatchContext, match_auto
 from torchgraft.grafting.structure import match_structure, natural_key
 
 F32 = "torch.float32"

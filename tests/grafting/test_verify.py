@@ -150,9 +150,52 @@ def test_verify_graft_flags_same_shapes_with_another_function(helpers):
     result = verify_graft(target, helpers.TinyNet(), source.state_dict())
     assert not result.ok  # ...and the function is not the same
     assert result.feature_rel_diff > 1e-2
+    assert result.diverges_at == ("conv1", "conv1")  # no padding: conv1's output is smaller
     with pytest.raises(VerificationError, match="FAILED") as info:
         verify_graft(target, helpers.TinyNet(), source.state_dict(), raise_on_failure=True)
     assert info.value.exit_code == 1
+    assert isinstance(info.value, GraftError)  # `except GraftError` catches it too
+    message = str(info.value)
+    assert f"{result.feature_rel_diff:.2e} relative" in message  # the worst difference
+    assert "tolerance 1e-04" in message
+    assert "target module 'conv1' (source 'conv1')" in message
+
+
+def test_a_passing_verification_does_not_raise_and_locates_nothing(helpers):
+    source = helpers.randomize(helpers.TinyNet(), 13)
+    target = copy.deepcopy(source)
+    result = verify_graft(target, helpers.TinyNet(), source.state_dict(), raise_on_failure=True)
+    assert result.ok
+    assert result.diverges_at is None
+    assert result.to_dict()["diverges_at"] is None
+    assert result.problem is None
+
+
+@pytest.mark.slow
+def test_a_perturbed_graft_between_libraries_raises_naming_the_layer():
+    """torchvision resnet18 weights grafted into timm's resnet18 keep the function; one
+    BatchNorm scaled afterwards breaks it, and the error names that layer — not the shortcut
+    that torchvision runs between it and the next block."""
+    import torchgraft as tg
+
+    source = tg.create_model("torchvision:resnet18")
+    with torch.no_grad():
+        for value in source.state_dict().values():
+            if value.is_floating_point() and value.dim() == 1:
+                value.uniform_(0.8, 1.2)  # BatchNorm near identity: every layer matters
+    target = tg.create_model("timm:resnet18")
+    tg.graft(target, source.state_dict())
+    passed = tg.verify_graft(target, "torchvision:resnet18", source.state_dict())
+    assert passed.ok, passed
+    with torch.no_grad():
+        target.layer3[0].bn2.weight.mul_(1.5)
+    with pytest.raises(GraftError) as info:
+        tg.verify_graft(target, "torchvision:resnet18", source.state_dict(), raise_on_failure=True)
+    message = str(info.value)
+    assert message.startswith("verification FAILED: ")
+    assert "relative from torchvision:resnet18, tolerance 1e-04" in message
+    assert "tolerance 1e-04" in message
+    assert "target module 'layer3.0.bn2' (source 'layer3.0.bn2')" in message
 
 
 def test_verify_graft_refuses_weights_that_do_not_fit_the_source_architecture(helpers):

@@ -4,18 +4,20 @@ Reads SOURCE (a checkpoint file or folder, or a model spec with weights such as
 ``torchvision:resnet50`` or ``timm:resnet50.a1_in1k``), builds MODEL_SPEC, works out which
 source tensor feeds which target tensor, and prints the plan (``--dry-run``) or the report.
 Nothing is loaded below ``--min-coverage``. ``--verify-with`` builds the source architecture,
-runs both models on one input and fails loudly if the function changed. ``-o`` writes the
-grafted weights as safetensors with a JSON sidecar (source, sha256 of both files, mapping,
-report).
+runs both models on one input and fails loudly if the function changed (exit status 1 and a
+``VERIFICATION FAILED`` line: the difference, the tolerance, where the models part). ``-o``
+writes the grafted weights as safetensors with a JSON sidecar (source, sha256 of both files,
+mapping, report).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
-from ..errors import GraftError
+from ..errors import GraftError, VerificationError
 from .common import add_checkpoint_safety_arguments
 
 NAME = "graft"
@@ -27,6 +29,8 @@ STRATEGIES = ("auto", "exact", "shape", "order", "rules")
 IN_CHANS_MODES = ("sum", "mean", "repeat", "pick")
 MIN_COVERAGE = 0.5
 DEFAULT_TOLERANCE = 1e-4
+#: What a cut listing says after "… N more".
+MORE_HINT = "--all lists every key"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="write grafted weights")
     parser.add_argument("--min-coverage", type=float, default=MIN_COVERAGE)
+    parser.add_argument(
+        "--allow-partial",
+        action="append",
+        nargs="?",
+        const="*",
+        metavar="GLOB",
+        help="accept target keys outside the head left unloaded (all, or those matching GLOB; "
+        "repeatable)",
+    )
+    parser.add_argument(
+        "--allow-uncertain",
+        action="store_true",
+        help="accept pairings that order only suggested (verify such a graft)",
+    )
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     add_checkpoint_safety_arguments(parser)
     parser.add_argument("--all", action="store_true", help="list every key, not the first 12")
@@ -55,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..grafting.planner import plan_from_mapping
     from ..grafting.verify import verify_graft
     from ..zoo import create_model
-    from ..zoo.grafts import resolve_source, resolve_source_model
+    from ..zoo.grafts import identified_architecture, resolve_source, resolve_source_model
 
     read_options = {
         "ema": args.ema,
@@ -75,31 +93,37 @@ def run(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             rules=args.rules,
             source_model=source_model,
+            identify=identified_architecture,
             **options,
         )
-    if args.plan_out:
-        _write_plan(plan, Path(args.plan_out))
+    plan_file = _write_plan(plan, Path(args.plan_out)) if args.plan_out else None
+    acceptance = {
+        "allow_partial": args.allow_partial or False,
+        "allow_uncertain": args.allow_uncertain,
+    }
     if args.dry_run:
         _show(plan, args)
+        _said_plan(plan_file, args)
+        _would_refuse(plan, model, acceptance)
         return 0
-    report = graft(model, weights, plan=plan, min_coverage=args.min_coverage)
-    status = 0
+    report = graft(model, weights, plan=plan, min_coverage=args.min_coverage, **acceptance)
+    result = None
     if args.verify_with:
         result = verify_graft(
             model, source_model, weights, tolerance=args.tolerance, source_name=args.verify_with
         )
         report.verification = result.to_dict()
         report.notes.append(str(result))
-        status = 0 if result.ok else 1
-    if args.output and status == 0:
+    if args.output and (result is None or result.ok):
         _write_output(Path(args.output), model, report, weights)
     _show(report, args)
-    if status:
-        print(
-            f"torchgraft graft: error: verification failed: {report.notes[-1]}; nothing was written",
-            file=sys.stderr,
-        )
-    return status
+    _said_plan(plan_file, args)
+    if result is not None and not result.ok:
+        # After the report, so the failure is the last thing on the terminal; main turns it
+        # into the one error line on stderr and exit status 1.
+        unwritten = f"; nothing was written to {args.output}" if args.output else ""
+        raise VerificationError(f"VERIFICATION FAILED: {result.problem}{unwritten}")
+    return 0
 
 
 def _show(plan, args: argparse.Namespace) -> None:
@@ -111,7 +135,38 @@ def _show(plan, args: argparse.Namespace) -> None:
         document["output"] = args.output if not args.dry_run else None
         print_json(document)
     else:
-        print(plan.render(limit=None if (args.all or args.dry_run) else 12))
+        print(_render(plan, limit=None if (args.all or args.dry_run) else 12))
+
+
+def _render(plan, limit: int | None) -> str:
+    """The plan's table with its "N more" lines naming the flag that lists every key."""
+    return plan.render(limit=limit, more_hint=MORE_HINT)
+
+
+def _would_refuse(plan, model, acceptance) -> None:
+    """A dry run says on stderr when the graft itself would be refused."""
+    import warnings
+
+    from ..errors import InexactGraftError
+    from ..grafting.exactness import check_exact
+    from ..grafting.planner import head_keys
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check_exact(plan, head_keys(model), **acceptance)
+    except InexactGraftError as exc:
+        print(f"torchgraft graft: the graft would be refused: {exc}", file=sys.stderr)
+
+
+def _said_plan(path: Path | None, args: argparse.Namespace) -> None:
+    """Where ``--plan-out`` wrote, after the table (on stderr under ``--json``)."""
+    if path is not None:
+        again = shlex.quote(str(path))
+        print(
+            f"wrote the plan to {path}; edit it, then apply it with --plan {again}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
 
 
 def _read_plan(path: str) -> dict[str, str | None]:
@@ -129,7 +184,8 @@ def _read_plan(path: str) -> dict[str, str | None]:
     return {e.target: e.source if e.action.loads else None for e in plan.entries}
 
 
-def _write_plan(plan, path: Path) -> None:
+def _write_plan(plan, path: Path) -> Path:
+    """Write the editable plan; returns its absolute path."""
     import yaml
 
     from ..atomic import atomic_write_text
@@ -138,7 +194,10 @@ def _write_plan(plan, path: Path) -> None:
         "# torchgraft graft plan: edit 'source' (or set action: missing) and apply with --plan.\n"
         "# Actions are recomputed from the shapes when the plan is applied.\n"
     )
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)  # like -o and the run's plots
     atomic_write_text(path, header + yaml.safe_dump(plan.to_dict(), sort_keys=False))
+    return path
 
 
 def _write_output(path: Path, model, report, weights) -> None:
@@ -154,5 +213,7 @@ def _write_output(path: Path, model, report, weights) -> None:
         "mapping": report.mapping,
         "report": report.to_dict(),
     }
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_grafted(path, model.state_dict(), sidecar)
     report.notes.append(f"wrote {path} and {path.with_suffix('.json')}")

@@ -7,6 +7,12 @@ conv, preprocessing, class names, and the layer groups with their parameter coun
 ``--print-groups`` it also applies a freezing policy and prints what trains and the optimizer
 parameter groups it would get (LR, weight decay, sizes, a few names), warning about frozen
 parameters in an optimizer — the audit ``train --print-groups`` will print.
+
+For a checkpoint it also names the zoo architecture whose state_dict has the same keys and
+shapes (``architecture: torchvision:resnet50 — 320/320 keys and shapes``), or the nearest
+ones, from an index built once per library version (:mod:`torchgraft.zoo.identify`);
+``--no-identify`` skips it. Keys and names read from a file are data: they are printed with
+control characters escaped and never as console markup.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", action="store_true", help="for a checkpoint: show its EMA weights")
     add_checkpoint_safety_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--no-identify",
+        dest="identify",
+        action="store_false",
+        help="for a checkpoint: do not look for the zoo architecture it comes from",
+    )
     audit = parser.add_argument_group("fine-tuning audit (model specs)")
     audit.add_argument(
         "--print-groups", action="store_true", help="show the freeze summary and optimizer groups"
@@ -51,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = read_checkpoint(
             path, ema=args.ema, allow_globals=args.allow_global, trust=args.trust_checkpoint
         )
-        document = describe_checkpoint(checkpoint)
+        document = describe_checkpoint(checkpoint, identify=args.identify)
         if args.json:
             print_json(document)
         else:
@@ -72,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_checkpoint(checkpoint) -> dict[str, Any]:
+def describe_checkpoint(checkpoint, identify: bool = False) -> dict[str, Any]:
+    """The checkpoint's format, sizes and tensors; with ``identify``, also ``architecture``:
+    the zoo architecture it comes from (:meth:`Identification.to_dict`), or None."""
     dtypes = Counter(str(t.dtype).replace("torch.", "") for t in checkpoint.tensors.values())
     return {
         "kind": "checkpoint",
@@ -89,7 +103,31 @@ def describe_checkpoint(checkpoint) -> dict[str, Any]:
             {"key": k, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
             for k, t in checkpoint.tensors.items()
         ],
+        "architecture": _architecture(checkpoint.tensors) if identify else None,
     }
+
+
+def _architecture(tensors) -> dict[str, Any]:
+    """The identification as a dict; a failure is reported in it, never raised (the rest of
+    the description stands on its own)."""
+    from ..zoo.identify import identify
+    from .output import stderr
+
+    def note(library: str, count: int) -> None:
+        # Only the first time (or after an upgrade): later calls read the index.
+        stderr.print(
+            f"indexing {count} {library} architectures to identify the checkpoint (once per "
+            "version; minutes for all of timm; --no-identify skips it)",
+            markup=False,
+            highlight=False,
+        )
+
+    try:
+        found = identify({k: tuple(t.shape) for k, t in tensors.items()}, on_build=note)
+    except Exception as exc:  # identification is an extra: inspect still shows the tensors
+        error = f"{type(exc).__name__}: {exc}"
+        return {"error": error, "summary": f"not identified ({error})"}
+    return found.to_dict()
 
 
 def describe_model(
@@ -150,21 +188,36 @@ def _audit(model, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_checkpoint(doc: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    from ..data.scan import printable
     from .output import human_bytes, human_count, stdout, table
 
+    # Keys come from the file: control characters escaped, and no rich markup ("[red]").
     rows = [
-        (t["key"], "×".join(map(str, t["shape"])) or "scalar", t["dtype"]) for t in doc["tensors"]
+        (escape(printable(t["key"])), "×".join(map(str, t["shape"])) or "scalar", t["dtype"])
+        for t in doc["tensors"]
     ]
     stdout.print(table(None, ("key", "shape", "dtype"), rows))
     container = f", inside '{doc['container']}'" if doc["container"] else ""
     dtypes = ", ".join(f"{k} {v}" for k, v in doc["dtypes"].items())
-    stdout.print(
+    _plain(
         f"{doc['path']}: {doc['format']}{container}; {doc['num_tensors']} tensors, "
         f"{human_count(doc['num_elements'])} elements, {human_bytes(doc['bytes'])} ({dtypes})"
     )
     if doc["set_aside"]:
         aside = ", ".join(f"{k} ({v})" for k, v in list(doc["set_aside"].items())[:8])
-        stdout.print(f"set aside (not tensors): {aside}")
+        _plain(f"set aside (not tensors): {aside}")
+    if doc.get("architecture"):
+        _plain(f"architecture: {doc['architecture']['summary']}")
+
+
+def _plain(text: str) -> None:
+    """One line of text from a file: control characters escaped, never read as markup."""
+    from ..data.scan import printable
+    from .output import stdout
+
+    stdout.print(printable(text), markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_model(doc: dict[str, Any]) -> None:

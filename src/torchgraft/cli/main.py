@@ -12,9 +12,12 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TorchgraftError
+from ..wording import speaking_cli
 from . import eval_cmd, graft_cmd, inspect_cmd, models_cmd, predict_cmd, train_cmd
 
-#: Subcommand modules, each with ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
+#: Subcommand modules, each with ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``;
+#: optionally ``FLAGS``, ``{python_argument: flag}`` where the command's flag differs from
+#: :data:`torchgraft.wording.CLI_FLAGS` (how library messages name options).
 COMMANDS = (train_cmd, eval_cmd, predict_cmd, graft_cmd, inspect_cmd, models_cmd)
 
 
@@ -60,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     try:
-        return int(args.run(args) or 0)
+        # Messages raised inside name this command's flags, not the Python arguments.
+        with speaking_cli(getattr(_command(args.command), "FLAGS", None)):
+            return int(args.run(args) or 0)
     except TorchgraftError as exc:
         if args.debug:
             raise

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import DataError
 from ..model.spec import Preprocessing
+from ..wording import option
 from .images import UnreadableImageError
 from .loaders import MemoryLoader, StreamLoader
 from .scan import BadImage, describe_bad, scan_images
@@ -97,7 +98,7 @@ def prepare_data(
     memory_limit_mb: int = 1024,
     on_bad_image: str = "stop",
     workers: int = 0,
-    skip_hint: str = "--data.on_bad_image skip",
+    skip_hint: str | None = None,
 ) -> PreparedData:
     """Decode or scan every sample; stop on bad files or leave them out, as asked.
 
@@ -109,7 +110,8 @@ def prepare_data(
         memory_limit_mb: see ``in_memory``.
         on_bad_image: ``"stop"`` (raise with the list) or ``"skip"``.
         workers: threads for decoding and scanning; processes for streaming.
-        skip_hint: how the caller's user asks for ``"skip"`` (named in the error).
+        skip_hint: how the caller's user asks for ``"skip"`` (named in the error); default:
+            ``on_bad_image`` as :func:`torchgraft.wording.option` spells it for the caller.
 
     Raises:
         DataError: bad files with ``"stop"``; a split or class left empty after skipping.
@@ -130,7 +132,8 @@ def prepare_data(
     if found and on_bad_image == "stop":
         raise DataError(
             describe_bad(sorted(found, key=lambda b: str(b.path)))
-            + f"\nFix or remove them, or run again with {skip_hint} to leave them out."
+            + "\nFix or remove them, or run again with "
+            + f"{skip_hint or option('on_bad_image', 'skip')} to leave them out."
         )
     if found:
         source, images = _without_bad(source, images, bad)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import ConfigError
 from .config_checks import describe_errors, reference_problems, semantic_problems, summary
 from .config_model import (
+    CONFIG_OPTIONS,
     DEFAULT_SOURCE_MODEL,
     DEFAULT_WEIGHTS,
     DataConfig,
@@ -43,6 +44,7 @@ from .config_model import (
 )
 
 __all__ = [
+    "CONFIG_OPTIONS",
     "DEFAULT_SOURCE_MODEL",
     "DEFAULT_WEIGHTS",
     "DataConfig",

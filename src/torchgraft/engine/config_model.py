@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "CONFIG_OPTIONS",
     "DEFAULT_SOURCE_MODEL",
     "DEFAULT_WEIGHTS",
     "SCHEDULE_MODELS",
@@ -39,6 +40,27 @@ DEFAULT_WEIGHTS = (
 )
 #: The original EfficientNet-Lite0 architecture (package ``efficientnet-lite-pytorch``).
 DEFAULT_SOURCE_MODEL = "efficientnet_lite_pytorch:EfficientNet.from_name('efficientnet-lite0')"
+
+#: Library argument -> the config key a run sets it with, so that a message raised during a
+#: run (``lower min_coverage``) names what the run's author wrote (``graft.min_coverage``);
+#: see :mod:`torchgraft.wording`.
+CONFIG_OPTIONS = {
+    "min_coverage": "graft.min_coverage",
+    "strategy": "graft.strategy",
+    "rules": "graft.rules",
+    "source_model": "graft.verify_with",
+    "tolerance": "graft.tolerance",
+    "allow_partial": "graft.allow_partial",
+    "allow_uncertain": "graft.allow_uncertain",
+    "allow_globals": "weights.allow_globals",
+    "ema": "weights.ema",
+    "in_chans": "model.in_chans",
+    "num_classes": "head.num_classes",
+    "keep_classes": "head.keep_classes",
+    "dropout": "head.dropout",
+    "hidden": "head.hidden",
+    "on_bad_image": "data.on_bad_image",
+}
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -83,6 +105,10 @@ class GraftConfig(Section):
     min_coverage: Fraction = 0.5
     verify_with: str | None = DEFAULT_SOURCE_MODEL
     tolerance: PositiveFloat = 1e-4
+    #: accept keys outside the head left unloaded: true, or glob patterns of the keys
+    allow_partial: bool | list[str] = False
+    #: accept pairings that order only suggested (a warning; verify such a graft)
+    allow_uncertain: bool = False
 
 
 class HeadConfig(Section):

@@ -32,8 +32,9 @@ from ..data.transforms import resolve_preprocessing
 from ..errors import ConfigError
 from ..grafting.api import graft
 from ..model.spec import attach_spec
+from ..wording import in_cli, option, renamed
 from .artifacts import build_architecture, save_model
-from .config import RunConfig, load_config
+from .config import CONFIG_OPTIONS, RunConfig, load_config
 from .console import RunConsole
 from .outputs import final_rows, graft_lines, write_plots
 from .run_dir import RunDirectory
@@ -45,7 +46,7 @@ from .state import clean_temporaries, load_state, save_state
 __all__ = ["Run", "fit"]
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     """The outcome of :func:`fit`.
 
@@ -64,6 +65,17 @@ class Run:
     test: dict[str, Any] | None = None
     model: nn.Module | None = field(default=None, repr=False)
     seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        # The history holds a row per epoch and split: the REPL shows the outcome instead.
+        epochs = len({row.get("epoch") for row in self.history})
+        scores = ", ".join(
+            f"{key} {value:.4g}"
+            for key, value in self.best.items()
+            if key in ("acc1", "loss") and isinstance(value, (int, float))
+        )
+        best = f"best epoch {self.best.get('epoch')}" + (f" ({scores})" if scores else "")
+        return f"<Run {self.dir}: {best}, {epochs} epochs in {self.seconds:.0f} s>"
 
 
 def fit(
@@ -94,7 +106,12 @@ def fit(
         >>> run = tg.fit({"data": {"source": "photos/"}, "train": {"epochs": 5}})
         >>> model = tg.load(run.dir)
     """
-    console = console or RunConsole()
+    # Inside a run, options are config keys: a graft that falls short says graft.min_coverage.
+    with renamed(CONFIG_OPTIONS):
+        return _fit(config, overrides, resume, console or RunConsole())
+
+
+def _fit(config, overrides, resume, console: RunConsole) -> Run:
     config, run_dir, state = _open(config, overrides, resume)
     _seed(config.train.seed)
     source = discover(
@@ -123,7 +140,11 @@ def fit(
         _epochs(config, setup, data, session, run_dir, console, first)
     except KeyboardInterrupt:
         console.stop_progress()
-        console.line(f"interrupted; continue with: torchgraft train --resume {run_dir.path}")
+        again = option("resume", str(run_dir.path))
+        console.line(
+            "interrupted; continue with: "
+            + (f"torchgraft train {again}" if in_cli() else f"tg.fit({again})")
+        )
         raise
     return _finish(config, run_dir, session, console, time.perf_counter() - started)
 
@@ -176,7 +197,9 @@ def _open(config, overrides, resume) -> tuple[RunConfig, RunDirectory, dict[str,
         directory = RunDirectory.create(config.output.dir, config.output.name, config.model.name)
         return config, directory, None
     if config is not None:
-        raise ConfigError("--resume continues a run with its own config.yaml; pass overrides only")
+        raise ConfigError(
+            f"{option('resume')} continues a run with its own config.yaml; pass overrides only"
+        )
     directory = RunDirectory(Path(resume))
     saved = directory.file("config.yaml")
     if not saved.is_file():

@@ -141,7 +141,7 @@ def evaluate_folder(
     *,
     on_bad_image: str = "stop",
     batch_size: int = 256,
-    skip_hint: str = "on_bad_image='skip'",
+    skip_hint: str | None = None,
 ) -> tuple[EvalResult, PreparedData]:
     """Metrics of ``model`` on a labelled dataset: a folder of class subfolders, a folder with
     ``test/`` (else ``val/``) split folders, or a CSV of ``path,label``.

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError
+from ..wording import option
 
 __all__ = ["CSV_FIELDS", "RunDirectory"]
 
@@ -79,7 +80,7 @@ class RunDirectory:
             if candidate.exists() and any(candidate.iterdir()):
                 raise ConfigError(
                     f"output.name: {candidate} already holds files; choose another name, or "
-                    f"continue that run with --resume {candidate}"
+                    f"continue that run with {option('resume', str(candidate))}"
                 )
         candidate.mkdir(parents=True, exist_ok=True)
         return cls(candidate)

@@ -25,7 +25,7 @@ from ..model.spec import ModelSpec
 from ..model.stem import replace_input_channels
 from ..policies.initializers import InitSummary, init_new_layers
 from ..zoo import build_model
-from ..zoo.grafts import resolve_source_model
+from ..zoo.grafts import identified_architecture, resolve_source_model
 from .config import RunConfig
 
 __all__ = ["ModelSetup", "build_document", "build_run_model"]
@@ -110,6 +110,9 @@ def _graft(config: RunConfig, model: nn.Module, built, source_classes):
         source_classes=source_classes if config.head.keep_classes else None,
         keep_classes=config.head.keep_classes,
         source_model=source_model,
+        allow_partial=config.graft.allow_partial,
+        allow_uncertain=config.graft.allow_uncertain,
+        identify=identified_architecture,
     )
     verification = None
     if source_model is not None:

@@ -8,16 +8,19 @@ and then hand to these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import GraftError
+from ..wording import in_cli, option
 from .apply import apply_plan
+from .bn_statistics import settle_by_statistics
 from .exactness import AllowPartial, check_exact
-from .planner import check_strategy, head_keys, make_plan, plan_from_mapping, rebuild_plan
+from .planner import check_strategy, head_keys, make_plan, plan_from_mapping, plan_rebuilder
 from .report import GraftPlan, GraftReport, percent
 from .resolve import resolve_ties
 from .rules import RenameRules
@@ -51,6 +54,8 @@ def plan_graft(
     allow_globals: Sequence[str] = (),
     trust: bool = False,
     source_model: nn.Module | None = None,
+    probe_images: torch.Tensor | None = None,
+    identify: Callable[[SourceWeights], tuple[nn.Module, str] | None] | None = None,
 ) -> GraftPlan:
     """The full plan for grafting ``source`` into ``model``, without touching the model.
 
@@ -70,6 +75,12 @@ def plan_graft(
             registration order tells apart same-shaped siblings in a name-sorted checkpoint,
             and siblings that only order could tell apart are settled by running it side by
             side with the target (:mod:`.resolve`).
+        identify: called when order left pairings unproven and no ``source_model`` is given:
+            the source architecture identified from the weights' names and shapes (a
+            module) with a note, or None (``torchgraft.plan_graft`` passes the zoo's index).
+        probe_images: a normalised batch of the user's images, for settling ties by the
+            source's BatchNorm statistics when no source architecture is given
+            (:mod:`.bn_statistics`; default: synthetic images).
 
     Raises:
         GraftError: unknown strategy, or the strategy's own refusal (``exact``, ``order``).
@@ -81,29 +92,49 @@ def plan_graft(
         )
     check_strategy(strategy)
     weights = read_source(source, ema=ema, allow_globals=allow_globals, trust=trust)
+    options = {
+        "strategy": strategy,
+        "rules": rules,
+        "in_chans_mode": in_chans_mode,
+        "pick": pick,
+        "source_classes": source_classes,
+        "keep_classes": keep_classes,
+    }
     plan = make_plan(
         model,
         weights,
-        strategy=strategy,
-        rules=rules,
-        in_chans_mode=in_chans_mode,
-        pick=pick,
-        source_classes=source_classes,
-        keep_classes=keep_classes,
+        **options,
         source_order=tuple(source_model.state_dict()) if source_model is not None else None,
     )
+    if plan.ties and source_model is None and identify is not None:
+        found = identify(weights)
+        if found is not None:
+            source_model, note = found
+            plan = make_plan(
+                model, weights, **options, source_order=tuple(source_model.state_dict())
+            )
+            plan.notes.append(note)
     if plan.ties and source_model is not None:
         plan = _settle_ties(plan, model, source_model, weights, strategy)
+    elif plan.ties:
+        plan = _settle_by_statistics(plan, model, weights, strategy, probe_images)
     return plan
+
+
+def _settle_by_statistics(plan, model, weights: SourceWeights, strategy, images) -> GraftPlan:
+    rebuild = plan_rebuilder(model, weights, strategy=strategy)
+    try:
+        return settle_by_statistics(plan, model, weights.checkpoint.tensors, rebuild, images)
+    except Exception as exc:  # the user's model code can raise anything
+        plan.notes.append(f"bn-statistics: the model could not be run to settle ties ({exc})")
+        return plan
 
 
 def _settle_ties(plan, model, source_model, weights: SourceWeights, strategy) -> GraftPlan:
     """Run the source architecture to settle order-only ties; a source that cannot run
     (no forward, another input shape) leaves the plan as it was, with a note saying why."""
 
-    def rebuild(correspondence):
-        return rebuild_plan(model, weights, correspondence, strategy=strategy)
-
+    rebuild = plan_rebuilder(model, weights, strategy=strategy)
     try:
         reference = reference_model(source_model, weights.checkpoint.tensors)
         return resolve_ties(plan, model, reference, weights.checkpoint.tensors, rebuild)
@@ -168,7 +199,8 @@ def graft(
             f"{percent(plan.coverage)} of the target's parameter elements (minimum "
             f"{min_coverage:.0%}); "
             f"{len(plan.missing)} target keys get nothing, e.g. {', '.join(plan.missing[:4])}. "
-            "Check --dry-run, try another --strategy, or lower --min-coverage if this is intended"
+            f"Check {'--dry-run' if in_cli() else 'plan_graft(...)'}, try another "
+            f"{option('strategy')}, or lower {option('min_coverage')} if this is intended"
         )
     accepted = check_exact(
         plan, head_keys(model), allow_partial=allow_partial, allow_uncertain=allow_uncertain

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..wording import listing
 
 __all__ = ["CONTAINER_KEYS", "EMA_KEYS", "MAX_DEPTH", "Checkpoint", "from_object"]
 
@@ -26,7 +27,7 @@ EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema", "model_ema_s
 MAX_DEPTH = 32
 
 
-@dataclass
+@dataclass(repr=False)
 class Checkpoint:
     """A checkpoint read into memory (tensors possibly memory-mapped).
 
@@ -57,6 +58,16 @@ class Checkpoint:
     @property
     def num_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def __repr__(self) -> str:
+        # One line; the tensors are in .tensors (a default repr would print every one).
+        kind = self.format + (f", {self.container}" if self.container else "")
+        aside = f"; set aside: {listing(self.set_aside)}" if self.set_aside else ""
+        origin = self.origin if len(self.origin) <= 60 else "…" + self.origin[-59:]
+        return (
+            f"<Checkpoint {origin} [{kind}]: {len(self.tensors)} tensors "
+            f"({listing(self.tensors, 2)}), {self.num_elements:,} elements{aside}>"
+        )
 
 
 def from_object(obj: Any, kind: str, origin: str, ema: bool) -> Checkpoint:

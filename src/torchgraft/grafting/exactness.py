@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Collection, Sequence
 
 from ..errors import GraftWarning, InexactGraftError
+from ..wording import in_cli, option
 from .correspondence import EVIDENCE
 from .report import GraftPlan, KeyPlan, group_keys
 
@@ -57,13 +58,15 @@ def check_exact(
     notes = []
     if unloaded:
         notes.append(
-            f"accepted as partial (allow_partial): {len(unloaded)} target keys keep their own "
+            f"accepted as partial ({option('allow_partial')}): {len(unloaded)} target keys keep "
+            "their own "
             f"values: {', '.join(group_keys(e.target for e in unloaded)[:SHOWN])}"
         )
     if uncertain:
         message = (
-            f"accepted unproven pairings (allow_uncertain): {len(uncertain)} target keys "
-            f"loaded on {_kinds(uncertain)}; verify the graft (verify_graft) before trusting it"
+            f"accepted unproven pairings ({option('allow_uncertain')}): {len(uncertain)} target "
+            f"keys loaded on {_kinds(uncertain)}; verify the graft ({option('source_model')}) "
+            "before trusting it"
         )
         warnings.warn(message, GraftWarning, stacklevel=3)
         notes.append(message)
@@ -113,11 +116,16 @@ def _refusal(plan: GraftPlan, unloaded: list[KeyPlan], uncertain: list[KeyPlan])
             f"({_kinds(uncertain)}):"
         )
         lines += _listing(uncertain, lambda e: f"← {e.source.rpartition('.')[0]} [{e.evidence}]")
+    if in_cli():
+        edited = "an edited plan (--plan-out PLAN.yaml, edit, --plan PLAN.yaml)"
+    else:
+        edited = "an edited plan (plan_graft(...).to_dict(), edited, then plan=)"
     lines.append(
-        "ways out: give the source architecture (source_model=) so order is settled by "
-        "running it; rename rules (strategy='rules', rules=); an edited plan "
-        "(plan_graft(...).to_dict(), then plan=); or accept on purpose: "
-        "allow_partial=True or glob patterns of the keys, allow_uncertain=True"
+        f"ways out: give the source architecture ({option('source_model', 'SPEC')}) so order "
+        f"is settled by running it; rename rules ({option('strategy', 'rules')} "
+        f"{option('rules', 'RULES.yaml')}); {edited}; or accept on purpose: "
+        f"{option('allow_partial', True)} (or glob patterns of the keys), "
+        f"{option('allow_uncertain', True)}"
     )
     return "\n".join(lines)
 

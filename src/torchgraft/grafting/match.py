@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import GraftError
+from ..wording import option
 from .adapt import propose
 from .correspondence import Match, MatchContext, TensorInfo, is_float, pair_counters
 from .report import Action
@@ -61,7 +62,8 @@ def match_exact(source, target, context: MatchContext) -> Match:
         raise GraftError(
             "strategy 'exact' found differences; "
             + "; ".join(parts)
-            + ". Use --strategy shape to skip them or auto to match names by structure"
+            + f". Use {option('strategy', 'shape')} to skip them or {option('strategy', 'auto')} "
+            "to match names by structure"
         )
     return Match.of({k: k for k in target}, "name")
 
@@ -87,7 +89,7 @@ def match_order(source, target, context: MatchContext) -> Match:
                 f"strategy 'order' stopped at pair #{index}: target '{t_key}' "
                 f"{list(target[t_key][0])} and source '{s_key}' {list(source[s_key][0])} "
                 f"cannot be reconciled ({detail}). The orders differ from here on; try "
-                "--strategy auto"
+                f"{option('strategy', 'auto')}"
             )
         match.pair(t_key, s_key, "stored-order")
     if len(s_keys) != len(t_keys):
@@ -106,7 +108,7 @@ def match_rules(source, target, context: MatchContext) -> Match:
         GraftError: no rules given, or two source keys renamed to one target key.
     """
     if context.rules is None:
-        raise GraftError("strategy 'rules' needs rename rules (--rules RULES.yaml or rules=...)")
+        raise GraftError(f"strategy 'rules' needs rename rules ({option('rules', 'RULES.yaml')})")
     renamed: dict[str, str] = {}
     for key in source:
         new = context.rules.apply(key)

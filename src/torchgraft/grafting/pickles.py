@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, UnsafeCheckpointError
+from ..wording import option
 
 __all__ = ["short_reason", "torch_load"]
 
@@ -60,7 +61,7 @@ def torch_load(path: Path, kind: str, allow_globals: Sequence[str], trust: bool,
         raise UnsafeCheckpointError(
             f"{path}: refusing to load: the pickle wants {', '.join(wanted)}, outside torch's "
             "safe list (unpickling them could run code). If you trust the file, allow them by "
-            "name (--allow-global NAME, allow_globals=[...]) or use --trust-checkpoint (trust=True)",
+            f"name ({option('allow_globals', wanted)}) or use {option('trust', True)}",
             wanted,
         )
     raise CheckpointError(f"{path}: cannot be read as a torch file: {short_reason(error)}")

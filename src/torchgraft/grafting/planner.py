@@ -30,6 +30,7 @@ __all__ = [
     "head_keys",
     "make_plan",
     "plan_from_mapping",
+    "plan_rebuilder",
     "rebuild_plan",
     "tensor_infos",
 ]
@@ -88,6 +89,24 @@ def rebuild_plan(
     )
     _describe_source(plan, weights, model)
     return plan
+
+
+def plan_rebuilder(model: nn.Module, weights: SourceWeights, *, strategy: str):
+    """``callable(Match) -> GraftPlan`` for many correspondences between one model and one
+    source (trials while settling ties): the tables and the adaptation context are computed
+    once, not per call (finding the model's anatomy runs it)."""
+    target = tensor_infos(model.state_dict())
+    source_infos = tensor_infos(weights.checkpoint.tensors)
+    context = _adapt_context(model, target, None, None, weights.classes)
+
+    def rebuild(match: Match) -> GraftPlan:
+        plan = build_plan(
+            match, source_infos, target, context, adapt=strategy != "shape", strategy=strategy
+        )
+        _describe_source(plan, weights, model)
+        return plan
+
+    return rebuild
 
 
 def plan_from_mapping(

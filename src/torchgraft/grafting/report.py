@@ -94,7 +94,7 @@ class KeyPlan:
             raise GraftError(f"invalid plan entry {dict(data)!r}: {exc}") from None
 
 
-@dataclass
+@dataclass(repr=False)
 class GraftPlan:
     """Everything a graft will do, computed without touching the target.
 
@@ -232,8 +232,10 @@ class GraftPlan:
         )
 
     # --- rendering -----------------------------------------------------------------------
-    def render(self, limit: int | None = 12) -> str:
-        """The grouped table; ``limit`` lines per section (None: all)."""
+    def render(self, limit: int | None = 12, more_hint: str | None = None) -> str:
+        """The grouped table; ``limit`` lines per section (None: all). ``more_hint`` says how
+        to see a cut list (default: ``render(limit=None)``; the CLI says ``--all``)."""
+        hint = more_hint or "render(limit=None) lists all"
         lines = [
             f"graft {self.strategy}: {self.source or 'source'} "
             f"[{self.source_format or '?'}{', ' + self.container if self.container else ''}]",
@@ -262,7 +264,7 @@ class GraftPlan:
             shown = body if limit is None else body[:limit]
             lines += [f"  {line}" for line in shown]
             if len(shown) < len(body):
-                lines.append(f"  … {len(body) - len(shown)} more (to_json() lists all)")
+                lines.append(f"  … {len(body) - len(shown)} more ({hint})")
         if self.set_aside:
             lines.append("set aside (not tensors): " + ", ".join(sorted(self.set_aside)[:8]))
         return "\n".join(lines)
@@ -270,8 +272,16 @@ class GraftPlan:
     def __str__(self) -> str:
         return self.render()
 
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items() if v)
+        unsure = f", {len(self.uncertain)} unproven" if self.uncertain else ""
+        return (
+            f"<{type(self).__name__} {self.strategy} from {self.source or 'source'}: coverage "
+            f"{percent(self.coverage)}, {counts}{unsure}>"
+        )
 
-@dataclass
+
+@dataclass(repr=False)
 class GraftReport(GraftPlan):
     """A plan that was applied; ``verification`` holds the output comparison when one ran."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from .correspondence import Match
 from .report import GraftPlan
 from .verify import probe_input
 
-__all__ = ["EXACT", "MAX_GROUP", "resolve_ties"]
+__all__ = ["EXACT", "MAX_GROUP", "Judge", "resolve_ties", "settle", "tie_blocks"]
 
 #: Largest tie group whose permutations are tried, and most trials per block.
 MAX_GROUP = 4
@@ -41,6 +41,11 @@ MAX_TRIALS = 24
 EXACT = 1e-4
 
 
+#: A judge: ``(target block, source block, trials, run) -> (index of the chosen trial or
+#: None, a note)``; ``run(trial)`` grafts a trial into the trial model and returns it.
+Judge = Callable[[str, str, list[dict], Callable[[dict], nn.Module]], tuple[int | None, str]]
+
+
 def resolve_ties(
     plan: GraftPlan,
     target: nn.Module,
@@ -48,7 +53,8 @@ def resolve_ties(
     tensors: Mapping[str, torch.Tensor],
     rebuild,
 ) -> GraftPlan:
-    """A plan whose registration-order ties are settled by comparing model outputs.
+    """A plan whose unproven ties are settled by comparing the blocks' outputs with the
+    source architecture's (evidence ``architecture``).
 
     Args:
         plan: the plan with ``plan.ties``; returned unchanged when it has none.
@@ -58,27 +64,80 @@ def resolve_ties(
         rebuild: ``callable(Match) -> GraftPlan`` that turns a correspondence into a plan
             (the caller's ``build_plan`` with its adaptation context).
     """
-    if not plan.ties:
-        return plan
-    trial_model = copy.deepcopy(target)
     example = probe_input(target)
+
+    def judge(target_block, source_block, trials, run):
+        expected = _output_of(reference, source_block, example)
+        if expected is None:
+            return None, ""
+        differences = []
+        for trial in trials:
+            got = _output_of(run(trial), target_block, example)
+            if got is None or got.shape != expected.shape:
+                return None, ""  # the blocks cannot be compared: leave the group as it was
+            scale = expected.abs().max().clamp_min(1e-12)
+            differences.append(float((got - expected).abs().max() / scale))
+        best = min(range(len(trials)), key=differences.__getitem__)
+        return (best if differences[best] <= EXACT else None), ""
+
+    settled, summary = settle(plan, target, tensors, rebuild, judge, "architecture")
+    settled.notes.append(
+        f"resolve: {summary['settled']} of {summary['blocks']} block(s) of same-shaped siblings "
+        "proven by running the source architecture side by side"
+    )
+    return settled
+
+
+def settle(plan: GraftPlan, target: nn.Module, tensors, rebuild, judge: Judge, evidence: str):
+    """Try every assignment of each block's tie groups (blocks in forward order, so each
+    sees the inputs already settled) and keep what ``judge`` chooses, its keys marked with
+    ``evidence``. Returns the new plan and ``{"blocks", "settled", "notes"}``."""
+    summary: dict = {"blocks": 0, "settled": 0, "notes": []}
+    if not plan.ties:
+        return plan, summary
+    trial_model = copy.deepcopy(target)
     pairs = {e.target: (e.source, e.evidence) for e in plan.entries if e.source and e.action.loads}
-    target_keys = set(target.state_dict())
-    settled = 0
-    for block, groups in _blocks(plan.ties, tensors, target_keys):
-        best = _best_assignment(
-            block, groups, pairs, tensors, trial_model, reference, example, rebuild
-        )
-        if best is not None:
-            pairs = best
-            settled += 1
-    resolved = rebuild(_as_match(pairs))
-    resolved.notes = [
-        *plan.notes,
-        f"resolve: same-shaped siblings in {settled} of {len(_blocks(plan.ties, tensors, target_keys))} "
-        "block(s) proven by running the source architecture side by side",
-    ]
-    return resolved
+    target_keys = list(target.state_dict())
+
+    def run(trial):
+        _apply(trial_model, rebuild(_as_match(trial)), tensors)
+        return trial_model
+
+    for (target_block, source_block), groups in tie_blocks(plan.ties, tensors, target_keys):
+        summary["blocks"] += 1
+        trials = _trials(groups, pairs, tensors, evidence)
+        if len(trials) < 2:
+            continue
+        chosen, note = judge(target_block, source_block, trials, run)
+        if note:
+            summary["notes"].append(note)
+        if chosen is not None:
+            pairs = trials[chosen]
+            summary["settled"] += 1
+    settled = rebuild(_as_match(pairs))
+    settled.notes = list(plan.notes) + summary["notes"]
+    return settled, summary
+
+
+def _trials(groups, pairs, tensors, evidence: str) -> list[dict]:
+    """Every assignment of the groups' sources to their targets (at most MAX_TRIALS)."""
+    choices = [list(itertools.permutations([s for s, _ in g])) for g in groups]
+    if _count(choices) > MAX_TRIALS:
+        return []
+    trials = []
+    for combination in itertools.product(*choices):
+        trial = dict(pairs)
+        for group, order in zip(groups, combination, strict=True):
+            current = {t: s for s, t in group}
+            targets = [t for _, t in group]
+            trial = _reassign(
+                trial, dict(zip(targets, order, strict=True)), current, tensors, evidence
+            )
+            if trial is None:
+                break
+        if trial is not None:
+            trials.append(trial)
+    return trials
 
 
 def _as_match(pairs) -> Match:
@@ -88,56 +147,38 @@ def _as_match(pairs) -> Match:
     return match
 
 
-def _blocks(ties, tensors, target_keys):
-    """Tie groups as module pairs, merged per enclosing target block, in target order.
+def tie_blocks(ties, tensors, target_keys: list[str]):
+    """Tie groups as module pairs, merged per enclosing target block, blocks in forward
+    (target state_dict) order.
 
     A tie can pair tensors (two BatchNorm weights) or modules (two convs); both become the
     module pairs that own them, and groups in one block are tried together, since a conv
     and its BatchNorm must move together.
     """
+    keys = set(target_keys)
     blocks: dict[tuple[str, str], list[list[tuple[str, str]]]] = {}
     for group in ties:
-        modules = list(
-            dict.fromkeys((_owner(s, tensors), _owner(t, target_keys)) for s, t in group)
-        )
+        modules = list(dict.fromkeys((_owner(s, tensors), _owner(t, keys)) for s, t in group))
         if len(modules) < 2 or len(modules) > MAX_GROUP:
             continue
         key = (_enclosing([t for _, t in modules]), _enclosing([s for s, _ in modules]))
         blocks.setdefault(key, []).append(modules)
-    return list(blocks.items())
+    position = {k: i for i, k in enumerate(target_keys)}
+
+    def first_key(item) -> int:
+        targets = [t for group in item[1] for _, t in group]
+        return min(
+            (i for k, i in position.items() if any(k.startswith(t + ".") for t in targets)),
+            default=len(position),
+        )
+
+    # forward order; at one position, deeper blocks first (a block's own norms are settled
+    # before the blocks around it are compared)
+    return sorted(blocks.items(), key=lambda item: (first_key(item), -item[0][0].count(".")))
 
 
 def _owner(path: str, keys) -> str:
     return path.rpartition(".")[0] if path in keys else path
-
-
-def _best_assignment(block, groups, pairs, tensors, model, reference, example, rebuild):
-    target_block, source_block = block
-    expected = _output_of(reference, source_block, example)
-    choices = [list(itertools.permutations([s for s, _ in g])) for g in groups]
-    if expected is None or _count(choices) > MAX_TRIALS:
-        return None
-    scored = []
-    for combination in itertools.product(*choices):
-        trial = dict(pairs)
-        for group, order in zip(groups, combination, strict=True):
-            current = {t: s for s, t in group}
-            targets = [t for _, t in group]
-            trial = _reassign(trial, dict(zip(targets, order, strict=True)), current, tensors)
-            if trial is None:
-                break
-        if trial is None:
-            continue
-        _apply(model, rebuild(_as_match(trial)), tensors)
-        got = _output_of(model, target_block, example)
-        if got is None or got.shape != expected.shape:
-            return None  # the blocks cannot be compared: leave the group as it was
-        difference = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-        scored.append((difference, trial))
-    if not scored:
-        return None
-    difference, best = min(scored, key=lambda item: item[0])
-    return best if difference <= EXACT else None
 
 
 def _count(choices) -> int:
@@ -180,7 +221,7 @@ def _output_of(model: nn.Module, path: str, example: torch.Tensor) -> torch.Tens
     return captured.get("out")
 
 
-def _reassign(pairs, assignment, current, tensors):
+def _reassign(pairs, assignment, current, tensors, evidence: str):
     """``pairs`` with each target module of the group fed from the source module
     ``assignment`` names; None if some key has no counterpart there."""
     result = dict(pairs)
@@ -192,7 +233,7 @@ def _reassign(pairs, assignment, current, tensors):
             candidate = new_source + source_key[len(old_source) :]
             if candidate not in tensors:
                 return None
-            result[key] = (candidate, "architecture")
+            result[key] = (candidate, evidence)
     return result
 
 

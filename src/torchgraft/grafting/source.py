@@ -24,13 +24,18 @@ __all__ = ["Source", "SourceWeights", "looks_like_spec", "read_options", "read_s
 Source = str | os.PathLike | Mapping[str, Any] | nn.Module
 
 
-@dataclass
+@dataclass(repr=False)
 class SourceWeights:
     """A checkpoint plus what is known about where it came from."""
 
     checkpoint: Checkpoint
     classes: tuple[str, ...] | None = None
     order: tuple[str, ...] | None = None  # real registration order, when a module is known
+
+    def __repr__(self) -> str:
+        classes = f", {len(self.classes)} class names" if self.classes else ""
+        order = ", registration order known" if self.order else ""
+        return f"<SourceWeights {self.checkpoint!r}{classes}{order}>"
 
     @property
     def order_trusted(self) -> bool:

@@ -7,6 +7,14 @@ running both tells them apart.
 
 The comparison is made on the features entering the head (always comparable, even after the
 head was replaced) and on the outputs when their shapes agree.
+
+When they differ, a second pass says where: it records the input of every module that holds
+its own parameters or buffers (convolutions, norms, linears), in call order, in both models,
+and walks the two lists side by side. The first pair whose inputs differ (or stop having the
+same shape) points at the layer just before it — its weights, epsilon or padding, or the
+parameter-free operations after it. Inputs rather than outputs, because libraries fuse
+differently (timm's ``BatchNormAct2d`` returns the activation, torchvision's BatchNorm the
+value before it), while what the next weighted layer receives is the same in a faithful graft.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -29,9 +37,11 @@ from .report import percent
 from .source import SourceWeights, read_source
 
 __all__ = [
+    "BEFORE_FIRST_LAYER",
     "DEFAULT_TOLERANCE",
     "Verification",
     "compare_models",
+    "first_divergence",
     "probe_input",
     "reference_model",
     "verify_graft",
@@ -41,9 +51,11 @@ __all__ = [
 DEFAULT_TOLERANCE = 1e-4
 #: Share of its parameter elements the source architecture must take from the source weights.
 REFERENCE_COVERAGE = 0.999
+#: ``Verification.diverges_at`` when the models differ before any layer with weights runs.
+BEFORE_FIRST_LAYER = "(input)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Verification:
     """The result of one comparison.
 
@@ -55,6 +67,10 @@ class Verification:
         tolerance: the threshold used.
         input_shape: the probe input's shape.
         source: what the target was compared against.
+        diverges_at: when not ok and it could be told, ``(target module, source module)``:
+            the first pair of weighted layers after which the two models compute different
+            values (see the module docstring), :data:`BEFORE_FIRST_LAYER` twice when they
+            differ before any; None otherwise.
     """
 
     ok: bool
@@ -64,9 +80,38 @@ class Verification:
     tolerance: float
     input_shape: tuple[int, ...]
     source: str
+    diverges_at: tuple[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def problem(self) -> str | None:
+        """None when ok; else one sentence: the worst difference, the tolerance, and where
+        the models part if that is known."""
+        if self.ok:
+            return None
+        if self.output_rel_diff is not None and self.output_rel_diff >= self.feature_rel_diff:
+            worst = (
+                f"outputs differ by {self.output_rel_diff:.2e} relative "
+                f"(max abs {self.output_abs_diff:.3g}) from {self.source}"
+            )
+        else:
+            worst = (
+                f"features entering the head differ by {self.feature_rel_diff:.2e} relative "
+                f"from {self.source}"
+            )
+        where = f"; {self._where()}" if self.diverges_at is not None else ""
+        return f"{worst}, tolerance {self.tolerance:.0e}{where}"
+
+    def _where(self) -> str:
+        target, source = self.diverges_at or ("", "")
+        if target == BEFORE_FIRST_LAYER:
+            return "the models part before their first layer with weights (input handling)"
+        return (
+            f"the models part in or just after target module '{target or '(root)'}' "
+            f"(source '{source or '(root)'}')"
+        )
 
     def __str__(self) -> str:
         verdict = "OK: same function" if self.ok else "FAILED: the graft changed the function"
@@ -75,10 +120,17 @@ class Verification:
             if self.output_rel_diff is not None
             else ""
         )
+        where = f"; {self._where()}" if self.diverges_at is not None else ""
         return (
             f"verify against {self.source}: {verdict}; relative difference of features "
-            f"{self.feature_rel_diff:.2e}{output} (tolerance {self.tolerance:.0e})"
+            f"{self.feature_rel_diff:.2e}{output} (tolerance {self.tolerance:.0e}){where}"
         )
+
+    def __repr__(self) -> str:
+        if self.ok:
+            worst = max(self.feature_rel_diff, self.output_rel_diff or 0.0)
+            return f"<Verification OK against {self.source}: {worst:.1e} ≤ {self.tolerance:.0e}>"
+        return f"<Verification FAILED: {self.problem}>"
 
 
 def compare_models(
@@ -93,13 +145,12 @@ def compare_models(
     """Run both models in eval mode on ``example_input`` and compare.
 
     Neither model is changed (copies are made when ``dtype`` asks for another precision;
-    train/eval flags are restored).
+    train/eval flags are restored). When they differ, a second pass finds where they part
+    (:attr:`Verification.diverges_at`).
     """
-    results = []
-    for model in (target, reference):
-        runner = copy.deepcopy(model).to(dtype) if dtype is not None else model
-        head = spec_of(runner).head_path
-        results.append(_run(runner, head, example_input.to(dtype or example_input.dtype)))
+    runners = [copy.deepcopy(m).to(dtype) if dtype is not None else m for m in (target, reference)]
+    example = example_input.to(dtype or example_input.dtype)
+    results = [_run(runner, spec_of(runner).head_path, example) for runner in runners]
     (t_feat, t_out), (r_feat, r_out) = results
     feature = _relative(t_feat, r_feat)
     output_rel = output_abs = None
@@ -107,9 +158,43 @@ def compare_models(
         output_rel = _relative(t_out, r_out)
         output_abs = float((t_out - r_out).abs().max())
     ok = feature <= tolerance and (output_rel is None or output_rel <= tolerance)
+    where = None if ok else first_divergence(*runners, example[:1], tolerance=tolerance)
     return Verification(
-        ok, feature, output_rel, output_abs, tolerance, tuple(example_input.shape), source
+        ok, feature, output_rel, output_abs, tolerance, tuple(example_input.shape), source, where
     )
+
+
+def first_divergence(
+    target: nn.Module, reference: nn.Module, example: torch.Tensor, *, tolerance: float
+) -> tuple[str, str] | None:
+    """``(target module, source module)`` after which the two models compute different values.
+
+    Weighted layers (modules with parameters or buffers of their own) are paired in the order
+    they are called. At the first pair whose inputs differ (by more than ``tolerance``,
+    relative, or in shape), the culprit is the latest earlier pair whose outputs differ —
+    not simply the pair before, since a branch such as a ResNet shortcut can run between the
+    layer that parted and the one that sees it — or, when no earlier output differs, the pair
+    just before. None when the models agree as far as both go (they call different numbers
+    of weighted layers, or the difference lies past the last layer's input).
+    """
+    t_calls, r_calls = _layer_calls(target, example), _layer_calls(reference, example)
+    # strict=False: a model with more weighted layers is compared as far as both go.
+    pairs = list(zip(t_calls, r_calls, strict=False))
+    for index, (t_call, r_call) in enumerate(pairs):
+        if _relative(t_call.input, r_call.input) <= tolerance:
+            continue
+        if index == 0:
+            return (BEFORE_FIRST_LAYER, BEFORE_FIRST_LAYER)
+        culprit = next(
+            (
+                (t, r)
+                for t, r in reversed(pairs[:index])
+                if t.output is None or r.output is None or _relative(t.output, r.output) > tolerance
+            ),
+            pairs[index - 1],
+        )
+        return (culprit[0].path, culprit[1].path)
+    return None
 
 
 def verify_graft(
@@ -133,13 +218,23 @@ def verify_graft(
             :class:`~torchgraft.grafting.source.SourceWeights`).
         tolerance: largest accepted relative difference.
         dtype: compare in this precision (``torch.float64`` for parity tests).
-        raise_on_failure: raise :class:`VerificationError` instead of returning a failed result.
+        raise_on_failure: raise :class:`~torchgraft.errors.VerificationError` (a
+            :class:`~torchgraft.errors.GraftError`) instead of returning a failed result; its
+            message gives the worst difference, the tolerance and, when known, the first
+            layers after which the models part. Without it, check ``result.ok``.
         seed: seed of the random probe input.
         source_name: how the result names the source architecture.
+
+    Returns:
+        A :class:`Verification`; ``ok`` is False when the graft changed the function.
 
     Raises:
         VerificationError: with ``raise_on_failure``, when the outputs differ.
         GraftError: the source weights do not load into the source architecture exactly.
+
+    Example:
+        >>> tg.verify_graft(model, "timm:resnet50", "colleague.ckpt", raise_on_failure=True)
+        <Verification OK against timm:resnet50: 2.1e-07 ≤ 1e-04>
     """
     weights = read_source(source_weights)
     reference = reference_model(source_model, weights.checkpoint.tensors)
@@ -153,7 +248,7 @@ def verify_graft(
         source=source_name or type(source_model).__name__,
     )
     if raise_on_failure and not result.ok:
-        raise VerificationError(str(result))
+        raise VerificationError(f"verification FAILED: {result.problem}")
     return result
 
 
@@ -203,6 +298,59 @@ def _run(model: nn.Module, head_path: str, example: torch.Tensor):
         for module, flag in training.items():
             module.training = flag
     return captured["features"].flatten(1).cpu(), output.detach().cpu()
+
+
+class _Call(NamedTuple):
+    path: str
+    input: torch.Tensor
+    output: torch.Tensor | None
+
+
+def _layer_calls(model: nn.Module, example: torch.Tensor) -> list[_Call]:
+    """Input and output of each weighted layer's first call, in call order."""
+    calls: list[_Call] = []
+    inputs: dict[str, torch.Tensor] = {}
+    done: set[str] = set()
+
+    def before(path: str):
+        def record(_module, args) -> None:
+            if path not in inputs and args and isinstance(args[0], torch.Tensor):
+                # cloned: an in-place operation later on must not change what was recorded
+                inputs[path] = args[0].detach().cpu().clone()
+
+        return record
+
+    def after(path: str):
+        def record(_module, _args, output) -> None:
+            if path in inputs and path not in done:
+                done.add(path)
+                tensor = primary_output(output)
+                kept = tensor.detach().cpu().clone() if tensor is not None else None
+                calls.append(_Call(path, inputs[path], kept))
+
+        return record
+
+    handles = []
+    for path, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False)
+        ):
+            handles.append(module.register_forward_pre_hook(before(path)))
+            handles.append(module.register_forward_hook(after(path)))
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example.to(next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in training.items():
+            module.training = flag
+    # A container with weights of its own (a ViT's cls_token) finishes after its children;
+    # ordering by when each call began keeps the pairs aligned with the forward pass.
+    began = {path: index for index, path in enumerate(inputs)}
+    return sorted(calls, key=lambda call: began[call.path])
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import HeadError
+from ..wording import listing, option
 from ._modules import final_layer, final_layer_path, in_features, out_features, set_module
 from .anatomy import spec_of
 from .spec import SPEC_ATTRIBUTE, ModelSpec, attach_spec
@@ -31,9 +32,13 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Head:
-    """A located classifier: its path, module and widths, plus auxiliary heads."""
+    """A located classifier: its path, module and widths, plus auxiliary heads.
+
+    ``repr`` is one line (``<Head fc: Linear(2048→1000), 2048 features → 1000 classes>``);
+    the module itself prints with ``print(head.module)``.
+    """
 
     path: str
     module: nn.Module
@@ -41,8 +46,15 @@ class Head:
     num_classes: int
     aux_paths: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:
+        aux = f", aux {listing(self.aux_paths)}" if self.aux_paths else ""
+        return (
+            f"<Head {self.path}: {_shorten(_describe(self.module))}, "
+            f"{self.in_features} features → {self.num_classes} classes{aux}>"
+        )
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class HeadReplacement:
     """What :func:`replace_head` did, printable.
 
@@ -69,6 +81,15 @@ class HeadReplacement:
                 + (" …" if len(self.kept_classes) > 10 else "")
             )
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        # One line, without the spec (whose class names alone can run to pages).
+        changes = "; ".join(
+            f"{p}: {_shorten(o)} → {_shorten(n)}"
+            for p, o, n in zip(self.paths, self.old, self.new, strict=True)
+        )
+        kept = f"; rows kept for {len(self.kept_classes)} classes" if self.kept_classes else ""
+        return f"<HeadReplacement {changes}{kept}>"
 
 
 def find_head(model: nn.Module) -> Head:
@@ -136,13 +157,13 @@ def replace_head(
     """
     num_classes = _resolve_num_classes(num_classes, classes)
     if not 0.0 <= dropout < 1.0:
-        raise HeadError(f"dropout must be in [0, 1), got {dropout}")
+        raise HeadError(f"{option('dropout')} must be in [0, 1), got {dropout}")
     if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
-        raise HeadError(f"hidden must be a positive integer width, got {hidden!r}")
+        raise HeadError(f"{option('hidden')} must be a positive integer width, got {hidden!r}")
     if keep_classes and hidden:
         raise HeadError(
-            "keep_classes cannot be combined with hidden=: pretrained rows take the old "
-            "feature width, a hidden layer changes it"
+            f"{option('keep_classes')} cannot be combined with {option('hidden')}: pretrained "
+            "rows take the old feature width, a hidden layer changes it"
         )
     spec = spec_of(model, head_path=head_path) if head_path else spec_of(model)
     if head_path is not None and spec.head_path != head_path:
@@ -199,12 +220,12 @@ def _resolve_num_classes(num_classes: int | None, classes: Sequence[str] | None)
             raise HeadError("classes must be a list of names, not one string")
         if num_classes is not None and num_classes != len(classes):
             raise HeadError(
-                f"num_classes={num_classes} but {len(classes)} class names given; "
+                f"{option('num_classes', num_classes)} but {len(classes)} class names given; "
                 "pass one of them or make them agree"
             )
         num_classes = len(classes)
     if num_classes is None or num_classes < 1:
-        raise HeadError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise HeadError(f"{option('num_classes')} must be a positive integer, got {num_classes!r}")
     return num_classes
 
 
@@ -223,7 +244,7 @@ def rows_to_keep(
     if spec.classes is None:
         raise HeadError(
             f"{spec.name}: the current head's class names are unknown (no pretrained weights "
-            "with categories), so no rows can be kept; drop keep_classes"
+            f"with categories), so no rows can be kept; drop {option('keep_classes')}"
         )
     old_index = {normalise_class(n): i for i, n in enumerate(spec.classes)}
     new_index = {normalise_class(n): i for i, n in enumerate(classes)}
@@ -317,6 +338,10 @@ def _reset_timm_classifier(model: nn.Module, num_classes: int) -> tuple[str, ...
     heads = classifier if isinstance(classifier, (tuple, list)) else (classifier,)
     by_id = {id(m): p for p, m in model.named_modules()}
     return tuple(by_id[id(h)] for h in heads)
+
+
+def _shorten(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _describe(module: nn.Module) -> str:

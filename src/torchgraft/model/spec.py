@@ -4,7 +4,7 @@ A spec is plain, frozen data (JSON round-trip with :meth:`ModelSpec.to_dict` and
 :meth:`ModelSpec.from_dict`). :func:`torchgraft.create_model` attaches one to the model it
 returns (``model.torchgraft_spec``); :func:`torchgraft.spec_of` (in :mod:`.anatomy`) returns
 it, or infers one for a plain ``nn.Module`` the tool has never seen. This module is pure
-data and imports nothing else of torchgraft's but its errors.
+data and imports nothing else of torchgraft's but its errors and wording.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import SpecError
+from ..wording import listing
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -74,7 +75,7 @@ class Preprocessing:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LayerGroup:
     """A named slice of the model between stem and head.
 
@@ -86,8 +87,11 @@ class LayerGroup:
     name: str
     members: tuple[str, ...]
 
+    def __repr__(self) -> str:
+        return f"<LayerGroup {self.name}: {listing(self.members)}>"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class ModelSpec:
     """Everything downstream needs to know about a model's anatomy.
 
@@ -121,6 +125,20 @@ class ModelSpec:
                 f"{self.name}: {len(self.classes)} class names given for a head with "
                 f"{self.num_classes} outputs; pass exactly one name per output"
             )
+
+    def __repr__(self) -> str:
+        # One line: a spec with ImageNet class names would otherwise print 1,000 of them.
+        # A weights file is named by its file name; the full path is in spec.weights.
+        weights = f"@{self.weights.rsplit('/', 1)[-1]}" if self.weights else ""
+        classes = f" ({listing(self.classes, 2)})" if self.classes else ""
+        size = "×".join(str(n) for n in self.preprocessing.input_size)
+        names = self.group_names
+        groups = " … ".join(names[:1] + names[-1:]) if len(names) > 2 else ", ".join(names)
+        return (
+            f"<ModelSpec {self.name}{weights}: head {self.head_path} "
+            f"({self.feature_dim} features → {self.num_classes} classes{classes}), "
+            f"{len(names)} layer groups ({groups}), input {size}>"
+        )
 
     @property
     def head_path(self) -> str:

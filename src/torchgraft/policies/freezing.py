@@ -65,7 +65,7 @@ class GroupCount:
     fixed_norms: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FreezeSummary:
     """What :func:`freeze` left trainable, per layer group (stem first, head last).
 
@@ -125,6 +125,16 @@ class FreezeSummary:
 
     def __str__(self) -> str:
         return self.render()
+
+    def __repr__(self) -> str:
+        # str() is the table; repr() is the line a REPL shows after tg.freeze(...).
+        share = self.trainable / self.total if self.total else 0.0
+        policy = str(self.policy)
+        policy = policy if len(policy) <= 60 else policy[:59] + "…"
+        return (
+            f"<FreezeSummary {policy!r}, bn {self.bn!r}: {self.trainable:,} of {self.total:,} "
+            f"parameters train ({share:.2%}); {len(self.fixed_norms)} norm layers fixed>"
+        )
 
 
 def freeze(

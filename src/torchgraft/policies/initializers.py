@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..wording import listing
 
 __all__ = ["SCHEMES", "InitEntry", "InitSummary", "init_new_layers"]
 
@@ -67,7 +68,7 @@ class InitEntry:
     rule: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class InitSummary:
     """Everything :func:`init_new_layers` wrote (and nothing else was touched)."""
 
@@ -96,6 +97,9 @@ class InitSummary:
 
     def __str__(self) -> str:
         return self.render()
+
+    def __repr__(self) -> str:
+        return f"<InitSummary {self.scheme!r}: {len(self.entries)} tensors ({listing(self.keys)})>"
 
 
 def init_new_layers(

@@ -233,7 +233,7 @@ def check_param_groups(groups: Iterable[Mapping[str, Any]], model: nn.Module) ->
         raise ConfigError("parameter groups break the invariant: " + "; ".join(problems))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class OptimizerAudit:
     """Per-group learning rate, weight decay and size, with the problems found.
 
@@ -265,6 +265,15 @@ class OptimizerAudit:
 
     def __str__(self) -> str:
         return self.render()
+
+    def __repr__(self) -> str:
+        tensors = sum(int(r.get("tensors", 0)) for r in self.rows)
+        elements = sum(int(r.get("elements", 0)) for r in self.rows)
+        warned = f"; {len(self.warnings)} warnings (print it)" if self.warnings else ""
+        return (
+            f"<OptimizerAudit {len(self.rows)} groups, {tensors} tensors, "
+            f"{elements:,} elements{warned}>"
+        )
 
 
 def audit_optimizer(

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..wording import listing
 from .optimizer_groups import _preview
 
 __all__ = ["STATE_FORMAT", "StateLoad", "load_optimizer_state_by_name", "optimizer_state_by_name"]
@@ -53,7 +54,7 @@ def optimizer_state_by_name(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     return {"format": STATE_FORMAT, "state": state, "groups": settings}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class StateLoad:
     """What :func:`load_optimizer_state_by_name` did.
 
@@ -68,6 +69,13 @@ class StateLoad:
     fresh: tuple[str, ...]
     unused: tuple[str, ...]
     groups: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        fresh = f" ({listing(self.fresh)})" if self.fresh else ""
+        return (
+            f"<StateLoad {len(self.restored)} restored, {len(self.fresh)} fresh{fresh}, "
+            f"{len(self.unused)} unused; settings of {len(self.groups)} groups>"
+        )
 
 
 def load_optimizer_state_by_name(

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Stage:
     """What trains at one epoch.
 
@@ -86,10 +86,33 @@ class Stage:
             "lr_scale": dict(self.lr_scale),
         }
 
+    def describe(self) -> str:
+        """What trains, in words: ``trains layer4, head (2 of 6 groups) at lr × 0.1–1``."""
+        count, total = len(self.trainable), len(self.lr_scale)
+        of = f" of {total}" if total else ""
+        if total and count == total:
+            what = f"all {count} groups"
+        elif count <= 3:
+            what = ", ".join(self.trainable) + (f" ({count}{of} groups)" if total else "")
+        else:
+            what = f"{count}{of} groups ({self.trainable[0]} … {self.trainable[-1]})"
+        scales = sorted({float(self.lr_scale[g]) for g in self.trainable if g in self.lr_scale})
+        rate = ""
+        if scales:
+            rate = f" at lr × {scales[0]:.3g}" + (f"–{scales[-1]:.3g}" if len(scales) > 1 else "")
+        return f"trains {what}{rate}"
 
-@dataclass(frozen=True)
+    def __repr__(self) -> str:
+        return f"<Stage epoch {self.epoch}: {self.describe()}>"
+
+
+@dataclass(frozen=True, repr=False)
 class StageChange:
     """What :func:`apply_stage` did.
+
+    ``repr`` is one line (``<StageChange epoch 3: trains layer4, head (2 of 6 groups) at lr ×
+    0.1–1; 8,424,458 of 23,528,522 parameters train; changed, 30 tensors added>``); the
+    fields hold the details.
 
     Attributes:
         stage: the stage now in force.
@@ -103,6 +126,14 @@ class StageChange:
     changed: bool
     added: tuple[str, ...]
     summary: FreezeSummary
+
+    def __repr__(self) -> str:
+        added = f", {len(self.added)} tensors added" if self.added else ""
+        return (
+            f"<StageChange epoch {self.stage.epoch}: {self.stage.describe()}; "
+            f"{self.summary.trainable:,} of {self.summary.total:,} parameters train; "
+            f"{'changed' if self.changed else 'unchanged'}{added}>"
+        )
 
 
 class UnfreezeSchedule(Protocol):

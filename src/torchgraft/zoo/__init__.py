@@ -168,9 +168,16 @@ def create_model(
             source_name=built.source_name,
             source_classes=current.classes if keep_classes else None,
             keep_classes=keep_classes if not isinstance(keep_classes, bool) else True,
+            identify=_identified_architecture,
         )
         object.__setattr__(model, "torchgraft_report", report)
     return model
+
+
+def _identified_architecture(weights):
+    from .grafts import identified_architecture  # grafts builds models with this module
+
+    return identified_architecture(weights)
 
 
 def list_models(filter: str | None = None, library: str | None = None) -> list[ZooEntry]:

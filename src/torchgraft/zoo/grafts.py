@@ -22,7 +22,14 @@ from ..grafting.source import Source, SourceWeights, looks_like_spec, read_optio
 from ..grafting.verify import Verification
 from . import build_model
 
-__all__ = ["graft", "plan_graft", "resolve_source", "resolve_source_model", "verify_graft"]
+__all__ = [
+    "graft",
+    "identified_architecture",
+    "plan_graft",
+    "resolve_source",
+    "resolve_source_model",
+    "verify_graft",
+]
 
 
 def resolve_source(source: Source | SourceWeights, **options: Any) -> SourceWeights:
@@ -61,6 +68,7 @@ def plan_graft(
         >>> print(plan)
     """
     weights = resolve_source(source, **read_options(options))
+    options.setdefault("identify", identified_architecture)
     return api.plan_graft(
         model, weights, source_model=resolve_source_model(source_model), **options
     )
@@ -79,7 +87,29 @@ def graft(
     weights = resolve_source(source, **read_options(options))
     if source_model is not None:
         options["source_model"] = resolve_source_model(source_model)
+    options.setdefault("identify", identified_architecture)
     return api.graft(model, weights, **options)
+
+
+def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | None:
+    """The one architecture whose state_dict has exactly the source's names and shapes
+    (``torchgraft.zoo.identify``), built without weights, and a note saying so; None when
+    no single builder fits (equal tables of several builders are not guessed between)."""
+    from .identify import identify
+
+    table = {k: tuple(v.shape) for k, v in weights.checkpoint.tensors.items()}
+    try:
+        found = identify(table)
+    except Exception:  # an index that cannot be built must not break a graft
+        return None
+    if found.exact is None:
+        return None
+    classes = found.num_classes if found.head_differs else None
+    model = build_model(found.exact, num_classes=classes).model
+    return model, (
+        f"source architecture identified as {found.summary()}: its registration order and "
+        "a side-by-side run settle what order alone suggested"
+    )
 
 
 def verify_graft(
