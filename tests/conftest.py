@@ -57,49 +57,13 @@ def console_script() -> list[str]:
     return [script]
 
 
-TESTS = Path(__file__).resolve().parent
-
-
-def write_digit_folder(root: Path, classes=(0, 1, 2), per_class: int = 12, size: int = 16) -> Path:
-    """A folder of class subfolders holding real PNG files: UCI digits, upscaled."""
-    from PIL import Image
-
-    from torchgraft.data.digits import load_digits
-
-    images, labels = load_digits()
-    for digit in classes:
-        folder = root / str(digit)
-        folder.mkdir(parents=True, exist_ok=True)
-        for count, index in enumerate(i for i, label in enumerate(labels) if label == digit):
-            if count == per_class:
-                break
-            picture = Image.fromarray(images[index]).resize((size, size), Image.BICUBIC)
-            picture.convert("RGB").save(folder / f"{index:04d}.png")
-    return root
+from support import TESTS, tiny_config, write_digit_folder  # noqa: E402,F401
 
 
 @pytest.fixture
 def digit_folder(tmp_path) -> Path:
     """Three classes of real PNG digits (12 each, 16x16) in class subfolders."""
     return write_digit_folder(tmp_path / "digits")
-
-
-def tiny_config(images: Path, out: Path, **sections) -> dict:
-    """A fast run of the hand-written TinyCNN (tests/handmade_models.py) on ``images``."""
-    config = {
-        "model": {"name": "handmade_models:TinyCNN", "channels_last": False},
-        "weights": {"source": None},
-        "graft": {"verify_with": None},
-        "freeze": {"policy": "none"},
-        "optim": {"name": "sgd", "lr": 0.05},
-        "schedule": {"name": "cosine"},
-        "data": {"source": str(images), "image_size": 16, "batch_size": 8, "workers": 0},
-        "train": {"epochs": 2, "threads": 1},
-        "output": {"dir": str(out), "name": "run", "plots": False},
-    }
-    for section, values in sections.items():
-        config.setdefault(section, {}).update(values)
-    return config
 
 
 @pytest.fixture

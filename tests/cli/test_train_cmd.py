@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config, write_digit_folder
+from support import tiny_config, write_digit_folder
 from torchgraft.engine.state import load_state
 from torchgraft.grafting.save import sha256_file
 

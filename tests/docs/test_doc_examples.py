@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TESTS, write_digit_folder
+from support import TESTS, write_digit_folder
 
 ROOT = TESTS.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

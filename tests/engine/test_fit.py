@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import torchgraft as tg
-from conftest import tiny_config, write_digit_folder
+from support import tiny_config, write_digit_folder
 from torchgraft.engine.artifacts import read_model_document
 from torchgraft.engine.console import RunConsole
 from torchgraft.engine.state import load_state

@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import SpecError
 from ..grafting.api import graft
 from ..grafting.io import read_checkpoint
+from ..grafting.source import SourceWeights
 from ..model.heads import replace_head, rows_to_keep
 from ..model.spec import attach_spec
 from ..model.stem import replace_input_channels
@@ -25,7 +26,15 @@ from . import timm as timm_zoo
 from . import torchvision as torchvision_zoo
 from ._base import BuiltModel, ZooEntry, did_you_mean
 
-__all__ = ["BuiltModel", "ZooEntry", "build_model", "create_model", "list_models", "parse_spec"]
+__all__ = [
+    "BuiltModel",
+    "ZooEntry",
+    "build_model",
+    "create_model",
+    "identified_architecture",
+    "list_models",
+    "parse_spec",
+]
 
 #: Library prefix -> builder. Explicit, small, no registration by import side effect.
 BUILDERS: dict[str, Callable[..., BuiltModel]] = {
@@ -168,16 +177,31 @@ def create_model(
             source_name=built.source_name,
             source_classes=current.classes if keep_classes else None,
             keep_classes=keep_classes if not isinstance(keep_classes, bool) else True,
-            identify=_identified_architecture,
+            identify=identified_architecture,
         )
         object.__setattr__(model, "torchgraft_report", report)
     return model
 
 
-def _identified_architecture(weights):
-    from .grafts import identified_architecture  # grafts builds models with this module
+def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | None:
+    """The one architecture whose state_dict has exactly the source's names and shapes
+    (``torchgraft.zoo.identify``), built without weights, and a note saying so; None when
+    no single builder fits (equal tables of several builders are not guessed between)."""
+    from .identify import identify  # the index is loaded on first use only
 
-    return identified_architecture(weights)
+    table = {k: tuple(v.shape) for k, v in weights.checkpoint.tensors.items()}
+    try:
+        found = identify(table)
+    except Exception:  # an index that cannot be built must not break a graft
+        return None
+    if found.exact is None:
+        return None
+    classes = found.num_classes if found.head_differs else None
+    model = build_model(found.exact, num_classes=classes).model
+    return model, (
+        f"source architecture identified as {found.summary()}: its registration order and "
+        "a side-by-side run settle what order alone suggested"
+    )
 
 
 def list_models(filter: str | None = None, library: str | None = None) -> list[ZooEntry]:

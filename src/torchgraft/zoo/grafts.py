@@ -20,7 +20,7 @@ from ..grafting.io import Checkpoint
 from ..grafting.report import GraftPlan, GraftReport
 from ..grafting.source import Source, SourceWeights, looks_like_spec, read_options, read_source
 from ..grafting.verify import Verification
-from . import build_model
+from . import build_model, identified_architecture
 
 __all__ = [
     "graft",
@@ -89,27 +89,6 @@ def graft(
         options["source_model"] = resolve_source_model(source_model)
     options.setdefault("identify", identified_architecture)
     return api.graft(model, weights, **options)
-
-
-def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | None:
-    """The one architecture whose state_dict has exactly the source's names and shapes
-    (``torchgraft.zoo.identify``), built without weights, and a note saying so; None when
-    no single builder fits (equal tables of several builders are not guessed between)."""
-    from .identify import identify
-
-    table = {k: tuple(v.shape) for k, v in weights.checkpoint.tensors.items()}
-    try:
-        found = identify(table)
-    except Exception:  # an index that cannot be built must not break a graft
-        return None
-    if found.exact is None:
-        return None
-    classes = found.num_classes if found.head_differs else None
-    model = build_model(found.exact, num_classes=classes).model
-    return model, (
-        f"source architecture identified as {found.summary()}: its registration order and "
-        "a side-by-side run settle what order alone suggested"
-    )
 
 
 def verify_graft(
