@@ -1,6 +1,8 @@
 """Benchmark grafting: time of ``auto`` and peak memory on a ≥ 300M-parameter checkpoint.
 
-Run: ``python bench/graft.py`` (writes the "Grafting" section of docs/benchmarks.md).
+Run: ``python bench/graft.py [--only matching|pairs]`` (writes the "Grafting" and
+"Grafting across libraries" sections of docs/benchmarks.md; ``pairs`` is
+:mod:`graft_pairs`, every torchvision classifier with a timm twin in three forms).
 
 1. Matching time on real state_dicts of 150–1,000 tensors, in two situations: names equal
    (the common case; prefix stripping and exact names) and names AND order both differ
@@ -170,6 +172,21 @@ def measure_memory() -> list[list[str]]:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="grafting benchmarks")
+    parser.add_argument("--only", choices=("matching", "pairs"), action="append")
+    parts = parser.parse_args().only or ("matching", "pairs")
+    if "matching" in parts:
+        write_matching()
+    if "pairs" in parts:
+        import graft_pairs
+
+        body = [*graft_pairs.__doc__.split("\n\n", 1)[1].split("\n"), "", *graft_pairs.main([])]
+        write_section("Grafting across libraries", "python bench/graft.py --only pairs", body)
+
+
+def write_matching() -> None:
     timing = time_matching()
     memory = measure_memory()
     body = [

@@ -6,6 +6,7 @@ real one: the ImageNet EfficientNet-Lite0 weights under rewritten names, sorted 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -303,6 +304,79 @@ def test_fresh_batchnorm_statistics_settle_nothing():
     plan = plan_graft(Ladder(), dict(sorted(source.state_dict().items())))
     assert not any(note.startswith("bn-statistics") for note in plan.notes)
     assert "bn-statistics" not in plan.evidence_counts
+
+
+def test_siblings_that_nothing_tells_apart_are_never_loaded_unsettled():
+    """Names without numbers in a sorted source: the three same-shaped norms (and two convs)
+    are only candidates; untrained statistics settle nothing, so they are left unloaded and
+    the graft is refused, naming them; accepted on purpose, the rest loads and they keep
+    their initial values."""
+    names = ("stem", "norm", "left", "lnorm", "right", "rnorm", "fc")
+    source = Ladder(names=names)
+    state = dict(sorted(source.state_dict().items()))
+    target = Ladder()
+    plan = plan_graft(target, state)
+    by_target = {e.target: e for e in plan.entries}
+    for key in ("stem_bn.weight", "one_bn.running_var", "two.weight", "two_bn.num_batches_tracked"):
+        assert by_target[key].source is None, key
+    assert by_target["one_bn.weight"].detail.startswith("ambiguous: 3 same-shaped sources")
+    assert plan.mapping["stem.weight"] == "stem.weight"  # unique shape: proven
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(InexactGraftError, match=r"(?s)stem_bn.*allow_partial"):
+        graft(target, state, min_coverage=0)  # (by default the coverage floor refuses first)
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+    report = graft(target, state, allow_partial=True, min_coverage=0)
+    after = target.state_dict()
+    assert torch.equal(after["stem.weight"], source.stem.weight)
+    for key in ("one_bn.weight", "two.weight", "stem_bn.running_mean"):
+        assert key in report.missing
+        assert torch.equal(after[key], before[key])
+
+
+def lite0_tokens(name: str) -> str:
+    """Every module name replaced by a token of letters (list indices kept): no number and no
+    order left in any name inside a block."""
+    *modules, role = name.split(".")
+
+    def token(part: str) -> str:
+        if part.isdigit():
+            return part
+        digest = hashlib.sha256(part.encode()).hexdigest()[:8]
+        return "".join(chr(ord("a") + int(c, 16)) for c in digest)
+
+    return ".".join([*map(token, modules), role])
+
+
+@pytest.mark.slow
+def test_real_lite0_with_meaningless_names_is_settled_by_batchnorm_statistics(tmp_path):
+    """The norms inside each block have no name and no order to go by: only the weights'
+    own BatchNorm statistics tell them apart (margins measured 88-2190x)."""
+    import timm
+
+    path = tmp_path / "tokens.safetensors"
+    state = {lite0_tokens(k): v.contiguous() for k, v in lite0_state().items()}
+    save_file(dict(sorted(state.items())), path)
+    target = timm.create_model("tf_efficientnet_lite0").eval()
+    plan = plan_graft(target, path, identify=None)
+    evidence = {e.target: e.evidence for e in plan.entries}
+    assert "candidate" not in evidence.values()
+    assert (
+        evidence["blocks.1.0.bn1.weight"]
+        == evidence["blocks.6.0.bn2.running_var"]
+        == ("bn-statistics")
+    )
+    margins = [
+        float(m) for m in re.findall(r": settled, .*\(margin ([\d.e+]+)×", "\n".join(plan.notes))
+    ]
+    assert len(margins) == 15
+    assert min(margins) > 20
+    with pytest.warns(GraftWarning):  # the identical whole blocks stay numbered-names only
+        report = graft(target, path, identify=None, allow_uncertain=True)
+    assert report.coverage == 1.0
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = lite0_reference()(x), target(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
 
 
 # --- the source architecture identified from the weights ---------------------------------

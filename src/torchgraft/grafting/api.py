@@ -20,6 +20,7 @@ from ..wording import in_cli, option
 from .apply import apply_plan
 from .bn_statistics import settle_by_statistics
 from .exactness import AllowPartial, check_exact
+from .plan import drop_candidates
 from .planner import check_strategy, head_keys, make_plan, plan_from_mapping, plan_rebuilder
 from .report import GraftPlan, GraftReport, percent
 from .resolve import resolve_ties
@@ -118,7 +119,7 @@ def plan_graft(
         plan = _settle_ties(plan, model, source_model, weights, strategy)
     elif plan.ties:
         plan = _settle_by_statistics(plan, model, weights, strategy, probe_images)
-    return plan
+    return drop_candidates(plan)
 
 
 def _settle_by_statistics(plan, model, weights: SourceWeights, strategy, images) -> GraftPlan:

@@ -7,13 +7,14 @@ skipped. The plan lists every target key and every unused source key; nothing is
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from .adapt import AdaptContext, propose
 from .correspondence import Match, TensorInfo
 from .report import Action, GraftPlan, KeyPlan
 
-__all__ = ["build_plan"]
+__all__ = ["build_plan", "drop_candidates"]
 
 
 def build_plan(
@@ -87,3 +88,52 @@ def build_plan(
     return GraftPlan(
         entries, unexpected, strategy=strategy, notes=list(match.notes), ties=list(match.ties)
     )
+
+
+def drop_candidates(plan: GraftPlan) -> GraftPlan:
+    """``plan`` without the ``candidate`` pairings that nothing settled (see
+    :func:`~.structure._break_tie`): their target keys, and the counters of their modules,
+    become missing and are reported as ambiguous, naming the candidate sources; those
+    sources become unused. A candidate is a trial assignment, never a pairing to load."""
+    dropped = [e for e in plan.entries if e.evidence == "candidate"]
+    if not dropped:
+        return plan
+    modules = {e.target.rpartition(".")[0] for e in dropped}
+    sources_by_kind: dict[tuple, list[str]] = {}  # (shape, role): the interchangeable sources
+    for entry in dropped:
+        sources_by_kind.setdefault(_kind(entry), []).append(entry.source)
+    entries, freed = [], []
+    for entry in plan.entries:
+        candidate = entry.evidence == "candidate"
+        if not candidate and not (entry.evidence and entry.target.rpartition(".")[0] in modules):
+            entries.append(entry)
+            continue
+        if candidate:
+            sources = sources_by_kind[_kind(entry)]
+            shown = ", ".join(sources[:3]) + (" …" if len(sources) > 3 else "")
+            detail = (
+                f"ambiguous: {len(sources)} same-shaped sources ({shown}) that nothing in the "
+                "names or order tells apart, and that neither the source architecture nor the "
+                "BatchNorm statistics settled"
+            )
+        else:
+            detail = "its module's pairing was ambiguous"
+        freed.append(entry.source)
+        entries.append(
+            KeyPlan(entry.target, None, Action.MISSING, 0.0, entry.target_shape, None, detail)
+        )
+    gone = modules | {e.target for e in dropped}
+    return dataclasses.replace(
+        plan,
+        entries=entries,
+        ties=[g for g in plan.ties if not any(t in gone for _, t in g)],
+        unexpected=list(plan.unexpected) + freed,
+        notes=[
+            *plan.notes,
+            f"structure: {len(dropped)} target keys stay ambiguous: their candidate pairings were not settled, and are not loaded",
+        ],
+    )
+
+
+def _kind(entry: KeyPlan) -> tuple:
+    return tuple(entry.target_shape), entry.target.rpartition(".")[2]

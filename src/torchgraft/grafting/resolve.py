@@ -96,7 +96,7 @@ def settle(plan: GraftPlan, target: nn.Module, tensors, rebuild, judge: Judge, e
     if not plan.ties:
         return plan, summary
     trial_model = copy.deepcopy(target)
-    pairs = {e.target: (e.source, e.evidence) for e in plan.entries if e.source and e.action.loads}
+    pairs = _pairs_of(plan)
     target_keys = list(target.state_dict())
 
     def run(trial):
@@ -114,9 +114,19 @@ def settle(plan: GraftPlan, target: nn.Module, tensors, rebuild, judge: Judge, e
         if chosen is not None:
             pairs = trials[chosen]
             summary["settled"] += 1
-    settled = rebuild(_as_match(pairs))
+    settled = rebuild(_as_match(pairs, _unresolved_of(plan)))
     settled.notes = list(plan.notes) + summary["notes"]
     return settled, summary
+
+
+def _pairs_of(plan: GraftPlan) -> dict[str, tuple[str, str]]:
+    """``{target: (source, evidence)}`` of every pairing in ``plan`` (a same-named source
+    skipped for its shape is not a pairing: it has no evidence)."""
+    return {e.target: (e.source, e.evidence) for e in plan.entries if e.source and e.evidence}
+
+
+def _unresolved_of(plan: GraftPlan) -> dict[str, str]:
+    return {e.target: e.detail for e in plan.entries if e.source is None and e.detail}
 
 
 def _trials(groups, pairs, tensors, evidence: str) -> list[dict]:
@@ -140,8 +150,8 @@ def _trials(groups, pairs, tensors, evidence: str) -> list[dict]:
     return trials
 
 
-def _as_match(pairs) -> Match:
-    match = Match()
+def _as_match(pairs, unresolved: dict[str, str] | None = None) -> Match:
+    match = Match(unresolved=dict(unresolved or {}))
     for target, (source, evidence) in pairs.items():
         match.pair(target, source, evidence or "plan")
     return match

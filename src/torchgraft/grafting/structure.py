@@ -42,7 +42,7 @@ __all__ = ["match_structure", "natural_key"]
 
 #: Evidence that only suggests a pairing: such groups are recorded as ties, for
 #: :mod:`.resolve` (the source architecture) or the BatchNorm statistics to settle.
-UNPROVEN = ("registration-order", "numbered-names")
+UNPROVEN = ("registration-order", "numbered-names", "candidate")
 
 #: Role names that mean the same thing in different conventions.
 ROLE_SYNONYMS = (
@@ -120,6 +120,13 @@ def match_structure(
         match.notes.append(
             f"structure: {len(ambiguous)} target keys are ambiguous (same shapes, nothing in the "
             "names or order tells them apart) and were NOT loaded"
+        )
+    candidates = [t for t, e in match.evidence.items() if e == "candidate"]
+    if candidates:
+        match.notes.append(
+            f"structure: {len(candidates)} target keys have same-shaped siblings that nothing in "
+            "the names or order tells apart: candidate pairings, loaded only if the source "
+            "architecture or the BatchNorm statistics settle them"
         )
     for kind, why in (
         ("registration-order", "the source's registration order alone"),
@@ -358,9 +365,11 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
        against what the numbered names say: a suggestion (``registration-order``, 0.5),
        since two libraries can register the same layers in different orders (torchvision's
        RegNet registers ``proj`` before ``f.a``, timm ``conv1`` before ``downsample``).
-    Suggestions are recorded as ties for the source architecture or the BatchNorm
-    statistics to settle; a graft refuses what stays unproven. With none of these (a
-    name-sorted source with unrelated names) the items stay unpaired and are reported as
+    5. nothing (a name-sorted source with unrelated names): paired in stored order as
+       ``candidate`` (confidence 0), a trial assignment and nothing more.
+    Suggestions and candidates are recorded as ties for the source architecture or the
+    BatchNorm statistics to settle; a graft refuses what stays unproven, and candidates
+    that nothing settled are dropped (:func:`~.resolve.drop_candidates`) and reported as
     ambiguous.
     """
     matched = []
@@ -383,7 +392,7 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
     elif trusted:
         how = "registration-order"
     else:
-        return matched
+        how = "candidate"
     matched += [(s, t, how) for s, t in zip(remaining_s, remaining_t, strict=True)]
     return matched
 

@@ -32,6 +32,7 @@ from ..model.anatomy import spec_of
 from ..model.probe import primary_output
 from .apply import apply_plan
 from .io import Checkpoint
+from .plan import drop_candidates
 from .planner import make_plan
 from .report import percent
 from .source import SourceWeights, read_source
@@ -263,7 +264,7 @@ def reference_model(source_model: nn.Module, tensors: Mapping[str, torch.Tensor]
     """
     reference = copy.deepcopy(source_model)
     weights = SourceWeights(Checkpoint(dict(tensors), "state_dict", "source weights"))
-    plan = make_plan(reference, weights, strategy="auto")
+    plan = drop_candidates(make_plan(reference, weights, strategy="auto"))
     if plan.coverage < REFERENCE_COVERAGE:
         raise GraftError(
             f"the source weights do not load into {type(source_model).__name__} as they are "
