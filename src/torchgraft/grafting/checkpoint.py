@@ -16,8 +16,9 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..wording import listing
+from .untrusted import UnusableTensor
 
-__all__ = ["CONTAINER_KEYS", "EMA_KEYS", "MAX_DEPTH", "Checkpoint", "from_object"]
+__all__ = ["CONTAINER_KEYS", "EMA_KEYS", "MAX_DEPTH", "Checkpoint", "from_object", "key_text"]
 
 #: Keys that wrap a state_dict, tried in this order.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "params")
@@ -71,7 +72,11 @@ class Checkpoint:
 
 
 def from_object(obj: Any, kind: str, origin: str, ema: bool) -> Checkpoint:
-    """Unwrap containers, flatten nested dicts and set non-tensor entries aside."""
+    """Unwrap containers, flatten nested dicts and set non-tensor entries aside.
+
+    Names built from keys are data: keys that are not strings are written as short text
+    (``<tuple>``), never by calling the key's own ``str``, and messages quote them escaped.
+    """
     if isinstance(obj, nn.Module):
         if ema:
             raise CheckpointError(f"{origin}: a module holds no separate EMA weights")
@@ -80,13 +85,14 @@ def from_object(obj: Any, kind: str, origin: str, ema: bool) -> Checkpoint:
         raise CheckpointError(
             f"{origin}: holds a {type(obj).__name__}, not a state_dict or a dict containing one"
         )
+    walk = _Walk()
     path: list[str] = []
     set_aside: dict[str, str] = {}
     current: Mapping[str, Any] = obj
-    while len(path) < MAX_DEPTH and (key := _container_key(current, ema and not path)):
+    while len(path) < MAX_DEPTH and (key := walk.container_key(current, ema and not path)):
         for other, value in current.items():
             if other != key:
-                set_aside[".".join([*path, str(other)])] = _describe(value)
+                set_aside[".".join([*path, key_text(other)])] = walk.describe(value)
         path.append(key)
         current = current[key]
         if isinstance(current, nn.Module):
@@ -96,59 +102,112 @@ def from_object(obj: Any, kind: str, origin: str, ema: bool) -> Checkpoint:
             f"{origin}: no EMA weights found (looked for {', '.join(EMA_KEYS)}); drop the EMA option"
         )
     tensors: dict[str, torch.Tensor] = {}
-    _flatten(current, "", tensors, set_aside, origin, 0, set())
+    walk.flatten(current, "", tensors, set_aside, origin, 0, set())
     if not tensors:
-        keys = sorted(map(str, current))[:10]
-        raise CheckpointError(f"{origin}: no tensors found; its keys are {keys}")
+        keys = sorted(key_text(k) for k in current)[:10]
+        raise CheckpointError(f"{origin}: no tensors found; its keys are {ascii(keys)[:400]}")
     return Checkpoint(tensors, kind, origin, ".".join(path) or None, set_aside)
 
 
-def _container_key(mapping: Mapping[str, Any], ema: bool) -> str | None:
-    # A level holding tensors directly is a state_dict itself, whatever its keys are called.
-    if any(isinstance(v, torch.Tensor) for v in mapping.values()):
+def key_text(key: Any) -> str:
+    """A key as a name: strings as they are, small numbers written out, others by type."""
+    if type(key) is str:
+        return key
+    if type(key) is int and -(10**30) < key < 10**30:
+        return str(key)
+    if type(key) in (bool, float) or key is None:
+        return repr(key)
+    return f"<{type(key).__name__}>"
+
+
+class _Walk:
+    """The walks over one checkpoint's dicts, with what they learnt cached.
+
+    Pickles can share one sub-dict under many keys (a few bytes each): without the cache,
+    asking "does it hold tensors?" once per key would walk it once per key.
+    """
+
+    def __init__(self) -> None:
+        self.holds: dict[int, bool] = {}
+
+    def container_key(self, mapping: Mapping[str, Any], ema: bool) -> str | None:
+        # A level holding tensors directly is a state_dict itself, whatever its keys are called.
+        if any(isinstance(v, torch.Tensor) for v in mapping.values()):
+            return None
+        for key in EMA_KEYS if ema else CONTAINER_KEYS:
+            value = mapping.get(key)
+            if isinstance(value, nn.Module) or self.holds_tensors(value):
+                return key
         return None
-    for key in EMA_KEYS if ema else CONTAINER_KEYS:
-        value = mapping.get(key)
-        if isinstance(value, nn.Module) or _holds_tensors(value, 0, set()):
-            return key
-    return None
 
-
-def _holds_tensors(value: Any, depth: int, seen: set[int]) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if not isinstance(value, Mapping) or depth >= MAX_DEPTH or id(value) in seen:
-        return False
-    seen.add(id(value))  # shared or cyclic sub-dicts (pickles can make them) are walked once
-    return any(_holds_tensors(v, depth + 1, seen) for v in value.values())
-
-
-def _flatten(
-    mapping: Mapping[str, Any],
-    prefix: str,
-    out: dict[str, torch.Tensor],
-    aside: dict[str, str],
-    origin: str,
-    depth: int,
-    seen: set[int],
-) -> None:
-    seen.add(id(mapping))
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
+    def holds_tensors(self, value: Any) -> bool:
+        """Whether ``value`` is a tensor or a dict holding one within ``MAX_DEPTH`` levels."""
         if isinstance(value, torch.Tensor):
-            if name in out:  # {"a.b": t, "a": {"b": t2}} would otherwise lose one silently
-                raise CheckpointError(f"{origin}: two tensors flatten to the same name '{name}'")
-            out[name] = value
-        elif id(value) not in seen and _holds_tensors(value, depth + 1, set()):
-            _flatten(value, f"{name}.", out, aside, origin, depth + 1, seen)
-        else:
-            aside[name] = _describe(value)
+            return True
+        if not isinstance(value, Mapping):
+            return False
+        if id(value) not in self.holds:
+            self.holds[id(value)] = self._search(value)
+        return self.holds[id(value)]
+
+    def _search(self, root: Mapping) -> bool:
+        # Breadth-first, without recursion; shared and cyclic sub-dicts are visited once.
+        seen = {id(root)}
+        level = [root]
+        for _ in range(MAX_DEPTH):
+            below = []
+            for mapping in level:
+                for value in mapping.values():
+                    if isinstance(value, torch.Tensor) or self.holds.get(id(value)):
+                        return True
+                    if isinstance(value, Mapping) and id(value) not in seen:
+                        seen.add(id(value))
+                        below.append(value)
+            if not below:
+                return False
+            level = below
+        return False
+
+    def flatten(
+        self,
+        mapping: Mapping[str, Any],
+        prefix: str,
+        out: dict[str, torch.Tensor],
+        aside: dict[str, str],
+        origin: str,
+        depth: int,
+        seen: set[int],
+    ) -> None:
+        seen.add(id(mapping))
+        for key, value in mapping.items():
+            name = f"{prefix}{key_text(key)}"
+            if isinstance(value, torch.Tensor):
+                if name in out:  # {"a.b": t, "a": {"b": t2}} would otherwise lose one silently
+                    raise CheckpointError(
+                        f"{origin}: two tensors flatten to the same name {ascii(name)[:200]}"
+                    )
+                out[name] = value
+            elif depth + 1 < MAX_DEPTH and id(value) not in seen and self.holds_tensors(value):
+                self.flatten(value, f"{name}.", out, aside, origin, depth + 1, seen)
+            else:
+                aside[name] = self.describe(value)
+
+    def describe(self, value: Any) -> str:
+        if isinstance(value, UnusableTensor):
+            return value.what
+        if isinstance(value, (int, float, str, bool)) and _short(value):
+            return f"{type(value).__name__} = {value!r}"
+        if isinstance(value, (Mapping, list, tuple, set)):
+            holds = " (holds tensors)" if self.holds_tensors(value) else ""
+            return f"{type(value).__name__} of {len(value)}{holds}"
+        return type(value).__name__
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, (int, float, str, bool)) and len(repr(value)) <= 40:
-        return f"{type(value).__name__} = {value!r}"
-    if isinstance(value, (Mapping, list, tuple, set)):
-        holds = " (holds tensors)" if _holds_tensors(value, 0, set()) else ""
-        return f"{type(value).__name__} of {len(value)}{holds}"
-    return type(value).__name__
+def _short(value: int | float | str) -> bool:
+    """Whether ``repr(value)`` fits in 40 characters, found without writing out a huge
+    number (which raises past 4,300 digits) or string."""
+    if isinstance(value, int) and int.bit_length(value) > 133:
+        return False
+    if isinstance(value, str) and len(value) > 40:
+        return False
+    return len(repr(value)) <= 40

@@ -14,14 +14,23 @@ Memory: torch zip files and safetensors are memory-mapped copy-on-write (``MAP_P
 tensors cost page cache, not anonymous memory, and writing into one never reaches the file.
 Legacy (non-zip) torch files cannot be mapped and are read whole.
 
-Every failure (missing, empty, truncated, corrupt, not a checkpoint) is one
-:class:`CheckpointError` that names the file and the reason.
+Hostile files: everything a file can choose (tensor count, nesting, sizes it claims, header
+and pickle lengths) is checked against the reader's limits (:mod:`.limits`) before the work is
+done, torch pickles are scanned before torch runs them (:mod:`.pickles`), and what was
+unpickled is made plain before any of its methods is called (:mod:`.untrusted`). A shard
+index names files only inside its folder (or, in a Hugging Face cache, inside the model's
+cache folder that its ``snapshots/`` links point into).
+
+Every failure (missing, empty, truncated, corrupt, hostile, not a checkpoint) is one
+:class:`CheckpointError` that names the file and the reason; names read from a file are
+quoted escaped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,9 +41,19 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .checkpoint import CONTAINER_KEYS, EMA_KEYS, Checkpoint, from_object
+from .limits import ReaderLimits, limit_error, resolve_limits
 from .pickles import short_reason, torch_load
+from .safetensors_file import read_safetensors
+from .untrusted import plain
 
-__all__ = ["CONTAINER_KEYS", "EMA_KEYS", "Checkpoint", "read_checkpoint", "sniff_format"]
+__all__ = [
+    "CONTAINER_KEYS",
+    "EMA_KEYS",
+    "Checkpoint",
+    "ReaderLimits",
+    "read_checkpoint",
+    "sniff_format",
+]
 
 #: Weight files of a Hugging Face-style folder, by preference (safetensors first: no pickle).
 HF_WEIGHT_FILES = (
@@ -65,6 +84,7 @@ def read_checkpoint(
     allow_globals: Sequence[str] = (),
     trust: bool = False,
     mmap: bool = True,
+    limits: ReaderLimits | None = None,
 ) -> Checkpoint:
     """Read ``source`` into a :class:`Checkpoint`.
 
@@ -74,12 +94,17 @@ def read_checkpoint(
         ema: take the EMA weights (``state_dict_ema``, ``model_ema``, …) instead of the
             regular ones; an error if there are none.
         allow_globals: ``"module.Name"`` globals the pickle may construct: imported (which
-            runs that module's import-time code) and allowed for this one load only.
+            runs that module's import-time code) and allowed for this one load only. Each must
+            be the object's own name (``__module__.__qualname__``), and names that can run
+            commands or load code are refused whatever they are called
+            (:mod:`.allowed_globals`).
         trust: load the pickle with ``weights_only=False``: this can run code from the file,
-            so it warns; use it only for files you made yourself.
+            so it warns; use it only for files you made yourself. The pickle is not scanned.
         mmap: memory-map torch zip files and safetensors (copy-on-write) instead of reading
             them into memory. The file must then not be truncated or rewritten in place while
             the tensors live (atomic replacement, as torchgraft writes, is fine).
+        limits: what one read may cost (:class:`~torchgraft.grafting.limits.ReaderLimits`);
+            default: the defaults, with any ``TORCHGRAFT_MAX_*`` environment variable applied.
 
     Returns:
         the tensors, plus what was unwrapped, set aside and which files were read.
@@ -87,7 +112,8 @@ def read_checkpoint(
     Raises:
         UnsafeCheckpointError: the pickle wants globals outside the allow-list (named in
             ``globals_wanted``).
-        CheckpointError: anything else that stops the source from being read.
+        CheckpointError: anything else that stops the source from being read, a file over one
+            of the reader's limits included (the message names the limit and how to raise it).
 
     Example:
         >>> ckpt = read_checkpoint("colleague.ckpt")
@@ -98,42 +124,79 @@ def read_checkpoint(
         return from_object(source, "module", type(source).__name__, ema)
     if isinstance(source, Mapping):
         return from_object(source, "state_dict", "in-memory state_dict", ema)
+    limits = resolve_limits(limits)
     path = Path(source)
-    if path.is_dir():
-        return _read_folder(path, ema, allow_globals, trust, mmap)
-    if not path.exists():
+    try:
+        checkpoint = _read_path(path, ema, allow_globals, trust, mmap, limits)
+    except OSError as exc:  # permission denied, a folder that vanished, a name too long …
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(checkpoint.tensors) > limits.max_tensors:
+        raise limit_error(str(path), "max_tensors", f"{len(checkpoint.tensors):,} tensors", limits)
+    return checkpoint
+
+
+def _read_path(
+    path: Path,
+    ema: bool,
+    allow_globals: Sequence[str],
+    trust: bool,
+    mmap: bool,
+    limits: ReaderLimits,
+) -> Checkpoint:
+    mode = _mode(path)
+    if mode is None:
         raise CheckpointError(f"{path}: no such file or folder")
-    if not path.is_file():
+    if stat.S_ISDIR(mode):
+        return _read_folder(path, ema, allow_globals, trust, mmap, limits)
+    if not stat.S_ISREG(mode):
         raise CheckpointError(f"{path}: not a regular file (a device, pipe or socket?)")
     kind = sniff_format(path)
     if kind == "safetensors":
         if ema:
             raise CheckpointError(f"{path}: a safetensors file holds no separate EMA weights")
-        tensors, metadata = _read_safetensors(path, mmap)
+        tensors, metadata = read_safetensors(path, mmap, limits)
         return Checkpoint(tensors, kind, str(path), metadata=metadata, files=(str(path),))
-    obj = torch_load(path, kind, allow_globals, trust, mmap)
+    obj = plain(torch_load(path, kind, allow_globals, trust, mmap, limits))
     checkpoint = from_object(obj, kind, str(path), ema)
     checkpoint.files = (str(path),)
     if isinstance(obj, Mapping) and "pytorch-lightning_version" in obj:
+        version = obj["pytorch-lightning_version"]
         checkpoint.format = "lightning"
-        checkpoint.metadata["pytorch-lightning_version"] = str(obj["pytorch-lightning_version"])
+        checkpoint.metadata["pytorch-lightning_version"] = (
+            version[:40] if isinstance(version, str) else type(version).__name__
+        )
     return checkpoint
+
+
+def _mode(path: Path) -> int | None:
+    """The file type and mode bits of ``path`` (links followed), or None when it is absent."""
+    try:
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except ValueError:  # a NUL byte in the name
+        raise CheckpointError(f"{str(path)!a}: not a valid file name") from None
 
 
 def sniff_format(path: Path) -> str:
     """``torch`` (zip), ``torch-legacy`` (raw pickle) or ``safetensors``, from the bytes.
 
     Args:
-        path: a regular file; only its first 64 bytes and its size are read.
+        path: a regular file; only its first 64 bytes and its size are read. It is opened
+            without blocking and checked again once open, so that a pipe or device put in its
+            place cannot hang the reader.
 
     Raises:
         CheckpointError: an unreadable or empty file, or bytes that are none of these (the
             message says what the file looks like instead, when it can tell).
     """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            head = handle.read(64)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise CheckpointError(f"{path}: not a regular file (a device, pipe or socket?)")
+            size, head = info.st_size, handle.read(64)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if size == 0:
@@ -146,8 +209,8 @@ def sniff_format(path: Path) -> str:
         (header_len,) = struct.unpack("<Q", head[:8])
         if header_len > size - 8:
             raise CheckpointError(
-                f"{path}: a truncated safetensors file (its header alone claims {header_len} "
-                f"bytes, the file has {size}); re-download or re-save it"
+                f"{path}: a truncated safetensors file (its header alone claims {header_len:,} "
+                f"bytes, the file has {size:,}); re-download or re-save it"
             )
         return "safetensors"
     guess = next((what for magic, what in _NOT_A_CHECKPOINT if head.startswith(magic)), None)
@@ -159,54 +222,42 @@ def sniff_format(path: Path) -> str:
     )
 
 
-# ---- safetensors and folders --------------------------------------------------------------
+# ---- folders ------------------------------------------------------------------------------
 
-
-def _read_safetensors(path: Path, mmap: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    # safe_open maps the file MAP_PRIVATE and get_tensor returns views into that mapping
-    # (measured: +0 MB anonymous memory for a 512 MB file), so no copy is needed for memory;
-    # mmap=False clones, for callers that must not keep the file mapped.
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-            metadata = dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: a damaged safetensors file: {short_reason(exc)}") from None
-    except BaseException as exc:  # a Rust panic surfaces as PanicException(BaseException)
-        if type(exc).__name__ != "PanicException":
-            raise
-        raise CheckpointError(f"{path}: a damaged safetensors file: {short_reason(exc)}") from None
-    if not tensors:
-        raise CheckpointError(f"{path}: a safetensors file with no tensors in it")
-    if not mmap:
-        tensors = {key: tensor.clone() for key, tensor in tensors.items()}
-    return tensors, metadata
+#: The longest file name most file systems accept.
+_MAX_NAME = 255
 
 
 def _read_folder(
-    path: Path, ema: bool, allow_globals: Sequence[str], trust: bool, mmap: bool
+    path: Path,
+    ema: bool,
+    allow_globals: Sequence[str],
+    trust: bool,
+    mmap: bool,
+    limits: ReaderLimits,
 ) -> Checkpoint:
     names = [name for name in HF_WEIGHT_FILES if (path / name).is_file()]
     if not names:  # no HF names: accept a folder holding exactly one weights file
         names = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
         if len(names) != 1:
-            found = f"it holds {', '.join(names)}; pass one of them" if names else "none found"
+            found = (
+                f"it holds {', '.join(map(_listed, names[:10]))}; pass one of them"
+                if names
+                else "none found"
+            )
             raise CheckpointError(
                 f"{path}: a folder without a single weights file ({found}); expected one of "
                 f"{', '.join(HF_WEIGHT_FILES)}"
             )
     name = names[0]
+    options = {"allow_globals": allow_globals, "trust": trust, "mmap": mmap, "limits": limits}
     if name.endswith(".index.json"):
         if ema:
             raise CheckpointError(f"{path / name}: sharded weights hold no separate EMA weights")
-        tensors, files = _read_sharded(path / name, allow_globals, trust, mmap)
+        tensors, files = _read_sharded(path / name, limits, options)
         inner = Checkpoint(tensors, "sharded", str(path), files=files)
     else:
-        inner = read_checkpoint(
-            path / name, ema=ema, allow_globals=allow_globals, trust=trust, mmap=mmap
-        )
+        inner = read_checkpoint(path / name, ema=ema, **options)
     metadata = {**inner.metadata, "file": name, "file_format": inner.format}
     return Checkpoint(
         inner.tensors, "hf-folder", str(path), inner.container, inner.set_aside, metadata,
@@ -215,29 +266,97 @@ def _read_folder(
 
 
 def _read_sharded(
-    index: Path, allow_globals: Sequence[str], trust: bool, mmap: bool
+    index: Path, limits: ReaderLimits, options: dict[str, Any]
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
-    try:
-        weight_map = json.loads(index.read_bytes())["weight_map"]
-    except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON and UTF-8 errors: ValueError
-        raise CheckpointError(f"{index}: not a valid shard index ({short_reason(exc)})") from None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{index}: 'weight_map' should map tensor names to shard files")
-    folder = index.parent.resolve()
+    weight_map = _weight_map(index, limits)
+    root = _shard_root(index.parent)
     shards: dict[str, dict[str, torch.Tensor]] = {}
     tensors: dict[str, torch.Tensor] = {}
     for key, shard in weight_map.items():
         if shard not in shards:
-            shard_path = (index.parent / str(shard)).resolve()
-            if shard_path.parent != folder:  # a crafted index must not reach other folders
-                raise CheckpointError(f"{index}: shard '{shard}' is outside the folder")
+            shard_path = _shard_path(index, shard, root)
             if not shard_path.is_file():
-                raise CheckpointError(f"{index}: shard '{shard}' (holding '{key}') is missing")
-            shards[shard] = read_checkpoint(
-                shard_path, allow_globals=allow_globals, trust=trust, mmap=mmap
-            ).tensors
+                raise CheckpointError(
+                    f"{index}: shard {_quoted(shard)} (holding {_quoted(key)}) is missing"
+                )
+            shards[shard] = read_checkpoint(shard_path, **options).tensors
+            if sum(map(len, shards.values())) > limits.max_tensors:
+                raise limit_error(
+                    str(index), "max_tensors", f"shards of more than {limits.max_tensors:,} "
+                    "tensors", limits,
+                )  # fmt: skip
         if key not in shards[shard]:
-            raise CheckpointError(f"{index}: '{key}' is not in its shard '{shard}'")
+            raise CheckpointError(f"{index}: {_quoted(key)} is not in its shard {_quoted(shard)}")
         tensors[key] = shards[shard][key]
     files = (str(index), *(str(index.parent / s) for s in shards))
     return tensors, files
+
+
+def _weight_map(index: Path, limits: ReaderLimits) -> dict[str, str]:
+    """The index's ``weight_map``: tensor names to shard file names, all strings."""
+    size = index.stat().st_size
+    if size > limits.max_metadata_bytes:
+        raise limit_error(
+            str(index), "max_metadata_bytes", f"a shard index of {size:,} bytes", limits
+        )
+    try:
+        document = json.loads(index.read_bytes())
+        weight_map = document["weight_map"]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # JSON, UTF-8: ValueError
+        raise CheckpointError(
+            f"{index}: not a valid shard index ({type(exc).__name__}: {short_reason(exc)[:80]})"
+        ) from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: 'weight_map' should map tensor names to shard files")
+    if len(weight_map) > limits.max_tensors:
+        raise limit_error(str(index), "max_tensors", f"{len(weight_map):,} tensors", limits)
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(
+                f"{index}: 'weight_map' should map tensor names to shard files; "
+                f"{_quoted(key)} maps to a {type(shard).__name__}"
+            )
+    return weight_map
+
+
+def _shard_root(folder: Path) -> Path:
+    """Where a shard may resolve to: the folder, or for a Hugging Face cache snapshot
+    (``<repo>/snapshots/<revision>/``, files linked into ``<repo>/blobs/``), the repo folder."""
+    real = folder.resolve()
+    repo = real.parent.parent
+    if real.parent.name == "snapshots" and (repo / "blobs").is_dir():
+        return repo
+    return real
+
+
+def _shard_path(index: Path, shard: str, root: Path) -> Path:
+    """The shard's path: a plain file name in the index's folder, resolving inside ``root``."""
+    plain_name = (
+        0 < len(shard) <= _MAX_NAME
+        and shard not in (".", "..")
+        and not any(c in shard for c in "/\\\0")
+        and shard.isprintable()
+    )
+    if not plain_name:
+        raise CheckpointError(
+            f"{index}: shard {_quoted(shard)} is outside the folder (a shard must be a file "
+            "name in the index's folder)"
+        )
+    path = index.parent / shard
+    if not path.resolve().is_relative_to(root):
+        raise CheckpointError(
+            f"{index}: shard {_quoted(shard)} is outside the folder (it links to a file "
+            f"outside {root})"
+        )
+    return path
+
+
+def _quoted(name: Any) -> str:
+    """A name read from a file, as a message shows it: quoted, escaped, cut."""
+    text = name if isinstance(name, str) else type(name).__name__
+    return ascii(text[:120]) + ("…" if len(text) > 120 else "")
+
+
+def _listed(name: str) -> str:
+    """A file name from a folder listing: as it is when plain, else escaped."""
+    return name if name.isascii() and name.isprintable() else ascii(name)

@@ -1,20 +1,19 @@
-"""torch pickles, read safely: ``weights_only=True`` always, opt-ins by name, typed errors.
+"""torch pickles, read safely: scanned first, ``weights_only=True`` always, opt-ins by name.
 
-``torch.load`` is always called with ``weights_only`` passed explicitly, so the environment
-variables that change its default (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) cannot turn the unsafe
-path on. A pickle that needs globals outside torch's allow-list is refused with their names
-(found by parsing, never by running it); ``allow_globals`` (scoped to one load) and ``trust``
-are the explicit opt-ins.
+A torch file is checked and its pickle scanned (:mod:`.torch_files`, :mod:`.pickle_scan`)
+before torch's unpickler runs any of it: globals outside the allowed set, nesting, sizes and
+counts over the reader's limits, and calls that could cost any amount are refused there.
+Only then is ``torch.load`` called, always with ``weights_only`` passed explicitly, so the
+environment variables that change its default (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) cannot
+turn the unsafe path on. ``allow_globals`` (checked by :mod:`.allowed_globals`, scoped to one
+load) and ``trust`` are the explicit opt-ins; ``trust`` skips the scan, since a trusted file
+may run code anyway.
 """
 
 from __future__ import annotations
 
-import _compat_pickle  # the stdlib's Python 2 -> 3 name table, as pickle uses it
-import importlib
-import pickletools
 import re
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,40 @@ import torch
 
 from ..errors import CheckpointError, UnsafeCheckpointError
 from ..wording import option
+from .allowed_globals import GLOBAL_NAME, imported_denial, resolve_allowed, torch_safe_names
+from .limits import ReaderLimits
+from .torch_files import check_torch_file
 
 __all__ = ["short_reason", "torch_load"]
 
-#: An importable ``module.Name`` (a damaged pickle can name garbage).
-_GLOBAL_NAME = re.compile(r"(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*")
 #: Lines of torch.load's error messages that give advice rather than the reason.
 _TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Please")
+#: Refused globals named in one message; the rest are counted.
+_SHOWN = 10
 
 
-def torch_load(path: Path, kind: str, allow_globals: Sequence[str], trust: bool, mmap: bool) -> Any:
-    if kind == "torch":
-        _check_zip(path)
+def torch_load(
+    path: Path,
+    kind: str,
+    allow_globals: Sequence[str],
+    trust: bool,
+    mmap: bool,
+    limits: ReaderLimits,
+) -> Any:
+    """Check, scan and load a ``torch`` (zip) or ``torch-legacy`` file.
+
+    Raises:
+        UnsafeCheckpointError: the pickle wants globals outside the allowed set (all named).
+        CheckpointError: anything else: damage, a crafted file, a limit exceeded.
+    """
+    if isinstance(allow_globals, str):  # "a.B" would otherwise allow "a", ".", "B"
+        allow_globals = [allow_globals]
+    allowed = {} if trust else resolve_allowed(allow_globals)
+    check = check_torch_file(
+        path, kind, torch_safe_names() | frozenset(allowed), limits, scan=not trust
+    )
+    if check.refused:
+        raise _refusal(path, check.refused)
     mmap = mmap and kind == "torch"  # legacy files cannot be mapped: read them whole
     if trust:
         warnings.warn(
@@ -43,127 +64,55 @@ def torch_load(path: Path, kind: str, allow_globals: Sequence[str], trust: bool,
             UserWarning,
             stacklevel=3,
         )
-        try:
-            return _load(path, weights_only=False, mmap=mmap)
-        except Exception as exc:
-            raise CheckpointError(
-                f"{path}: cannot be read as a torch file: {short_reason(exc)}"
-            ) from None
-    allowed = [(_import_global(name), name) for name in allow_globals]
-    # The allow-list is scoped to this load; refused globals are computed inside the scope
-    # so that those the caller allowed are not reported back.
-    with torch.serialization.safe_globals(allowed):
-        try:
-            return _load(path, weights_only=True, mmap=mmap)
-        except Exception as exc:
-            error, wanted = exc, _refused_globals(path, kind, exc)
-    if wanted:
-        raise UnsafeCheckpointError(
-            f"{path}: refusing to load: the pickle wants {', '.join(wanted)}, outside torch's "
-            "safe list (unpickling them could run code). If you trust the file, allow them by "
-            f"name ({option('allow_globals', wanted)}) or use {option('trust', True)}",
-            wanted,
-        )
-    raise CheckpointError(f"{path}: cannot be read as a torch file: {short_reason(error)}")
+        return _load(path, weights_only=False, mmap=mmap)
+    # The allowances are scoped to this load, and each one is the object's own name.
+    with torch.serialization.safe_globals(list(allowed.values())):
+        return _load(path, weights_only=True, mmap=mmap)
 
 
 def _load(path: Path, weights_only: bool, mmap: bool) -> Any:
     # weights_only is always passed explicitly: environment variables that change torch.load's
     # default must not decide what runs.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected pickle protocol")
-        if path.suffix == ".safetensors":  # torch.load would hand the name to safetensors
-            with path.open("rb") as handle:
-                return torch.load(handle, map_location="cpu", weights_only=weights_only)
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
-
-
-def _check_zip(path: Path) -> None:
-    """Give a precise error for zips that are damaged or are not ``torch.save`` archives."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except Exception as exc:  # BadZipFile, but also struct/overflow errors on crafted bytes
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            if path.suffix == ".safetensors":  # torch.load would hand the name to safetensors
+                with path.open("rb") as handle:
+                    return torch.load(handle, map_location="cpu", weights_only=weights_only)
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+    except Exception as exc:
         raise CheckpointError(
-            f"{path}: a damaged or truncated zip archive ({short_reason(exc)}); re-download or re-save it"
+            f"{path}: cannot be read as a torch file: {short_reason(exc)}"
         ) from None
-    if any(name.endswith("/constants.pkl") for name in names):
-        raise CheckpointError(
-            f"{path}: a TorchScript archive, which cannot be read without running its code; "
-            "save model.state_dict() with torch.save, or load it with torch.jit.load yourself"
-        )
-    if not any(name.endswith("/data.pkl") for name in names):
-        raise CheckpointError(
-            f"{path}: a zip archive but not a torch checkpoint (no data.pkl; holds "
-            f"{', '.join(names[:3]) or 'nothing'})"
-        )
 
 
-def _refused_globals(path: Path, kind: str, exc: Exception) -> list[str]:
-    """The globals a refused pickle wanted; empty when it failed for another reason."""
-    # A damaged pickle can fail on a garbled GLOBAL ("torch._u."): that is corruption.
-    named = re.findall(r"GLOBAL ((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)\b(?!\.)", str(exc))
-    if not named:
-        return []  # a corrupt or unsupported pickle, not a refusal
-    try:
-        if kind == "torch":
-            found = [
-                _py3_name(*name.rsplit(".", 1))
-                for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            ]
-        else:
-            # No public helper for legacy files: list their GLOBALs statically, minus the
-            # allow-list (private, hence the fallback to the name in torch's message).
-            from torch import _weights_only_unpickler as wou
-
-            allowed = {**wou._get_allowed_globals(), **wou._get_user_allowed_globals()}
-            found = [name for name in _pickle_globals(path) if name not in allowed]
-    except Exception:
-        found = []
-    found = [name for name in dict.fromkeys(found) if _GLOBAL_NAME.fullmatch(name)]
-    # torch's message drops "builtins." ("GLOBAL exec"); names must be importable as given.
-    return found or [name if "." in name else f"builtins.{name}" for name in named]
-
-
-def _pickle_globals(path: Path, pickles: int = 5) -> list[str]:
-    """GLOBAL names in the first pickles of a legacy torch file, found by parsing only.
-
-    ``pickletools.genops`` decodes opcodes without executing any of them.
-    """
-    found: list[str] = []
-    with path.open("rb") as handle:
-        for _ in range(pickles):  # magic, protocol, sys info, the object, storage keys
-            try:
-                for opcode, arg, _pos in pickletools.genops(handle):
-                    if opcode.name == "GLOBAL":
-                        found.append(_py3_name(*str(arg).split(" ", 1)))
-            except Exception:
-                break
-    return found
-
-
-def _py3_name(module: str, name: str) -> str:
-    """``module.name`` as Python 3 imports it (protocol-2 pickles say ``__builtin__.exec``)."""
-    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
-
-
-def _import_global(name: str) -> Any:
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):  # "pkg.mod.Outer.Inner": longest module first
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        try:
-            for attribute in parts[cut:]:
-                obj = getattr(obj, attribute)
-        except AttributeError:
-            break
-        return obj
-    raise CheckpointError(
-        f"cannot allow global '{name}': no importable module.attribute by that name"
+def _refusal(path: Path, wanted: list[str]) -> UnsafeCheckpointError:
+    """The refusal naming every global wanted; names from the file are shown escaped."""
+    never = {name: reason for name in wanted if (reason := imported_denial(name))}
+    shown = ", ".join(_shown(name) for name in wanted[:_SHOWN])
+    if len(wanted) > _SHOWN:
+        shown += f" and {len(wanted) - _SHOWN} more"
+    message = (
+        f"{path}: refusing to load: the pickle wants {shown}, outside torch's safe list "
+        "(unpickling them could run code)."
     )
+    if never:
+        name, reason = next(iter(never.items()))
+        message += (
+            f" {_shown(name)} can never be allowed by name ({reason}); only "
+            f"{option('trust', True)} loads this file, and then the file's code runs"
+        )
+    else:
+        message += (
+            f" If you trust the file, allow them by name ({option('allow_globals', wanted)}) "
+            f"or use {option('trust', True)}"
+        )
+    return UnsafeCheckpointError(message, list(wanted))
+
+
+def _shown(name: str) -> str:
+    """A global's name as a message shows it: as is when plain, else escaped and cut."""
+    return name if GLOBAL_NAME.fullmatch(name) and len(name) <= 200 else ascii(name[:200])
 
 
 def short_reason(exc: BaseException) -> str:
@@ -171,7 +120,7 @@ def short_reason(exc: BaseException) -> str:
     text = str(exc)
     match = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
     if match:
-        return match.group(1)[:200]
+        return ascii(match.group(1)[:200])[1:-1]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     reasons = [ln for ln in lines if not ln.startswith(_TORCH_ADVICE)]
-    return (reasons or lines or [type(exc).__name__])[0][:200]
+    return ascii((reasons or lines or [type(exc).__name__])[0][:200])[1:-1]

@@ -1,0 +1,213 @@
+"""Hostile checkpoint files, forged byte by byte, and a sandbox to read them in.
+
+The pickles here are assembled from raw opcodes (the subset torch's ``weights_only``
+unpickler accepts), so each file holds exactly the attack it is named after and nothing
+that ``pickle.dumps`` would add or refuse. :func:`sandboxed_read` reads a file in a forked
+child under memory, CPU and wall-clock limits, so that a regression (a crash, a memory or
+CPU bomb) fails one test instead of taking the machine down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import resource
+import signal
+import struct
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+# ---- opcodes -----------------------------------------------------------------------------
+
+PROTO2 = b"\x80\x02"
+MARK, STOP, TUPLE, REDUCE, BUILD = b"(", b".", b"t", b"R", b"b"
+TUPLE1, TUPLE2, TUPLE3, EMPTY_TUPLE = b"\x85", b"\x86", b"\x87", b")"
+EMPTY_DICT, EMPTY_LIST, SETITEM, SETITEMS, APPEND, APPENDS = b"}", b"]", b"s", b"u", b"a", b"e"
+NONE, FALSE, TRUE, BINPERSID, NEWOBJ = b"N", b"\x89", b"\x88", b"Q", b"\x81"
+
+
+def glob(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def text(value: str) -> bytes:
+    raw = value.encode("utf-8", "surrogatepass")
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def integer(value: int) -> bytes:
+    if 0 <= value < 256:
+        return b"K" + bytes([value])
+    if 0 <= value < 65536:
+        return b"M" + struct.pack("<H", value)
+    if -(2**31) <= value < 2**31:
+        return b"J" + struct.pack("<i", value)
+    encoded = pickle.encode_long(value)
+    return b"\x8a" + bytes([len(encoded)]) + encoded
+
+
+def put(index: int) -> bytes:
+    return b"q" + bytes([index]) if index < 256 else b"r" + struct.pack("<I", index)
+
+
+def get(index: int) -> bytes:
+    return b"h" + bytes([index]) if index < 256 else b"j" + struct.pack("<I", index)
+
+
+def ints(values) -> bytes:
+    return MARK + b"".join(integer(v) for v in values) + TUPLE
+
+
+def storage(key: str, numel: int, kind: str = "FloatStorage", extra: bytes = b"") -> bytes:
+    """A persistent id for a storage (zip: 5 fields; legacy: add a view_metadata ``NONE``)."""
+    return (
+        MARK + text("storage") + glob("torch", kind) + text(key) + text("cpu") + integer(numel)
+        + extra + TUPLE + BINPERSID
+    )  # fmt: skip
+
+
+def tensor(storage_op: bytes, size, stride, offset: int = 0) -> bytes:
+    """``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
+    return (
+        glob("torch._utils", "_rebuild_tensor_v2")
+        + MARK + storage_op + integer(offset) + ints(size) + ints(stride) + FALSE
+        + glob("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
+        + TUPLE + REDUCE
+    )  # fmt: skip
+
+
+def state_dict(entries: dict[str, bytes]) -> bytes:
+    """A pickle of ``{name: value}`` where each value is already an opcode sequence."""
+    body = b"".join(text(k) + v for k, v in entries.items())
+    return PROTO2 + EMPTY_DICT + MARK + body + SETITEMS + STOP
+
+
+def a_tensor(key: str = "0", numel: int = 4) -> bytes:
+    return tensor(storage(key, numel), (numel,), (1,))
+
+
+# ---- files -------------------------------------------------------------------------------
+
+
+def torch_zip(path: Path, data_pkl: bytes, records: dict[str, bytes] | None = None,
+              compress: dict[str, int] | None = None) -> Path:  # fmt: skip
+    """A ``torch.save`` zip holding ``data_pkl`` and storage records ``data/<key>``."""
+    records = {"0": bytes(16)} if records is None else records
+    compress = compress or {}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/byteorder", "little")
+        for key, payload in records.items():
+            name = f"archive/data/{key}"
+            archive.writestr(name, payload, compress_type=compress.get(key, zipfile.ZIP_STORED))
+        archive.writestr("archive/version", "3\n")
+        archive.writestr("archive/.data/serialization_id", "0123456789")
+    return path
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def legacy(path: Path, main_pkl: bytes, storages: dict[str, bytes] | None = None) -> Path:
+    """A legacy (pre-1.6, non-zip) ``torch.save`` file: header pickles, the object, storages."""
+    storages = {"0": bytes(16)} if storages is None else storages
+    sys_info = {"protocol_version": 1001, "little_endian": True,
+                "type_sizes": {"short": 2, "int": 4, "long": 4}}  # fmt: skip
+    parts = [pickle.dumps(LEGACY_MAGIC, 2), pickle.dumps(1001, 2), pickle.dumps(sys_info, 2)]
+    parts += [main_pkl, pickle.dumps(list(storages), 2)]
+    for payload in storages.values():
+        parts.append(struct.pack("<q", len(payload) // 4) + payload)
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def safetensors(path: Path, header: dict | bytes, data: bytes = b"", length: int | None = None):
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    return path
+
+
+def real_state(path: Path, legacy_format: bool = False) -> Path:
+    state = {"conv.weight": torch.randn(4, 3, 3, 3), "fc.bias": torch.zeros(2)}
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy_format)
+    return path
+
+
+# ---- the sandbox -------------------------------------------------------------------------
+
+#: Memory a sandboxed read may add to the test process's address space.
+SANDBOX_MEMORY = 1 << 30
+
+
+def sandboxed_read(path: Path, timeout: float = 60.0, **options) -> dict:
+    """Read ``path`` with ``read_checkpoint(path, **options)`` in a forked, limited child.
+
+    Returns:
+        ``{"ok": True, "tensors": n}``, ``{"error": type name, "message": str, "typed": bool}``
+        (typed: a :class:`TorchgraftError`), ``{"signal": n}`` for a crash or a kill, or
+        ``{"timeout": True}``.
+    """
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.close(reader)
+            _limit_child()
+            result = _read(path, options)
+            os.write(writer, json.dumps(result).encode())
+        except BaseException:
+            code = 3
+        finally:
+            os._exit(code)
+    os.close(writer)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(reader)
+            return {"timeout": True}
+        time.sleep(0.02)
+    with os.fdopen(reader, "rb") as pipe:
+        output = pipe.read()
+    if os.WIFSIGNALED(status):
+        return {"signal": os.WTERMSIG(status)}
+    return json.loads(output) if output else {"exit": os.WEXITSTATUS(status)}
+
+
+def _limit_child() -> None:
+    size = _address_space()
+    resource.setrlimit(resource.RLIMIT_AS, (size + SANDBOX_MEMORY, size + SANDBOX_MEMORY))
+    cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime + 120
+    resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 5))
+    torch.set_num_threads(1)
+
+
+def _address_space() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no /proc/self/status")
+
+
+def _read(path: Path, options: dict) -> dict:
+    from torchgraft.errors import TorchgraftError
+    from torchgraft.grafting.io import read_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(path, **options)
+        return {"ok": True, "tensors": len(checkpoint.tensors)}
+    except BaseException as exc:  # every outcome is data for the test
+        return {
+            "error": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "typed": isinstance(exc, TorchgraftError),
+        }
