@@ -8,7 +8,7 @@ done, and a file over a limit is refused with a :class:`~torchgraft.errors.Check
 that names the limit and how to raise it.
 
 The defaults admit every real checkpoint we know of with a wide margin (a ResNet-50 state_dict
-uses 320 tensors, depth 5, 640 calls in a 39 KB pickle, 1.0x its file size) and keep a hostile
+uses 320 tensors, depth 5, 11,000 pickle instructions, 1.0x its file size) and keep a hostile
 file to seconds and a few hundred MB. Raise one for a file you trust, in Python with
 ``read_checkpoint(path, limits=ReaderLimits(max_tensors=500_000))``, or for any command with
 the environment variable named in the table (``TORCHGRAFT_MAX_TENSORS=500000``).
@@ -19,11 +19,12 @@ limit                  environment variable        what it bounds (default)
 max_tensors            TORCHGRAFT_MAX_TENSORS      tensors in one read, all shards together
                                                    (100,000)
 max_depth              TORCHGRAFT_MAX_DEPTH        nesting of containers in a pickle (100)
-max_pickle_calls       TORCHGRAFT_MAX_PICKLE_      calls in one pickle: REDUCE, NEWOBJ, BUILD
-                       CALLS                       (1,000,000; torch.save makes 2 per tensor)
+max_pickle_ops         TORCHGRAFT_MAX_PICKLE_OPS   instructions of one pickle that make or
+                                                   remember an object: they bound its time
+                                                   and memory (4,000,000; torch.save uses
+                                                   about 30 per tensor)
 max_metadata_bytes     TORCHGRAFT_MAX_METADATA_    a pickle, a safetensors header or a shard
-                       BYTES                       index (32 MiB; also bounds the instructions
-                                                   of a pickle, and so its time)
+                       BYTES                       index (32 MiB)
 max_inflation          TORCHGRAFT_MAX_INFLATION    bytes a file may claim (tensor views,
                                                    arrays, zip entries) per byte of file (4)
 inflation_allowance    TORCHGRAFT_INFLATION_       claimed bytes allowed on top, whatever the
@@ -54,9 +55,9 @@ class ReaderLimits:
     Attributes:
         max_tensors: tensors in one read (a sharded folder: all shards together).
         max_depth: nesting depth of containers (tuples, lists, dicts, objects) in a pickle.
-        max_pickle_calls: calls in one pickle (REDUCE, NEWOBJ, BUILD instructions).
-        max_metadata_bytes: bytes of a pickle, a safetensors header or a shard index (a
-            pickle's instructions take at least a byte each: this bounds their number too).
+        max_pickle_ops: instructions of one pickle that make or remember an object (all but
+            a few: calls included), which bound the time and memory unpickling takes.
+        max_metadata_bytes: bytes of a pickle, a safetensors header or a shard index.
         max_inflation: bytes a file may claim (tensor views, bytearrays, zip entries once
             inflated) per byte of the file itself.
         inflation_allowance: claimed bytes allowed on top of that, whatever the file's size.
@@ -70,7 +71,7 @@ class ReaderLimits:
 
     max_tensors: int = 100_000
     max_depth: int = 100
-    max_pickle_calls: int = 1_000_000
+    max_pickle_ops: int = 4_000_000
     max_metadata_bytes: int = 32 * _MIB
     max_inflation: float = 4.0
     inflation_allowance: int = 256 * _MIB

@@ -160,11 +160,7 @@ def _check_legacy(path: Path, allowed: frozenset[str], limits: ReaderLimits) -> 
     check = TorchFileCheck()
     claimed = 0
     storages: dict[str, int] = {}
-    with (
-        path.open("rb") as handle,
-        mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
-        memoryview(mapped) as data,  # scanned in place; released before the map closes
-    ):
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         size, position = len(data), 0
         for _ in range(_LEGACY_PICKLES):
             result = scan_pickle(data, position, allowed, limits, str(path))
