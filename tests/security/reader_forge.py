@@ -9,6 +9,7 @@ CPU bomb) fails one test instead of taking the machine down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -147,8 +148,9 @@ def sandboxed_read(path: Path, timeout: float = 60.0, **options) -> dict:
     """Read ``path`` with ``read_checkpoint(path, **options)`` in a forked, limited child.
 
     Returns:
-        ``{"ok": True, "tensors": n}``, ``{"error": type name, "message": str, "typed": bool}``
-        (typed: a :class:`TorchgraftError`), ``{"signal": n}`` for a crash or a kill, or
+        ``{"ok": True, "tensors": n}`` or ``{"error": type name, "message": str, "typed":
+        bool}`` (typed: a :class:`TorchgraftError`), both with ``peak_mb`` (how much the
+        peak RSS grew) and ``seconds``; ``{"signal": n}`` for a crash or a kill, or
         ``{"timeout": True}``.
     """
     reader, writer = os.pipe()
@@ -188,26 +190,36 @@ def _limit_child() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size + SANDBOX_MEMORY, size + SANDBOX_MEMORY))
     cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime + 120
     resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 5))
-    torch.set_num_threads(1)
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` figure in bytes (VmSize, VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _address_space() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no /proc/self/status")
+    return _status("VmSize")
 
 
 def _read(path: Path, options: dict) -> dict:
     from torchgraft.errors import TorchgraftError
     from torchgraft.grafting.io import read_checkpoint
 
+    with contextlib.suppress(OSError):  # reset the peak RSS, inherited from the parent
+        Path("/proc/self/clear_refs").write_text("5")
+    before, started = _status("VmRSS"), time.monotonic()
     try:
         checkpoint = read_checkpoint(path, **options)
-        return {"ok": True, "tensors": len(checkpoint.tensors)}
+        result = {"ok": True, "tensors": len(checkpoint.tensors)}
     except BaseException as exc:  # every outcome is data for the test
-        return {
+        result = {
             "error": type(exc).__name__,
             "message": str(exc)[:2000],
             "typed": isinstance(exc, TorchgraftError),
         }
+    result["peak_mb"] = (_status("VmHWM") - before) / 2**20  # growth of the peak RSS
+    result["seconds"] = time.monotonic() - started
+    return result

@@ -662,9 +662,11 @@ def _constructors() -> frozenset[str]:
 
     found = set()
     for name, obj in unpickler._get_allowed_globals().items():
-        if isinstance(obj, type) and (
-            issubclass(obj, torch.Tensor)
-            or issubclass(obj, (torch.storage.UntypedStorage, torch.storage.TypedStorage))
+        if obj in torch._tensor_classes or (  # torch.FloatTensor & co. are not subclasses
+            isinstance(obj, type)
+            and issubclass(
+                obj, (torch.Tensor, torch.storage.UntypedStorage, torch.storage.TypedStorage)
+            )
         ):
             found.add(name)
     return frozenset(found - set(_RULES))
