@@ -144,8 +144,9 @@ def real_state(path: Path, legacy_format: bool = False) -> Path:
 SANDBOX_MEMORY = 1 << 30
 
 
-def sandboxed_read(path: Path, timeout: float = 60.0, **options) -> dict:
-    """Read ``path`` with ``read_checkpoint(path, **options)`` in a forked, limited child.
+def sandboxed_read(path: Path, timeout: float = 60.0, uid: int | None = None, **options) -> dict:
+    """Read ``path`` with ``read_checkpoint(path, **options)`` in a forked, limited child
+    (as user ``uid`` if given).
 
     Returns:
         ``{"ok": True, "tensors": n}`` or ``{"error": type name, "message": str, "typed":
@@ -160,6 +161,9 @@ def sandboxed_read(path: Path, timeout: float = 60.0, **options) -> dict:
         try:
             os.close(reader)
             _limit_child()
+            if uid is not None:  # e.g. "nobody", for permission checks when tests run as root
+                os.setgid(uid)
+                os.setuid(uid)
             result = _read(path, options)
             os.write(writer, json.dumps(result).encode())
         except BaseException:
