@@ -1,8 +1,33 @@
-"""Arguments several subcommands share, defined once."""
+"""Arguments and checks several subcommands share, defined once.
+
+The checks here run before a command reads a file or builds a model, so a mistake in the
+command line costs nothing and is reported as one: :class:`OptionError` (exit status 2)
+for options that contradict each other or an output that cannot be written, argparse's own
+error for a value out of range (``--min-coverage 1.5``, ``--num-classes -3``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from pathlib import Path
+
+from ..errors import TorchgraftError
+from ..text import printable
+
+__all__ = [
+    "OptionError",
+    "add_checkpoint_safety_arguments",
+    "check_output_path",
+    "fraction",
+    "positive_int",
+]
+
+
+class OptionError(TorchgraftError, ValueError):
+    """A command line that cannot be carried out as written: options that contradict each
+    other or that this run would ignore, or an output path that cannot be written."""
 
 
 def add_checkpoint_safety_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,3 +44,64 @@ def add_checkpoint_safety_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="unpickle without restrictions (can run code from the file; you are warned)",
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a class count, a channel count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (a share of elements; 0 disables the floor)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction from 0 to 1 (0.9 means 90%), got {text}"
+        )
+    return value
+
+
+def check_output_path(
+    path: str | os.PathLike[str], flag: str, example: str = "model.safetensors"
+) -> None:
+    """Refuse an output path that cannot be written, before the work that would fill it.
+
+    A missing folder is fine (it is created, as for the run directory and its plots); a path
+    that is a folder, a folder that is really a file, or a folder we may not write in is not.
+
+    Args:
+        path: the path as the user typed it.
+        flag: how the message names the option (``-o/--output``).
+        example: a file name to suggest inside a folder given by mistake.
+
+    Raises:
+        OptionError: naming ``flag`` and what is in the way.
+    """
+    target = Path(path).absolute()
+    shown = printable(path)
+    if target.is_dir():
+        raise OptionError(
+            f"{flag} {shown} is a folder; give a file name inside it, e.g. "
+            f"{printable(Path(path) / example)}"
+        )
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionError(
+            f"{flag} {shown}: {printable(existing)} is a file, not a folder, so nothing can "
+            "be written under it; choose another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(
+            f"{flag} {shown}: no permission to write in {printable(existing)}; choose another path"
+        )

@@ -7,7 +7,14 @@ Nothing is loaded below ``--min-coverage``. ``--verify-with`` builds the source 
 runs both models on one input and fails loudly if the function changed (exit status 1 and a
 ``VERIFICATION FAILED`` line: the difference, the tolerance, where the models part). ``-o``
 writes the grafted weights as safetensors with a JSON sidecar (source, sha256 of both files,
-mapping, report).
+mapping, report); its folder is created if missing.
+
+Options are checked together before anything is read: an option this run would ignore is
+refused (``--tolerance`` without ``--verify-with``, ``--strategy``/``--rules`` with
+``--plan``, reader options with a model-spec SOURCE), ``--rules`` alone means ``--strategy
+rules``, and an output path that cannot be written is named before the graft runs. A dry run
+is a preview of the whole command line: with ``-o`` it checks the path and says what it
+would write (and the verification it would run), and writes nothing. Names from the checkpoint are printed escaped (:mod:`torchgraft.text`).
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ import sys
 from pathlib import Path
 
 from ..errors import GraftError, VerificationError
-from .common import add_checkpoint_safety_arguments
+from ..text import printable, printable_lines
+from .common import (
+    OptionError,
+    add_checkpoint_safety_arguments,
+    check_output_path,
+    fraction,
+    positive_int,
+)
 
 NAME = "graft"
 HELP = "load a checkpoint into a model whose keys differ, with a plan and a report"
@@ -36,18 +50,31 @@ MORE_HINT = "--all lists every key"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="checkpoint file/folder or model spec")
     parser.add_argument("--into", required=True, metavar="MODEL_SPEC", help="the target model")
-    parser.add_argument("--num-classes", type=int, help="classes of the target head")
-    parser.add_argument("--in-chans", type=int, help="input channels of the target")
-    parser.add_argument("--strategy", default="auto", choices=list(STRATEGIES))
-    parser.add_argument("--rules", metavar="RULES.yaml", help="rename rules (strategy rules)")
+    parser.add_argument("--num-classes", type=positive_int, help="classes of the target head")
+    parser.add_argument("--in-chans", type=positive_int, help="input channels of the target")
+    parser.add_argument(
+        "--strategy", choices=list(STRATEGIES), help="how keys are paired (default: auto)"
+    )
+    parser.add_argument(
+        "--rules", metavar="RULES.yaml", help="rename rules (implies --strategy rules)"
+    )
     parser.add_argument("--in-chans-mode", choices=IN_CHANS_MODES, help="first-conv adaptation")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, load nothing")
     parser.add_argument("--plan-out", metavar="PLAN.yaml", help="write the editable plan")
     parser.add_argument("--plan", metavar="PLAN.yaml", help="apply a plan written by --plan-out")
     parser.add_argument("--verify-with", metavar="SOURCE_MODEL_SPEC", help="source architecture")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help=f"with --verify-with: largest output difference allowed (default: {DEFAULT_TOLERANCE})",
+    )
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="write grafted weights")
-    parser.add_argument("--min-coverage", type=float, default=MIN_COVERAGE)
+    parser.add_argument(
+        "--min-coverage",
+        type=fraction,
+        default=MIN_COVERAGE,
+        help=f"refuse below this fraction of target elements loaded, 0 to 1 (default: {MIN_COVERAGE})",
+    )
     parser.add_argument(
         "--allow-partial",
         action="append",
@@ -75,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..zoo import create_model
     from ..zoo.grafts import identified_architecture, resolve_source, resolve_source_model
 
+    check_options(args)
     read_options = {
         "ema": args.ema,
         "allow_globals": args.allow_global,
@@ -90,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_graft(
             model,
             weights,
-            strategy=args.strategy,
+            strategy=args.strategy or ("rules" if args.rules else "auto"),
             rules=args.rules,
             source_model=source_model,
             identify=identified_architecture,
@@ -104,13 +132,15 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         _show(plan, args)
         _said_plan(plan_file, args)
-        _would_refuse(plan, model, acceptance)
+        _said_dry_run(args)
+        _would_refuse(plan, model, acceptance, args.min_coverage)
         return 0
     report = graft(model, weights, plan=plan, min_coverage=args.min_coverage, **acceptance)
     result = None
     if args.verify_with:
+        tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
         result = verify_graft(
-            model, source_model, weights, tolerance=args.tolerance, source_name=args.verify_with
+            model, source_model, weights, tolerance=tolerance, source_name=args.verify_with
         )
         report.verification = result.to_dict()
         report.notes.append(str(result))
@@ -121,9 +151,55 @@ def run(args: argparse.Namespace) -> int:
     if result is not None and not result.ok:
         # After the report, so the failure is the last thing on the terminal; main turns it
         # into the one error line on stderr and exit status 1.
-        unwritten = f"; nothing was written to {args.output}" if args.output else ""
+        unwritten = f"; nothing was written to {printable(args.output)}" if args.output else ""
         raise VerificationError(f"VERIFICATION FAILED: {result.problem}{unwritten}")
     return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options this run would ignore, and outputs that cannot be written, before any
+    file is read or model built (a typo found after a minute of grafting costs a minute).
+
+    Raises:
+        OptionError: the options contradict each other, or an output path is unusable.
+    """
+    from ..grafting.source import looks_like_spec
+
+    if args.tolerance is not None and not args.verify_with:
+        raise OptionError(
+            "--tolerance applies to the output comparison of --verify-with SOURCE_MODEL_SPEC; "
+            "add --verify-with or drop --tolerance"
+        )
+    if args.plan and (args.strategy or args.rules):
+        given = "--strategy" if args.strategy else "--rules"
+        raise OptionError(
+            f"--plan gives every pairing itself, so {given} would be ignored; drop one of them"
+        )
+    if args.rules and args.strategy not in (None, "rules"):
+        raise OptionError(
+            f"--rules is used only by --strategy rules, not --strategy {args.strategy}; drop "
+            "--strategy (--rules alone means --strategy rules) or drop --rules"
+        )
+    reader = [
+        flag
+        for flag, given in (
+            ("--ema", args.ema),
+            ("--allow-global", args.allow_global),
+            ("--trust-checkpoint", args.trust_checkpoint),
+        )
+        if given
+    ]
+    if reader and looks_like_spec(args.source) and not Path(args.source).exists():
+        raise OptionError(
+            f"{' and '.join(reader)} {'apply' if len(reader) > 1 else 'applies'} to a checkpoint "
+            f"file, and SOURCE "
+            f"'{printable(args.source)}' is a model spec (its library loads the weights); drop "
+            f"{'them' if len(reader) > 1 else 'it'} or give a file"
+        )
+    if args.output:
+        check_output_path(args.output, "-o/--output")
+    if args.plan_out:
+        check_output_path(args.plan_out, "--plan-out", "plan.yaml")
 
 
 def _show(plan, args: argparse.Namespace) -> None:
@@ -133,38 +209,71 @@ def _show(plan, args: argparse.Namespace) -> None:
         document = plan.to_dict()
         document["dry_run"] = bool(args.dry_run)
         document["output"] = args.output if not args.dry_run else None
+        if args.dry_run and args.output:
+            document["would_write"] = args.output
         print_json(document)
     else:
         print(_render(plan, limit=None if (args.all or args.dry_run) else 12))
 
 
 def _render(plan, limit: int | None) -> str:
-    """The plan's table with its "N more" lines naming the flag that lists every key."""
-    return plan.render(limit=limit, more_hint=MORE_HINT)
+    """The plan's table with its "N more" lines naming the flag that lists every key.
+
+    Keys come from the checkpoint: every line is escaped (a key holding ESC cannot clear the
+    terminal). The report escapes each line before joining them (a key holding a newline
+    cannot forge a line); this is the safety net for the text as a whole."""
+    return printable_lines(plan.render(limit=limit, more_hint=MORE_HINT))
 
 
-def _would_refuse(plan, model, acceptance) -> None:
-    """A dry run says on stderr when the graft itself would be refused."""
+def _said_dry_run(args: argparse.Namespace) -> None:
+    """What the same command without --dry-run would also do (so -o is not silently dropped)."""
+    later = []
+    if args.verify_with:
+        later.append(f"verify the outputs against {printable(args.verify_with)}")
+    if args.output:
+        out = Path(args.output)
+        later.append(f"write {printable(out)} and {printable(out.with_suffix('.json'))}")
+    if later:
+        print(
+            f"dry run: nothing was loaded or written; without --dry-run this would also "
+            f"{' and '.join(later)}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+
+
+def _would_refuse(plan, model, acceptance, min_coverage: float) -> None:
+    """A dry run says on stderr when the graft itself would be refused (coverage below
+    --min-coverage, or not exact)."""
     import warnings
 
     from ..errors import InexactGraftError
     from ..grafting.exactness import check_exact
     from ..grafting.planner import head_keys
+    from ..grafting.report import percent
 
+    if plan.coverage < min_coverage:
+        print(
+            f"torchgraft graft: the graft would be refused: it loads {percent(plan.coverage)} "
+            f"of the target's parameter elements, below --min-coverage {min_coverage}",
+            file=sys.stderr,
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             check_exact(plan, head_keys(model), **acceptance)
     except InexactGraftError as exc:
-        print(f"torchgraft graft: the graft would be refused: {exc}", file=sys.stderr)
+        print(
+            printable_lines(f"torchgraft graft: the graft would be refused: {exc}"),
+            file=sys.stderr,
+        )
 
 
 def _said_plan(path: Path | None, args: argparse.Namespace) -> None:
     """Where ``--plan-out`` wrote, after the table (on stderr under ``--json``)."""
     if path is not None:
-        again = shlex.quote(str(path))
+        again = printable(shlex.quote(str(path)))
         print(
-            f"wrote the plan to {path}; edit it, then apply it with --plan {again}",
+            f"wrote the plan to {printable(path)}; edit it, then apply it with --plan {again}",
             file=sys.stderr if args.json else sys.stdout,
         )
 
@@ -177,11 +286,20 @@ def _read_plan(path: str) -> dict[str, str | None]:
     try:
         document = yaml.safe_load(Path(path).read_text())
         plan = GraftPlan.from_dict(document)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise GraftError(f"{path}: cannot read the plan: {exc}") from None
     except GraftError as exc:
         raise GraftError(f"{path}: {exc}") from None
-    return {e.target: e.source if e.action.loads else None for e in plan.entries}
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # A hand edit that broke the document's structure (entries not a list, …).
+        raise GraftError(
+            f"{path}: not a plan written by --plan-out ({type(exc).__name__}: {exc})"
+        ) from None
+    mapping = {e.target: e.source if e.action.loads else None for e in plan.entries}
+    odd = [k for k, v in mapping.items() if not isinstance(k, str) or not isinstance(v, str | None)]
+    if odd:
+        raise GraftError(f"{path}: 'target' and 'source' must be key names, got {odd[:3]}")
+    return mapping
 
 
 def _write_plan(plan, path: Path) -> Path:
@@ -214,6 +332,6 @@ def _write_output(path: Path, model, report, weights) -> None:
         "report": report.to_dict(),
     }
     path = path.resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # checked writable by check_options
     save_grafted(path, model.state_dict(), sidecar)
     report.notes.append(f"wrote {path} and {path.with_suffix('.json')}")

@@ -13,6 +13,11 @@ shapes (``architecture: torchvision:resnet50 — 320/320 keys and shapes``), or 
 ones, from an index built once per library version (:mod:`torchgraft.zoo.identify`);
 ``--no-identify`` skips it. Keys and names read from a file are data: they are printed with
 control characters escaped and never as console markup.
+
+Options that do not apply to what TARGET is are refused rather than ignored (``--weights``
+or the audit options for a checkpoint; ``--ema``/``--allow-global``/``--trust-checkpoint``
+for a model spec without a ``--weights`` file). An audit option (``--freeze``, ``--bn``,
+``--lr`` …) implies ``--print-groups``; ``--num-classes`` changes the head with or without it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, SpecError
-from .common import add_checkpoint_safety_arguments
+from ..text import printable
+from .common import OptionError, add_checkpoint_safety_arguments, positive_int
 
 NAME = "inspect"
 HELP = "show a checkpoint's keys/shapes/dtypes or a model's anatomy"
@@ -41,17 +47,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="for a checkpoint: do not look for the zoo architecture it comes from",
     )
-    audit = parser.add_argument_group("fine-tuning audit (model specs)")
+    audit = parser.add_argument_group(
+        "fine-tuning audit (model specs; each option implies --print-groups)"
+    )
     audit.add_argument(
         "--print-groups", action="store_true", help="show the freeze summary and optimizer groups"
     )
-    audit.add_argument("--freeze", default="none", metavar="POLICY", help="head, none, last:N, …")
-    audit.add_argument("--bn", default="frozen", choices=("frozen", "stats", "train"))
-    audit.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head")
+    audit.add_argument("--freeze", metavar="POLICY", help="head, none, last:N, … (default: none)")
+    audit.add_argument(
+        "--bn", choices=("frozen", "stats", "train"), help="BatchNorm policy (default: frozen)"
+    )
+    audit.add_argument("--lr", type=float, help="learning rate of the head (default: 0.001)")
     audit.add_argument("--backbone-lr", type=float, help="learning rate of the other groups")
     audit.add_argument("--layer-decay", type=float, help="layer-wise LR decay factor")
-    audit.add_argument("--weight-decay", type=float, default=0.0)
-    audit.add_argument("--num-classes", type=int, help="replace the head first")
+    audit.add_argument("--weight-decay", type=float, help="weight decay (default: 0)")
+    parser.add_argument(
+        "--num-classes", type=positive_int, help="for a model spec: replace the head first"
+    )
+
+
+#: The audit options, their defaults, and their flags (None: not given on the command line).
+AUDIT_DEFAULTS = {
+    "freeze": "none",
+    "bn": "frozen",
+    "lr": 1e-3,
+    "backbone_lr": None,
+    "layer_decay": None,
+    "weight_decay": 0.0,
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from .output import print_json
 
     path = Path(args.target)
+    audit_given = [_flag(k) for k in AUDIT_DEFAULTS if getattr(args, k) is not None]
     if path.exists():
+        _refuse_for_checkpoint(args, audit_given)
         checkpoint = read_checkpoint(
             path, ema=args.ema, allow_globals=args.allow_global, trust=args.trust_checkpoint
         )
@@ -76,12 +101,72 @@ def run(args: argparse.Namespace) -> int:
             f"'{args.target}' is neither an existing file or folder nor a model spec "
             "(torchvision:NAME, timm:NAME, package.module:callable)"
         )
-    document = describe_model(args.target, args.weights, args if args.print_groups else None)
+    read_options = _read_options_for_spec(args)
+    for key, default in AUDIT_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    audit = args if (args.print_groups or audit_given) else None
+    document = describe_model(
+        args.target,
+        args.weights,
+        audit,
+        num_classes=args.num_classes,
+        read_options=read_options,
+    )
     if args.json:
         print_json(document)
     else:
         _print_model(document)
     return 0
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _refuse_for_checkpoint(args: argparse.Namespace, audit_given: list[str]) -> None:
+    """Options about building a model mean nothing for a checkpoint: refuse, not ignore."""
+    given = [
+        flag
+        for flag, value in (
+            ("--weights", args.weights),
+            ("--num-classes", args.num_classes),
+            ("--print-groups", args.print_groups),
+        )
+        if value
+    ] + audit_given
+    if given:
+        raise OptionError(
+            f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a model spec, and "
+            f"'{printable(args.target)}' is a checkpoint; drop {'them' if len(given) > 1 else 'it'}"
+            " (to audit a model with these weights: inspect MODEL_SPEC --weights FILE "
+            "--print-groups)"
+        )
+
+
+def _read_options_for_spec(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The reader options for a ``--weights`` file; refused when there is no file to read."""
+    given = [
+        flag
+        for flag, value in (
+            ("--ema", args.ema),
+            ("--allow-global", args.allow_global),
+            ("--trust-checkpoint", args.trust_checkpoint),
+        )
+        if value
+    ]
+    if not given:
+        return None
+    from ..zoo import is_weights_file
+
+    if args.weights is None or not is_weights_file(args.weights):
+        raise OptionError(
+            f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a checkpoint "
+            "file, and no --weights FILE was given for this model spec (named weights are "
+            "loaded by their library); drop "
+            f"{'them' if len(given) > 1 else 'it'} or give --weights FILE"
+        )
+    return {"ema": args.ema, "allow_globals": args.allow_global, "trust": args.trust_checkpoint}
 
 
 def describe_checkpoint(checkpoint, identify: bool = False) -> dict[str, Any]:
@@ -131,15 +216,25 @@ def _architecture(tensors) -> dict[str, Any]:
 
 
 def describe_model(
-    spec_text: str, weights: str | None, audit: argparse.Namespace | None = None
+    spec_text: str,
+    weights: str | None,
+    audit: argparse.Namespace | None = None,
+    *,
+    num_classes: int | None = None,
+    read_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The model's anatomy; with ``audit`` (the parsed audit options) also its freeze summary
+    and optimizer groups. ``num_classes`` replaces the head first; ``read_options`` apply to
+    a weights file."""
     from ..model.anatomy import spec_of
     from ..zoo import build_model, create_model
 
-    if audit is not None and audit.num_classes:
-        model = create_model(spec_text, num_classes=audit.num_classes, weights=weights)
+    if num_classes:
+        model = create_model(
+            spec_text, num_classes=num_classes, weights=weights, read_options=read_options
+        )
     else:
-        model = build_model(spec_text, weights=weights).model
+        model = build_model(spec_text, weights=weights, read_options=read_options).model
     spec = spec_of(model)
     names = [n for n, _ in model.named_parameters()]
     owner = spec.group_of(names)
@@ -188,15 +283,11 @@ def _audit(model, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_checkpoint(doc: dict[str, Any]) -> None:
-    from rich.markup import escape
-
-    from ..data.scan import printable
     from .output import human_bytes, human_count, stdout, table
 
-    # Keys come from the file: control characters escaped, and no rich markup ("[red]").
+    # Keys come from the file: table() escapes control characters and reads no markup.
     rows = [
-        (escape(printable(t["key"])), "×".join(map(str, t["shape"])) or "scalar", t["dtype"])
-        for t in doc["tensors"]
+        (t["key"], "×".join(map(str, t["shape"])) or "scalar", t["dtype"]) for t in doc["tensors"]
     ]
     stdout.print(table(None, ("key", "shape", "dtype"), rows))
     container = f", inside '{doc['container']}'" if doc["container"] else ""
@@ -214,10 +305,9 @@ def _print_checkpoint(doc: dict[str, Any]) -> None:
 
 def _plain(text: str) -> None:
     """One line of text from a file: control characters escaped, never read as markup."""
-    from ..data.scan import printable
-    from .output import stdout
+    from .output import plain
 
-    stdout.print(printable(text), markup=False, highlight=False, soft_wrap=True)
+    plain(text)
 
 
 def _print_model(doc: dict[str, Any]) -> None:
@@ -248,10 +338,11 @@ def _print_model(doc: dict[str, Any]) -> None:
     ]
     stdout.print(table("layer groups (stem → head)", ("group", "modules", "params"), rows))
     if "freeze_text" in doc:
-        print()
-        print(doc["freeze_text"])
-        print()
-        print(doc["groups_text"])
+        # Module and parameter names are the user's (add_module takes any string but ".").
+        _plain("")
+        _plain(doc["freeze_text"])
+        _plain("")
+        _plain(doc["groups_text"])
 
 
 def _floats(values: list[float]) -> str:

@@ -2,6 +2,12 @@
 
 ``--json`` prints exactly one JSON document on stdout; everything else (progress,
 warnings) goes to stderr so the document stays parseable.
+
+Every cell of :func:`table` and every line of :func:`plain` is data, never console markup:
+it goes to rich as :class:`rich.text.Text` with control characters escaped
+(:func:`torchgraft.text.printable`), so a tensor named ``[/]`` or ``\x1b[2J`` prints as
+those characters. A closed pipe (``torchgraft models | head -1``) is left to
+:func:`torchgraft.cli.main.main` (rich's own handling would exit with status 1).
 """
 
 from __future__ import annotations
@@ -13,11 +19,25 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["print_json", "stderr", "stdout", "table"]
+from ..text import printable, printable_lines
 
-stdout = Console(soft_wrap=False)
-stderr = Console(stderr=True)
+__all__ = ["plain", "print_json", "stderr", "stdout", "table"]
+
+
+class _Console(Console):
+    """A rich console that lets a broken pipe propagate as :class:`BrokenPipeError`."""
+
+    def on_broken_pipe(self) -> None:
+        # rich's default points stdout at /dev/null and raises SystemExit(1); main does the
+        # former and exits the way `ls | head -1` and `git log | head -1` do.
+        self.quiet = True
+        raise BrokenPipeError
+
+
+stdout = _Console(soft_wrap=False)
+stderr = _Console(stderr=True)
 
 
 def print_json(document: Any) -> None:
@@ -27,9 +47,12 @@ def print_json(document: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    """A plain rich table; long cells fold instead of being cut."""
+    """A plain rich table; long cells fold instead of being cut.
+
+    Cells are data: a :class:`~rich.text.Text` is used as it is, anything else is shown as
+    ``printable(str(cell))`` — never parsed as markup."""
     result = Table(
-        title=title,
+        title=Text(printable(title)) if title else None,
         title_justify="left",
         show_edge=False,
         pad_edge=False,
@@ -38,8 +61,13 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     for column in columns:
         result.add_column(column, overflow="fold")
     for row in rows:
-        result.add_row(*(str(cell) for cell in row))
+        result.add_row(*(cell if isinstance(cell, Text) else Text(printable(cell)) for cell in row))
     return result
+
+
+def plain(text: str, console: Console | None = None) -> None:
+    """Print ``text`` (one line or several) as data: escaped, no markup, no highlighting."""
+    (console or stdout).print(printable_lines(text), markup=False, highlight=False, soft_wrap=True)
 
 
 def human_bytes(count: float) -> str:

@@ -157,7 +157,8 @@ def freeze(
     Args:
         model: any ``nn.Module``; changed in place.
         policy: ``"head"`` (linear probe), ``"none"`` (train all), ``"all"`` (train nothing),
-            ``"last:N"`` (the last N layer groups before the head, plus the head), one
+            ``"last:N"`` (the last N layer groups before the head, plus the head; ``last:0``
+            is the head alone, and N above the model's number of groups is refused), one
             layer group name, or a list of them.
         bn: ``"frozen"``, ``"stats"`` or ``"train"`` (see the module docstring).
         include: glob patterns on parameter names (``"layer4.*"``) that train too.
@@ -169,7 +170,8 @@ def freeze(
         A :class:`FreezeSummary` (``print`` it for a table; ``to_dict()`` for JSON).
 
     Raises:
-        ConfigError: unknown policy, group, module, bn policy, or a pattern matching nothing.
+        ConfigError: unknown policy, group, module, bn policy, a pattern matching nothing,
+            or ``last:N`` with more groups than the model has.
         SpecError / HeadError: the policy needs layer groups and none can be found.
 
     Example:
@@ -344,6 +346,16 @@ def _policy_groups(policy: str | Sequence[str], order: list[str]) -> set[str]:
         if not count.isdigit():
             raise ConfigError(f"freeze policy {policy!r}: write last:N with N a whole number >= 0")
         body = [g for g in order if g != "head"]
+        if int(count) > len(body):
+            # Not clamped: "last:99" on a 5-group model is a policy written for another
+            # model (or a typo), and training everything by surprise is the costly reading.
+            raise ConfigError(
+                f"freeze policy {policy!r} asks for {int(count)} layer groups before the head, "
+                f"but the model has {len(body)} ({', '.join(body) or 'none'}); use "
+                f"last:{len(body)} to train them all with the head, or 'none' to train "
+                "everything"
+            )
+        # last:0 is the head alone, as the policy's definition reads ("head" says the same).
         return {"head", *body[len(body) - int(count) :]} if int(count) else {"head"}
     if policy in order:
         return {policy}

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import SpecError
+from ..errors import HeadError, SpecError
 from ..grafting.api import graft
 from ..grafting.io import read_checkpoint
 from ..grafting.source import SourceWeights
@@ -21,6 +22,7 @@ from ..model.heads import replace_head, rows_to_keep
 from ..model.spec import attach_spec
 from ..model.stem import replace_input_channels
 from ..resources import is_package_uri, resolve_package_file
+from ..wording import option
 from . import local as local_zoo
 from . import timm as timm_zoo
 from . import torchvision as torchvision_zoo
@@ -32,6 +34,7 @@ __all__ = [
     "build_model",
     "create_model",
     "identified_architecture",
+    "is_weights_file",
     "list_models",
     "parse_spec",
 ]
@@ -103,9 +106,12 @@ def build_model(
     them. ``read_options`` (``ema``, ``allow_globals``, ``trust``) apply to a weights file.
     """
     library, name = parse_spec(spec)
+    # Checked here, not by the builder: torch's "negative dimension" would blame the head.
+    _check_count("num_classes", num_classes, HeadError, "classes of the new head")
+    _check_count("in_chans", in_chans, SpecError, "input channels")
     if is_package_uri(weights):
         weights = resolve_package_file(weights)
-    named = None if _is_weights_file(weights) else weights
+    named = None if is_weights_file(weights) else weights
     if library == LOCAL:
         built = local_zoo.build(name, named, num_classes, in_chans, **builder_kwargs)
     else:
@@ -217,7 +223,18 @@ def list_models(filter: str | None = None, library: str | None = None) -> list[Z
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pkl", ".tar")
 
 
-def _is_weights_file(weights: Any) -> bool:
+def _check_count(name: str, value: Any, error: type[Exception], meaning: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise error(
+            f"{option(name)} is the number of {meaning}: a whole number >= 1, got {value!r}"
+        )
+
+
+def is_weights_file(weights: Any) -> bool:
+    """True when a ``weights=`` value names a file (a path, or a string that looks like one)
+    rather than named weights (``"DEFAULT"``, ``"IMAGENET1K_V2"``, a timm tag)."""
     if isinstance(weights, os.PathLike):
         return True
     if not isinstance(weights, str):

@@ -5,21 +5,29 @@ This is where names meet grafting: a source spec (``torchvision:resnet50``,
 ``torchvision:resnet50@IMAGENET1K_V1``, ``timm:resnet50.a1_in1k``) becomes the weights its
 library downloads, and a source-model spec becomes the architecture, built here; then the
 call goes to :mod:`torchgraft.grafting`, which knows only files, state_dicts and modules.
+
+Options are checked here, at the public boundary, before anything is read: ``min_coverage``
+outside 0..1 is refused (not compared against a coverage it can never reach), and ``rules``
+without ``strategy`` means ``strategy="rules"`` while ``rules`` with another strategy is
+refused (it would be ignored).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 from torch import nn
 
-from ..errors import SpecError
+from ..errors import GraftError, SpecError
 from ..grafting import api
 from ..grafting import verify as verification
 from ..grafting.io import Checkpoint
 from ..grafting.report import GraftPlan, GraftReport
 from ..grafting.source import Source, SourceWeights, looks_like_spec, read_options, read_source
 from ..grafting.verify import Verification
+from ..wording import option
 from . import build_model, identified_architecture
 
 __all__ = [
@@ -67,6 +75,7 @@ def plan_graft(
         >>> plan = tg.plan_graft(model, "colleague.ckpt", strategy="auto")
         >>> print(plan)
     """
+    check_graft_options(options)
     weights = resolve_source(source, **read_options(options))
     options.setdefault("identify", identified_architecture)
     return api.plan_graft(
@@ -84,6 +93,7 @@ def graft(
         >>> report = tg.graft(model, "colleague.ckpt", strategy="auto")
         >>> report.coverage, report.missing
     """
+    check_graft_options(options)
     weights = resolve_source(source, **read_options(options))
     if source_model is not None:
         options["source_model"] = resolve_source_model(source_model)
@@ -108,6 +118,32 @@ def verify_graft(
         resolve_source(source_weights),
         **options,
     )
+
+
+def check_graft_options(options: dict[str, Any]) -> None:
+    """Refuse options that make no sense or would be ignored; ``rules`` alone sets
+    ``strategy="rules"`` in ``options``.
+
+    Raises:
+        GraftError: ``min_coverage`` is not a fraction from 0 to 1, or ``rules`` were given
+            with a strategy that does not use them.
+    """
+    if "min_coverage" in options:
+        value = options["min_coverage"]
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not real or math.isnan(value) or not 0 <= value <= 1:
+            raise GraftError(
+                f"{option('min_coverage')} is the least fraction of the target's parameter "
+                f"elements to load, from 0 to 1 (0.9 means 90%; 0 accepts any), got {value!r}"
+            )
+    if options.get("rules") is not None:
+        strategy = options.setdefault("strategy", "rules")
+        if strategy != "rules":
+            raise GraftError(
+                f"{option('rules')} are used only by {option('strategy', 'rules')}, and "
+                f"{option('strategy', strategy)} would ignore them; drop {option('strategy')} "
+                f"(rules alone mean {option('strategy', 'rules')}) or drop {option('rules')}"
+            )
 
 
 def _exists(text: str) -> bool:

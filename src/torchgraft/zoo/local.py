@@ -5,6 +5,12 @@ literals are accepted there (strings, numbers, tuples, lists, dicts, booleans, N
 is evaluated. The callable is imported and called; ``num_classes`` and ``in_chans`` are passed only when
 its signature accepts them (``create_model`` changes head and stem otherwise). Weights for
 such a model come from a file, grafted like any other source.
+
+The module and the callable are the user's code: whatever they raise while being imported
+or called (a ``SyntaxError``, a ``KeyError`` in the builder) is reported as a
+:class:`SpecError` naming the spec and the error, and saying that the error is in that code,
+never as an internal error of torchgraft. The original exception is chained (``--debug``
+shows its traceback).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from torch import nn
 
 from ..errors import SpecError
 from ..model.anatomy import infer_spec
+from ..text import printable
+from ..wording import in_cli
 from ._base import BuiltModel, did_you_mean
 
 __all__ = ["build", "resolve_builder"]
@@ -50,8 +58,16 @@ def build(
             options[key] = value
     try:
         model = builder(*positional, **options)
-    except TypeError as exc:
-        raise SpecError(f"calling {target}({_show(options)}) failed: {exc}") from exc
+    except Exception as exc:  # the user's builder can raise anything
+        if isinstance(exc, TypeError) and not _binds(builder, positional, options):
+            # The arguments do not fit the signature: the spec is at fault, not the code.
+            raise SpecError(
+                f"calling {target}({_show(positional, options)}) failed: {exc}"
+            ) from exc
+        raise SpecError(
+            f"model spec '{target}': calling {target}({_show(positional, options)}) raised "
+            f"{_raised(exc)}. The error is in that code, not in torchgraft{_traceback_hint()}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise SpecError(f"{target} returned a {type(model).__name__}, not an nn.Module")
     return BuiltModel(model, infer_spec(model, target))
@@ -93,6 +109,11 @@ def _resolve(target: str):
             f"cannot import '{module_name}' for model spec '{target}': {exc}. Is the package "
             "installed, or its folder on PYTHONPATH?"
         ) from exc
+    except Exception as exc:  # a SyntaxError, or anything its top level raises
+        raise SpecError(
+            f"model spec '{target}': importing '{module_name}' raised {_raised(exc)}. The "
+            f"error is in that module, not in torchgraft{_traceback_hint()}"
+        ) from exc
     obj: Any = module
     for part in attribute.split("."):
         if not hasattr(obj, part):
@@ -117,5 +138,28 @@ def _accepted_parameters(builder) -> set[str] | None:
     return {p.name for p in parameters}
 
 
-def _show(options: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in options.items())
+def _binds(builder, positional: list[Any], options: dict[str, Any]) -> bool:
+    """True when the arguments fit the builder's signature (or it has none to check)."""
+    try:
+        inspect.signature(builder).bind(*positional, **options)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): cannot tell
+        return True
+    return True
+
+
+def _show(positional: list[Any], options: dict[str, Any]) -> str:
+    return ", ".join([*(repr(v) for v in positional), *(f"{k}={v!r}" for k, v in options.items())])
+
+
+def _raised(exc: BaseException) -> str:
+    """``KeyError: 'missing'`` — the type says as much as the text (a bare KeyError says
+    only the key)."""
+    text = printable(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _traceback_hint() -> str:
+    # Python shows the chained traceback anyway; the command line shows it on request.
+    return " (run again with --debug for its traceback)" if in_cli() else ""

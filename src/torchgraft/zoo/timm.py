@@ -3,7 +3,9 @@
 Weights are fetched by ``timm.create_model(..., pretrained=True)``, i.e. timm's own download
 and cache code (the Hugging Face hub cache or torch hub) and its checkpoint filters; the
 loaded state_dict is handed back as the graft source. The anatomy comes from timm's own
-declarations: ``get_classifier()``, ``pretrained_cfg`` and ``group_matcher()``.
+declarations: ``get_classifier()``, ``pretrained_cfg`` and ``group_matcher()``. Weights that
+are not cached and cannot be downloaded raise :class:`~.download.WeightsUnavailableError`
+at once, without huggingface_hub's minute of retries (:mod:`.download`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..model.anatomy import infer_spec
 from ..model.layer_groups import groups_from_ordinals
 from ..model.spec import ModelSpec, Preprocessing
 from ._base import BuiltModel, ZooEntry, did_you_mean
+from .download import from_hf_hub, from_url
 
 __all__ = ["PREFIX", "build", "entries", "is_model", "names"]
 
@@ -66,6 +69,7 @@ def build(
 
     Raises:
         SpecError: unknown architecture or tag, with close matches.
+        WeightsUnavailableError: the weights are not cached and cannot be downloaded.
     """
     arch, tag = _split_tag(name, weights)
     if weights is None or weights is False:
@@ -73,11 +77,27 @@ def build(
         model = timm.create_model(arch, pretrained=False, **options, **kwargs)
         return BuiltModel(model, _spec(arch, model, None))
     full = f"{arch}.{tag}" if tag else arch
-    model = timm.create_model(full, pretrained=True, **kwargs)
+    model = _pretrained(full, **kwargs)
     tag = tag or model.pretrained_cfg.get("tag") or "default"
     return BuiltModel(
         model, _spec(arch, model, tag), dict(model.state_dict()), f"timm {arch}.{tag}"
     )
+
+
+def _pretrained(full: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(full, pretrained=True)``, with a clear error when the weights are
+    neither cached nor downloadable (the Hub for weights with a Hub id, as timm prefers)."""
+    cfg = timm.models.get_pretrained_cfg(full)
+
+    def load() -> nn.Module:
+        return timm.create_model(full, pretrained=True, **kwargs)
+
+    label = f"timm:{full}" + (f".{cfg.tag}" if cfg is not None and "." not in full else "")
+    if cfg is not None and cfg.hf_hub_id:
+        return from_hf_hub(label, cfg.hf_hub_id, load)
+    if cfg is not None and cfg.url:
+        return from_url(label, cfg.url, load)
+    return load()
 
 
 def _split_tag(name: str, weights: Any) -> tuple[str, str | None]:

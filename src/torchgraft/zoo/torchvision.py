@@ -3,7 +3,8 @@
 Pretrained weights are fetched by torchvision's own builder (its download and cache code,
 under ``$TORCH_HOME/hub/checkpoints``) so the per-builder details torchvision applies with
 weights (ViT's image size, Inception's ``transform_input``) stay torchvision's. The loaded
-state_dict is then handed back as the graft source.
+state_dict is then handed back as the graft source. Weights that are not cached and cannot
+be downloaded raise :class:`~.download.WeightsUnavailableError` (:mod:`.download`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import SpecError
 from ..model.anatomy import infer_spec
 from ..model.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocessing
 from ._base import BuiltModel, ZooEntry, did_you_mean
+from .download import from_url
 
 __all__ = ["HEAD_PATHS", "PREFIX", "build", "entries", "names", "resolve_weights"]
 
@@ -106,6 +108,10 @@ def build(
 
     ``in_chans`` is ignored here (torchvision builders take none); ``create_model`` changes
     the stem afterwards.
+
+    Raises:
+        SpecError: unknown model or weights name.
+        WeightsUnavailableError: the weights are not cached and cannot be downloaded.
     """
     builder = _builder(name)
     enum_member = resolve_weights(name, weights)
@@ -115,9 +121,13 @@ def build(
             options["num_classes"] = num_classes
         model = builder(weights=None, **options)
         return BuiltModel(model, _spec(name, model, None))
-    model = builder(weights=enum_member, progress=True, **kwargs)
-    source = dict(model.state_dict())
     label = f"torchvision {type(enum_member).__name__}.{enum_member.name}"
+    model = from_url(
+        f"{label} (torchvision:{name})",
+        enum_member.url,
+        lambda: builder(weights=enum_member, progress=True, **kwargs),
+    )
+    source = dict(model.state_dict())
     return BuiltModel(model, _spec(name, model, enum_member), source, label)
 
 
