@@ -102,12 +102,14 @@ class ReaderLimits:
                 continue
             kind = float if field.type in (float, "float") else int
             try:
-                values[field.name] = kind(raw.replace("_", ""))
+                values[field.name] = value = kind(raw.replace("_", ""))
             except ValueError:
+                value = -1
+            if value < 0:
                 raise CheckpointError(
-                    f"{env_var(field.name)}={raw!a} is not a number; unset it or give a "
-                    f"{'number' if kind is float else 'whole number'}"
-                ) from None
+                    f"{env_var(field.name)}={raw!a} is not a non-negative "
+                    f"{'number' if kind is float else 'whole number'}; unset it or fix it"
+                )
         return cls(**values)
 
 
