@@ -96,13 +96,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_options(args)  # before torch is imported: a mistake in the flags costs nothing
+
     from ..grafting.api import graft, plan_graft
     from ..grafting.planner import plan_from_mapping
     from ..grafting.verify import verify_graft
     from ..zoo import create_model
     from ..zoo.grafts import identified_architecture, resolve_source, resolve_source_model
 
-    check_options(args)
     read_options = {
         "ema": args.ema,
         "allow_globals": args.allow_global,
@@ -163,8 +164,6 @@ def check_options(args: argparse.Namespace) -> None:
     Raises:
         OptionError: the options contradict each other, or an output path is unusable.
     """
-    from ..grafting.source import looks_like_spec
-
     if args.tolerance is not None and not args.verify_with:
         raise OptionError(
             "--tolerance applies to the output comparison of --verify-with SOURCE_MODEL_SPEC; "
@@ -189,7 +188,7 @@ def check_options(args: argparse.Namespace) -> None:
         )
         if given
     ]
-    if reader and looks_like_spec(args.source) and not Path(args.source).exists():
+    if reader and _names_a_model(args.source):
         raise OptionError(
             f"{' and '.join(reader)} {'apply' if len(reader) > 1 else 'applies'} to a checkpoint "
             f"file, and SOURCE "
@@ -200,6 +199,12 @@ def check_options(args: argparse.Namespace) -> None:
         check_output_path(args.output, "-o/--output")
     if args.plan_out:
         check_output_path(args.plan_out, "--plan-out", "plan.yaml")
+
+
+def _names_a_model(source: str) -> bool:
+    from ..grafting.source import looks_like_spec  # imports torch: only when needed
+
+    return looks_like_spec(source) and not Path(source).exists()
 
 
 def _show(plan, args: argparse.Namespace) -> None:

@@ -78,13 +78,15 @@ AUDIT_DEFAULTS = {
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..grafting.io import read_checkpoint
     from .output import print_json
 
     path = Path(args.target)
     audit_given = [_flag(k) for k in AUDIT_DEFAULTS if getattr(args, k) is not None]
     if path.exists():
-        _refuse_for_checkpoint(args, audit_given)
+        _refuse_for_checkpoint(args, audit_given)  # before torch is imported
+
+        from ..grafting.io import read_checkpoint
+
         checkpoint = read_checkpoint(
             path, ema=args.ema, allow_globals=args.allow_global, trust=args.trust_checkpoint
         )
@@ -95,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
             _print_checkpoint(document)
         return 0
     if "/" in args.target or args.target.startswith((".", "~")):
-        raise CheckpointError(f"{args.target}: no such file or folder")
+        raise CheckpointError(f"{printable(args.target)}: no such file or folder")
     if ":" not in args.target:
         raise SpecError(
-            f"'{args.target}' is neither an existing file or folder nor a model spec "
+            f"'{printable(args.target)}' is neither an existing file or folder nor a model spec "
             "(torchvision:NAME, timm:NAME, package.module:callable)"
         )
     read_options = _read_options_for_spec(args)
@@ -157,8 +159,8 @@ def _read_options_for_spec(args: argparse.Namespace) -> dict[str, Any] | None:
     ]
     if not given:
         return None
-    from ..zoo import is_weights_file
-
+    if args.weights is not None:
+        from ..zoo import is_weights_file  # imports torch: only when a file may be given
     if args.weights is None or not is_weights_file(args.weights):
         raise OptionError(
             f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a checkpoint "

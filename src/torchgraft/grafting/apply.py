@@ -61,7 +61,12 @@ def apply_plan(model: nn.Module, plan: GraftPlan, tensors: Mapping[str, torch.Te
         target = state[entry.target].detach()
         source = tensors[entry.source]
         _check_value(entry.source, source, entry.target, target)
-        value = apply_adaptation(source, target, entry.adapt)
+        try:
+            value = apply_adaptation(source, target, entry.adapt)
+        except GraftError as exc:  # say which pair: the adaptation knows only tensors
+            raise GraftError(
+                f"'{printable(entry.source)}' → '{printable(entry.target)}': {exc}"
+            ) from None
         if tuple(value.shape) != tuple(target.shape):
             raise GraftError(
                 f"'{printable(entry.source)}' {list(value.shape)} cannot fill "
