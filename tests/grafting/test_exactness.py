@@ -237,6 +237,14 @@ def lite0_reference():
     return model.eval()
 
 
+def settled_margins(plan) -> dict[str, float]:
+    """``{block: margin}`` of the blocks the BatchNorm statistics settled (from the notes)."""
+    found = re.findall(
+        r"bn-statistics: (.+?): settled, .*\(margin ([\d.e+]+)×", "\n".join(plan.notes)
+    )
+    return {block: float(margin) for block, margin in found}
+
+
 def test_real_lite0_renamed_and_sorted_is_refused_then_exact_when_accepted(lite0_renamed_sorted):
     import timm
 
@@ -250,11 +258,12 @@ def test_real_lite0_renamed_and_sorted_is_refused_then_exact_when_accepted(lite0
     # the norms inside each block: settled by the weights' BatchNorm statistics, by far
     evidence = {e.target: e.evidence for e in plan.entries}
     assert evidence["blocks.1.0.bn1.weight"] == evidence["blocks.6.0.bn2.weight"] == "bn-statistics"
-    margins = [
-        float(m) for m in re.findall(r": settled, .*\(margin ([\d.e+]+)×", "\n".join(plan.notes))
-    ]
+    margins = settled_margins(plan)
+    # the stem's norm and block 0's are the same shape, grouped differently by the two
+    # trees: settled over the whole model (measured 5.8x)
+    assert margins.pop("the model") >= 2
     assert len(margins) == 15
-    assert min(margins) > 20  # measured 46-1880x
+    assert min(margins.values()) > 20  # measured 46-1880x
     # whole identical blocks barely change the statistics: they stay suggested, and refused
     unproven = {
         e.target.split(".")[:3][-1] and ".".join(e.target.split(".")[:3]) for e in plan.uncertain
@@ -365,11 +374,10 @@ def test_real_lite0_with_meaningless_names_is_settled_by_batchnorm_statistics(tm
         == evidence["blocks.6.0.bn2.running_var"]
         == ("bn-statistics")
     )
-    margins = [
-        float(m) for m in re.findall(r": settled, .*\(margin ([\d.e+]+)×", "\n".join(plan.notes))
-    ]
+    margins = settled_margins(plan)
+    assert margins.pop("the model") >= 2
     assert len(margins) == 15
-    assert min(margins) > 20
+    assert min(margins.values()) > 20
     with pytest.warns(GraftWarning):  # the identical whole blocks stay numbered-names only
         report = graft(target, path, identify=None, allow_uncertain=True)
     assert report.coverage == 1.0

@@ -84,8 +84,9 @@ def settle_by_statistics(
         return plan
     example = images if images is not None else synthetic_images(target)
 
-    def judge(target_block, _source_block, trials, run):
-        scores = [_score(run(trial), target_block, example) for trial in trials]
+    def judge(target_block, _source_block, trials, run, moved):
+        watched = None if target_block else _watched(target, moved)
+        scores = [_score(run(trial), target_block, example, watched) for trial in trials]
         if any(score is None for score in scores):
             return None, ""
         ranked = sorted(range(len(trials)), key=scores.__getitem__)
@@ -111,14 +112,39 @@ class _Stop(Exception):
     """Raised after the scored block ran: the rest of the forward pass is not needed."""
 
 
-def _score(model: nn.Module, block: str, images: torch.Tensor) -> float | None:
-    """Sum over the BatchNorms under ``block`` of the mean per-channel divergence between
-    their input's statistics and their running statistics (None: no BatchNorm there)."""
+def _watched(model: nn.Module, moved: list[str]) -> set[str]:
+    """The norms a trial of a whole-model group can disturb directly: the moved norms, and
+    the first norm after each moved module (registration order). Summed over the whole
+    model, the score would be dominated by every other norm and no margin would show."""
+    names = [name for name, _ in model.named_modules()]
+    norms = {name for name, m in model.named_modules() if _is_norm(m)}
+    watched = set()
+    for module in moved:
+        if module in norms:
+            watched.add(module)
+            continue
+        after = names[names.index(module) + 1 :] if module in names else []
+        watched.update(
+            next(([n] for n in after if n in norms and not n.startswith(module + ".")), [])
+        )
+    return watched
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None
+
+
+def _score(
+    model: nn.Module, block: str, images: torch.Tensor, watched: set[str] | None = None
+) -> float | None:
+    """Sum over the BatchNorms under ``block`` (or only the ``watched`` ones) of the mean
+    per-channel divergence between their input's statistics and their running statistics
+    (None: no BatchNorm there)."""
     divergences: list[float] = []
     handles = []
     root = model.get_submodule(block) if block else model
-    for module in root.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None:
+    for name, module in root.named_modules(prefix=block):
+        if _is_norm(module) and (watched is None or name in watched):
             handles.append(module.register_forward_pre_hook(_measure(divergences)))
     if not handles:
         return None

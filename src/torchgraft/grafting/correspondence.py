@@ -45,6 +45,7 @@ EVIDENCE: dict[str, float] = {
     "numbered-names": 0.75,  # numbered names in a name-sorted source: their natural order
     "leftover": 0.6,  # different shapes, paired as the one plausible counterpart
     "registration-order": 0.5,  # only the source's registration order tells them apart
+    "regrouped": 0.4,  # paired by group shapes against the order of same-shaped modules
     # same-shaped siblings whose names and order say nothing: a trial pairing that only
     # the source architecture or the BatchNorm statistics can settle, never loaded otherwise
     "candidate": 0.0,

@@ -35,15 +35,18 @@ __all__ = ["EXACT", "MAX_GROUP", "Judge", "resolve_ties", "settle", "tie_blocks"
 
 #: Largest tie group whose permutations are tried, and most trials per block.
 MAX_GROUP = 4
-MAX_TRIALS = 24
+MAX_TRIALS = 48
 #: Largest relative difference between the two blocks' outputs for a proven assignment
 #: (float32 rounding; a wrong pairing differs by orders of magnitude more).
 EXACT = 1e-4
 
 
-#: A judge: ``(target block, source block, trials, run) -> (index of the chosen trial or
-#: None, a note)``; ``run(trial)`` grafts a trial into the trial model and returns it.
-Judge = Callable[[str, str, list[dict], Callable[[dict], nn.Module]], tuple[int | None, str]]
+#: A judge: ``(target block, source block, trials, run, moved) -> (index of the chosen trial
+#: or None, a note)``; ``run(trial)`` grafts a trial into the trial model and returns it;
+#: ``moved`` lists the target modules whose sources the trials permute.
+Judge = Callable[
+    [str, str, list[dict], Callable[[dict], nn.Module], list[str]], tuple[int | None, str]
+]
 
 
 def resolve_ties(
@@ -66,7 +69,7 @@ def resolve_ties(
     """
     example = probe_input(target)
 
-    def judge(target_block, source_block, trials, run):
+    def judge(target_block, source_block, trials, run, _moved):
         expected = _output_of(reference, source_block, example)
         if expected is None:
             return None, ""
@@ -108,7 +111,8 @@ def settle(plan: GraftPlan, target: nn.Module, tensors, rebuild, judge: Judge, e
         trials = _trials(groups, pairs, tensors, evidence)
         if len(trials) < 2:
             continue
-        chosen, note = judge(target_block, source_block, trials, run)
+        moved = [t for group in groups for _, t in group]
+        chosen, note = judge(target_block, source_block, trials, run, moved)
         if note:
             summary["notes"].append(note)
         if chosen is not None:

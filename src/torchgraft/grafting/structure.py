@@ -18,6 +18,10 @@ source architecture), what is still unpaired is lined up module by module in tha
 across different depths of the two trees, when both sequences of leftover modules hold the
 same shapes one for one (a flat ``Sequential`` stem on one side, nested blocks on the other).
 
+A pairing that shapes decided must also agree with the order of the modules it could have
+confused (:mod:`.regrouping`): trees that group the same layers differently can make a group
+unique at its level and still wrong.
+
 Every pair carries the evidence that decided it — the weakest decision on its path (see
 :data:`~.correspondence.EVIDENCE`) — and the confidence that evidence carries.
 """
@@ -37,6 +41,7 @@ from .correspondence import (
     is_float,
     pair_counters,
 )
+from .regrouping import check_regrouping
 
 __all__ = ["match_structure", "natural_key"]
 
@@ -113,6 +118,9 @@ def match_structure(
         match.pair(t_key, s_key, evidence)
     if trusted:
         _line_up_leftovers(source, target, s_order, match)
+    check_regrouping(
+        match, source, target, s_order, canonical_shape, None if trusted else _ordinal_names
+    )
     pair_counters(source, target, match)
     _explain_unpaired(source, target, match)
     ambiguous = [k for k, why in match.unresolved.items() if why.startswith("ambiguous")]
