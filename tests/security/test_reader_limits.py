@@ -178,3 +178,38 @@ def test_the_scan_of_a_real_pickle_sees_what_torch_builds():
     assert sum(scan.storages.values()) == scan.claimed  # no tensor shares a storage here
     assert scan.depth <= 6
     assert scan.end == len(data)
+
+
+def _pickles() -> dict[str, bytes]:
+    """data.pkl of real state_dicts, plus views sharing storages and an expanded tensor."""
+    import timm
+    import torchvision
+
+    base = torch.arange(24.0)
+    states = {
+        "resnet18": torchvision.models.resnet18().state_dict(),
+        "efficientnet_b0": timm.create_model("efficientnet_b0").state_dict(),
+        "views": {"a": base[:4], "b": base[4:].view(4, 5), "c": base[::2], "e": base[0:1].expand(3, 3),
+                  "s": torch.tensor(2.0), "z": torch.empty(0, 3), "h": torch.ones(2).half()},
+    }  # fmt: skip
+    found = {}
+    for name, state in states.items():
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with zipfile.ZipFile(buffer) as archive:
+            found[name] = archive.read(
+                next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            )
+    return found
+
+
+def test_the_scans_fast_path_finds_what_the_loop_finds(monkeypatch):
+    from torchgraft.grafting import pickle_scan
+
+    for name, data in _pickles().items():
+        scans = {}
+        for fast in (True, False):
+            monkeypatch.setattr(pickle_scan, "_FAST_PATH", fast)
+            scans[fast] = scan_pickle(data, 0, torch_safe_names(), ReaderLimits(), name)
+        assert scans[True] == scans[False], name
+        assert scans[True].tensors > 0

@@ -265,6 +265,19 @@ def imported_denial(name: str) -> str | None:
 
 # ---- helpers ----------------------------------------------------------------------------
 
+#: Modules a library renamed, whose old name stays importable and is written in older pickles
+#: (numpy 1.x pickles name numpy.core.multiarray._reconstruct; numpy 2 defines it in
+#: numpy._core). A name under the old module is its object's own name under the new one.
+_RENAMED_MODULES = {"numpy.core": "numpy._core"}
+
+
+def _renamed(name: str) -> str:
+    for old, new in _RENAMED_MODULES.items():
+        if name.startswith(old + "."):
+            return new + name[len(old) :]
+    return name
+
+
 
 def _denied_module(module: str) -> bool:
     parts = module.split(".")
@@ -307,7 +320,7 @@ def _object_problem(name: str, obj: Any) -> str | None:
     if not isinstance(obj, type) and not callable(obj):
         return "neither a class nor a function"
     own = f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', None)}"
-    if own != name:
+    if own != name and own != _renamed(name):
         # The object was reached through attributes of another module or object: allowing
         # the name would hand out whatever the attribute holds today (os.system, say).
         return f"it is {own!a}, reached by another name; only an object's own name can be allowed"

@@ -35,7 +35,9 @@ scans in a small fraction of its read time.
 
 from __future__ import annotations
 
+import re
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -128,6 +130,7 @@ class _Scanner:
     def __init__(self, data: Any, allowed: frozenset[str], limits: ReaderLimits, origin: str):
         self.data, self.allowed, self.limits, self.origin = data, allowed, limits, origin
         self.result = PickleScan()
+        self.itemsizes = _itemsizes()
         self.pos = 0
         self.dirty = False  # a container grew after being nested: recompute heights at the end
 
@@ -188,7 +191,11 @@ class _Scanner:
             op = data[pos]
             if op == 0x68:  # BINGET
                 value = memo[data[pos + 1]]
-                pos += 2
+                if value is _REBUILD_V2 and (taken := self.fast_tensor(memo, pos, empty_tuple)):
+                    value, pos = taken
+                    ops += _FAST_OPS
+                else:
+                    pos += 2
             elif op == 0x4B:  # BININT1
                 value = data[pos + 1]
                 pos += 2
@@ -232,7 +239,12 @@ class _Scanner:
             elif op == 0x52 or op == 0x81:  # REDUCE, NEWOBJ
                 self.pos = pos
                 args = stack.pop()
-                value = self.call(stack.pop(), args)
+                func = stack.pop()
+                if args is empty_tuple and func == "collections.OrderedDict":
+                    self.result.calls += 1  # the empty hooks dict of every tensor
+                    value = ["dict", None, 2, False, 0, 0]
+                else:
+                    value = self.call(func, args)
                 pos += 1
             elif op == 0x72:  # LONG_BINPUT
                 memo[unpack_from("<I", data, pos + 1)[0]] = stack[-1]
@@ -279,7 +291,11 @@ class _Scanner:
                 pos += 1
             elif op == 0x6A:  # LONG_BINGET
                 value = memo[unpack_from("<I", data, pos + 1)[0]]
-                pos += 5
+                if value is _REBUILD_V2 and (taken := self.fast_tensor(memo, pos, empty_tuple)):
+                    value, pos = taken
+                    ops += _FAST_OPS
+                else:
+                    pos += 5
             elif op == 0x4A:  # BININT
                 value = unpack_from("<i", data, pos + 1)[0]
                 pos += 5
@@ -365,7 +381,74 @@ class _Scanner:
             module, name = names[(module, name)]
         elif module in imports:
             module = imports[module]
-        return f"{module}.{name}", pos + second + 1
+        return sys.intern(f"{module}.{name}"), pos + second + 1  # interned: compared by "is"
+
+    def fast_tensor(self, memo: dict, pos: int, empty_tuple: list) -> tuple[list, int] | None:
+        """A whole tensor of a torch.save pickle in one step, or None (then op by op).
+
+        After the first tensor, torch.save writes every tensor as the same instructions,
+        differing only in numbers, memo indices and the storage key (:data:`_FAST_TENSOR`).
+        One regular-expression match finds such a record; the values it reads from the memo
+        are checked, and the effects of its instructions (the memo entries, the storage claim,
+        the call) are made exactly as the loop and its methods would make them. Anything else
+        (an unexpected value, a negative number, a tiny depth limit) falls back to the loop.
+        The tests compare scans with and without this path.
+        """
+        if not _FAST_PATH:
+            return None
+        match = _FAST_TENSOR.match(self.data, pos)
+        if match is None:
+            return None
+        (named, stype, klen, key, key_put, location, numel, pid_put, offset, size, size_put,
+         stride, stride_put, hooks_type, hooks_put, args_put) = match.groups()  # fmt: skip
+        try:  # a GET's or PUT's index is its bytes after the opcode, little-endian
+            named = memo[from_bytes(named[1:], "little")]
+            stype = memo[from_bytes(stype[1:], "little")]
+            location = memo[from_bytes(location[1:], "little")]
+            hooks_type = memo[from_bytes(hooks_type[1:], "little")]
+        except KeyError:
+            return None
+        if (
+            named != b"storage"
+            or hooks_type != "collections.OrderedDict"
+            or type(stype) is not str
+            or type(location) is not bytes
+            or len(key) != klen[0]
+        ):
+            return None
+        numel, size = _int(numel), _ints_tuple(size, empty_tuple)
+        elements = 1
+        for n in size[ITEMS]:
+            if n < 0:
+                return None  # let the loop refuse it, with its message
+            elements *= n
+        if numel < 0 or self.limits.max_depth < 4:
+            return None
+        result = self.result
+        # The key's PUT, then the persistent id, as storage() takes it.
+        memo[from_bytes(key_put[1:], "little")] = key
+        pid = ["tuple", [named, stype, key, location, numel], 1, True, 0, 0]
+        memo[from_bytes(pid_put[1:], "little")] = pid
+        itemsize = self.itemsizes.get(stype, 1)
+        storages, name = result.storages, key.decode("ascii")
+        if numel * itemsize > storages.get(name, -1):
+            storages[name] = numel * itemsize
+        storage = ["storage", [pid], 2, True, numel, itemsize]
+        if size_put:
+            memo[from_bytes(size_put[1:], "little")] = size
+        stride = _ints_tuple(stride, empty_tuple)
+        if stride_put:
+            memo[from_bytes(stride_put[1:], "little")] = stride
+        size[PARENTED] = stride[PARENTED] = True
+        hooks = ["dict", None, 2, True, 0, 0]  # OrderedDict(), as the loop's REDUCE makes it
+        memo[from_bytes(hooks_put[1:], "little")] = hooks
+        args = ["tuple", [storage, _int(offset), size, stride, None, hooks], 3, True, 0, 0]
+        memo[from_bytes(args_put[1:], "little")] = args
+        # The call, as call() and tensor_view() make it.
+        result.calls += 2
+        result.claimed += elements * itemsize
+        result.tensors += 1
+        return ["tensor", [args], 4, False, elements, itemsize], match.end()
 
     # ---- what instructions build -------------------------------------------------------
 
@@ -395,7 +478,7 @@ class _Scanner:
             key = key.decode("utf-8", "surrogatepass")
         if type(key) not in (str, int) or type(numel) is not int or numel < 0:
             raise self.crafted("names a storage without a plain key and size")
-        itemsize = _itemsizes().get(kind, 1) if type(kind) is str else 1
+        itemsize = self.itemsizes.get(kind, 1) if type(kind) is str else 1
         claimed, key = numel * itemsize, str(key)
         storages = self.result.storages
         if claimed > storages.get(key, -1):
@@ -442,11 +525,12 @@ class _Scanner:
     # ---- call rules --------------------------------------------------------------------
 
     def numel(self, size: Any) -> int:
-        items = size[ITEMS] if type(size) is list and size[KIND] in ("tuple", "size") else None
-        if items is None or any(type(n) is not int or n < 0 for n in items):
-            raise self.crafted("gives a tensor a size that is not written out as numbers")
+        if type(size) is not list or size[KIND] not in ("tuple", "size"):
+            raise self.crafted("gives a tensor a size that is not a tuple of numbers")
         numel = 1
-        for n in items:
+        for n in size[ITEMS]:
+            if type(n) is not int or n < 0:
+                raise self.crafted("gives a tensor a size that is not written out as numbers")
             numel *= n
         return numel
 
@@ -459,7 +543,7 @@ class _Scanner:
         storage = args[0]
         itemsize = storage[ITEMSIZE] if type(storage) is list and storage[KIND] == "storage" else 16
         if func.endswith("_v3") and len(args) > 6 and type(args[6]) is str:
-            itemsize = max(itemsize, _itemsizes().get(args[6], 16))
+            itemsize = max(itemsize, self.itemsizes.get(args[6], 16))
         self.result.claimed += numel * itemsize
         self.result.tensors += 1
         return ["tensor", [], 1, False, numel, itemsize]
@@ -480,7 +564,7 @@ class _Scanner:
         data = args[0] if args else None
         numel = data[NUMEL] if type(data) is list and data[KIND] == "tensor" else 0
         dtype = args[1] if len(args) > 1 else None
-        self.result.claimed += numel * (_itemsizes().get(dtype, 16) if type(dtype) is str else 16)
+        self.result.claimed += numel * (self.itemsizes.get(dtype, 16) if type(dtype) is str else 16)
         return ["tensor", [], 1, False, numel, 0]
 
     def from_type(self, func: str, args: list) -> list:
@@ -585,6 +669,52 @@ def _graph_height(top: Any) -> int:
             (c, False) for c in node[ITEMS] or () if type(c) is list and id(c) not in heights
         )
     return heights[id(top)]
+
+
+#: Take whole tensors of torch.save's pickles in one step (:meth:`_Scanner.fast_tensor`);
+#: False in tests that check the step against the loop.
+_FAST_PATH = True
+_REBUILD_V2 = sys.intern("torch._utils._rebuild_tensor_v2")
+_GET, _PUT, _INT = rb"(?:h.|j....)", rb"(?:q.|r....)", rb"(?:K.|M..|J....)"
+_TUPLE = rb"(?:\)|%s\x85|%s%s\x86|%s%s%s\x87|\((?:%s)+t)" % ((_INT,) * 7)
+#: One tensor as torch.save writes it once its globals and strings are memoized:
+#: rebuild ( ( "storage" type key PUT location numel t PUT Q offset size [PUT] stride [PUT]
+#: False OrderedDict () R PUT t PUT R (the PUT after the last R is left to the loop).
+_FAST_TENSOR = re.compile(
+    rb"(?:h.|j....)\(\((?P<storage>%(g)s)(?P<type>%(g)s)"
+    rb"X(?P<klen>[\x01-\x09])\x00\x00\x00(?P<key>[0-9]{1,9})(?P<key_put>%(p)s)"
+    rb"(?P<location>%(g)s)(?P<numel>%(i)s)t(?P<pid_put>%(p)s)Q"
+    rb"(?P<offset>%(i)s)(?P<size>%(t)s)(?P<size_put>%(p)s)?(?P<stride>%(t)s)(?P<stride_put>%(p)s)?"
+    rb"\x89(?P<hooks>%(g)s)\)R(?P<hooks_put>%(p)s)t(?P<args_put>%(p)s)R"
+    % {b"g": _GET, b"p": _PUT, b"i": _INT, b"t": _TUPLE},
+    re.DOTALL,
+)
+#: Instructions a fast tensor stands for, counted towards max_pickle_ops.
+_FAST_OPS = 30
+
+
+from_bytes = int.from_bytes
+#: Bytes taken by BININT1 (K), BININT2 (M) and BININT (J), opcode included.
+_INT_WIDTH = {0x4B: 2, 0x4D: 3, 0x4A: 5}
+
+
+def _int(op: bytes) -> int:
+    """The value of a BININT1, BININT2 or BININT instruction (only BININT is signed)."""
+    return from_bytes(op[1:], "little", signed=op[0] == 0x4A)
+
+
+def _ints_tuple(ops: bytes, empty_tuple: list) -> list:
+    """The tuple node that EMPTY_TUPLE, TUPLE1-3 or MARK..TUPLE of integers makes."""
+    if ops == b")":
+        return empty_tuple
+    end = len(ops) - 1  # the TUPLE/TUPLEn opcode
+    at = 1 if ops[0] == 0x28 else 0  # MARK
+    values = []
+    while at < end:
+        width = _INT_WIDTH[ops[at]]
+        values.append(from_bytes(ops[at + 1 : at + width], "little", signed=width == 5))
+        at += width
+    return ["tuple", values, 1, False, 0, 0]
 
 
 _REBUILD = "torch._utils."

@@ -65,8 +65,8 @@ def torch_load(
             stacklevel=3,
         )
         return _load(path, weights_only=False, mmap=mmap)
-    # The allowances are scoped to this load, and each one is the object's own name.
-    with torch.serialization.safe_globals(list(allowed.values())):
+    # The allowances are scoped to this load, each under exactly the name that was checked.
+    with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
         return _load(path, weights_only=True, mmap=mmap)
 
 
