@@ -259,3 +259,12 @@ def test_deeply_nested_or_huge_shard_indexes(tmp_path):
     index.write_text(json.dumps({"weight_map": {"a": "model-1.safetensors"}, "pad": "x" * 2000}))
     result = sandboxed_read(tmp_path, limits=ReaderLimits(max_metadata_bytes=1000))
     _typed(result, index, "max_metadata_bytes")
+
+
+def test_a_shard_that_is_a_loop_of_links(tmp_path):
+    index = _sharded(tmp_path, {"a": "loop-a.safetensors"})
+    (tmp_path / "loop-a.safetensors").symlink_to("loop-b.safetensors")
+    (tmp_path / "loop-b.safetensors").symlink_to("loop-a.safetensors")
+    result = sandboxed_read(tmp_path)
+    assert result.get("error") == "CheckpointError", result
+    assert "loop of symbolic links" in result["message"], (result, index)

@@ -25,6 +25,7 @@ import importlib
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from types import ModuleType
 from typing import Any
 
 from ..errors import CheckpointError
@@ -218,7 +219,7 @@ def denial(name: str) -> str | None:
         return None if last in SAFE_BUILTINS else "a builtin that is not plain data"
     if _denied_module(module):
         return f"module {module} can run commands, load code or reach objects by name"
-    if last in DENIED_NAMES or last.lower() in DENIED_NAMES:
+    if last in DENIED_NAMES:
         return f"'{last}' runs, loads or looks up code by name"
     return None
 
@@ -256,8 +257,8 @@ def imported_denial(name: str) -> str | None:
     for module, qualname in _splits(name):
         if module in sys.modules:
             try:
-                obj = _walk(sys.modules[module], qualname)
-            except AttributeError:
+                obj = _walk(sys.modules[module], qualname, lazy=False)
+            except (AttributeError, KeyError):
                 return None  # absent today; allowing it would fail with its own message
             return _object_problem(name, obj)
     return None
@@ -278,7 +279,6 @@ def _renamed(name: str) -> str:
     return name
 
 
-
 def _denied_module(module: str) -> bool:
     parts = module.split(".")
     return any(".".join(parts[:cut]) in DENIED_MODULES for cut in range(1, len(parts) + 1))
@@ -290,9 +290,15 @@ def _splits(name: str) -> list[tuple[str, str]]:
     return [(".".join(parts[:cut]), ".".join(parts[cut:])) for cut in range(len(parts) - 1, 0, -1)]
 
 
-def _walk(obj: Any, qualname: str) -> Any:
+def _walk(obj: Any, qualname: str, lazy: bool = True) -> Any:
+    """``obj.<qualname>``; with ``lazy=False``, a module's attributes are only looked up in
+    its namespace (a module ``__getattr__`` may import more on access)."""
     for attribute in qualname.split("."):
-        obj = getattr(obj, attribute)
+        obj = (
+            getattr(obj, attribute)
+            if lazy or not isinstance(obj, ModuleType)
+            else vars(obj)[attribute]
+        )
     return obj
 
 

@@ -322,7 +322,7 @@ def _weight_map(index: Path, limits: ReaderLimits) -> dict[str, str]:
 def _shard_root(folder: Path) -> Path:
     """Where a shard may resolve to: the folder, or for a Hugging Face cache snapshot
     (``<repo>/snapshots/<revision>/``, files linked into ``<repo>/blobs/``), the repo folder."""
-    real = folder.resolve()
+    real = _resolved(folder)
     repo = real.parent.parent
     if real.parent.name == "snapshots" and (repo / "blobs").is_dir():
         return repo
@@ -343,12 +343,20 @@ def _shard_path(index: Path, shard: str, root: Path) -> Path:
             "name in the index's folder)"
         )
     path = index.parent / shard
-    if not path.resolve().is_relative_to(root):
+    if not _resolved(path).is_relative_to(root):
         raise CheckpointError(
             f"{index}: shard {_quoted(shard)} is outside the folder (it links to a file "
             f"outside {root})"
         )
     return path
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` with its links followed; a loop of links is a damaged folder."""
+    try:
+        return path.resolve()
+    except RuntimeError:  # "Symlink loop" (Python < 3.13)
+        raise CheckpointError(f"{path}: a loop of symbolic links") from None
 
 
 def _quoted(name: Any) -> str:
