@@ -181,7 +181,8 @@ def test_the_scan_of_a_real_pickle_sees_what_torch_builds():
 
 
 def _pickles() -> dict[str, bytes]:
-    """data.pkl of real state_dicts, plus views sharing storages and an expanded tensor."""
+    """The pickles of real state_dicts, plus views sharing storages and an expanded tensor, as
+    torch.save writes them in zip (data.pkl) and legacy files."""
     import timm
     import torchvision
 
@@ -200,6 +201,13 @@ def _pickles() -> dict[str, bytes]:
             found[name] = archive.read(
                 next(n for n in archive.namelist() if n.endswith("data.pkl"))
             )
+        buffer = io.BytesIO()
+        torch.save(state, buffer, _use_new_zipfile_serialization=False)
+        raw = buffer.getvalue()  # the object is the fourth pickle; scans find where it starts
+        start = 0
+        for _ in range(3):
+            start = scan_pickle(raw, start, torch_safe_names(), ReaderLimits(), name).end
+        found[f"{name}-legacy"] = raw[start:]
     return found
 
 

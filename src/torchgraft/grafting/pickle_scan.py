@@ -399,8 +399,8 @@ class _Scanner:
         match = _FAST_TENSOR.match(self.data, pos)
         if match is None:
             return None
-        (named, stype, klen, key, key_put, location, numel, pid_put, offset, size, size_put,
-         stride, stride_put, hooks_type, hooks_put, args_put) = match.groups()  # fmt: skip
+        (named, stype, klen, key, key_put, location, numel, view, pid_put, offset, size,
+         size_put, stride, stride_put, hooks_type, hooks_put, args_put) = match.groups()  # fmt: skip
         try:  # a GET's or PUT's index is its bytes after the opcode, little-endian
             named = memo[from_bytes(named[1:], "little")]
             stype = memo[from_bytes(stype[1:], "little")]
@@ -427,7 +427,13 @@ class _Scanner:
         result = self.result
         # The key's PUT, then the persistent id, as storage() takes it.
         memo[from_bytes(key_put[1:], "little")] = key
-        pid = ["tuple", [named, stype, key, location, numel], 1, True, 0, 0]
+        # a legacy file's persistent id ends with view_metadata (None)
+        fields = (
+            [named, stype, key, location, numel, None]
+            if view
+            else [named, stype, key, location, numel]
+        )
+        pid = ["tuple", fields, 1, True, 0, 0]
         memo[from_bytes(pid_put[1:], "little")] = pid
         itemsize = self.itemsizes.get(stype, 1)
         storages, name = result.storages, key.decode("ascii")
@@ -678,12 +684,13 @@ _REBUILD_V2 = sys.intern("torch._utils._rebuild_tensor_v2")
 _GET, _PUT, _INT = rb"(?:h.|j....)", rb"(?:q.|r....)", rb"(?:K.|M..|J....)"
 _TUPLE = rb"(?:\)|%s\x85|%s%s\x86|%s%s%s\x87|\((?:%s)+t)" % ((_INT,) * 7)
 #: One tensor as torch.save writes it once its globals and strings are memoized:
-#: rebuild ( ( "storage" type key PUT location numel t PUT Q offset size [PUT] stride [PUT]
-#: False OrderedDict () R PUT t PUT R (the PUT after the last R is left to the loop).
+#: rebuild ( ( "storage" type key PUT location numel [None] t PUT Q offset size [PUT] stride
+#: [PUT] False OrderedDict () R PUT t PUT R (the PUT after the last R is left to the loop;
+#: None: a legacy file's view_metadata).
 _FAST_TENSOR = re.compile(
     rb"(?:h.|j....)\(\((?P<storage>%(g)s)(?P<type>%(g)s)"
-    rb"X(?P<klen>[\x01-\x09])\x00\x00\x00(?P<key>[0-9]{1,9})(?P<key_put>%(p)s)"
-    rb"(?P<location>%(g)s)(?P<numel>%(i)s)t(?P<pid_put>%(p)s)Q"
+    rb"X(?P<klen>[\x01-\x14])\x00\x00\x00(?P<key>[0-9]{1,20})(?P<key_put>%(p)s)"
+    rb"(?P<location>%(g)s)(?P<numel>%(i)s)(?P<view>N?)t(?P<pid_put>%(p)s)Q"
     rb"(?P<offset>%(i)s)(?P<size>%(t)s)(?P<size_put>%(p)s)?(?P<stride>%(t)s)(?P<stride_put>%(p)s)?"
     rb"\x89(?P<hooks>%(g)s)\)R(?P<hooks_put>%(p)s)t(?P<args_put>%(p)s)R"
     % {b"g": _GET, b"p": _PUT, b"i": _INT, b"t": _TUPLE},
