@@ -212,12 +212,12 @@ def _pickles() -> dict[str, bytes]:
 
 
 def test_the_scans_fast_path_finds_what_the_loop_finds(monkeypatch):
-    from torchgraft.grafting import pickle_scan
+    from torchgraft.grafting import pickle_fast
 
     for name, data in _pickles().items():
         scans = {}
         for fast in (True, False):
-            monkeypatch.setattr(pickle_scan, "_FAST_PATH", fast)
+            monkeypatch.setattr(pickle_fast, "FAST_PATH", fast)
             scans[fast] = scan_pickle(data, 0, torch_safe_names(), ReaderLimits(), name)
         assert scans[True] == scans[False], name
         assert scans[True].tensors > 0

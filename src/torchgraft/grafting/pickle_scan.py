@@ -27,48 +27,43 @@ container mutated after it was placed inside another can make an ancestor deeper
 recorded. Real pickles never do that; when one does, the heights are recomputed over the whole
 graph at the end.
 
-Speed matters (the scan runs on every read): a node is a plain list
-``[kind, items, height, parented, numel, itemsize]`` and the loop tests the opcodes of
-``torch.save``'s pickles most frequent first. A ResNet-50 state_dict (11,000 instructions)
-scans in a small fraction of its read time.
+Speed matters (the scan runs on every read): nodes are plain lists (:mod:`.pickle_nodes`),
+the loop tests the opcodes of ``torch.save``'s pickles most frequent first, and tensors as
+``torch.save`` writes them are taken whole (:mod:`.pickle_fast`). What calls may do is
+decided in :mod:`.pickle_calls`.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from ..errors import CheckpointError
 from .limits import ReaderLimits, limit_error
+from .pickle_calls import KINDS, RULES, construct, constructors, itemsizes, size_numel
+from .pickle_fast import FAST_OPS, REBUILD_V2, fast_tensor
+from .pickle_nodes import (
+    CONTAINER_KINDS,
+    HEIGHT,
+    ITEMS,
+    ITEMSIZE,
+    KIND,
+    LONG,
+    NUMEL,
+    PARENTED,
+    graph_height,
+    nest_height,
+)
 
-__all__ = ["ALLOWED_CODECS", "PickleScan", "scan_pickle"]
+__all__ = ["PickleScan", "Scanner", "scan_pickle"]
 
-#: Codecs ``_codecs.encode`` may be called with: pickle protocol 2 writes ``bytes`` as
-#: ``_codecs.encode(text, "latin1")``, the only use torch's own files make of it.
-ALLOWED_CODECS = frozenset({b"latin1", b"latin-1"})
 #: Text longer than this is not kept (only its being text matters).
 _KEEP_TEXT = 4096
 #: The longest ``module\nname\n`` of a GLOBAL read.
 _MAX_GLOBAL = 2048
-
-# A node: [kind, items, height, parented, numel, itemsize] (a list: built fastest).
-KIND, ITEMS, HEIGHT, PARENTED, NUMEL, ITEMSIZE = range(6)
-#: Node kinds that are plain data: iterating them costs what the file spelled out.
-_DATA = frozenset({"tuple", "list", "dict", "set", "bytes", "size"})
-_TENSORS = frozenset({"tensor", "storage"})
-_CONTAINERS = frozenset({"list", "dict", "set", "object", "tensor", "newtensor"})
-
-
-class _Long:
-    """A text literal too long to keep."""
-
-
-_LONG = _Long()
 
 
 @dataclass
@@ -113,7 +108,7 @@ def scan_pickle(
         CheckpointError: a damaged pickle, an instruction torch does not read, a limit
             exceeded, or a call that could cost any amount (each message names the file).
     """
-    scanner = _Scanner(data, allowed, limits, origin)
+    scanner = Scanner(data, allowed, limits, origin)
     try:
         scanner.run(start)
     except CheckpointError:
@@ -126,11 +121,13 @@ def scan_pickle(
     return scanner.result
 
 
-class _Scanner:
+class Scanner:
+    """The scan's state: the data, what it found so far, and its methods for instructions."""
+
     def __init__(self, data: Any, allowed: frozenset[str], limits: ReaderLimits, origin: str):
         self.data, self.allowed, self.limits, self.origin = data, allowed, limits, origin
         self.result = PickleScan()
-        self.itemsizes = _itemsizes()
+        self.itemsizes = itemsizes()
         self.pos = 0
         self.dirty = False  # a container grew after being nested: recompute heights at the end
 
@@ -191,9 +188,9 @@ class _Scanner:
             op = data[pos]
             if op == 0x68:  # BINGET
                 value = memo[data[pos + 1]]
-                if value is _REBUILD_V2 and (taken := self.fast_tensor(memo, pos, empty_tuple)):
+                if value is REBUILD_V2 and (taken := fast_tensor(self, memo, pos, empty_tuple)):
                     value, pos = taken
-                    ops += _FAST_OPS
+                    ops += FAST_OPS
                 else:
                     pos += 2
             elif op == 0x4B:  # BININT1
@@ -204,7 +201,7 @@ class _Scanner:
                 pos += 5 + n
                 if pos > len(data):
                     raise IndexError("a string runs past the end")
-                value = data[pos - n : pos] if n <= _KEEP_TEXT else _LONG
+                value = data[pos - n : pos] if n <= _KEEP_TEXT else LONG
             elif op == 0x28:  # MARK
                 metastack.append(stack)
                 stack = []
@@ -291,9 +288,9 @@ class _Scanner:
                 pos += 1
             elif op == 0x6A:  # LONG_BINGET
                 value = memo[unpack_from("<I", data, pos + 1)[0]]
-                if value is _REBUILD_V2 and (taken := self.fast_tensor(memo, pos, empty_tuple)):
+                if value is REBUILD_V2 and (taken := fast_tensor(self, memo, pos, empty_tuple)):
                     value, pos = taken
-                    ops += _FAST_OPS
+                    ops += FAST_OPS
                 else:
                     pos += 5
             elif op == 0x4A:  # BININT
@@ -358,7 +355,7 @@ class _Scanner:
     def finish(self, top: Any) -> None:
         result = self.result
         result.depth = (
-            _graph_height(top) if self.dirty else (top[HEIGHT] if type(top) is list else 0)
+            graph_height(top) if self.dirty else (top[HEIGHT] if type(top) is list else 0)
         )
         if result.depth > self.limits.max_depth:
             raise self.too_deep(result.depth)
@@ -383,90 +380,17 @@ class _Scanner:
             module = imports[module]
         return sys.intern(f"{module}.{name}"), pos + second + 1  # interned: compared by "is"
 
-    def fast_tensor(self, memo: dict, pos: int, empty_tuple: list) -> tuple[list, int] | None:
-        """A whole tensor of a torch.save pickle in one step, or None (then op by op).
-
-        After the first tensor, torch.save writes every tensor as the same instructions,
-        differing only in numbers, memo indices and the storage key (:data:`_FAST_TENSOR`).
-        One regular-expression match finds such a record; the values it reads from the memo
-        are checked, and the effects of its instructions (the memo entries, the storage claim,
-        the call) are made exactly as the loop and its methods would make them. Anything else
-        (an unexpected value, a negative number, a tiny depth limit) falls back to the loop.
-        The tests compare scans with and without this path.
-        """
-        if not _FAST_PATH:
-            return None
-        match = _FAST_TENSOR.match(self.data, pos)
-        if match is None:
-            return None
-        (named, stype, klen, key, key_put, location, numel, view, pid_put, offset, size,
-         size_put, stride, stride_put, hooks_type, hooks_put, args_put) = match.groups()  # fmt: skip
-        try:  # a GET's or PUT's index is its bytes after the opcode, little-endian
-            named = memo[from_bytes(named[1:], "little")]
-            stype = memo[from_bytes(stype[1:], "little")]
-            location = memo[from_bytes(location[1:], "little")]
-            hooks_type = memo[from_bytes(hooks_type[1:], "little")]
-        except KeyError:
-            return None
-        if (
-            named != b"storage"
-            or hooks_type != "collections.OrderedDict"
-            or type(stype) is not str
-            or type(location) is not bytes
-            or len(key) != klen[0]
-        ):
-            return None
-        numel, size = _int(numel), _ints_tuple(size, empty_tuple)
-        elements = 1
-        for n in size[ITEMS]:
-            if n < 0:
-                return None  # let the loop refuse it, with its message
-            elements *= n
-        if numel < 0 or self.limits.max_depth < 4:
-            return None
-        result = self.result
-        # The key's PUT, then the persistent id, as storage() takes it.
-        memo[from_bytes(key_put[1:], "little")] = key
-        # a legacy file's persistent id ends with view_metadata (None)
-        fields = (
-            [named, stype, key, location, numel, None]
-            if view
-            else [named, stype, key, location, numel]
-        )
-        pid = ["tuple", fields, 1, True, 0, 0]
-        memo[from_bytes(pid_put[1:], "little")] = pid
-        itemsize = self.itemsizes.get(stype, 1)
-        storages, name = result.storages, key.decode("ascii")
-        if numel * itemsize > storages.get(name, -1):
-            storages[name] = numel * itemsize
-        storage = ["storage", [pid], 2, True, numel, itemsize]
-        if size_put:
-            memo[from_bytes(size_put[1:], "little")] = size
-        stride = _ints_tuple(stride, empty_tuple)
-        if stride_put:
-            memo[from_bytes(stride_put[1:], "little")] = stride
-        size[PARENTED] = stride[PARENTED] = True
-        hooks = ["dict", None, 2, True, 0, 0]  # OrderedDict(), as the loop's REDUCE makes it
-        memo[from_bytes(hooks_put[1:], "little")] = hooks
-        args = ["tuple", [storage, _int(offset), size, stride, None, hooks], 3, True, 0, 0]
-        memo[from_bytes(args_put[1:], "little")] = args
-        # The call, as call() and tensor_view() make it.
-        result.calls += 2
-        result.claimed += elements * itemsize
-        result.tensors += 1
-        return ["tensor", [args], 4, False, elements, itemsize], match.end()
-
     # ---- what instructions build -------------------------------------------------------
 
     def grow(self, target: Any, items: list) -> None:
         """``target`` gains ``items`` (APPEND(S), SETITEM(S), BUILD's state)."""
-        if type(target) is not list or target[KIND] not in _CONTAINERS:
+        if type(target) is not list or target[KIND] not in CONTAINER_KINDS:
             raise self.damaged("items added to something that is not a container")
         if target[ITEMS] is None:
             target[ITEMS] = list(items)
         else:
             target[ITEMS].extend(items)
-        height = _height(items)
+        height = nest_height(items)
         if height > target[HEIGHT]:
             if target[PARENTED]:
                 self.dirty = True
@@ -498,7 +422,7 @@ class _Scanner:
             items = state[ITEMS] if type(state) is list and state[KIND] == "tuple" else ()
             if len(items) >= 3 and type(items[0]) is list and items[0][KIND] == "storage":
                 # Tensor.set_(storage, offset, size, stride): a view of the stated size
-                numel = self.numel(items[2])
+                numel = size_numel(self, items[2])
                 self.result.claimed += numel * items[0][ITEMSIZE]
                 if inst[KIND] == "newtensor":
                     self.result.tensors += 1
@@ -512,11 +436,11 @@ class _Scanner:
             raise self.crafted("calls something that is not a named global")
         if type(args) is not list or args[KIND] != "tuple":
             raise self.crafted(f"calls {func} with arguments that are not a tuple")
-        rule = _RULES.get(func)
-        if rule is None and func in _constructors():
-            rule = _Scanner.construct
+        rule = RULES.get(func)
+        if rule is None and func in constructors():
+            rule = construct
         node = (
-            [_KINDS.get(func, "object"), [], 1, False, 0, 0]
+            [KINDS.get(func, "object"), [], 1, False, 0, 0]
             if rule is None
             else rule(self, func, args[ITEMS])
         )
@@ -530,280 +454,9 @@ class _Scanner:
 
     # ---- call rules --------------------------------------------------------------------
 
-    def numel(self, size: Any) -> int:
-        if type(size) is not list or size[KIND] not in ("tuple", "size"):
-            raise self.crafted("gives a tensor a size that is not a tuple of numbers")
-        numel = 1
-        for n in size[ITEMS]:
-            if type(n) is not int or n < 0:
-                raise self.crafted("gives a tensor a size that is not written out as numbers")
-            numel *= n
-        return numel
-
-    def tensor_view(self, func: str, args: list) -> list:
-        # _rebuild_tensor(_v2, _v3)(storage, offset, size, stride, ...) and _rebuild_qtensor:
-        # a view of ``size`` elements of the storage's (or v3's explicit) dtype.
-        if len(args) < 4:
-            raise self.crafted(f"calls {func} with too few arguments")
-        numel = self.numel(args[2])
-        storage = args[0]
-        itemsize = storage[ITEMSIZE] if type(storage) is list and storage[KIND] == "storage" else 16
-        if func.endswith("_v3") and len(args) > 6 and type(args[6]) is str:
-            itemsize = max(itemsize, self.itemsizes.get(args[6], 16))
-        self.result.claimed += numel * itemsize
-        self.result.tensors += 1
-        return ["tensor", [], 1, False, numel, itemsize]
-
-    def tensor_other(self, func: str, args: list) -> list:
-        # Tensors without storage of their own size: meta, sparse, nested, wrapper subclass.
-        self.result.tensors += 1
-        return ["tensor", [], 1, False, 0, 0]
-
-    def parameter(self, func: str, args: list) -> list:
-        data = args[0] if args else None
-        if type(data) is list and data[KIND] == "tensor":
-            return ["tensor", [], 1, False, data[NUMEL], data[ITEMSIZE]]
-        return ["tensor", [], 1, False, 0, 0]
-
-    def device_copy(self, func: str, args: list) -> list:
-        # _rebuild_device_tensor_from_cpu_tensor(data, dtype, ...): data.to(dtype) copies it.
-        data = args[0] if args else None
-        numel = data[NUMEL] if type(data) is list and data[KIND] == "tensor" else 0
-        dtype = args[1] if len(args) > 1 else None
-        self.result.claimed += numel * (self.itemsizes.get(dtype, 16) if type(dtype) is str else 16)
-        return ["tensor", [], 1, False, numel, 0]
-
-    def from_type(self, func: str, args: list) -> list:
-        # _rebuild_from_type_v2(func, new_type, args, state): func(*args), then the state.
-        if len(args) != 4 or type(args[0]) is not str:
-            raise self.crafted(f"calls {func} without a named function to rebuild with")
-        inner = self.call(args[0], args[2])
-        return [inner[KIND], [inner], inner[HEIGHT] + 1, False, inner[NUMEL], inner[ITEMSIZE]]
-
-    def collection(self, func: str, args: list) -> list:
-        # set(x), Counter(x), OrderedDict(x): iterating a tensor would make one Python object
-        # per element of a view of any size.
-        for arg in args:
-            if type(arg) is list and arg[KIND] not in _DATA:
-                raise self.crafted(f"calls {func} on a {arg[KIND]}")
-        return [_KINDS.get(func, "object"), [], 1, False, 0, 0]
-
-    def plain_values(self, func: str, args: list) -> list:
-        if any(type(arg) is list for arg in args):
-            raise self.crafted(f"calls {func} with a container argument")
-        return ["object", [], 1, False, 0, 0]
-
-    def size(self, func: str, args: list) -> list:
-        if len(args) > 1 or (args and not (type(args[0]) is list and args[0][KIND] in _DATA)):
-            raise self.crafted(f"calls {func} on something that is not a tuple of numbers")
-        return ["size", list(args[0][ITEMS]) if args else [], 1, False, 0, 0]
-
-    def encode(self, func: str, args: list) -> list:
-        # pickle protocol 2 writes bytes as _codecs.encode(text, "latin1"); any other codec
-        # comes from the file (punycode is quadratic: a 27 KB file could run for minutes).
-        if len(args) not in (2, 3) or not (type(args[0]) is bytes or args[0] is _LONG):
-            raise self.crafted(f"calls {func} with other arguments than text and a codec")
-        if args[1] not in ALLOWED_CODECS or (len(args) == 3 and args[2] != b"strict"):
-            raise self.crafted(f"calls {func} with codec {_shown(args[1])}, not latin1")
-        return ["bytes", [], 1, False, 0, 0]
-
-    def bytearray_(self, func: str, args: list) -> list:
-        if len(args) == 1 and type(args[0]) is int:
-            if args[0] < 0:
-                raise self.crafted(f"calls {func} with a negative size")
-            self.result.claimed += args[0]  # bytearray(n): n zero bytes, written
-        elif len(args) >= 2:
-            return self.encode(func, args)
-        elif args and type(args[0]) is list and args[0][KIND] not in _DATA:
-            raise self.crafted(f"calls {func} on a {args[0][KIND]}")
-        return ["bytes", [], 1, False, 0, 0]
-
-    def construct(self, func: str, args: list) -> list:
-        # torch.Tensor(*sizes), torch.FloatTensor(...), UntypedStorage(n): sizes allocate.
-        if not args:
-            return ["newtensor", [], 1, False, 0, 0]
-        first = args[0]
-        if all(type(arg) is int for arg in args):
-            self.result.claimed += self.numel(["tuple", list(args), 1, False, 0, 0]) * 16
-        elif len(args) == 1 and type(first) is list and first[KIND] == "size":
-            self.result.claimed += self.numel(first) * 16
-        elif len(args) == 1 and type(first) is list and first[KIND] in _DATA | _TENSORS:
-            pass  # data written out in the file, or a view of a storage already counted
-        else:
-            raise self.crafted(f"calls {func} with arguments that are not sizes or data")
-        self.result.tensors += 1
-        return ["tensor", [], 1, False, 0, 0]
-
-
-def _shown(value: Any) -> str:
-    if type(value) is bytes:
-        return ascii(value.decode("utf-8", "replace")[:60])
-    return f"a {value[KIND]}" if type(value) is list else type(value).__name__
-
-
-def _height(items: list) -> int:
-    height = 0
-    for item in items:
-        if type(item) is list:
-            item[PARENTED] = True
-            if item[HEIGHT] > height:
-                height = item[HEIGHT]
-    return height + 1
-
-
-def _graph_height(top: Any) -> int:
-    """The true nesting height below ``top``, walked without recursion (cycles count once)."""
-    if type(top) is not list:
-        return 0
-    heights: dict[int, int] = {}
-    on_path: set[int] = set()
-    todo: list[tuple[list, bool]] = [(top, False)]
-    while todo:
-        node, done = todo.pop()
-        key = id(node)
-        if done:
-            on_path.discard(key)
-            heights[key] = 1 + max(
-                (heights.get(id(c), 0) for c in node[ITEMS] or () if type(c) is list), default=0
-            )
-            continue
-        if key in heights or key in on_path:
-            continue
-        on_path.add(key)
-        todo.append((node, True))
-        todo.extend(
-            (c, False) for c in node[ITEMS] or () if type(c) is list and id(c) not in heights
-        )
-    return heights[id(top)]
-
-
-#: Take whole tensors of torch.save's pickles in one step (:meth:`_Scanner.fast_tensor`);
-#: False in tests that check the step against the loop.
-_FAST_PATH = True
-_REBUILD_V2 = sys.intern("torch._utils._rebuild_tensor_v2")
-_GET, _PUT, _INT = rb"(?:h.|j....)", rb"(?:q.|r....)", rb"(?:K.|M..|J....)"
-_TUPLE = rb"(?:\)|%s\x85|%s%s\x86|%s%s%s\x87|\((?:%s)+t)" % ((_INT,) * 7)
-#: One tensor as torch.save writes it once its globals and strings are memoized:
-#: rebuild ( ( "storage" type key PUT location numel [None] t PUT Q offset size [PUT] stride
-#: [PUT] False OrderedDict () R PUT t PUT R (the PUT after the last R is left to the loop;
-#: None: a legacy file's view_metadata).
-_FAST_TENSOR = re.compile(
-    rb"(?:h.|j....)\(\((?P<storage>%(g)s)(?P<type>%(g)s)"
-    rb"X(?P<klen>[\x01-\x14])\x00\x00\x00(?P<key>[0-9]{1,20})(?P<key_put>%(p)s)"
-    rb"(?P<location>%(g)s)(?P<numel>%(i)s)(?P<view>N?)t(?P<pid_put>%(p)s)Q"
-    rb"(?P<offset>%(i)s)(?P<size>%(t)s)(?P<size_put>%(p)s)?(?P<stride>%(t)s)(?P<stride_put>%(p)s)?"
-    rb"\x89(?P<hooks>%(g)s)\)R(?P<hooks_put>%(p)s)t(?P<args_put>%(p)s)R"
-    % {b"g": _GET, b"p": _PUT, b"i": _INT, b"t": _TUPLE},
-    re.DOTALL,
-)
-#: Instructions a fast tensor stands for, counted towards max_pickle_ops.
-_FAST_OPS = 30
-
-
-from_bytes = int.from_bytes
-#: Bytes taken by BININT1 (K), BININT2 (M) and BININT (J), opcode included.
-_INT_WIDTH = {0x4B: 2, 0x4D: 3, 0x4A: 5}
-
-
-def _int(op: bytes) -> int:
-    """The value of a BININT1, BININT2 or BININT instruction (only BININT is signed)."""
-    return from_bytes(op[1:], "little", signed=op[0] == 0x4A)
-
-
-def _ints_tuple(ops: bytes, empty_tuple: list) -> list:
-    """The tuple node that EMPTY_TUPLE, TUPLE1-3 or MARK..TUPLE of integers makes."""
-    if ops == b")":
-        return empty_tuple
-    end = len(ops) - 1  # the TUPLE/TUPLEn opcode
-    at = 1 if ops[0] == 0x28 else 0  # MARK
-    values = []
-    while at < end:
-        width = _INT_WIDTH[ops[at]]
-        values.append(from_bytes(ops[at + 1 : at + width], "little", signed=width == 5))
-        at += width
-    return ["tuple", values, 1, False, 0, 0]
-
-
-_REBUILD = "torch._utils."
-_RULES: dict[str, Callable[[_Scanner, str, list], list]] = {
-    **dict.fromkeys(
-        [f"{_REBUILD}_rebuild_tensor", f"{_REBUILD}_rebuild_tensor_v2",
-         f"{_REBUILD}_rebuild_tensor_v3", f"{_REBUILD}_rebuild_qtensor"],
-        _Scanner.tensor_view,
-    ),
-    **dict.fromkeys(
-        [f"{_REBUILD}_rebuild_meta_tensor_no_storage", f"{_REBUILD}_rebuild_sparse_tensor",
-         f"{_REBUILD}_rebuild_nested_tensor", f"{_REBUILD}_rebuild_wrapper_subclass"],
-        _Scanner.tensor_other,
-    ),
-    **dict.fromkeys(
-        [f"{_REBUILD}_rebuild_parameter", f"{_REBUILD}_rebuild_parameter_with_state",
-         "torch.nn.parameter.Parameter"],
-        _Scanner.parameter,
-    ),
-    **dict.fromkeys(
-        [f"{_REBUILD}_rebuild_device_tensor_from_cpu_tensor",
-         f"{_REBUILD}_rebuild_device_tensor_from_numpy"],
-        _Scanner.device_copy,
-    ),
-    "torch._tensor._rebuild_from_type_v2": _Scanner.from_type,
-    **dict.fromkeys(
-        ["collections.OrderedDict", "collections.Counter", "builtins.set", "builtins.frozenset"],
-        _Scanner.collection,
-    ),
-    **dict.fromkeys(
-        ["builtins.complex", "builtins.int", "builtins.float", "builtins.bool", "builtins.slice",
-         "torch.device", "torch.serialization._get_layout"],
-        _Scanner.plain_values,
-    ),
-    "torch.Size": _Scanner.size,
-    "_codecs.encode": _Scanner.encode,
-    "builtins.bytearray": _Scanner.bytearray_,
-}  # fmt: skip
-#: What a call to these globals returns, for the rules on later instructions.
-_KINDS = {
-    "collections.OrderedDict": "dict",
-    "collections.Counter": "dict",
-    "builtins.set": "set",
-    "builtins.frozenset": "set",
-}
-
 
 @lru_cache(maxsize=1)
 def _name_tables() -> tuple[dict, dict]:
     from torch._utils import IMPORT_MAPPING, NAME_MAPPING
 
     return NAME_MAPPING, IMPORT_MAPPING
-
-
-@lru_cache(maxsize=1)
-def _itemsizes() -> dict[str, int]:
-    """Bytes per element of each dtype and storage type global torch allows."""
-    import torch
-    from torch import _weights_only_unpickler as unpickler
-
-    sizes = {}
-    for name, obj in unpickler._get_allowed_globals().items():
-        if isinstance(obj, torch.dtype):
-            sizes[name] = obj.itemsize
-        elif isinstance(getattr(obj, "dtype", None), torch.dtype):  # legacy storage types
-            sizes[name] = obj.dtype.itemsize
-    return sizes
-
-
-@lru_cache(maxsize=1)
-def _constructors() -> frozenset[str]:
-    """Tensor and storage classes: calling them with sizes allocates."""
-    import torch
-    from torch import _weights_only_unpickler as unpickler
-
-    found = set()
-    for name, obj in unpickler._get_allowed_globals().items():
-        if obj in torch._tensor_classes or (  # torch.FloatTensor & co. are not subclasses
-            isinstance(obj, type)
-            and issubclass(
-                obj, (torch.Tensor, torch.storage.UntypedStorage, torch.storage.TypedStorage)
-            )
-        ):
-            found.add(name)
-    return frozenset(found - set(_RULES))
