@@ -42,7 +42,8 @@ from torch import nn
 from ..errors import CheckpointError
 from .checkpoint import CONTAINER_KEYS, EMA_KEYS, Checkpoint, from_object
 from .limits import ReaderLimits, limit_error, resolve_limits
-from .pickles import short_reason, torch_load
+from .pickles import torch_load
+from .reasons import short_reason
 from .safetensors_file import read_safetensors
 from .untrusted import plain
 

@@ -12,7 +12,6 @@ may run code anyway.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,12 +23,11 @@ from ..errors import CheckpointError, UnsafeCheckpointError
 from ..wording import option
 from .allowed_globals import GLOBAL_NAME, imported_denial, resolve_allowed, torch_safe_names
 from .limits import ReaderLimits
+from .reasons import short_reason
 from .torch_files import check_torch_file
 
 __all__ = ["short_reason", "torch_load"]
 
-#: Lines of torch.load's error messages that give advice rather than the reason.
-_TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Please")
 #: Refused globals named in one message; the rest are counted.
 _SHOWN = 10
 
@@ -113,14 +111,3 @@ def _refusal(path: Path, wanted: list[str]) -> UnsafeCheckpointError:
 def _shown(name: str) -> str:
     """A global's name as a message shows it: as is when plain, else escaped and cut."""
     return name if GLOBAL_NAME.fullmatch(name) and len(name) <= 200 else ascii(name[:200])
-
-
-def short_reason(exc: BaseException) -> str:
-    """The reason inside an exception's message, without torch's paragraphs of advice."""
-    text = str(exc)
-    match = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
-    if match:
-        return ascii(match.group(1)[:200])[1:-1]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    reasons = [ln for ln in lines if not ln.startswith(_TORCH_ADVICE)]
-    return ascii((reasons or lines or [type(exc).__name__])[0][:200])[1:-1]

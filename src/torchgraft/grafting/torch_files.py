@@ -28,6 +28,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 from .limits import ReaderLimits, limit_error
 from .pickle_scan import PickleScan, scan_pickle
+from .reasons import short_reason
 
 __all__ = ["TorchFileCheck", "check_torch_file"]
 
@@ -86,8 +87,6 @@ def _check_zip(
     except CheckpointError:
         raise
     except Exception as exc:  # BadZipFile, but also struct, zlib and overflow errors
-        from .pickles import short_reason
-
         raise CheckpointError(
             f"{path}: a damaged or truncated zip archive ({short_reason(exc)}); re-download "
             "or re-save it"
