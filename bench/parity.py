@@ -23,6 +23,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torchgraft as tg  # noqa: E402
 from _report import write_section  # noqa: E402
+from torchgraft.errors import InexactGraftError  # noqa: E402
+from torchgraft.grafting.correspondence import EVIDENCE  # noqa: E402
 from torchgraft.grafting.verify import compare_models  # noqa: E402
 
 #: (source spec, target spec, dtype of the comparison, input size)
@@ -61,14 +63,18 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
 def measure(source_spec: str, target_spec: str, dtype: torch.dtype, size: int) -> list[str]:
     source = randomize(tg.create_model(source_spec).eval(), 0)
     target = tg.create_model(target_spec).eval()
-    report = tg.graft(target, source)
+    try:
+        report = tg.graft(target, source)
+    except InexactGraftError as exc:
+        return [f"{source_spec} → {target_spec}", "refused", str(exc).splitlines()[0][:80], "", ""]
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     result = compare_models(target, source, example, dtype=dtype, source=source_spec)
-    low = min(e.confidence for e in report.entries if e.action.loads)
+    loaded = [e for e in report.entries if e.action.loads]
+    weakest = min(loaded, key=lambda e: EVIDENCE.get(e.evidence, 1.0)).evidence
     return [
         f"{source_spec} → {target_spec}",
         f"{report.coverage:.4f}",
-        f"{low:.2f}",
+        f"{weakest} ({EVIDENCE.get(weakest, 1.0):g})",
         str(dtype).replace("torch.", ""),
         f"{result.output_rel_diff:.1e}",
     ]
@@ -85,13 +91,15 @@ def main() -> None:
         traps.append(measure(*pair))
         print("trap:", " | ".join(traps[-1]), flush=True)
     head = (
-        "| source → target | coverage | lowest confidence | compared in | max relative difference |"
+        "| source → target | coverage | weakest evidence | compared in | max relative difference |"
     )
     rule = "|---|---|---|---|---|"
     body = [
         "Same architecture in two libraries, names and order both differ: `tg.graft` (strategy",
-        "`auto`) from a randomly initialised source, then both models on one input. Coverage counts",
-        'parameter elements; "lowest confidence" is the weakest pairing decision in the plan.',
+        "`auto`) from a randomly initialised source module, then both models on one input.",
+        "Coverage counts parameter elements; the weakest evidence is the weakest rung of the",
+        "evidence ladder (docs/grafting.md) any loaded key stands on; a graft that would stand",
+        "on less than full confidence is refused.",
         "",
         head,
         rule,

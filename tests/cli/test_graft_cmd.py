@@ -353,3 +353,29 @@ def test_an_inexact_graft_is_refused_in_flags_and_accepted_on_request(console_sc
     )  # fmt: skip
     assert accepted.returncode == 0, accepted.stderr
     assert out.exists()
+
+
+@pytest.mark.slow
+def test_allow_partial_globs_accept_exactly_the_keys_they_name(
+    console_script, workdir, source_state
+):
+    """A source without bn2: refused naming the module and --allow-partial; a glob that does
+    not cover bn2 is still refused; one that does loads everything else."""
+    state = {k: v for k, v in source_state.items() if not k.startswith("module.bn2.")}
+    torch.save(state, workdir / "no_bn2.pt")
+    out = workdir / "out.safetensors"
+    base = ("no_bn2.pt", "--into", "tinynets:Net", "-o", str(out))
+    refused = run(console_script, workdir, *base)
+    assert refused.returncode == 1
+    assert "bn2" in refused.stderr
+    assert "--allow-partial" in refused.stderr
+    assert not out.exists()
+    elsewhere = run(console_script, workdir, *base, "--allow-partial", "bn1.*")
+    assert elsewhere.returncode == 1
+    assert not out.exists()
+    accepted = run(console_script, workdir, *base, "--allow-partial", "bn2.*")
+    assert accepted.returncode == 0, accepted.stderr
+    written = load_file(out)
+    assert torch.equal(written["conv2.weight"], source_state["module.conv2.weight"])
+    assert torch.equal(written["bn1.running_var"], source_state["module.bn1.running_var"])
+    assert torch.equal(written["bn2.running_var"], torch.ones(4))  # its own fresh value

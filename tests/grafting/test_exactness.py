@@ -417,3 +417,30 @@ def test_an_identified_source_architecture_proves_a_sorted_checkpoint(tmp_path, 
     with torch.no_grad():
         want, got = source(x), target(x)
     assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+
+
+@pytest.mark.slow
+def test_the_callers_own_images_can_be_the_probe(lite0_renamed_sorted):
+    """probe_images=: real photographs instead of the synthetic probe settle the same
+    blocks (the scores in the notes are theirs)."""
+    import os
+
+    import numpy as np
+    import timm
+    from PIL import Image
+
+    skimage = pytest.importorskip("skimage")
+    folder = Path(os.path.dirname(skimage.__file__)) / "data"
+    photos = [
+        Image.open(folder / name).convert("RGB").resize((64, 64))
+        for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
+    ]
+    pixels = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32)) for p in photos])
+    images = (pixels / 255).permute(0, 3, 1, 2)
+    images = (images - 0.5) / 0.5  # tf_efficientnet_lite0's preprocessing
+    target = timm.create_model("tf_efficientnet_lite0").eval()
+    synthetic = settled_margins(plan_graft(target, lite0_renamed_sorted))
+    real = settled_margins(plan_graft(target, lite0_renamed_sorted, probe_images=images))
+    assert real.keys() == synthetic.keys()
+    assert min(real.values()) >= 2
+    assert real != synthetic  # the photographs were the probe

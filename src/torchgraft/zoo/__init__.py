@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | N
 
     table = {k: tuple(v.shape) for k, v in weights.checkpoint.tensors.items()}
     try:
-        found = identify(table)
+        found = identify(table, on_build=_say_building)
     except Exception:  # an index that cannot be built must not break a graft
         return None
     if found.exact is None:
@@ -208,6 +209,17 @@ def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | N
         f"source architecture identified as {found.summary()}: its registration order and "
         "a side-by-side run settle what order alone suggested"
     )
+
+
+def _say_building(library: str, count: int) -> None:
+    """A first index build can take minutes: say so on stderr instead of going silent."""
+    if count >= 50:
+        print(
+            f"torchgraft: indexing {count} {library} architectures to identify the source "
+            "(once per library version; a few minutes for timm)...",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def list_models(filter: str | None = None, library: str | None = None) -> list[ZooEntry]:
