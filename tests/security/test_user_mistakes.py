@@ -527,3 +527,24 @@ def test_models_piped_into_head_ends_quietly(tmp_path, subprocess_env):
     assert first.split()[0] == b"spec"
     assert stderr == ""
     assert status == 141
+
+
+# --- 8. each caller is told in its own words ----------------------------------------------------
+
+
+def test_hints_name_python_arguments_from_python_and_flags_from_the_command_line():
+    """Before: a tag without weights said "pass weights='DEFAULT'" to `torchgraft inspect`
+    too, where the flag is --weights."""
+    from torchgraft.wording import speaking_cli
+
+    with pytest.raises(SpecError) as python:
+        tg.create_model("timm:resnet18.a1_in1k")
+    assert 'pass weights="DEFAULT" to load them' in str(python.value)
+    _pythonic(str(python.value))
+    with speaking_cli(), pytest.raises(SpecError) as cli:
+        tg.create_model("timm:resnet18.a1_in1k")
+    assert "pass --weights DEFAULT to load them" in str(cli.value)
+
+    with speaking_cli(), pytest.raises(HeadError) as cli:
+        tg.create_model("torchvision:squeezenet1_1", num_classes=-3)
+    assert str(cli.value).startswith("--num-classes is the number of classes")

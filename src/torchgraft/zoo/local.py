@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import SpecError
 from ..model.anatomy import infer_spec
 from ..text import printable
-from ..wording import in_cli
+from ..wording import in_cli, option
 from ._base import BuiltModel, did_you_mean
 
 __all__ = ["build", "resolve_builder"]
@@ -46,8 +46,8 @@ def build(
     """
     if weights not in (None, False):
         raise SpecError(
-            f"{target}: a local builder has no named weights '{weights}'; pass a checkpoint "
-            "file path as weights instead"
+            f"{target}: a local builder has no named weights '{weights}'; give a checkpoint "
+            f"file instead ({option('weights', 'PATH')})"
         )
     target, positional, literal_kwargs = _split_call(target)
     builder = _resolve(target)

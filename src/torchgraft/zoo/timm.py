@@ -21,6 +21,7 @@ from ..errors import SpecError
 from ..model.anatomy import infer_spec
 from ..model.layer_groups import groups_from_ordinals
 from ..model.spec import ModelSpec, Preprocessing
+from ..wording import option
 from ._base import BuiltModel, ZooEntry, did_you_mean
 from .download import from_hf_hub, from_url
 
@@ -106,12 +107,14 @@ def _split_tag(name: str, weights: Any) -> tuple[str, str | None]:
         raise SpecError(f"no timm model '{arch}'" + did_you_mean(arch, names(), f"{PREFIX}:"))
     if isinstance(weights, str) and weights.upper() != "DEFAULT":
         if tag and tag != weights:
-            raise SpecError(f"timm:{name} names tag '{tag}' but weights='{weights}'; pass one")
+            raise SpecError(
+                f"timm:{name} names tag '{tag}' but {option('weights', weights)}; pass one"
+            )
         tag = weights
     if tag and (weights is None or weights is False):
         raise SpecError(
             f"timm:{name} names pretrained tag '{tag}' but no weights were asked for; "
-            "pass weights='DEFAULT' (or True) to load them, or drop the tag"
+            f"pass {option('weights', 'DEFAULT')} to load them, or drop the tag"
         )
     if tag:
         available = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
