@@ -243,6 +243,10 @@ def test_output_under_a_file_or_onto_a_folder_is_refused_before_any_work(workdir
 
     plan_out = _run([*base, "--dry-run", "--plan-out", "afile/p.yaml"], workdir, subprocess_env)
     assert "--plan-out" in _one_error_line(plan_out, "graft")
+
+    confusion = ["eval", "runs/x", "--data", "images", "--output", "afile/confusion.png"]
+    line = _one_error_line(_run(confusion, workdir, subprocess_env), "eval")
+    assert "--output afile/confusion.png" in line
     assert sorted(p.name for p in workdir.iterdir()) == ["afile", "afolder", "src.pt"]
 
 

@@ -3,7 +3,8 @@
 RUN_DIR_OR_MODEL is a run directory (or its model.safetensors). --data is a folder of class
 subfolders, a folder with train/val/test splits (test/ is used, else val/), or a CSV of
 path,label. Class names are matched to the model's by name. The confusion matrix is written
-as PNG (--output, default: eval_confusion.png in the run directory or the current folder).
+as PNG (--output, default: eval_confusion.png in the run directory or the current folder;
+its folder is created if missing).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output:
+        from .common import check_output_path
+
+        # Before the evaluation, not after it: a path under a file fails at once.
+        check_output_path(args.output, "--output", "confusion.png")
+
     from ..engine.artifacts import load
     from ..engine.inference import evaluate_folder
     from ..engine.plots import plot_confusion
