@@ -330,6 +330,9 @@ def test_cli_a_builder_that_raises_exits_2_naming_the_spec(workdir, user_code):
          "--in-chans", "whole number >= 1"),
         (["inspect", "torchvision:squeezenet1_1", "--num-classes", "-3"],
          "--num-classes", "whole number >= 1"),
+        (["inspect", "torchvision:squeezenet1_1", "--lr", "-1"], "--lr", "number > 0"),
+        (["graft", "src.pt", "--into", "torchvision:squeezenet1_1", "--verify-with",
+          "torchvision:squeezenet1_1", "--tolerance", "-1"], "--tolerance", "number >= 0"),
     ],
 )  # fmt: skip
 def test_cli_values_out_of_range_name_the_flag_and_the_range(
@@ -431,6 +434,20 @@ def test_cli_rules_alone_mean_strategy_rules_and_dry_run_says_what_it_would_writ
         "new/dir/out.safetensors and new/dir/out.json"
     )
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_cli_in_chans_mode_that_nothing_uses_is_refused(workdir, subprocess_env):
+    """Before: --in-chans-mode pick was accepted and ignored (the channels already agreed)."""
+    out = workdir / "out.safetensors"
+    result = _run(
+        ["graft", "src.pt", "--into", "torchvision:squeezenet1_1", "--in-chans-mode", "pick",
+         "-o", str(out)],
+        workdir, subprocess_env,
+    )  # fmt: skip
+    line = _one_error_line(result, "graft")
+    assert "--in-chans-mode pick was not used" in line
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ __all__ = [
     "add_checkpoint_safety_arguments",
     "check_output_path",
     "fraction",
+    "non_negative_float",
+    "positive_float",
     "positive_int",
 ]
 
@@ -67,6 +69,32 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a fraction from 0 to 1 (0.9 means 90%), got {text}"
         )
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate, a decay factor)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a weight decay)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 

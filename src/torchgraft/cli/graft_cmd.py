@@ -31,6 +31,7 @@ from .common import (
     add_checkpoint_safety_arguments,
     check_output_path,
     fraction,
+    non_negative_float,
     positive_int,
 )
 
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-with", metavar="SOURCE_MODEL_SPEC", help="source architecture")
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=non_negative_float,
         help=f"with --verify-with: largest output difference allowed (default: {DEFAULT_TOLERANCE})",
     )
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="write grafted weights")
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             identify=identified_architecture,
             **options,
         )
+    _check_in_chans_mode_used(plan, args)
     plan_file = _write_plan(plan, Path(args.plan_out)) if args.plan_out else None
     acceptance = {
         "allow_partial": args.allow_partial or False,
@@ -199,6 +201,20 @@ def check_options(args: argparse.Namespace) -> None:
         check_output_path(args.output, "-o/--output")
     if args.plan_out:
         check_output_path(args.plan_out, "--plan-out", "plan.yaml")
+
+
+def _check_in_chans_mode_used(plan, args: argparse.Namespace) -> None:
+    """--in-chans-mode acts only where the first convolution's input channels differ; when
+    none do, it would be silently ignored: refuse it (before anything is loaded)."""
+    if args.in_chans_mode is None:
+        return
+    if any((e.adapt or {}).get("kind") == "in_chans" for e in plan.entries):
+        return
+    raise OptionError(
+        f"--in-chans-mode {args.in_chans_mode} was not used: the first convolutions of the "
+        "source and the target take the same number of input channels (change the target's "
+        "with --in-chans); drop --in-chans-mode"
+    )
 
 
 def _names_a_model(source: str) -> bool:

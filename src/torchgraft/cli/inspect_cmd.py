@@ -29,7 +29,13 @@ from typing import Any
 
 from ..errors import CheckpointError, SpecError
 from ..text import printable
-from .common import OptionError, add_checkpoint_safety_arguments, positive_int
+from .common import (
+    OptionError,
+    add_checkpoint_safety_arguments,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 
 NAME = "inspect"
 HELP = "show a checkpoint's keys/shapes/dtypes or a model's anatomy"
@@ -57,10 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     audit.add_argument(
         "--bn", choices=("frozen", "stats", "train"), help="BatchNorm policy (default: frozen)"
     )
-    audit.add_argument("--lr", type=float, help="learning rate of the head (default: 0.001)")
-    audit.add_argument("--backbone-lr", type=float, help="learning rate of the other groups")
-    audit.add_argument("--layer-decay", type=float, help="layer-wise LR decay factor")
-    audit.add_argument("--weight-decay", type=float, help="weight decay (default: 0)")
+    audit.add_argument(
+        "--lr", type=positive_float, help="learning rate of the head (default: 0.001)"
+    )
+    audit.add_argument(
+        "--backbone-lr", type=positive_float, help="learning rate of the other groups"
+    )
+    audit.add_argument("--layer-decay", type=positive_float, help="layer-wise LR decay factor")
+    audit.add_argument("--weight-decay", type=non_negative_float, help="weight decay (default: 0)")
     parser.add_argument(
         "--num-classes", type=positive_int, help="for a model spec: replace the head first"
     )

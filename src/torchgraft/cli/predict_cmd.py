@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import positive_int
+
 NAME = "predict"
 HELP = "class probabilities of images with a trained model"
 
@@ -15,15 +17,10 @@ HELP = "class probabilities of images with a trained model"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory or model file")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    parser.add_argument("--topk", type=_positive, default=3, metavar="K", help="classes per image")
+    parser.add_argument(
+        "--topk", type=positive_int, default=3, metavar="K", help="classes per image"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
