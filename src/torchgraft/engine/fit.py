@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..grafting.api import graft
 from ..model.spec import attach_spec
 from ..wording import in_cli, option, renamed
-from .artifacts import build_architecture, save_model
+from .artifacts import build_architecture, read_model_document, save_model
 from .config import CONFIG_OPTIONS, RunConfig, load_config
 from .console import RunConsole
 from .outputs import final_rows, graft_lines, write_plots
@@ -208,7 +208,12 @@ def _open(config, overrides, resume) -> tuple[RunConfig, RunDirectory, dict[str,
         )
     clean_temporaries(directory.path)
     config = load_config(saved, overrides)
-    return config, directory, load_state(directory.path)
+    state = load_state(directory.path)
+    if (directory.path / "model.safetensors").exists():
+        # The best model is kept unless the resumed epochs beat it: a damaged file would
+        # otherwise end the run as its result, unread and unchecked.
+        read_model_document(directory.path)
+    return config, directory, state
 
 
 def _seed(seed: int) -> None:
