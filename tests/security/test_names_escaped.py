@@ -22,6 +22,7 @@ import torchvision
 from rich.console import Console
 
 from torchgraft.cli.output import table
+from torchgraft.policies.freezing import freeze
 from torchgraft.text import printable, printable_lines
 
 CLEAR = "\x1b[2J\x1b[H"
@@ -74,6 +75,33 @@ def test_table_cells_are_data_not_markup():
     assert shown.count("[bold red]boom") == 2  # the title and the cell, as written
     assert printable(FAKE) in shown
     _assert_inert(shown)
+
+
+class _Forged(torch.nn.Module):
+    """A model whose second stage is named to forge a line (add_module takes any string but
+    a dot)."""
+
+    STAGE = "stage\nALL CHECKS PASSED"
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3)
+        self.add_module(self.STAGE, torch.nn.Conv2d(4, 4, 3))
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = getattr(self, self.STAGE)(self.stem(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def test_the_freeze_summary_escapes_group_names():
+    """Before: a group named after a module holding a newline printed a line of its own."""
+    summary = freeze(_Forged(), "none")
+    assert _Forged.STAGE in [g.name for g in summary.groups]  # the data is kept exactly
+    lines = summary.render().splitlines()
+    assert not any(line.startswith("ALL CHECKS") for line in lines)
+    assert any(line.startswith("stage\\nALL CHECKS PASSED ") for line in lines)
 
 
 # --- the commands -----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from ..errors import ConfigError, TorchgraftError
 from ..model.anatomy import spec_of
 from ..model.layer_groups import under
 from ..model.spec import ModelSpec
+from ..text import printable
 
 __all__ = [
     "BN_POLICIES",
@@ -109,17 +110,22 @@ class FreezeSummary:
         return json.dumps(self.to_dict(), indent=indent)
 
     def render(self) -> str:
-        """A plain-text table, one row per layer group."""
+        """A plain-text table, one row per layer group.
+
+        Group names come from the model's module names (any string but a dot, ESC and
+        newlines included), so they are escaped (:func:`torchgraft.text.printable`)."""
         share = self.trainable / self.total if self.total else 0.0
         lines = [
-            f"freeze '{self.policy}', bn '{self.bn}': {self.trainable:,} of {self.total:,} "
-            f"parameters train ({share:.2%})"
+            f"freeze '{printable(self.policy)}', bn '{self.bn}': {self.trainable:,} of "
+            f"{self.total:,} parameters train ({share:.2%})"
         ]
-        width = max([len("group"), *(len(g.name) for g in self.groups)])
+        names = {g.name: printable(g.name) for g in self.groups}
+        width = max([len("group"), *(len(n) for n in names.values())])
         lines.append(f"{'group':<{width}}  {'trainable':>12}  {'frozen':>12}  {'fixed norms':>11}")
         for g in self.groups:
             lines.append(
-                f"{g.name:<{width}}  {g.trainable:>12,}  {g.frozen:>12,}  {g.fixed_norms:>11}"
+                f"{names[g.name]:<{width}}  {g.trainable:>12,}  {g.frozen:>12,}  "
+                f"{g.fixed_norms:>11}"
             )
         return "\n".join(lines)
 
