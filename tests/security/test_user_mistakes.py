@@ -105,9 +105,7 @@ def no_network(monkeypatch, torch_home, tmp_path) -> _NoNetwork:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     blocked = _NoNetwork()
     monkeypatch.setattr(socket, "getaddrinfo", blocked)
-    download.unreachable.cache_clear()
-    yield blocked
-    download.unreachable.cache_clear()
+    return blocked
 
 
 def test_torchvision_weights_without_network_say_where_the_file_goes(no_network, torch_home):

@@ -24,7 +24,6 @@ passed instead:
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import urllib.parse
@@ -133,11 +132,11 @@ def from_hf_hub(label: str, repo_id: str, load: Callable[[], T]) -> T:
         ) from exc
 
 
-@functools.cache
 def unreachable(url: str) -> str | None:
     """Why ``url``'s host cannot be reached now, or None (reachable, or behind a proxy).
 
-    One TCP connection with :data:`CONNECT_TIMEOUT`, remembered for the process."""
+    One TCP connection with :data:`CONNECT_TIMEOUT`. Not remembered: it runs only when the
+    weights are not cached, and a notebook whose network comes back must be able to retry."""
     parts = urllib.parse.urlparse(url)
     if parts.scheme in urllib.request.getproxies():
         return None  # a direct connection says nothing about the proxy's
