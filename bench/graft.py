@@ -89,11 +89,13 @@ def time_matching() -> list[list[str]]:
             plan = tg.plan_graft(target, source)
             elapsed = time.perf_counter() - start
             if expect is not None:
-                paired = plan.mapping
-                wrong = sum(k in paired and paired[k] != expect[k] for k in state)
+                paired = {e.target: e for e in plan.entries if e.source and e.action.loads}
                 unpaired = sum(k not in paired for k in state)
+                unproven = sum(not e.certain for e in paired.values())
+                wrong = sum(e.certain and e.source != expect[k] for k, e in paired.items())
                 row.append(
-                    f"{elapsed * 1000:.0f} ms ({percent(plan.coverage)}; {unpaired} ambiguous, {wrong} wrong)"
+                    f"{elapsed * 1000:.0f} ms ({percent(plan.coverage)}; {unproven} unproven, "
+                    f"{unpaired} unpaired, {wrong} wrong)"
                 )
             else:
                 row.append(f"{elapsed * 1000:.0f} ms ({percent(plan.coverage)})")
@@ -195,8 +197,11 @@ def write_matching() -> None:
         "of every module name replaced by a random token, numbers kept (`layer1` → `qzkfjw1`), keys",
         "sorted by the new names as safetensors stores them — names and order both differ.",
         "*Random names + sorted*: every name that is not a bare index replaced by an unrelated",
-        'token, so nothing in the names tells same-shaped siblings apart. "ambiguous" keys are',
-        'reported and left unloaded; "wrong" counts keys paired differently from the truth.',
+        "token, so nothing in the names tells same-shaped siblings apart. *Unproven*: paired on",
+        "evidence below full confidence (a graft refuses them unless accepted); *unpaired*: left",
+        "unloaded (ambiguous); *wrong*: paired at full confidence, differently from the truth —",
+        "the failure a user cannot see, which must stay 0. The weights are freshly initialised",
+        "(no BatchNorm statistics to settle anything with) and no source architecture is given.",
         "",
         "| model | tensors | names equal | renamed + sorted | random names + sorted |",
         "|---|---|---|---|---|",

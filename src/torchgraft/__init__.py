@@ -41,6 +41,7 @@ _EXPORTS = {
     "load_rules": ".grafting",
     "plan_graft": ".zoo.grafts",
     "read_checkpoint": ".grafting",
+    "ReaderLimits": ".grafting",
     "verify_graft": ".zoo.grafts",
     "Head": ".model.heads",
     "HeadReplacement": ".model.heads",
@@ -88,6 +89,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .grafting import (
         GraftPlan,
         GraftReport,
+        ReaderLimits,
         RenameRules,
         Verification,
         apply_plan,
@@ -132,6 +134,7 @@ __all__ = [
     "Prediction",
     "Preprocessing",
     "Progressive",
+    "ReaderLimits",
     "RenameRules",
     "Run",
     "RunConfig",

@@ -51,8 +51,15 @@ def test_a_trusted_order_lines_up_same_shaped_modules_at_different_depths():
         expected |= {f"{t}.{r}": f"{s}.{r}" for r in BN_ROLES}
     assert pairs_of(match) == expected
     assert match.unresolved == {}
-    # order alone paired them: loaded only on request
-    assert set(match.evidence.values()) == {"registration-order"}
+    # the stem conv is the only one of its shapes lined up; the others only order paired:
+    # loaded only on request, and recorded as ties for the architecture or statistics
+    evidence = {t.rpartition(".")[0]: e for t, e in match.evidence.items()}
+    assert evidence.pop("stem.0") == "unique"
+    assert set(evidence.values()) == {"registration-order"}
+    assert sorted(sorted(t for _, t in group) for group in match.ties) == [
+        ["body.0", "stem.3"],
+        ["body.1", "stem.1", "stem.4"],
+    ]
 
 
 def test_without_a_trusted_order_the_same_modules_stay_unpaired():
@@ -444,3 +451,54 @@ def test_the_callers_own_images_can_be_the_probe(lite0_renamed_sorted):
     assert real.keys() == synthetic.keys()
     assert min(real.values()) >= 2
     assert real != synthetic  # the photographs were the probe
+
+
+class Flat(torch.nn.Module):
+    """conv-bn, conv-bn in one flat Sequential (as torchvision's MNASNet stem)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Conv2d(4, 4, 1),
+            torch.nn.BatchNorm2d(4),
+        )
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.layers(x).mean((2, 3)))
+
+
+class Nested(torch.nn.Module):
+    """The same layers as a stem at the root and one nested block (as timm's MNASNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.block = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4))
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.block(self.norm(self.stem(x))).mean((2, 3)))
+
+
+def test_same_shaped_modules_lined_up_across_depths_are_settled_by_the_architecture():
+    """Two norms of one shape, one at the root and one in a block: only order lines them
+    up (a tie over the whole model); the source architecture, run side by side, proves it."""
+    source = Flat().eval()
+    with torch.no_grad():
+        for p in source.parameters():  # (fresh running statistics: they settle nothing)
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    plan = plan_graft(Nested(), source.state_dict())
+    evidence = {e.target: e.evidence for e in plan.entries}
+    assert evidence["norm.weight"] == evidence["block.1.weight"] == "registration-order"
+    assert evidence["stem.weight"] == "unique"
+    target = Nested().eval()
+    report = graft(target, source.state_dict(), source_model=source)
+    assert report.evidence_counts["architecture"] == 10  # two norms, with their counters
+    assert report.uncertain == []
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(target(x), source(x), atol=1e-6)

@@ -21,6 +21,7 @@ _EXPORTS = {
     "read_source": ".source",
     "Checkpoint": ".io",
     "read_checkpoint": ".io",
+    "ReaderLimits": ".limits",
     "Action": ".report",
     "GraftPlan": ".report",
     "GraftReport": ".report",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .api import graft, plan_graft
     from .apply import apply_plan
     from .io import Checkpoint, read_checkpoint
+    from .limits import ReaderLimits
     from .planner import plan_from_mapping
     from .report import Action, GraftPlan, GraftReport, KeyPlan
     from .rules import RenameRules, load_rules
@@ -50,6 +52,7 @@ __all__ = [
     "GraftPlan",
     "GraftReport",
     "KeyPlan",
+    "ReaderLimits",
     "RenameRules",
     "SourceWeights",
     "Verification",

@@ -20,6 +20,7 @@ from ..wording import in_cli, option
 from .apply import apply_plan
 from .bn_statistics import settle_by_statistics
 from .exactness import AllowPartial, check_exact
+from .limits import ReaderLimits
 from .plan import drop_candidates
 from .planner import check_strategy, head_keys, make_plan, plan_from_mapping, plan_rebuilder
 from .report import GraftPlan, GraftReport, percent
@@ -54,6 +55,7 @@ def plan_graft(
     ema: bool = False,
     allow_globals: Sequence[str] = (),
     trust: bool = False,
+    limits: ReaderLimits | None = None,
     source_model: nn.Module | None = None,
     probe_images: torch.Tensor | None = None,
     identify: Callable[[SourceWeights], tuple[nn.Module, str] | None] | None = None,
@@ -71,7 +73,8 @@ def plan_graft(
         keep_classes: with class names on both sides, copy the source rows of the classes
             both heads name (True), of only these names (a list), or of none (False).
         ema: take the checkpoint's EMA weights.
-        allow_globals / trust: see :func:`torchgraft.grafting.io.read_checkpoint`.
+        allow_globals / trust / limits: see :func:`torchgraft.grafting.io.read_checkpoint`
+            (``limits``: the reader's bounds, :class:`~.limits.ReaderLimits`).
         source_model: the architecture the source was saved from, as a module: its
             registration order tells apart same-shaped siblings in a name-sorted checkpoint,
             and siblings that only order could tell apart are settled by running it side by
@@ -92,7 +95,7 @@ def plan_graft(
             "torchgraft.plan_graft builds model specs"
         )
     check_strategy(strategy)
-    weights = read_source(source, ema=ema, allow_globals=allow_globals, trust=trust)
+    weights = read_source(source, ema=ema, allow_globals=allow_globals, trust=trust, limits=limits)
     options = {
         "strategy": strategy,
         "rules": rules,

@@ -70,6 +70,8 @@ def resolve_ties(
     example = probe_input(target)
 
     def judge(target_block, source_block, trials, run, _moved):
+        if not target_block:  # a group spread over the whole model: compare whole models
+            source_block = ""
         expected = _output_of(reference, source_block, example)
         if expected is None:
             return None, ""

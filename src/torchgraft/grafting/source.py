@@ -69,8 +69,9 @@ def read_source(source: Source | SourceWeights, **options: Any) -> SourceWeights
 
 
 def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The reader's options (``ema``, ``allow_globals``, ``trust``) among graft options."""
-    return {k: options[k] for k in ("ema", "allow_globals", "trust") if k in options}
+    """The reader's options (``ema``, ``allow_globals``, ``trust``, ``limits``) among graft
+    options."""
+    return {k: options[k] for k in ("ema", "allow_globals", "trust", "limits") if k in options}
 
 
 def looks_like_spec(text: str | Path) -> bool:

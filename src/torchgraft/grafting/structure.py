@@ -162,8 +162,10 @@ def _line_up_leftovers(source, target, s_order: Sequence[str], match: Match) -> 
     left_t = [(k, target[k][0]) for k in target if k not in match.pairs and is_float(target[k])]
     left_s = [(k, source[k][0]) for k in s_order if k not in used and is_float(source[k])]
     pairs = _line_up(left_s, left_t)
+    kinds, ties = _lined_up_kinds(pairs, left_t)
     for s_key, t_key in pairs:
-        match.pair(t_key, s_key, "registration-order")
+        match.pair(t_key, s_key, kinds[t_key])
+    match.ties.extend(ties)
     if pairs:
         match.notes.append(
             f"structure: {len(pairs)} keys at different depths of the two trees lined up in "
@@ -192,6 +194,35 @@ def _line_up(
                 return []
             pairs.append((s_key, t_key))
     return pairs
+
+
+def _lined_up_kinds(
+    pairs: list[tuple[str, str]], left_t: Sequence[tuple[str, tuple[int, ...]]]
+) -> tuple[dict[str, str], list[list[tuple[str, str]]]]:
+    """The evidence of each lined-up target key, and the tie groups.
+
+    A lined-up module whose shapes no other lined-up module has is the one counterpart
+    there is (``unique``); same-shaped ones were told apart by registration order alone
+    (``registration-order``), and each such set is a tie group for the source architecture
+    or the BatchNorm statistics to settle."""
+    shapes = dict(left_t)
+    owner_s = {t.rpartition(".")[0]: s.rpartition(".")[0] for s, t in pairs}
+    signature: dict[str, list] = defaultdict(list)
+    for _, t_key in pairs:
+        signature[t_key.rpartition(".")[0]].append(tuple(shapes[t_key]))
+    by_signature: dict[tuple, list[str]] = defaultdict(list)
+    for module, module_shapes in signature.items():
+        by_signature[tuple(sorted(module_shapes))].append(module)
+    kinds, ties = {}, []
+    for modules in by_signature.values():
+        kind = "unique" if len(modules) == 1 else "registration-order"
+        for module in modules:
+            for _, t_key in pairs:
+                if t_key.rpartition(".")[0] == module:
+                    kinds[t_key] = kind
+        if len(modules) > 1:
+            ties.append([(owner_s[m], m) for m in modules])
+    return kinds, ties
 
 
 def _modules(keys: Sequence[tuple[str, tuple[int, ...]]]) -> list[list[tuple[str, tuple]]]:
@@ -275,10 +306,13 @@ def _match_children(source: Item, target: Item, evidence: str, trusted: bool, st
         more, left_s, left_t = _pair_level(left_s, left_t, trusted)
         matched += more
     if trusted and left_s and left_t:
-        lined = _line_up(_leaves(left_s), _leaves(left_t))
+        leaves_t = _leaves(left_t)
+        lined = _line_up(_leaves(left_s), leaves_t)
         if lined:
+            kinds, ties = _lined_up_kinds(lined, leaves_t)
             for s_key, t_key in lined:
-                state.pairs[t_key] = (s_key, _weaker(evidence, "registration-order"))
+                state.pairs[t_key] = (s_key, _weaker(evidence, kinds[t_key]))
+            state.ties.extend(ties)
             left_s = left_t = []
     matched += _pair_leftovers(left_s, left_t)
     _record_ties(matched, state)
