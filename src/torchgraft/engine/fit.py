@@ -37,7 +37,7 @@ from .artifacts import build_architecture, read_model_document, save_model
 from .config import CONFIG_OPTIONS, RunConfig, load_config
 from .console import RunConsole
 from .outputs import final_rows, graft_lines, write_plots
-from .run_dir import RunDirectory
+from .run_dir import RunDirectory, writing_into
 from .runtime import resolve_runtime
 from .session import Session
 from .setup import ModelSetup, build_document, build_run_model
@@ -129,7 +129,8 @@ def _fit(config, overrides, resume, console: RunConsole) -> Run:
     data = _data(config, setup, source)
     if state is not None:
         _check_same_run(state, config, setup, data)
-    _write_start(run_dir, config, setup, data, source.summary(), console, resumed=state is not None)
+    with writing_into(run_dir.path, resumable=state is not None):
+        _write_start(run_dir, config, setup, data, source.summary(), console, resumed=bool(state))
     session = Session(config, setup.model, setup.spec, runtime, data)
     first = session.begin(state)
     console.line(
@@ -158,13 +159,15 @@ def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, consol
             best = _snapshot(session.evaluation_model())
         stop = session.should_stop()
         if stop or _checkpoint_after(session, result, epoch):
-            if best is not None:
-                save_model(run_dir.path, best, _model_document(config, setup, data, session))
-                best = None
-            fingerprint = _fingerprint(setup, data)
-            save_state(run_dir.path, epoch, {**session.state(epoch), "fingerprint": fingerprint})
-            run_dir.write_metrics(session.history)
-            run_dir.write_json("policy.json", session.policies)
+            with writing_into(run_dir.path, resumable=True):
+                if best is not None:
+                    save_model(run_dir.path, best, _model_document(config, setup, data, session))
+                    best = None
+                fingerprint = _fingerprint(setup, data)
+                state = {**session.state(epoch), "fingerprint": fingerprint}
+                save_state(run_dir.path, epoch, state)
+                run_dir.write_metrics(session.history)
+                run_dir.write_json("policy.json", session.policies)
         console.end_epoch(_epoch_line(result))
         for note in result.notes:
             console.line(note)
@@ -194,7 +197,10 @@ def _checkpoint_after(session: Session, result, epoch: int) -> bool:
 def _open(config, overrides, resume) -> tuple[RunConfig, RunDirectory, dict[str, Any] | None]:
     if resume is None:
         config = load_config(config, overrides)
-        directory = RunDirectory.create(config.output.dir, config.output.name, config.model.name)
+        with writing_into(Path(config.output.dir), resumable=False):
+            directory = RunDirectory.create(
+                config.output.dir, config.output.name, config.model.name
+            )
         return config, directory, None
     if config is not None:
         raise ConfigError(
@@ -339,9 +345,11 @@ def _finish(config, run_dir: RunDirectory, session: Session, console, seconds: f
             session.runtime.device, memory_format=session.runtime.memory_format
         )
         test = session.evaluate("test", model=best).to_dict()
-        run_dir.write_json("test_metrics.json", test)
-    if config.output.plots:
-        write_plots(run_dir.path, session)
+    with writing_into(run_dir.path):
+        if test is not None:
+            run_dir.write_json("test_metrics.json", test)
+        if config.output.plots:
+            write_plots(run_dir.path, session)
     console.table("result", ("", ""), final_rows(session, test, seconds, run_dir.path))
     return Run(
         run_dir.path,

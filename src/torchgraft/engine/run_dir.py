@@ -20,12 +20,13 @@ disk, so a row never describes an epoch a resume would repeat.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from ..atomic import atomic_write_text
 from ..errors import ConfigError
 from ..wording import option
 
-__all__ = ["CSV_FIELDS", "RunDirectory"]
+__all__ = ["CSV_FIELDS", "RunDirectory", "writing_into"]
 
 #: Columns of metrics.csv, in order.
 CSV_FIELDS = (
@@ -106,6 +107,34 @@ class RunDirectory:
         for row in rows:
             writer.writerow({k: _csv_value(row.get(k)) for k in CSV_FIELDS})
         atomic_write_text(self.file("metrics.csv"), buffer.getvalue())
+
+
+@contextlib.contextmanager
+def writing_into(folder: Path, *, resumable: bool = True) -> Iterator[None]:
+    """Turn a failed write into ``folder`` (a full disk, a read-only folder, a file-size
+    limit) into a :class:`ConfigError` that names the folder.
+
+    Every write goes through :mod:`torchgraft.atomic`, so the files saved before the failure
+    are intact; the error says so, and how to go on.
+
+    Args:
+        folder: the run directory (or the folder it was to be created in).
+        resumable: a run exists there that ``resume`` can continue.
+
+    Raises:
+        ConfigError: from the ``OSError`` the block raised (exit status 2 on the CLI).
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        then = (
+            f"what was saved before is intact: make room (or make it writable) and continue "
+            f"with {option('resume', str(folder))}, or choose another output.dir"
+            if resumable
+            else "make room (or make it writable), or choose another output.dir"
+        )
+        raise ConfigError(f"cannot write into {folder}: {reason}; {then}") from exc
 
 
 def _csv_value(value: Any) -> Any:

@@ -87,8 +87,8 @@ def save_state(run_dir: Path, epoch: int, payload: dict[str, Any]) -> Path:
     folder = run_dir / STATE_DIR
     folder.mkdir(exist_ok=True)
     path = folder / f"epoch-{epoch:04d}.pt"
-    with atomic_path(path) as temporary:
-        torch.save({"format": STATE_FORMAT, "epoch": epoch, **payload}, temporary)
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+        _save(handle, {"format": STATE_FORMAT, "epoch": epoch, **payload})
     pointer = {
         "format": STATE_FORMAT,
         "epoch": epoch,
@@ -100,6 +100,40 @@ def save_state(run_dir: Path, epoch: int, payload: dict[str, Any]) -> Path:
         if old != path:
             old.unlink(missing_ok=True)
     return path
+
+
+class _RecordingFile:
+    """A file that remembers the ``OSError`` of a failed write."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _save(handle, payload: dict[str, Any]) -> None:
+    """``torch.save`` into an open file, raising the ``OSError`` of a failed write.
+
+    torch reports a failed write (a full disk, a read-only folder, a file-size limit) as a
+    ``RuntimeError`` ("unexpected pos …") that has lost the reason; the caller needs the
+    ``OSError`` to say what happened and where (:func:`.run_dir.writing_into`).
+    """
+    recording = _RecordingFile(handle)
+    try:
+        torch.save(payload, recording)
+    except RuntimeError:
+        if recording.error is not None:
+            raise recording.error from None
+        raise
 
 
 def state_epoch(run_dir: Path) -> int | None:
