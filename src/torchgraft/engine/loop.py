@@ -4,9 +4,10 @@ Inputs reach the loop as batches plus two functions: ``prepare`` (uint8 images �
 floats on the device; the identity for cached features) and ``forward`` (the model, or the
 head on cached features). The training step is the one everybody writes — forward under
 autocast, loss, backward (scaled in fp16), optional clipping, optimizer step, zero the
-gradients, LR scheduler step, EMA update — with gradient accumulation, and a check that the
-loss is finite: a non-finite loss stops the run at once, naming the epoch and step, before
-anything of that epoch is saved.
+gradients, LR scheduler step, EMA update — with gradient accumulation, and two checks at
+every step: the loss is finite, and so is everything the step changed (a finite loss can
+leave an exploding BatchNorm variance behind). Either stops the run at once, naming the epoch
+and step, before anything of that epoch is saved.
 """
 
 from __future__ import annotations
@@ -84,10 +85,12 @@ def train_one_epoch(
     ``module`` is what ``forward`` runs, put in training mode (default: the trainer's model).
 
     Raises:
-        TrainingError: a non-finite loss (the epoch and step are named).
+        TrainingError: a non-finite loss, or weights or statistics made non-finite by a step
+            (the epoch and step are named).
     """
     runtime = trainer.runtime
     (module if module is not None else trainer.model).train()
+    watched = changing_tensors(trainer.model)
     running = RunningMetrics(runtime.device)
     steps = trainer.steps_per_epoch(count)
     taken = 0
@@ -104,6 +107,7 @@ def train_one_epoch(
         running.update(logits, targets, loss)
         if (index + 1) % trainer.grad_accum == 0 or index + 1 == count:
             _optimizer_step(trainer)
+            _check_weights_finite(watched, epoch, trainer.step, index)
             taken += 1
             if on_step is not None:
                 on_step(taken, steps)
@@ -129,6 +133,39 @@ def _optimizer_step(trainer: Trainer) -> None:
             trainer.step,
             {g.get("name", str(i)): g["lr"] for i, g in enumerate(trainer.optimizer.param_groups)},
         )
+    )
+
+
+def changing_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """What a training step can change: the trainable parameters, and the floating-point
+    buffers of modules in training mode (BatchNorm statistics); a frozen body is left out."""
+    changing = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for path, child in model.named_modules():
+        if child.training:
+            changing += [
+                (f"{path}.{n}" if path else n, b) for n, b in child.named_buffers(recurse=False)
+            ]
+    return [(name, t) for name, t in changing if t.is_floating_point()]
+
+
+def non_finite(tensors: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """The names of the tensors holding a NaN or an infinity."""
+    return [name for name, tensor in tensors if not torch.isfinite(tensor).all()]
+
+
+def _check_weights_finite(watched, epoch: int, step: int, batch: int) -> None:
+    # One reduction per tensor and one scalar read per step (the largest magnitude is NaN or
+    # inf exactly when some element is): far below the cost of the step's backward pass.
+    if not watched:
+        return
+    largest = torch.stack([t.detach().abs().amax().float() for _, t in watched if t.numel()])
+    if bool(torch.isfinite(largest).all()):
+        return
+    bad = non_finite(watched)
+    raise TrainingError(
+        f"weights became non-finite at epoch {epoch + 1}, step {step} (batch {batch + 1} of the "
+        f"epoch; {', '.join(bad[:3])}); the run stopped and nothing of this epoch was saved. "
+        "Lower optim.lr or set train.clip_grad_norm"
     )
 
 

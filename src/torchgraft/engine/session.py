@@ -26,7 +26,7 @@ from ..policies.optimizer_groups import audit_optimizer
 from ..policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
 from .config import RunConfig
 from .features import FeatureCache, cache_refusal, find_head_entry
-from .loop import Trainer, evaluate, train_one_epoch
+from .loop import Trainer, changing_tensors, evaluate, non_finite, train_one_epoch
 from .metrics import EvalResult, Evaluator
 from .mixing import BatchMixer
 from .runtime import Runtime
@@ -344,20 +344,10 @@ class Session:
 
 def _check_weights(model: nn.Module, epoch: int) -> None:
     """A finite loss can still leave non-finite weights or statistics (an exploding
-    BatchNorm variance); such a model must never become the saved best or last one. Only
-    what an epoch can change is checked: trainable parameters and the buffers of modules in
-    training mode (a frozen body costs nothing here)."""
-    changing = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    for path, module in model.named_modules():
-        if module.training:
-            changing += [
-                (f"{path}.{n}" if path else n, b) for n, b in module.named_buffers(recurse=False)
-            ]
-    bad = [
-        name
-        for name, tensor in changing
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
-    ]
+    BatchNorm variance); such a model must never become the saved best or last one. The
+    loop checks after every step (:mod:`.loop`); this end-of-epoch check is the backstop for
+    what changes outside a step (an unfreeze, a statistics refresh)."""
+    bad = non_finite(changing_tensors(model))
     if bad:
         raise TrainingError(
             f"weights became non-finite during epoch {epoch + 1} ({', '.join(bad[:3])}); the run "
