@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -113,3 +114,28 @@ def config_or_config_error(document) -> str:
 @given(document=CONFIGS)
 def test_random_configs_give_a_config_or_a_config_error(document):
     config_or_config_error(document)
+
+
+# Findings of bench/fuzz.py (seed 20261130) in files this test does not own; strict xfail:
+# once fixed, these pass and the marks must go.
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="grafting/adapt.py _in_chans indexes source_shape[0] of a 0-d source tensor",
+)
+def test_order_pairing_a_scalar_with_a_conv_weight_is_a_typed_error():
+    plan_or_typed_error(({"module": torch.tensor(0.0, dtype=torch.float16)}, None, "order"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="grafting/structure.py natural_key: '²'.isdigit() is True but int('²') fails",
+)
+def test_a_key_holding_a_superscript_digit_is_planned_or_refused():
+    source = {
+        "module.4W": torch.zeros((), dtype=torch.half),
+        "weight.bias.x.³": torch.zeros(()),
+        ".": torch.zeros(1, dtype=torch.int64),
+    }
+    plan_or_typed_error((source, None, "shape"))
