@@ -184,7 +184,8 @@ def main() -> None:
     if "pairs" in parts:
         import graft_pairs
 
-        body = [*graft_pairs.__doc__.split("\n\n", 1)[1].split("\n"), "", *graft_pairs.main([])]
+        method = graft_pairs.__doc__.split("\n\n", 2)[2]  # after the title and "Run:"
+        body = [*method.split("\n"), "", *graft_pairs.main([])]
         write_section("Grafting across libraries", "python bench/graft.py --only pairs", body)
 
 
