@@ -60,6 +60,7 @@ CONFIG_OPTIONS = {
     "dropout": "head.dropout",
     "hidden": "head.hidden",
     "on_bad_image": "data.on_bad_image",
+    "weights": "weights.source",
 }
 
 PositiveInt = Annotated[int, Field(ge=1)]
