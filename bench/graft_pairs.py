@@ -126,11 +126,12 @@ def graft_outcome(builder: str, arch: str, size: int, form: str, source, folder:
     target = timm.create_model(arch).eval()
     before = {k: v.clone() for k, v in target.state_dict().items()}
     try:
-        report = tg.graft(target, str(path))
+        plan = tg.plan_graft(target, str(path))  # planned once, as tg.graft would plan it
+        report = tg.graft(target, str(path), plan=plan)
     except InexactGraftError:
         untouched = all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
         # what the suggestions were worth: the same graft accepted on purpose
-        tg.graft(target, str(path), allow_uncertain=True, allow_partial=True)
+        tg.graft(target, str(path), plan=plan, allow_uncertain=True, allow_partial=True)
         accepted = "exact" if difference_from(source, target, size) <= EXACT else "WRONG"
         return "refused", f"accepted: {accepted}" + ("" if untouched else ", MODEL CHANGED")
     except GraftError as exc:
