@@ -222,11 +222,6 @@ def test_error_lines_escape_what_they_quote(tmp_path, odd_module_env):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="grafting/report.py GraftPlan.render() joins its lines unescaped, so a key holding "
-    "a newline still starts a line of its own; the CLI can only escape the text per line",
-)
 def test_a_key_holding_a_newline_cannot_forge_a_line_of_the_report(tmp_path, subprocess_env):
     state = torchvision.models.squeezenet1_1(weights=None).state_dict()
     state["x\nALL CHECKS PASSED"] = torch.zeros(1)

@@ -8,6 +8,8 @@ and then hand to these.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,16 @@ def _settle_ties(plan, model, source_model, weights: SourceWeights, strategy) ->
         return plan
 
 
+def check_min_coverage(value: Any) -> None:
+    """Raise GraftError unless ``value`` is a fraction from 0 to 1."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or math.isnan(value) or not 0 <= value <= 1:
+        raise GraftError(
+            f"{option('min_coverage')} is the least fraction of the target's parameter "
+            f"elements to load, from 0 to 1 (0.9 means 90%; 0 accepts any), got {value!r}"
+        )
+
+
 def graft(
     model: nn.Module,
     source: Source | SourceWeights,
@@ -192,6 +204,7 @@ def graft(
         >>> report.coverage, report.missing
         (0.998, ['fc.weight', 'fc.bias'])
     """
+    check_min_coverage(min_coverage)
     weights = read_source(source, **read_options(plan_options))
     if plan is None:
         plan = plan_graft(model, weights, strategy=strategy, **plan_options)

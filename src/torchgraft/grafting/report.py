@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from ..errors import GraftError
+from ..text import printable
 
 __all__ = ["Action", "GraftPlan", "GraftReport", "KeyPlan", "group_keys"]
 
@@ -267,7 +268,8 @@ class GraftPlan:
                 lines.append(f"  … {len(body) - len(shown)} more ({hint})")
         if self.set_aside:
             lines.append("set aside (not tensors): " + ", ".join(sorted(self.set_aside)[:8]))
-        return "\n".join(lines)
+        # names are data: a key holding a newline or an escape must not forge a line
+        return "\n".join(printable(line) for line in lines)
 
     def __str__(self) -> str:
         return self.render()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
+from ..wording import option
 from ._modules import set_module
 from .anatomy import spec_of
 from .spec import SPEC_ATTRIBUTE, attach_spec
@@ -28,7 +29,7 @@ def replace_input_channels(model: nn.Module, in_chans: int) -> nn.Module:
         SpecError: the model has no first convolution, or ``in_chans`` is not positive.
     """
     if in_chans < 1:
-        raise SpecError(f"in_chans must be a positive integer, got {in_chans}")
+        raise SpecError(f"{option('in_chans')} must be a positive integer, got {in_chans}")
     spec = spec_of(model)
     if spec.first_conv is None:
         raise SpecError(f"{spec.name} has no input convolution whose channels could change")

@@ -14,8 +14,6 @@ refused (it would be ignored).
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 from torch import nn
@@ -129,13 +127,7 @@ def check_graft_options(options: dict[str, Any]) -> None:
             with a strategy that does not use them.
     """
     if "min_coverage" in options:
-        value = options["min_coverage"]
-        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not real or math.isnan(value) or not 0 <= value <= 1:
-            raise GraftError(
-                f"{option('min_coverage')} is the least fraction of the target's parameter "
-                f"elements to load, from 0 to 1 (0.9 means 90%; 0 accepts any), got {value!r}"
-            )
+        api.check_min_coverage(options["min_coverage"])
     if options.get("rules") is not None:
         strategy = options.setdefault("strategy", "rules")
         if strategy != "rules":
