@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import functools
-import traceback
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -73,24 +71,7 @@ def plan_or_typed_error(case) -> str:
 @settings(FUZZ, max_examples=60)
 @given(case=MATCHER_CASES)
 def test_random_state_dicts_and_rules_give_a_plan_or_a_typed_error(case):
-    try:
-        plan_or_typed_error(case)
-    except (IndexError, ValueError) as exc:
-        # The two known findings (pinned by the strict xfails below) are let through here,
-        # and only they, so that every other crash still fails this test.
-        if _known_finding(exc) is None:
-            raise
-
-
-#: (exception type, function it is raised in) of the known matcher findings.
-KNOWN_FINDINGS = {(IndexError, "_in_chans"), (ValueError, "natural_key")}
-
-
-def _known_finding(exc: BaseException) -> tuple[type, str] | None:
-    # The innermost named function (natural_key fails inside generator expressions of its own).
-    names = [f.name for f in traceback.extract_tb(exc.__traceback__) if f.name != "<genexpr>"]
-    key = (type(exc), names[-1] if names else "")
-    return key if key in KNOWN_FINDINGS else None
+    plan_or_typed_error(case)
 
 
 # ---- the config ----------------------------------------------------------------------------
@@ -134,22 +115,11 @@ def test_random_configs_give_a_config_or_a_config_error(document):
     config_or_config_error(document)
 
 
-# Findings of bench/fuzz.py (seed 20261130) in files this test does not own; strict xfail:
-# once fixed, these pass and the marks must go.
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="grafting/adapt.py _in_chans indexes source_shape[0] of a 0-d source tensor",
-)
+# Findings of bench/fuzz.py (seed 20261130), fixed; kept as the cases that found them.
 def test_order_pairing_a_scalar_with_a_conv_weight_is_a_typed_error():
     plan_or_typed_error(({"module": torch.tensor(0.0, dtype=torch.float16)}, None, "order"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="grafting/structure.py natural_key: '²'.isdigit() is True but int('²') fails",
-)
 def test_a_key_holding_a_superscript_digit_is_planned_or_refused():
     source = {
         "module.4W": torch.zeros((), dtype=torch.half),

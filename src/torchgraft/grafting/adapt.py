@@ -152,8 +152,9 @@ def _class_rows_value(source: torch.Tensor, target: torch.Tensor, rows: Any) -> 
 
 
 def _in_chans(target_shape, source_shape, context: AdaptContext):
-    same_rest = target_shape[0] == source_shape[0] and target_shape[2:] == source_shape[2:]
-    if len(target_shape) < 3 or len(target_shape) != len(source_shape) or not same_rest:
+    if len(target_shape) < 3 or len(target_shape) != len(source_shape):
+        return None  # (a 0-d source has no channels to index)
+    if target_shape[0] != source_shape[0] or target_shape[2:] != source_shape[2:]:
         return None
     wanted, have = target_shape[1], source_shape[1]
     mode = context.in_chans_mode or ("sum" if wanted == 1 else "repeat")

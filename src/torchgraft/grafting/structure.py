@@ -80,11 +80,15 @@ class Item:
         return self.key is not None
 
 
+_NUMBER = re.compile(r"([0-9]+)")
+
+
 def natural_key(key: str) -> tuple:
     """Sort key that orders numbers as numbers: ``blocks.2`` < ``blocks.10``, ``layer2`` <
     ``layer10``."""
     return tuple(
-        tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", part) if t)
+        # ASCII digits only: "²".isdigit() is True, and int("²") raises
+        tuple((0, int(t)) if t.isdecimal() else (1, t) for t in _NUMBER.split(part) if t)
         for part in key.split(".")
     )
 
