@@ -15,6 +15,7 @@ __all__ = [
     "GraftWarning",
     "HeadError",
     "InexactGraftError",
+    "OutputError",
     "SpecError",
     "TorchgraftError",
     "TrainingError",
@@ -76,6 +77,14 @@ class VerificationError(GraftError):
 
 class ConfigError(TorchgraftError, ValueError):
     """An invalid run configuration (every problem found is listed)."""
+
+
+class OutputError(TorchgraftError, OSError):
+    """A file or folder torchgraft was asked to write cannot be written (a full disk, a
+    read-only folder, a file-size limit). What was saved before is intact."""
+
+    def __str__(self) -> str:  # OSError would print its args tuple
+        return str(self.args[0]) if self.args else ""
 
 
 class DataError(TorchgraftError, ValueError):

@@ -94,7 +94,7 @@ def test_a_read_only_folder_stops_the_run_with_exit_2_and_keeps_the_last_checkpo
         assert "Traceback" not in err
         # And a new run in the read-only folder: refused before training, the folder named.
         config = tiny_config(digit_folder, disk / "new")
-        with pytest.raises(tg.errors.ConfigError, match=f"cannot write into {disk / 'new'}"):
+        with pytest.raises(tg.errors.OutputError, match=f"cannot write into {disk / 'new'}"):
             tg.fit(config, console=QUIET)
         assert_intact(run_dir, before)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import DataError
+from ..text import printable
 from .images import UnreadableImageError, load_image
 
 __all__ = ["BadImage", "describe_bad", "printable", "scan_images", "write_bad_list"]
@@ -90,24 +91,6 @@ def _check_one(path: Path, *, channels: int, draft_size: tuple[int, int] | None)
         # Only the file's faults: a bad argument (another DataError) propagates to the caller.
         return BadImage(path, exc.reason)
     return None
-
-
-def printable(text: str) -> str:
-    """``text`` with every non-printable character written as its Python escape.
-
-    ESC becomes ``\\x1b``, a newline ``\\n``, NUL ``\\x00``, a right-to-left override
-    ``\\u202e``; letters of any script, spaces and punctuation stay as they are.
-
-    Args:
-        text: a file name, a reason, anything that came from outside.
-
-    Returns:
-        the text, safe to print on one line of a terminal or a text file.
-    """
-    if text.isprintable():
-        return text
-    # repr's escapes are exactly those of the characters str.isprintable rejects.
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def describe_bad(bad: Sequence[BadImage], limit: int = 10) -> str:

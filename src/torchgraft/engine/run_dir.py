@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..wording import option
 
 __all__ = ["CSV_FIELDS", "RunDirectory", "writing_into"]
@@ -112,7 +112,7 @@ class RunDirectory:
 @contextlib.contextmanager
 def writing_into(folder: Path, *, resumable: bool = True) -> Iterator[None]:
     """Turn a failed write into ``folder`` (a full disk, a read-only folder, a file-size
-    limit) into a :class:`ConfigError` that names the folder.
+    limit) into an :class:`~torchgraft.errors.OutputError` that names the folder.
 
     Every write goes through :mod:`torchgraft.atomic`, so the files saved before the failure
     are intact; the error says so, and how to go on.
@@ -122,10 +122,12 @@ def writing_into(folder: Path, *, resumable: bool = True) -> Iterator[None]:
         resumable: a run exists there that ``resume`` can continue.
 
     Raises:
-        ConfigError: from the ``OSError`` the block raised (exit status 2 on the CLI).
+        OutputError: from the ``OSError`` the block raised (exit status 2 on the CLI).
     """
     try:
         yield
+    except OutputError:
+        raise  # already said, by an inner block
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         then = (
@@ -134,7 +136,7 @@ def writing_into(folder: Path, *, resumable: bool = True) -> Iterator[None]:
             if resumable
             else "make room (or make it writable), or choose another output.dir"
         )
-        raise ConfigError(f"cannot write into {folder}: {reason}; {then}") from exc
+        raise OutputError(f"cannot write into {folder}: {reason}; {then}") from exc
 
 
 def _csv_value(value: Any) -> Any:

@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..model.anatomy import spec_of
 from ..model.spec import ModelSpec
+from ..text import printable
 
 __all__ = [
     "NO_DECAY_KEYWORDS",
@@ -255,7 +256,9 @@ class OptimizerAudit:
             f"{'group':<{width}}  {'lr':>10}  {'wd':>8}  {'tensors':>7}  {'elements':>12}  names"
         ]
         for r in self.rows:
-            shown = ", ".join(r["names"]) + (" …" if r["tensors"] > len(r["names"]) else "")
+            # parameter names are a user's module names: data, escaped before printing
+            names = (printable(n) for n in r["names"])
+            shown = ", ".join(names) + (" …" if r["tensors"] > len(r["names"]) else "")
             lines.append(
                 f"{r['name']!s:<{width}}  {r['lr']:>10.3g}  {r['weight_decay']:>8.3g}  "
                 f"{r['tensors']:>7}  {r['elements']:>12,}  {shown}"
