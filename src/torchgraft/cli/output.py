@@ -21,23 +21,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..terminal import PipeConsole
 from ..text import printable, printable_lines
 
 __all__ = ["plain", "print_json", "stderr", "stdout", "table"]
 
 
-class _Console(Console):
-    """A rich console that lets a broken pipe propagate as :class:`BrokenPipeError`."""
-
-    def on_broken_pipe(self) -> None:
-        # rich's default points stdout at /dev/null and raises SystemExit(1); main does the
-        # former and exits the way `ls | head -1` and `git log | head -1` do.
-        self.quiet = True
-        raise BrokenPipeError
-
-
-stdout = _Console(soft_wrap=False)
-stderr = _Console(stderr=True)
+stdout = PipeConsole(soft_wrap=False)
+stderr = PipeConsole(stderr=True)
 
 
 def print_json(document: Any) -> None:

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from ..terminal import PipeConsole
 
 __all__ = ["RunConsole"]
 
@@ -26,7 +27,7 @@ class RunConsole:
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False):
         stream = stream or sys.stdout
         self.quiet = quiet
-        self.console = Console(file=stream, soft_wrap=True, highlight=False)
+        self.console = PipeConsole(file=stream, soft_wrap=True, highlight=False)
         self.interactive = self.console.is_terminal
         self._progress: Progress | None = None
         self._task = None

@@ -126,8 +126,8 @@ def writing_into(folder: Path, *, resumable: bool = True) -> Iterator[None]:
     """
     try:
         yield
-    except OutputError:
-        raise  # already said, by an inner block
+    except (OutputError, BrokenPipeError):
+        raise  # already said by an inner block; or stdout's reader went away, not the folder
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         then = (
