@@ -25,12 +25,32 @@ from collections.abc import Sequence
 from ..errors import TorchgraftError
 from ..text import printable_lines
 from ..wording import speaking_cli
-from . import eval_cmd, graft_cmd, inspect_cmd, models_cmd, predict_cmd, train_cmd
+from . import (
+    eval_cmd,
+    export_cmd,
+    graft_cmd,
+    inspect_cmd,
+    lr_find_cmd,
+    models_cmd,
+    predict_cmd,
+    report_cmd,
+    train_cmd,
+)
 
 #: Subcommand modules, each with ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``;
 #: optionally ``FLAGS``, ``{python_argument: flag}`` where the command's flag differs from
 #: :data:`torchgraft.wording.CLI_FLAGS` (how library messages name options).
-COMMANDS = (train_cmd, eval_cmd, predict_cmd, graft_cmd, inspect_cmd, models_cmd)
+COMMANDS = (
+    train_cmd,
+    lr_find_cmd,
+    eval_cmd,
+    predict_cmd,
+    export_cmd,
+    report_cmd,
+    graft_cmd,
+    inspect_cmd,
+    models_cmd,
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
