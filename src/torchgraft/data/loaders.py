@@ -4,12 +4,23 @@ Every loader — in-memory, streamed with worker processes, or the engine's cach
 draws its sample order from :func:`batch_order` with the loader's own ``torch.Generator``. The
 generator's state is saved in a run's resume state, so a resumed run sees the same batches as
 an uninterrupted one; and the three loaders of one dataset yield the same batches.
+
+Several processes (``torchrun``) split the data with a :class:`Shard`. Training keeps the
+single-process *global* batches: every process draws the same permutation and takes an equal,
+contiguous part of each global batch, so the averaged gradient of N processes is the gradient
+of the one-process batch. Parts must be equal for that (DDP averages the processes'
+gradients with equal weights), so the last global batch loses its remainder (at most N - 1
+samples, different ones each epoch since the order is reshuffled). Evaluation gives each
+process a contiguous slice of the split: every sample exactly once, no padding duplicates.
+(``torch.utils.data.DistributedSampler`` pads evaluation with repeated samples and deals
+samples round-robin, which changes the batches and counts duplicates in the metrics.)
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,20 +29,65 @@ from torch.utils.data import Dataset as TorchDataset
 
 from .sources import Split
 
-__all__ = ["MemoryLoader", "StreamLoader", "batch_order"]
+__all__ = ["MemoryLoader", "Shard", "StreamLoader", "batch_count", "batch_order"]
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the data: ``rank`` of ``world`` processes."""
+
+    rank: int = 0
+    world: int = 1
+
+
+WHOLE = Shard()
+
+
 def batch_order(
-    count: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+    count: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    shard: Shard = WHOLE,
 ) -> list[torch.Tensor]:
     """Index batches over ``count`` samples; a permutation drawn from ``generator`` if shuffled.
 
-    The last batch may be smaller (nothing is dropped: every sample is seen once per epoch).
+    One process: the last batch may be smaller (nothing is dropped: every sample is seen once
+    per epoch). With a :class:`Shard` of several (see the module docstring): shuffled, this
+    process's equal part of every global batch of ``batch_size`` (which ``world`` divides);
+    not shuffled, batches of ``batch_size`` over this process's contiguous slice.
     """
-    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-    return list(order.split(batch_size))
+    if shard.world == 1:
+        order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+        return list(order.split(batch_size))
+    if not shuffle:
+        start, stop = _slice(count, shard)
+        return list(torch.arange(start, stop).split(batch_size))
+    order = torch.randperm(count, generator=generator)
+    parts = []
+    for batch in order.split(batch_size):
+        part = len(batch) // shard.world
+        if part:
+            parts.append(batch[shard.rank * part : (shard.rank + 1) * part])
+    return parts
+
+
+def batch_count(count: int, batch_size: int, *, shuffle: bool = True, shard: Shard = WHOLE) -> int:
+    """How many batches :func:`batch_order` gives this process (the same for every draw)."""
+    if shard.world == 1:
+        return -(-count // batch_size)
+    if not shuffle:
+        start, stop = _slice(count, shard)
+        return -(-(stop - start) // batch_size)
+    full, rest = divmod(count, batch_size)
+    return full + (rest >= shard.world)
+
+
+def _slice(count: int, shard: Shard) -> tuple[int, int]:
+    return count * shard.rank // shard.world, count * (shard.rank + 1) // shard.world
 
 
 class MemoryLoader:
@@ -44,6 +100,7 @@ class MemoryLoader:
         shuffle: draw a new order each epoch from ``generator``.
         generator: the data-order generator (its state is saved for resume).
         augment: applied to each image of a training batch (uses torch's global generator).
+        shard: this process's share when several train together (see :func:`batch_order`).
     """
 
     def __init__(
@@ -55,17 +112,24 @@ class MemoryLoader:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         augment: Augment | None = None,
+        shard: Shard = WHOLE,
     ):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle = batch_size, shuffle
-        self.generator, self.augment = generator, augment
+        self.generator, self.augment, self.shard = generator, augment, shard
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return batch_count(
+            len(self.labels), self.batch_size, shuffle=self.shuffle, shard=self.shard
+        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for index in batch_order(
-            len(self.labels), self.batch_size, shuffle=self.shuffle, generator=self.generator
+            len(self.labels),
+            self.batch_size,
+            shuffle=self.shuffle,
+            generator=self.generator,
+            shard=self.shard,
         ):
             images = self.images[index]
             if self.augment is not None:
@@ -101,7 +165,11 @@ class _FixedBatches:
     def __iter__(self) -> Iterator[list[int]]:
         loader = self.loader
         for index in batch_order(
-            len(loader.split), loader.batch_size, shuffle=loader.shuffle, generator=loader.generator
+            len(loader.split),
+            loader.batch_size,
+            shuffle=loader.shuffle,
+            generator=loader.generator,
+            shard=loader.shard,
         ):
             yield index.tolist()
 
@@ -132,14 +200,15 @@ class StreamLoader:
         generator: torch.Generator | None = None,
         augment: Augment | None = None,
         workers: int = 0,
+        shard: Shard = WHOLE,
     ):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
-        self.generator = generator
+        self.generator, self.shard = generator, shard
         self.dataset = _StreamDataset(split, channels, base, augment)
         self.workers = workers
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return batch_count(len(self.split), self.batch_size, shuffle=self.shuffle, shard=self.shard)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # No generator here: torch draws the workers' base seed from its global generator

@@ -21,7 +21,7 @@ from ..errors import DataError
 from ..model.spec import Preprocessing
 from ..wording import option
 from .images import UnreadableImageError
-from .loaders import MemoryLoader, StreamLoader
+from .loaders import WHOLE, MemoryLoader, Shard, StreamLoader
 from .scan import BadImage, describe_bad, scan_images
 from .sources import DataSource, Split
 from .transforms import base_transform
@@ -67,8 +67,10 @@ class PreparedData:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        shard: Shard = WHOLE,
     ) -> MemoryLoader | StreamLoader:
-        """Batches of one split (uint8 images, int64 labels)."""
+        """Batches of one split (uint8 images, int64 labels); with a :class:`Shard`, this
+        process's share (see :func:`~torchgraft.data.loaders.batch_order`)."""
         if self.in_memory:
             return MemoryLoader(
                 self.images[split],
@@ -77,6 +79,7 @@ class PreparedData:
                 shuffle=shuffle,
                 generator=generator,
                 augment=augment,
+                shard=shard,
             )
         return StreamLoader(
             self.source.splits[split],
@@ -87,6 +90,7 @@ class PreparedData:
             generator=generator,
             augment=augment,
             workers=self.workers,
+            shard=shard,
         )
 
 

@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.loaders import batch_order
+from ..data.loaders import WHOLE, Shard, batch_order
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer
 from ..model.layer_groups import under
 from ..model.spec import ModelSpec
 from ..policies.freezing import has_running_stats, pinned_norms
+from .distributed import ALONE, Processes
 from .frozen_body import FeatureExtractor
 from .runtime import Runtime
 
@@ -100,7 +101,11 @@ def _is_random(module: nn.Module) -> bool:
 
 
 class FeatureCache:
-    """Features of the train and val splits at the head entry, computed once."""
+    """Features of the train and val splits at the head entry, computed once.
+
+    With several processes each computes the features of its slice of every split and all
+    of them gather the whole (every process then holds every feature, in the split's order).
+    """
 
     def __init__(
         self,
@@ -111,6 +116,7 @@ class FeatureCache:
         *,
         batch_size: int,
         splits: tuple[str, ...] = ("train", "val"),
+        processes: Processes = ALONE,
     ):
         self.entry = entry
         self.head = model.get_submodule(entry.path)
@@ -120,15 +126,20 @@ class FeatureCache:
         extractor = FeatureExtractor(
             model, entry.path, trace=runtime.device.type == "cpu", total=total
         )
+        shard = Shard(processes.rank, processes.world)
         self.features = {
-            name: self._compute(extractor, model, data, runtime, name, batch_size)
+            name: processes.concatenate(
+                self._compute(extractor, model, data, runtime, name, batch_size, shard)
+            )
             for name in splits
         }
         self.labels = {name: data.labels(name).to(runtime.device) for name in splits}
         self.note = extractor.note
 
     @staticmethod
-    def _compute(extractor, model, data: PreparedData, runtime: Runtime, split, batch_size):
+    def _compute(
+        extractor, model, data: PreparedData, runtime: Runtime, split, batch_size, shard
+    ):
         normalizer = Normalizer(data.preprocessing, runtime.device, runtime.memory_format)
         training = model.training
         model.eval()
@@ -136,7 +147,7 @@ class FeatureCache:
             with torch.inference_mode(), runtime.autocast():
                 chunks = [
                     _padded(extractor, normalizer(images), batch_size)
-                    for images, _ in data.loader(split, batch_size)
+                    for images, _ in data.loader(split, batch_size, shard=shard)
                 ]
         finally:
             model.train(training)
@@ -144,19 +155,29 @@ class FeatureCache:
         return torch.cat(chunks).float().clone()
 
     def batches(
-        self, split: str, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None,
+        shard: Shard = WHOLE,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Feature batches in the order the image loader would give for the same generator."""
+        """Feature batches in the order the image loader would give for the same generator
+        (and this process's share of them)."""
         features, labels = self.features[split], self.labels[split]
-        for index in batch_order(len(labels), batch_size, shuffle=shuffle, generator=generator):
+        for index in batch_order(
+            len(labels), batch_size, shuffle=shuffle, generator=generator, shard=shard
+        ):
             index = index.to(features.device)
             yield features[index], labels[index]
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """The head on cached features (with timm's dropout when training)."""
+    def logits(self, features: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """The head (or ``head``, its DistributedDataParallel replica) on cached features,
+        with timm's dropout when training."""
         if self.entry.dropout and self.head.training:
             features = F.dropout(features, p=self.entry.dropout, training=True)
-        return self.head(features)
+        return (head if head is not None else self.head)(features)
 
 
 def _padded(extractor, images: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ and step, before anything of that epoch is saved.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TrainingError
+from .distributed import ALONE, Processes
 from .metrics import Evaluator, RunningMetrics
 from .runtime import Runtime
 
@@ -48,6 +50,7 @@ class Trainer:
         max_steps: optimizer steps per epoch at most (None: the whole split).
         step: optimizer steps taken so far in the run.
         lr_trace: ``(step, {group name: lr})`` after every optimizer step.
+        processes: the run's processes (the epoch's loss and top-1 are summed over them).
     """
 
     model: nn.Module
@@ -63,6 +66,7 @@ class Trainer:
     max_steps: int | None = None
     step: int = 0
     lr_trace: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    processes: Processes = ALONE
 
     def steps_per_epoch(self, batches: int) -> int:
         """Optimizer steps one epoch of ``batches`` micro-batches takes."""
@@ -80,9 +84,13 @@ def train_one_epoch(
     module: nn.Module | None = None,
     epoch: int,
     on_step: Callable[[int, int], None] | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, float]:
-    """Train over ``batches`` (``count`` of them); returns the epoch's loss and top-1.
-    ``module`` is what ``forward`` runs, put in training mode (default: the trainer's model).
+    """Train over ``batches`` (``count`` of them); returns the epoch's loss and top-1 (over
+    every process). ``module`` is what ``forward`` runs, put in training mode (default: the
+    trainer's model). ``no_sync``: DistributedDataParallel's, used for the micro-batches that
+    do not end an accumulation (their gradients are kept locally, synchronised once at the
+    last).
 
     Raises:
         TrainingError: a non-finite loss, or weights or statistics made non-finite by a step
@@ -99,13 +107,15 @@ def train_one_epoch(
         inputs, targets = prepare(inputs), targets.to(runtime.device, non_blocking=True)
         if trainer.mixup is not None:
             inputs, targets = trainer.mixup(inputs, targets)
-        with runtime.autocast():
-            logits = forward(inputs)
-            loss = trainer.criterion(logits, targets)
-        _check_finite(loss, epoch, trainer.step + 1, index)
-        trainer.scaler.scale(loss / trainer.grad_accum).backward()
+        steps_now = (index + 1) % trainer.grad_accum == 0 or index + 1 == count
+        with no_sync() if no_sync is not None and not steps_now else contextlib.nullcontext():
+            with runtime.autocast():
+                logits = forward(inputs)
+                loss = trainer.criterion(logits, targets)
+            _check_finite(loss, epoch, trainer.step + 1, index)
+            trainer.scaler.scale(loss / trainer.grad_accum).backward()
         running.update(logits, targets, loss)
-        if (index + 1) % trainer.grad_accum == 0 or index + 1 == count:
+        if steps_now:
             _optimizer_step(trainer)
             _check_weights_finite(watched, epoch, trainer.step, index)
             taken += 1
@@ -113,7 +123,7 @@ def train_one_epoch(
                 on_step(taken, steps)
             if taken >= steps:
                 break
-    return running.compute()
+    return running.compute(trainer.processes)
 
 
 def _optimizer_step(trainer: Trainer) -> None:

@@ -1,5 +1,10 @@
-"""Classification metrics: torchmetrics does the counting (and, later, the reduction across
+"""Classification metrics: torchmetrics does the counting (and the reduction across
 processes); this module picks the metrics and turns them into plain, JSON-ready numbers.
+
+Several processes (``torchrun``) each see their share of a split; :meth:`Evaluator.compute`
+and :meth:`RunningMetrics.compute` sum the counts over all of them, so every process reports
+the same numbers, each sample counted once (the shares do not overlap, see
+:func:`torchgraft.data.loaders.batch_order`).
 
 Evaluation reports loss, top-1, top-5 (with five classes or more), macro and per-class
 precision / recall / F1, and the confusion matrix. Training reports loss and top-1, counted
@@ -21,6 +26,8 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+
+from .distributed import ALONE, Processes
 
 __all__ = ["EvalResult", "Evaluator", "RunningMetrics"]
 
@@ -66,20 +73,29 @@ class EvalResult:
 
 
 class Evaluator:
-    """Accumulates logits and targets of one split; :meth:`compute` gives an :class:`EvalResult`."""
+    """Accumulates logits and targets of one split; :meth:`compute` gives an :class:`EvalResult`.
 
-    def __init__(self, classes: tuple[str, ...], device: torch.device):
-        self.classes = classes
+    ``processes``: whose counts :meth:`compute` sums (every process must call it); the default
+    counts this process's batches alone.
+    """
+
+    def __init__(
+        self, classes: tuple[str, ...], device: torch.device, processes: Processes = ALONE
+    ):
+        self.classes, self.processes = classes, processes
         count = len(classes)
+        # torchmetrics gathers its states across an initialised process group at compute();
+        # an evaluation of one process's data alone must not wait for the others.
+        sync = {"sync_on_compute": not processes.alone}
         metrics = {
-            "acc1": MulticlassAccuracy(count, top_k=1, average="micro"),
-            "precision": MulticlassPrecision(count, average=None),
-            "recall": MulticlassRecall(count, average=None),
-            "f1": MulticlassF1Score(count, average=None),
-            "confusion": MulticlassConfusionMatrix(count),
+            "acc1": MulticlassAccuracy(count, top_k=1, average="micro", **sync),
+            "precision": MulticlassPrecision(count, average=None, **sync),
+            "recall": MulticlassRecall(count, average=None, **sync),
+            "f1": MulticlassF1Score(count, average=None, **sync),
+            "confusion": MulticlassConfusionMatrix(count, **sync),
         }
         if count >= 5:
-            metrics["acc5"] = MulticlassAccuracy(count, top_k=5, average="micro")
+            metrics["acc5"] = MulticlassAccuracy(count, top_k=5, average="micro", **sync)
         self.metrics = MetricCollection(metrics).to(device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0
@@ -99,6 +115,17 @@ class Evaluator:
 
     def compute(self) -> EvalResult:
         values = self.metrics.compute()
+        totals = self.processes.sum(
+            torch.stack(
+                [
+                    self.loss_sum,
+                    torch.tensor(
+                        float(self.count), device=self.loss_sum.device, dtype=torch.float64
+                    ),
+                ]
+            )
+        )
+        loss_sum, count = float(totals[0]), int(totals[1])
         support = values["confusion"].sum(dim=1)
         per_class = {
             name: {
@@ -111,7 +138,7 @@ class Evaluator:
         }
         present = support > 0  # classes absent from the split do not drag macro means to 0
         return EvalResult(
-            loss=float(self.loss_sum) / max(1, self.count),
+            loss=loss_sum / max(1, count),
             acc1=float(values["acc1"]),
             acc5=float(values["acc5"]) if "acc5" in values else None,
             precision=_mean(values["precision"], present),
@@ -119,7 +146,7 @@ class Evaluator:
             f1=_mean(values["f1"], present),
             per_class=per_class,
             confusion=values["confusion"].int().tolist(),
-            count=self.count,
+            count=count,
         )
 
 
@@ -143,6 +170,17 @@ class RunningMetrics:
         self.correct += (logits.detach().argmax(dim=1) == labels).sum()
         self.count += len(labels)
 
-    def compute(self) -> dict[str, float]:
-        count = max(1, self.count)
-        return {"loss": float(self.loss_sum) / count, "acc1": int(self.correct) / count}
+    def compute(self, processes: Processes = ALONE) -> dict[str, float]:
+        """Loss and top-1 over the epoch, summed over ``processes`` (each must call it)."""
+        device = self.loss_sum.device
+        totals = processes.sum(
+            torch.stack(
+                [
+                    self.loss_sum,
+                    self.correct.to(torch.float64),
+                    torch.tensor(float(self.count), dtype=torch.float64, device=device),
+                ]
+            )
+        )
+        count = max(1.0, float(totals[2]))
+        return {"loss": float(totals[0]) / count, "acc1": float(totals[1]) / count}

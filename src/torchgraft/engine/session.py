@@ -5,11 +5,20 @@ metrics history, best model, early stopping — and their capture for an exact r
 optimizer for the first epoch to run, restoring a saved state when resuming),
 :meth:`~Session.run_epoch` (stage change, one training pass, validation) and
 :meth:`~Session.state` (everything :mod:`.state` saves). The loop itself is in :mod:`.loop`.
+
+Several processes (``torchrun``): every process holds a Session; each trains on its part of
+every global batch (:class:`~torchgraft.data.loaders.Shard`) through a
+``DistributedDataParallel`` replica of what trains (the model, or the head on cached
+features), rebuilt whenever the set of trainable parameters changes (DDP fixes the
+parameters it synchronises when it is built: an unfrozen layer would otherwise train apart
+on each process). Evaluation and the feature cache are split across the processes and
+summed or gathered.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +26,9 @@ import torch
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from ..data.loaders import Shard, batch_count
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer, train_augment
 from ..errors import TrainingError
@@ -25,6 +36,7 @@ from ..model.spec import ModelSpec
 from ..policies.optimizer_groups import audit_optimizer
 from ..policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
 from .config import RunConfig
+from .distributed import ALONE, Processes
 from .features import FeatureCache, cache_refusal, find_head_entry
 from .loop import Trainer, changing_tensors, evaluate, non_finite, train_one_epoch
 from .metrics import EvalResult, Evaluator
@@ -59,9 +71,12 @@ class Session:
         spec: ModelSpec,
         runtime: Runtime,
         data: PreparedData,
+        processes: Processes = ALONE,
     ):
         self.config, self.model, self.spec = config, model, spec
         self.runtime, self.data = runtime, data
+        self.processes = processes
+        self.shard = Shard(processes.rank, processes.world)
         self.stages = Stages(config, model, spec)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.augment = train_augment(
@@ -77,7 +92,8 @@ class Session:
         self.entry = find_head_entry(model, spec)
         # torch.compile wraps the forward only: the model object, its state_dict keys, hooks
         # and freezing stay as they are (a compiled module would prefix every key).
-        self.forward = torch.compile(model) if config.model.compile else model
+        self.forward = self._compiled(model)
+        self._replica: tuple[tuple[int, tuple[str, ...]], nn.Module] | None = None
         self.cache: FeatureCache | None = None
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
@@ -86,14 +102,37 @@ class Session:
         self.best: dict[str, Any] = {}
         self.stale = 0
         self.notes: list[str] = []  # said once to the user (the engine prints them)
-        self._evaluators: dict[str, Evaluator] = {}
+        self._evaluators: dict[tuple[str, bool], Evaluator] = {}
         self._cache_note: str | None = None
         self._refusal: tuple[tuple[str, ...], str | None] | None = None  # (stage, refusal)
 
     # --- setting up ----------------------------------------------------------------------
     @property
     def train_batches(self) -> int:
-        return -(-len(self.data.source.splits["train"]) // self.config.data.batch_size)
+        """Training batches per epoch (of each process)."""
+        count = len(self.data.source.splits["train"])
+        return batch_count(count, self.config.data.batch_size, shard=self.shard)
+
+    def _compiled(self, module: nn.Module) -> nn.Module:
+        return torch.compile(module) if self.config.model.compile else module
+
+    def _synchronised(self, module: nn.Module) -> tuple[Callable, Callable | None]:
+        """``(forward, no_sync)`` that train ``module``: itself when alone; with several
+        processes a DistributedDataParallel replica over its trainable parameters (see the
+        module docstring) and the replica's ``no_sync``."""
+        trainable = tuple(n for n, p in module.named_parameters() if p.requires_grad)
+        if self.processes.alone or not trainable:
+            return (self.forward if module is self.model else module), None
+        key = (id(module), trainable)
+        if self._replica is None or self._replica[0] != key:
+            device = self.runtime.device
+            replica = DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+            self._replica = (key, replica)
+        replica = self._replica[1]
+        forward = self._compiled(replica) if module is self.model else replica
+        return forward, replica.no_sync
 
     def begin(self, state: dict[str, Any] | None = None) -> int:
         """Build optimizer (and, when resuming, everything else) for the first epoch to run.
@@ -140,13 +179,25 @@ class Session:
             trainer.ema.load_state_dict(state["ema"])
         trainer.step = state["step"]
         trainer.lr_trace = [tuple(item) for item in state["lr_trace"]]
+        trainer.processes = self.processes
         self.history, self.policies = list(state["history"]), list(state["policies"])
         self.stage_steps, self.best, self.stale = (
             list(state["stage_steps"]),
             dict(state["best"]),
             state["stale"],
         )
-        restore_rng(state["rng"], self.generator)
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.processes.world:
+            restore_rng(ranks[self.processes.rank], self.generator)
+        else:
+            restore_rng(state["rng"], self.generator)
+            saved = len(ranks) if ranks is not None else 1
+            if saved != self.processes.world:
+                self.notes.append(
+                    f"resumed with {self.processes.describe()} where the run had {saved}: it "
+                    "continues from the saved epoch, but not bitwise as an uninterrupted run "
+                    "(the data shares and random streams differ)"
+                )
 
     # --- one epoch -----------------------------------------------------------------------
     def run_epoch(self, epoch: int, progress=None) -> EpochResult:
@@ -154,6 +205,7 @@ class Session:
         started = time.perf_counter()
         trainer = self.trainer
         entry, rescale = self.stages.enter(trainer.optimizer, epoch)
+        trainer.processes = self.processes
         steps = trainer.steps_per_epoch(self.train_batches)
         if entry.new_stage:
             trainer.scheduler = self.stages.scheduler(trainer.optimizer, epoch, steps)
@@ -199,6 +251,7 @@ class Session:
                 self.data,
                 self.runtime,
                 batch_size=self.config.data.eval_batch,
+                processes=self.processes,
             )
             count = sum(len(f) for f in self.cache.features.values())
             self.notes.append(
@@ -210,16 +263,24 @@ class Session:
         trainer, batch_size = self.trainer, self.config.data.batch_size
         if cached:
             batches = self.cache.batches(
-                "train", batch_size, shuffle=True, generator=self.generator
+                "train", batch_size, shuffle=True, generator=self.generator, shard=self.shard
             )
-            prepare, forward = (lambda x: x), self.cache.logits
             running = self.cache.head
+            head, no_sync = self._synchronised(running)
+            prepare = lambda x: x  # noqa: E731
+            forward = lambda features: self.cache.logits(features, head)  # noqa: E731
         else:
             batches = self.data.loader(
-                "train", batch_size, shuffle=True, generator=self.generator, augment=self.augment
+                "train",
+                batch_size,
+                shuffle=True,
+                generator=self.generator,
+                augment=self.augment,
+                shard=self.shard,
             )
-            prepare, forward = self.normalize, self.forward
             running = self.model
+            forward, no_sync = self._synchronised(running)
+            prepare = self.normalize
         on_step = None
         if progress is not None:
             on_step = lambda done, total: progress.advance(done, total)  # noqa: E731
@@ -232,6 +293,7 @@ class Session:
             module=running,
             epoch=epoch,
             on_step=on_step,
+            no_sync=no_sync,
         )
 
     def evaluation_model(self) -> nn.Module:
@@ -242,21 +304,34 @@ class Session:
         return self.evaluate("val", cached)
 
     def evaluate(
-        self, split: str, cached: bool = False, model: nn.Module | None = None
+        self,
+        split: str,
+        cached: bool = False,
+        model: nn.Module | None = None,
+        *,
+        alone: bool = False,
     ) -> EvalResult:
         """Metrics on ``split`` of ``model`` (default: the evaluation model), from cached
-        features when ``cached`` and the cache holds the split."""
+        features when ``cached`` and the cache holds the split. Every process evaluates its
+        share and all get the totals (each must call this), unless ``alone``: then this
+        process evaluates the whole split by itself."""
         model = model if model is not None else self.evaluation_model()
-        if split not in self._evaluators:  # torchmetrics objects are built once per split
-            self._evaluators[split] = Evaluator(self.data.classes, self.runtime.device)
-        evaluator = self._evaluators[split].reset()
+        processes = ALONE if alone else self.processes
+        shard = Shard(processes.rank, processes.world)
+        if (split, alone) not in self._evaluators:  # torchmetrics objects: built once
+            self._evaluators[split, alone] = Evaluator(
+                self.data.classes, self.runtime.device, processes
+            )
+        evaluator = self._evaluators[split, alone].reset()
         batch_size = self.config.data.eval_batch
         if cached and self.cache is not None and split in self.cache.features:
             head = model.get_submodule(self.entry.path)
-            batches = self.cache.batches(split, batch_size, shuffle=False, generator=None)
+            batches = self.cache.batches(
+                split, batch_size, shuffle=False, generator=None, shard=shard
+            )
             prepare, forward = (lambda x: x), head
         else:
-            batches = self.data.loader(split, batch_size)
+            batches = self.data.loader(split, batch_size, shard=shard)
             prepare, forward = self.normalize, model
         return evaluate(
             batches,
@@ -324,8 +399,12 @@ class Session:
 
     # --- saving --------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
-        """Everything needed to resume after ``epoch`` (see :mod:`.state`)."""
+        """Everything needed to resume after ``epoch`` (see :mod:`.state`). With several
+        processes every one must call it (their random generators are gathered); rank 0's
+        is the complete state."""
         trainer = self.trainer
+        rng = capture_rng(self.generator)
+        ranks = self.processes.gather(rng)
         return {
             "model": self.model.state_dict(),
             "optimizer": optimizer_state_by_name(trainer.optimizer),
@@ -338,7 +417,8 @@ class Session:
             "stage_steps": self.stage_steps,
             "best": self.best,
             "stale": self.stale,
-            "rng": capture_rng(self.generator),
+            "rng": rng,
+            "rng_ranks": ranks if not self.processes.alone else None,
         }
 
 

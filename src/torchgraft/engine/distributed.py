@@ -1,0 +1,193 @@
+"""The processes of one run: alone, or one of several started by ``torchrun``.
+
+torchgraft manages no processes. Under ``torchrun`` (or anything that sets the same
+variables: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) every
+process runs the same ``train``; :func:`join` reads that environment, opens the process
+group (``nccl`` when the run uses CUDA devices, ``gloo`` on CPUs) and gives each process its
+device (``cuda:LOCAL_RANK``). Without those variables it returns :data:`ALONE`, whose
+operations do nothing, so the engine has one code path.
+
+Rules the engine keeps, so that nothing assumes one machine:
+
+* rank 0 alone writes the run directory and prints; the others never read what it writes
+  (the resume state, the run folder's name and the configuration reach them through the
+  process group, :meth:`Processes.broadcast`), so a run directory on one node's local disk
+  works;
+* every process waits at a barrier after rank 0 writes a checkpoint, so all of them are
+  at the same epoch boundary when one of them dies;
+* no fixed ports or paths: the rendezvous is torchrun's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+
+__all__ = ["ALONE", "Processes", "join", "launched_by_torchrun"]
+
+#: How long a process waits for the others at a collective before the run fails. Long
+#: enough for rank 0 to write a large checkpoint (and the others to compute a feature cache).
+TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the run's processes.
+
+    Attributes:
+        rank: 0 … world - 1 (0 writes and prints).
+        world: how many processes train together.
+        local_rank: the index of this process on its machine (its GPU).
+        backend: ``gloo``, ``nccl``, or None when alone.
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def alone(self) -> bool:
+        return self.world == 1
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files and prints."""
+        return self.rank == 0
+
+    def describe(self) -> str:
+        if self.alone:
+            return "1 process"
+        return f"{self.world} processes ({self.backend})"
+
+    def barrier(self) -> None:
+        if not self.alone:
+            dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every process (any picklable object)."""
+        if self.alone:
+            return value
+        box = [value if self.main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every process's ``value``, in rank order, on rank 0 (None on the others)."""
+        if self.alone:
+            return [value]
+        boxes = [None] * self.world if self.main else None
+        dist.gather_object(value, boxes, dst=0)
+        return boxes
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order, on every process."""
+        if self.alone:
+            return [value]
+        boxes: list[Any] = [None] * self.world
+        dist.all_gather_object(boxes, value)
+        return boxes
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the processes (in place; also returned)."""
+        if not self.alone:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def concatenate(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every process's ``rows`` (first dimensions may differ) stacked in rank order."""
+        if self.alone:
+            return rows
+        counts = torch.tensor([len(rows)], device=rows.device)
+        sizes = [torch.zeros_like(counts) for _ in range(self.world)]
+        dist.all_gather(sizes, counts)
+        longest = int(max(s.item() for s in sizes))
+        padded = rows.new_zeros((longest, *rows.shape[1:]))
+        padded[: len(rows)] = rows
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat(
+            [part[: int(size.item())] for part, size in zip(parts, sizes, strict=True)]
+        )
+
+    def leave(self) -> None:
+        """Close the process group (after the last collective)."""
+        if not self.alone and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+#: A run of one process: every collective is a no-op.
+ALONE = Processes()
+
+_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_by_torchrun() -> bool:
+    """True when this process is one of several started by torchrun (or alike)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def join(device: str) -> Processes:
+    """Join the run's process group when launched by torchrun; :data:`ALONE` otherwise.
+
+    Args:
+        device: ``train.device`` (``auto``, ``cpu``, ``cuda``): CUDA runs use ``nccl`` and
+            one GPU per local rank; CPU runs use ``gloo``.
+
+    Raises:
+        ConfigError: torchrun's variables are incomplete, or more processes on this machine
+            than GPUs for a CUDA run.
+    """
+    if not launched_by_torchrun():
+        return ALONE
+    missing = [name for name in _VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: start "
+            "several processes with torchrun (torchrun --nproc_per_node N -m torchgraft train)"
+        )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {rank} is local rank {local_rank} but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s); start at most that many processes "
+                "per machine (torchrun --nproc_per_node), or train.device=cpu"
+            )
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    return Processes(rank, world, local_rank, backend)
+
+
+def rank_device(device: str, processes: Processes) -> str:
+    """``train.device`` for this process: ``cuda:LOCAL_RANK`` for a CUDA run of several."""
+    if processes.alone or processes.backend != "nccl":
+        return device
+    return f"cuda:{processes.local_rank}"
+
+
+def torchrun_restart() -> int:
+    """How many times torchrun restarted this run's workers (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def torchrun_run_id() -> str | None:
+    """The rendezvous id (one per torchrun launch with ``--standalone``; ``--rdzv-id``)."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+def launch_arguments(nproc: int, command: Sequence[str]) -> list[str]:
+    """torchrun's arguments for ``torchgraft train --nproc N``: one machine, N processes."""
+    return ["--standalone", f"--nproc-per-node={nproc}", "-m", "torchgraft", *command]
