@@ -1,4 +1,12 @@
-"""``torchgraft report``: being built this session (placeholder so the command is registered)."""
+"""(Re)write a run directory's report.html: one self-contained page describing the run.
+
+The page holds the run at a glance, the loss/accuracy and LR curves, the confusion matrix,
+the worst-classified validation images (the saved best model run over the validation split
+again), the graft with the evidence for each pairing, and the freeze summary and parameter
+groups of each stage. It is built from the run's files only, embeds its images and fetches
+nothing. train writes it too (after every saved epoch, and in full at the end); this command
+regenerates it, e.g. for a run that was stopped before the end.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +17,35 @@ HELP = "regenerate a run directory's report.html"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory train created")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=16,
+        metavar="K",
+        help="how many worst-classified validation images to show (0: none, no data pass)",
+    )
+    parser.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw the figures (default: as the run's output.plots says)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
+    from ..engine.report import REPORT_FILE, require_run_dir, write_report
+    from ..errors import ConfigError, OutputError
 
-    raise ConfigError("torchgraft report is not available yet")
+    if args.examples < 0:
+        raise ConfigError(f"--examples {args.examples}: give 0 or more images")
+    folder = require_run_dir(args.run_dir)
+    try:
+        path = write_report(folder, plots=args.plots, count=args.examples)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {folder / REPORT_FILE}: {exc.strerror or exc}; make room (or make "
+            "the folder writable) and run torchgraft report again"
+        ) from exc
+    print(path)
+    return 0

@@ -5,7 +5,9 @@ Contract:
 * Every function renders one PNG and writes it atomically
   (:func:`~torchgraft.atomic.atomic_write_bytes`): the destination holds either its old
   content or the complete new image, never a half-written file. Missing parent folders are
-  created (only once the image has rendered).
+  created (only once the image has rendered). ``path`` may instead be a binary file object
+  (``io.BytesIO``): the PNG bytes are written into it, nothing touches the disk, and the
+  object is returned (``report.html`` embeds the figures this way).
 * Rendering uses matplotlib's object-oriented API (``Figure`` + ``FigureCanvasAgg``), never
   ``pyplot``: no GUI backend is chosen, the user's backend and global ``rcParams`` are left
   alone, no figure stays registered anywhere, and two threads may plot at the same time.
@@ -26,7 +28,7 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..atomic import atomic_write_bytes
 from ..errors import DataError
@@ -69,11 +71,15 @@ def _new_figure(width: float, height: float) -> Figure:
     return figure
 
 
-def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
-    """Render ``figure`` to PNG bytes, then write them atomically to ``path``."""
+def _save(figure: Figure, path: str | os.PathLike[str] | BinaryIO) -> Any:
+    """Render ``figure`` to PNG bytes, then write them atomically to ``path`` (or into it,
+    when it is a binary file object)."""
     buffer = io.BytesIO()
     # Render before touching the disk: a drawing error leaves neither a file nor new folders.
     figure.savefig(buffer, format="png", dpi=_DPI)
+    if hasattr(path, "write"):
+        path.write(buffer.getvalue())
+        return path
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_bytes(target, buffer.getvalue())

@@ -1,0 +1,166 @@
+"""Read a run directory for its report: every file optional, none trusted to be well formed.
+
+The report is built from these files only, so the page written during training and the one
+``torchgraft report RUN_DIR`` writes later agree. A file that is missing (no ``graft.json``
+when the run had no weights, no ``model.json`` before the first saved epoch) or damaged
+(cut short, not JSON, the wrong shape) is recorded in :attr:`RunFiles.problems` with the
+reason, and the section that needs it says so; reading never raises for one bad file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunFiles", "read_run"]
+
+#: Larger files are not read (a run's own files are far smaller; this bounds a damaged one).
+_MAX_BYTES = 256 * 2**20
+
+
+@dataclass
+class RunFiles:
+    """What a run directory holds, as plain data.
+
+    Attributes:
+        path: the run directory.
+        config: ``config.yaml`` as a mapping of sections.
+        graft: ``graft.json`` (a GraftReport document), None when the run had no weights.
+        rows: ``metrics.jsonl`` rows (one per epoch and split).
+        policies: ``policy.json``: per unfreezing stage, the freeze summary and the groups.
+        model: ``model.json``: the saved best model's record (classes, preprocessing, metrics).
+        test: ``test_metrics.json``.
+        bad: lines of ``bad_images.txt`` (files left out of the data).
+        lr_trace: ``(step, {group: lr})`` per optimizer step, from the resume state.
+        stage_steps: the steps where an unfreezing stage began (resume state).
+        problems: file name → why it could not be used (absent when it was fine).
+    """
+
+    path: Path
+    config: dict[str, Any] | None = None
+    graft: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    policies: list[dict[str, Any]] | None = None
+    model: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
+    bad: list[str] = field(default_factory=list)
+    lr_trace: list[tuple[int, dict[str, float]]] | None = None
+    stage_steps: list[int] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def section(self, name: str, key: str, default: Any = None) -> Any:
+        """``config[name][key]``, or ``default`` when either is missing."""
+        part = (self.config or {}).get(name)
+        return part.get(key, default) if isinstance(part, Mapping) else default
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's classes (model.json), else the per-class keys of a validation row."""
+        if self.model and isinstance(self.model.get("classes"), list):
+            return [str(c) for c in self.model["classes"]]
+        for row in self.rows:
+            if isinstance(row.get("per_class"), Mapping):
+                return [str(c) for c in row["per_class"]]
+        return []
+
+    def val_rows(self) -> list[dict[str, Any]]:
+        """Validation rows, one per epoch (a resumed epoch's later row wins), by epoch."""
+        found = {
+            row["epoch"]: row
+            for row in self.rows
+            if row.get("split") == "val" and isinstance(row.get("epoch"), int)
+        }
+        return [found[e] for e in sorted(found)]
+
+    def best_epoch(self) -> int | None:
+        """The saved model's epoch (model.json), else the best by the configured monitor."""
+        if self.model and isinstance(self.model.get("epoch"), int):
+            return self.model["epoch"]
+        rows = [r for r in self.val_rows() if isinstance(r.get("acc1"), (int, float))]
+        if not rows:
+            return None
+        if self.section("train", "monitor") == "val/loss":
+            return min(rows, key=lambda r: r.get("loss", float("inf")))["epoch"]
+        return max(rows, key=lambda r: r["acc1"])["epoch"]
+
+
+def read_run(path: str | Path, *, lr_trace: bool = True) -> RunFiles:
+    """Everything the report shows, from ``path``'s files (see the module docstring).
+
+    Args:
+        path: the run directory.
+        lr_trace: read the resume state for the per-step LRs (the only costly read).
+    """
+    files = RunFiles(Path(path))
+    files.config = _read(files, "config.yaml", _yaml, Mapping)
+    files.graft = _read(files, "graft.json", json.loads, Mapping)
+    files.policies = _read(files, "policy.json", json.loads, list)
+    files.model = _read(files, "model.json", json.loads, Mapping)
+    files.test = _read(files, "test_metrics.json", json.loads, Mapping)
+    files.rows = _read(files, "metrics.jsonl", _json_lines, list) or []
+    files.bad = (_read(files, "bad_images.txt", str.splitlines, list) or [])[:10_000]
+    files.problems.pop("bad_images.txt", None)  # absent is the usual case, not a problem
+    files.problems.pop("test_metrics.json", None)  # only runs with a test split have it
+    if lr_trace:
+        _read_state(files)
+    return files
+
+
+def _read(files: RunFiles, name: str, parse, kind: type) -> Any:
+    target = files.path / name
+    try:
+        if target.stat().st_size > _MAX_BYTES:
+            files.problems[name] = f"larger than {_MAX_BYTES // 2**20} MiB; not read"
+            return None
+        value = parse(target.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        files.problems[name] = "not found"
+        return None
+    except (OSError, ValueError) as exc:  # JSON/YAML/Unicode errors are ValueErrors or wrapped
+        files.problems[name] = f"cannot be read ({type(exc).__name__}: {exc})"[:300]
+        return None
+    if not isinstance(value, kind):
+        files.problems[name] = f"holds a {type(value).__name__}, not a {kind.__name__}"
+        return None
+    return dict(value) if kind is Mapping else value
+
+
+def _yaml(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # one damaged line does not hide the others
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _read_state(files: RunFiles) -> None:
+    """The per-step LR trace and stage starts, from the resume state (checked by sha256)."""
+    from ..errors import CheckpointError
+    from .state import load_state
+
+    try:
+        state = load_state(files.path)
+    except CheckpointError as exc:
+        files.problems["state/"] = str(exc)
+        return
+    try:
+        files.lr_trace = [(int(step), dict(rates)) for step, rates in state.get("lr_trace", [])]
+        files.stage_steps = [int(s) for s in state.get("stage_steps", [])]
+    except (TypeError, ValueError) as exc:
+        files.problems["state/"] = f"its LR trace cannot be read ({exc})"
