@@ -1,5 +1,11 @@
 """Predict the classes of images with a trained model (its own preprocessing).
 
+RUN_DIR_OR_MODEL is a run directory, its model.safetensors, or a file `torchgraft export`
+wrote (model.ts.pt, model.pt2, model.onnx) with its FILE.json sidecar beside it: the sidecar
+gives the classes and the preprocessing, and the file's sha256 must match the one recorded
+there before it is loaded. An exported file is a program: load only exports you made or
+trust (ONNX needs pip install "torchgraft[onnx]").
+
 Folders are walked recursively for image files. An unreadable file is named with the
 reason, and the others are still predicted; the status is 1 only when no image could be read.
 """
@@ -15,7 +21,11 @@ HELP = "class probabilities of images with a trained model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory or model file")
+    parser.add_argument(
+        "model",
+        metavar="RUN_DIR_OR_MODEL",
+        help="run directory, model.safetensors, or an exported file (model.onnx, …)",
+    )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     parser.add_argument(
         "--topk", type=positive_int, default=3, metavar="K", help="classes per image"
@@ -25,15 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.scan import printable
-    from ..engine.artifacts import load
-    from ..engine.inference import image_files, predict_files
+    from ..engine.inference import image_files, load_for_prediction, predict_files
     from ..errors import DataError
     from .output import print_json, stderr, stdout, table
 
     files = image_files(args.inputs)
     if not files:
         raise DataError(f"no image files in {', '.join(args.inputs)}")
-    model = load(args.model)
+    model = load_for_prediction(args.model)
     predictions = predict_files(model, files, topk=args.topk)
     failed = [p for p in predictions if p.error is not None]
     if args.json:

@@ -2,6 +2,9 @@
 
 Both take the model :func:`~torchgraft.engine.artifacts.load` returns and prepare images
 exactly as the run did (its saved preprocessing: size, crop, interpolation, mean, std).
+Prediction also takes an exported model (:func:`~torchgraft.engine.exported.load_exported`:
+TorchScript, ``torch.export`` or ONNX, with the classes and preprocessing of its sidecar);
+:func:`load_for_prediction` picks the loader from the path.
 """
 
 from __future__ import annotations
@@ -20,11 +23,20 @@ from ..data.prepare import PreparedData, prepare_data
 from ..data.sources import DataSource, Split, class_folders, discover
 from ..data.transforms import Normalizer, base_transform
 from ..errors import DataError
+from .artifacts import load
+from .exported import ExportedModel, load_exported
 from .loop import evaluate
 from .metrics import EvalResult, Evaluator
 from .runtime import resolve_runtime
 
-__all__ = ["Prediction", "evaluate_folder", "image_files", "predict", "predict_files"]
+__all__ = [
+    "Prediction",
+    "evaluate_folder",
+    "image_files",
+    "load_for_prediction",
+    "predict",
+    "predict_files",
+]
 
 
 @dataclass
@@ -62,13 +74,35 @@ def image_files(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def load_for_prediction(path: str | Path) -> nn.Module | ExportedModel:
+    """The model at ``path``: a run directory or a ``.safetensors`` model through
+    :func:`~torchgraft.engine.artifacts.load`; any other file as an export
+    (:func:`~torchgraft.engine.exported.load_exported`, which needs its sidecar and checks
+    the file's sha256 before loading it).
+
+    Raises:
+        CheckpointError: no model there, a file that does not match its recorded sha256,
+            or another file without an export sidecar.
+        MissingExtraError: an ONNX export without onnxruntime installed.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix != ".safetensors":
+        return load_exported(path)
+    return load(path)
+
+
 def predict(
-    model: nn.Module, inputs: Iterable[str | Path], *, topk: int = 5, batch_size: int = 64
+    model: nn.Module | ExportedModel,
+    inputs: Iterable[str | Path],
+    *,
+    topk: int = 5,
+    batch_size: int = 64,
 ) -> list[Prediction]:
     """The ``topk`` classes of every image file named or found in the folders named.
 
     ``model`` is what :func:`torchgraft.load` returns (it carries ``classes`` and
-    ``preprocessing``). An unreadable file gets a :class:`Prediction` with ``error`` set.
+    ``preprocessing``), or an :class:`~torchgraft.engine.exported.ExportedModel`. An
+    unreadable file gets a :class:`Prediction` with ``error`` set.
 
     Raises:
         DataError: an input that does not exist.
@@ -82,7 +116,7 @@ def predict(
 
 
 def predict_files(
-    model: nn.Module,
+    model: nn.Module | ExportedModel,
     paths: Sequence[Path],
     *,
     topk: int = 5,
@@ -94,7 +128,7 @@ def predict_files(
     pre = model.preprocessing
     channels = pre.input_size[0]
     transform = base_transform(pre)
-    device = next(model.parameters()).device
+    device = model.device if isinstance(model, ExportedModel) else next(model.parameters()).device
     normalize = Normalizer(pre, device)
     classes = model.classes
     k = max(1, min(topk, len(classes)))
@@ -127,7 +161,9 @@ def predict_files(
     return results
 
 
-def _probabilities(model: nn.Module, normalize: Normalizer, images: list[torch.Tensor]):
+def _probabilities(
+    model: nn.Module | ExportedModel, normalize: Normalizer, images: list[torch.Tensor]
+):
     if not images:
         return []
     with torch.inference_mode():

@@ -1,0 +1,285 @@
+"""Exported models back: a file ``torchgraft export`` wrote, with its JSON sidecar.
+
+An export is two files: the program (``model.ts.pt``, ``model.pt2`` or ``model.onnx``) and
+``<file>.json`` beside it, which says what the outputs mean (``classes``), how inputs must be
+prepared (``preprocessing``), which format the file is in and its sha256. :func:`load_exported`
+checks that sha256 *before* the file is handed to its loader (``torch.jit.load``,
+``torch.export.load``, onnxruntime), so a file changed or damaged after it was exported is
+refused instead of run.
+
+The check proves integrity, not trust: an exported file is a program. TorchScript runs its
+own code, and ``torch.export.load`` unpickles parts of the archive, so a crafted ``.pt2`` or
+TorchScript file (with a sidecar crafted to match) can run code when loaded; onnxruntime runs
+only ONNX operators. Load exports you made or trust — unlike checkpoints, which torchgraft
+reads without ever running code from them (docs/security.md).
+
+Everything read from the sidecar is data: class names are printed escaped by the callers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, TorchgraftError
+from ..grafting.save import sha256_file
+from ..model.spec import Preprocessing
+from ..text import printable
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "FORMATS",
+    "ONNX_EXTRA",
+    "ExportFormat",
+    "ExportedModel",
+    "MissingExtraError",
+    "load_exported",
+    "read_sidecar",
+    "require_onnx",
+    "sidecar_path",
+]
+
+#: The ``format`` field of every sidecar (its schema version).
+EXPORT_FORMAT = "torchgraft.export/1"
+#: How users install what ONNX needs.
+ONNX_EXTRA = 'pip install "torchgraft[onnx]"'
+#: The graph's input and output names (ONNX) and the sidecar's description of them.
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: its CLI name, default file name, and what it needs installed."""
+
+    name: str
+    default_file: str
+    description: str
+    needs: tuple[str, ...] = ()
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("torchscript", "model.ts.pt", "TorchScript (torch.jit.script or trace)"),
+        ExportFormat("pt2", "model.pt2", "torch.export ExportedProgram"),
+        ExportFormat(
+            "onnx", "model.onnx", "ONNX (torch.onnx.export)", ("onnx", "onnxruntime", "onnxscript")
+        ),
+    )
+}
+
+
+class MissingExtraError(TorchgraftError, ImportError):
+    """An optional dependency the request needs is not installed (exit status 2)."""
+
+
+def require_onnx(modules: tuple[str, ...] = FORMATS["onnx"].needs) -> None:
+    """Import what ONNX export or inference needs, or say how to install it.
+
+    Raises:
+        MissingExtraError: naming the missing modules and the ``[onnx]`` extra.
+    """
+    missing = []
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise MissingExtraError(
+            f"ONNX needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            f"installed; install the optional extra: {ONNX_EXTRA}"
+        )
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the sidecar of an exported file lives: ``<file>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+@dataclass
+class ExportedModel:
+    """An exported model ready for prediction: call it on a normalised float batch
+    ``(B, C, H, W)`` to get logits ``(B, classes)``; ``classes`` and ``preprocessing`` as
+    :func:`torchgraft.load`'s model carries them. Runs on the CPU."""
+
+    path: Path
+    format: str
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    sidecar: dict[str, Any]
+    run: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.run(batch)
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar of the exported file ``path``, its fields checked (not the file's hash).
+
+    Raises:
+        CheckpointError: no sidecar, or one that is not a torchgraft export record.
+    """
+    path = Path(path)
+    side = sidecar_path(path)
+    shown = printable(side)
+    if not side.is_file():
+        raise CheckpointError(
+            f"{printable(path)}: no {printable(side.name)} beside it; predict reads an exported "
+            "model with the sidecar torchgraft export wrote (classes, preprocessing, sha256). "
+            "Give a run directory, a model.safetensors, or an exported file with its sidecar"
+        )
+    try:
+        document = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{shown}: cannot read it ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(
+            f"{shown}: not a torchgraft export record (expected format {EXPORT_FORMAT})"
+        )
+    problems = _sidecar_problems(document)
+    if problems:
+        raise CheckpointError(
+            f"{shown}: {'; '.join(problems)}; export the run again with torchgraft export"
+        )
+    return document
+
+
+def load_exported(path: str | os.PathLike, *, threads: int | None = None) -> ExportedModel:
+    """The exported model at ``path``, after its sha256 matched the sidecar's.
+
+    Args:
+        path: a file written by ``torchgraft export`` (its ``<file>.json`` beside it).
+        threads: intra-op threads for onnxruntime (default: torch's thread count).
+
+    Raises:
+        CheckpointError: no sidecar, a malformed one, a file whose sha256 differs from the
+            recorded one, or a file its loader cannot read.
+        MissingExtraError: an ONNX file without onnxruntime installed.
+
+    Example:
+        >>> model = load_exported("runs/first/model.onnx")
+        >>> tg.predict(model, ["photos/cat.jpg"], topk=1)[0].top
+        [('cat', 0.97)]
+    """
+    path = Path(path)
+    document = read_sidecar(path)
+    fmt = document["export"]
+    if fmt == "onnx":
+        require_onnx(("onnxruntime",))  # before hashing a file we could not run anyway
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"{printable(path)}: cannot read it ({exc})") from None
+    if digest != document["sha256"]:
+        raise CheckpointError(
+            f"{printable(path)} does not match the sha256 recorded in "
+            f"{printable(sidecar_path(path).name)}: the file was changed or damaged after it was "
+            "exported; export the run again"
+        )
+    try:
+        run = LOADERS[fmt](path, threads)
+    except TorchgraftError:
+        raise
+    except Exception as exc:  # each loader has its own exception types
+        raise CheckpointError(
+            f"{printable(path)}: cannot load it as {fmt} ({type(exc).__name__}: {exc})"
+        ) from None
+    return ExportedModel(
+        path,
+        fmt,
+        tuple(document["classes"]),
+        preprocessing_from(document["preprocessing"]),
+        document,
+        run,
+    )
+
+
+def preprocessing_from(data: Mapping[str, Any]) -> Preprocessing:
+    """A :class:`Preprocessing` from its JSON form (lists back to tuples)."""
+    fields = dict(data)
+    for key in ("input_size", "mean", "std"):
+        fields[key] = tuple(fields[key])
+    return Preprocessing(**fields)
+
+
+def load_torchscript(path: Path, threads: int | None = None) -> Callable:
+    """A TorchScript file as a callable (``torch.jit.load`` on the CPU)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates torch.jit; the file still loads, and the user chose the format
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def load_pt2(path: Path, threads: int | None = None) -> Callable:
+    """A ``torch.export`` archive as a callable module."""
+    # From the bytes, not the path: torch.export.load wants a name ending in .pt2, and an
+    # export is checked under its temporary name before it is renamed.
+    import io
+
+    return torch.export.load(io.BytesIO(path.read_bytes())).module()
+
+
+def load_onnx(path: Path, threads: int | None = None) -> Callable:
+    """An ONNX file as a callable running onnxruntime on the CPU (``threads`` intra-op)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # torch's thread count (OMP_NUM_THREADS), so an export is not faster or slower than the
+    # eager model merely because it uses other cores.
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: its warnings are not the user's business
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(session.run(None, {name: array})[0])
+
+    return run
+
+
+LOADERS: dict[str, Callable[[Path, int | None], Callable]] = {
+    "torchscript": load_torchscript,
+    "pt2": load_pt2,
+    "onnx": load_onnx,
+}
+
+
+def _sidecar_problems(document: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a sidecar's fields (empty: nothing)."""
+    problems = []
+    if document.get("export") not in FORMATS:
+        problems.append(f"'export' must be one of {', '.join(FORMATS)}")
+    sha = document.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        problems.append("'sha256' must be 64 hex digits")
+    classes = document.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        problems.append("'classes' must be a non-empty list of names")
+    try:
+        pre = preprocessing_from(document.get("preprocessing") or {})
+        numbers = (*pre.input_size, *pre.mean, *pre.std, pre.crop_pct)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+            raise ValueError("non-numeric values")
+        if len(pre.input_size) != 3 or min(pre.input_size) < 1 or min(pre.std) <= 0:
+            raise ValueError("sizes or std out of range")
+        if not len(pre.mean) == len(pre.std) == pre.input_size[0]:
+            raise ValueError("one mean and one std per input channel")
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(f"'preprocessing' is not valid ({exc})")
+    return problems
