@@ -73,6 +73,7 @@ _EXPORTS = {
     "schedule_from_config": ".policies.schedules",
     "Run": ".engine.fit",
     "fit": ".engine.fit",
+    "lr_find": ".engine.lr_find_run",
     "RunConfig": ".engine.config",
     "load_config": ".engine.config",
     "load": ".engine.artifacts",
@@ -87,6 +88,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .engine.config import RunConfig, load_config
     from .engine.fit import Run, fit
     from .engine.inference import Prediction, predict
+    from .engine.lr_find_run import lr_find
     from .grafting import (
         GraftPlan,
         GraftReport,
@@ -164,6 +166,7 @@ __all__ = [
     "load_config",
     "load_optimizer_state_by_name",
     "load_rules",
+    "lr_find",
     "optimizer_state_by_name",
     "param_groups",
     "plan_graft",

@@ -1,0 +1,184 @@
+"""``torchgraft lr-find`` and ``tg.lr_find(config)``: the range test of the run a config
+describes, built exactly as ``torchgraft train`` builds it.
+
+The same config, seed, model (graft, head, initialisation), freezing and BatchNorm policy of
+the first epoch, parameter groups and optimizer (:class:`~.session.Session`), runtime and
+training data with its augmentation; then :func:`~.lr_find.sweep` of ``optim.lr`` (every
+group following it by its configured ratio), the files (:mod:`.lr_find_outputs`) and, when
+asked, the suggestion written into the config to train with. The model built here is thrown
+away afterwards: nothing of the sweep reaches a later ``train``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data.sources import discover
+from ..errors import ConfigError, TrainingError
+from ..wording import option, renamed
+from .config import CONFIG_OPTIONS, RunConfig, load_config
+from .console import RunConsole
+from .fit import _data, _seed  # TODO(lead): make them public: train's own setup, not a copy
+from .lr_find import LRFinderResult, sweep
+from .lr_find_outputs import apply_suggestion, check_writable, print_result, write_outputs
+from .lr_find_rules import (
+    DEFAULT_END_LR,
+    DEFAULT_RULE,
+    DEFAULT_START_LR,
+    DEFAULT_STEPS,
+    check_sweep,
+)
+from .outputs import graft_lines
+from .run_dir import writing_into
+from .runtime import resolve_runtime
+from .session import Session
+from .setup import build_run_model
+
+__all__ = ["lr_find"]
+
+
+def lr_find(
+    config: RunConfig | Mapping[str, Any] | str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    start_lr: float = DEFAULT_START_LR,
+    end_lr: float = DEFAULT_END_LR,
+    steps: int = DEFAULT_STEPS,
+    rule: str = DEFAULT_RULE,
+    output: str | Path | None = None,
+    apply: bool = False,
+    console: RunConsole | None = None,
+) -> LRFinderResult:
+    """The range test of the run ``config`` describes: what ``torchgraft lr-find`` runs.
+
+    The model, freezing, parameter groups, optimizer, runtime and training data are built
+    as :func:`~torchgraft.fit` builds them for the first epoch; the sweep is of ``optim.lr``
+    (every group follows it by its configured ratio).
+
+    Args:
+        config, overrides: as for :func:`~torchgraft.fit`.
+        start_lr, end_lr, steps: the sweep of ``optim.lr``.
+        rule: which rule gives the suggestion (``valley``, ``steep``, ``minimum``).
+        output: the folder for ``lr_find.csv``, ``lr_find.json``, ``lr_find.png`` (default: a
+            new ``<time>-<model>-lr-find`` folder in ``output.dir``).
+        apply: write the suggestion as ``optim.lr`` (``optim.backbone_lr`` scaled with it):
+            into ``config`` when it is a YAML file, else into ``run.yaml`` in the folder.
+        console: where progress goes (default: stdout).
+
+    Returns:
+        An :class:`LRFinderResult` with ``dir`` set.
+
+    Raises:
+        ConfigError, DataError, SpecError, GraftError, CheckpointError: bad input.
+        TrainingError: the loss diverged too early for any rule (the files are written).
+        OutputError: a file cannot be written.
+
+    Example:
+        >>> found = tg.lr_find({"data": {"source": "photos/"}})
+        >>> run = tg.fit({"data": {"source": "photos/"}}, {"optim.lr": found.suggestion})
+    """
+    check_sweep(start_lr, end_lr, steps)
+    with renamed(CONFIG_OPTIONS):
+        return _lr_find(
+            config,
+            overrides,
+            (start_lr, end_lr, steps, rule),
+            output,
+            apply,
+            console or RunConsole(),
+        )
+
+
+def _lr_find(source, overrides, settings, output, apply, console: RunConsole) -> LRFinderResult:
+    config = load_config(source, overrides)
+    target = Path(source) if apply and isinstance(source, (str, Path)) else None
+    if target is not None:
+        check_writable(target)  # before minutes of work, not after
+    _seed(config.train.seed)
+    found = discover(
+        config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
+    )
+    setup = build_run_model(config, found.classes)
+    runtime = resolve_runtime(
+        setup.model,
+        device=config.train.device,
+        precision=config.train.precision,
+        threads=config.train.threads,
+        channels_last=config.model.channels_last,
+    )
+    setup.model.to(runtime.device, memory_format=runtime.memory_format)
+    data = _data(config, setup, found)
+    session = Session(config, setup.model, setup.spec, runtime, data)
+    session.begin()
+    session.stages.enter(session.trainer.optimizer, 0)  # the first epoch's stage, as train
+    session.trainer.ema = None  # nobody keeps the average of a sweep's weights
+    folder = _folder(config, output)
+    console.rule(f"torchgraft lr-find → {folder}")
+    console.line(f"model: {config.model.name} · data {found.summary()}")
+    for line in graft_lines(setup.report, setup.verification):
+        console.line(line)
+    start_lr, end_lr, steps, rule = settings
+    console.line(
+        f"runtime: {runtime.describe()}; first epoch's setup: {session.stages.describe(0)}; "
+        f"sweeping optim.lr from {start_lr:.3g} to {end_lr:.3g} over at most {steps} steps"
+    )
+    console.start_epoch("lr-find", steps)
+    try:
+        result = sweep(
+            session.trainer,
+            data.loader(
+                "train",
+                config.data.batch_size,
+                shuffle=True,
+                generator=session.generator,
+                augment=session.augment,
+            ),
+            prepare=session.normalize,
+            forward=session.forward,
+            module=session.model,
+            start_lr=start_lr,
+            end_lr=end_lr,
+            steps=steps,
+            reference_lr=config.optim.lr,
+            rule=rule,
+            progress=console,
+        )
+    finally:
+        console.stop_progress()
+    result.dir = folder
+    with writing_into(folder, resumable=False):
+        write_outputs(result, folder)
+    print_result(result, config, console)
+    if result.suggestion is None:
+        raise TrainingError(
+            f"no suggestion: the loss diverged after {len(result.lrs)} steps, before the rules "
+            f"had enough of a curve (see {folder / 'lr_find.png'}); start lower "
+            f"({option('start_lr')}) or take more steps ({option('steps')})"
+        )
+    if apply:
+        for line in apply_suggestion(result, config, target, folder, overrides):
+            console.line(line)
+    return result
+
+
+def _folder(config: RunConfig, output: str | Path | None) -> Path:
+    """``output`` (created), or a new ``<time>-<model>-lr-find`` folder in ``output.dir``."""
+    if output is not None:
+        folder = Path(output)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
+        short = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model.name.split(":")[-1])[:40]
+        base = Path(config.output.dir) / f"{stamp}-{short}-lr-find"
+        folder, suffix = base, 1
+        while folder.exists():
+            suffix += 1
+            folder = base.with_name(f"{base.name}-{suffix}")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option('output', str(folder))}: a file is in the way; give a folder")
+    with writing_into(folder.parent, resumable=False):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
