@@ -28,12 +28,12 @@ from .report_examples import Examples, worst_examples
 from .report_files import RunFiles, read_run
 from .report_graft import graft_section
 from .report_html import Html, Section, esc, join, note, page
+from .report_policy import policy_section
 from .report_sections import (
     Figures,
     confusion_section,
     curves_section,
     glance_section,
-    policy_section,
 )
 
 __all__ = ["REPORT_FILE", "require_run_dir", "write_report"]
@@ -97,8 +97,8 @@ def require_run_dir(path: str | Path) -> Path:
         )
     if not (folder / "config.yaml").is_file():
         raise ConfigError(
-            f"{folder}: not a run directory (no config.yaml); give the folder torchgraft train "
-            "created (runs/…)"
+            f"{folder}: not a run directory (no config.yaml); give a run directory that "
+            "torchgraft train created (runs/…)"
         )
     return folder
 

@@ -100,6 +100,7 @@ def _rank(model, split, count: int) -> Examples:
     import torch.nn.functional as F
 
     from ..data.transforms import Normalizer, base_transform
+    from .runtime import resolve_runtime
 
     found = Examples(split_size=len(split))
     indices = _subset(len(split), MAX_IMAGES)
@@ -107,9 +108,14 @@ def _rank(model, split, count: int) -> Examples:
     pre = model.preprocessing
     channels = pre.input_size[0]
     transform = base_transform(pre)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    normalize = Normalizer(pre, device)
+    # The device and memory format a run would choose (channels-last for convolutions is
+    # what makes the CPU pass about as fast as the run's own validation).
+    runtime = resolve_runtime(
+        model, device="auto", precision="fp32", threads="auto", channels_last="auto"
+    )
+    device = runtime.device
+    model.to(device, memory_format=runtime.memory_format)
+    normalize = Normalizer(pre, device, runtime.memory_format)
     classes = model.classes
     best: list[tuple[float, int, object]] = []  # a min-heap of (loss, index, details)
 

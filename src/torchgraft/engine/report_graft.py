@@ -97,10 +97,12 @@ def _summary(graft: Mapping[str, Any]) -> Html:
     check = graft.get("verification")
     if isinstance(check, Mapping):
         ok = check.get("ok")
-        worst = check.get("output_rel_diff", check.get("feature_rel_diff"))
+        # outputs when both models have the same head, else the features entering it
+        compared = "outputs" if check.get("output_rel_diff") is not None else "features"
+        worst = check.get("output_rel_diff" if compared == "outputs" else "feature_rel_diff")
         text = (
             f"verification against {check.get('source', '?')}: "
-            f"{'passed' if ok else 'FAILED'} (largest relative difference {_sci(worst)}, "
+            f"{'passed' if ok else 'FAILED'} ({compared} differ by {_sci(worst)} relative, "
             f"tolerance {_sci(check.get('tolerance'))})"
         )
         body.append(note(text, "note" if ok else "warn"))

@@ -1,9 +1,10 @@
-"""The report's sections built from a run's files: at a glance, curves, confusion, policy.
+"""The report's sections built from a run's files: at a glance, curves, confusion.
 
 Each function takes :class:`~.report_files.RunFiles` and returns a
 :class:`~.report_html.Section`; a file the section needs that is missing or damaged becomes a
 sentence in the section saying so. The figures are :mod:`.plots`' own, rendered into memory
-(see :func:`figure`). The graft and the worst-classified images have modules of their own.
+(see :func:`figure`). The graft, the worst-classified images and the freeze/groups summary
+have modules of their own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .report_files import RunFiles
-from .report_html import Html, Section, definitions, details, esc, items, join, note, png, table
+from .report_html import Html, Section, definitions, details, items, join, note, png, table
 
 __all__ = [
     "Figures",
@@ -24,15 +25,12 @@ __all__ = [
     "curves_section",
     "figure",
     "glance_section",
-    "policy_section",
 ]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: Most classes listed by name at a glance; most rows of the per-class and per-epoch tables.
 _MAX_NAMED_CLASSES = 30
 _MAX_ROWS = 500
-_MAX_GROUP_ROWS = 200
-_MAX_NAMES = 6
 
 
 def _pct(value: Any) -> str:
@@ -322,91 +320,3 @@ def _largest_confusions(matrix: list, classes: list[str], limit: int = 10) -> li
                 cells.append((count, true, predicted))
     cells.sort(key=lambda c: (-c[0], c[1], c[2]))
     return [(classes[t], classes[p], n) for n, t, p in cells[:limit]]
-
-
-# ----------------------------------------------------------------------------- policy
-
-
-def policy_section(files: RunFiles) -> Section:
-    """Per unfreezing stage: what trains (freeze summary) and the optimizer's groups."""
-    if not files.policies:
-        body = _problem(files, "policy.json", "no freeze summary yet")
-        return Section("policy", "Freezing and parameter groups", body)
-    parts = []
-    for stage in files.policies:
-        if isinstance(stage, Mapping):
-            parts.append(_stage(stage))
-    return Section("policy", "Freezing and parameter groups", join(parts))
-
-
-def _stage(stage: Mapping[str, Any]) -> Html:
-    freeze = stage.get("freeze") if isinstance(stage.get("freeze"), Mapping) else {}
-    epoch = stage.get("epoch")
-    total, trainable = freeze.get("total"), freeze.get("trainable")
-    share = f" ({trainable / total:.2%})" if _number(total) and total and _number(trainable) else ""
-    title = (
-        f"From epoch {epoch + 1 if isinstance(epoch, int) else '?'}: freeze "
-        f"'{freeze.get('policy', '?')}', BatchNorm '{freeze.get('bn', '?')}' — "
-        f"{_count(trainable)} of {_count(total)} parameters train{share}"
-    )
-    parts: list[object] = [Html(f"<h3>{esc(title)}</h3>")]
-    layer_rows = [
-        (
-            g.get("name", ""),
-            _count(g.get("trainable")),
-            _count(g.get("frozen")),
-            g.get("fixed_norms", ""),
-        )
-        for g in freeze.get("groups") or []
-        if isinstance(g, Mapping)
-    ]
-    if layer_rows:
-        parts.append(
-            table(
-                ("layer group", "trainable", "frozen", "fixed norm layers"),
-                layer_rows,
-                limit=_MAX_GROUP_ROWS,
-                more="groups",
-                numeric=(1, 2, 3),
-            )
-        )
-    fixed = [str(n) for n in freeze.get("fixed_norms") or []]
-    if fixed:
-        listed = ", ".join(fixed[:20]) + (f", … {len(fixed) - 20} more" if len(fixed) > 20 else "")
-        parts.append(note(f"norm layers with fixed statistics ({len(fixed)}): {listed}"))
-    groups = stage.get("groups") if isinstance(stage.get("groups"), Mapping) else {}
-    group_rows = [_group_row(g) for g in groups.get("groups") or [] if isinstance(g, Mapping)]
-    if group_rows:
-        parts.append(
-            table(
-                ("optimizer group", "LR", "weight decay", "tensors", "elements", "parameters"),
-                group_rows,
-                limit=_MAX_GROUP_ROWS,
-                more="groups",
-                numeric=(1, 2, 3, 4),
-            )
-        )
-    for warning in groups.get("warnings") or []:
-        parts.append(note(f"warning: {warning}", "warn"))
-    return join(parts)
-
-
-def _group_row(group: Mapping[str, Any]) -> tuple:
-    names = [str(n) for n in group.get("names") or []]
-    tensors = group.get("tensors")
-    listed = ", ".join(names[:_MAX_NAMES])
-    if (isinstance(tensors, int) and tensors > len(names[:_MAX_NAMES])) or len(names) > _MAX_NAMES:
-        listed += " …"
-    lr, decay = group.get("lr"), group.get("weight_decay")
-    return (
-        group.get("name", ""),
-        f"{lr:.3g}" if _number(lr) else "–",
-        f"{decay:.3g}" if _number(decay) else "–",
-        _count(tensors),
-        _count(group.get("elements")),
-        listed,
-    )
-
-
-def _count(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
