@@ -272,3 +272,58 @@ def test_graft_json_is_what_the_section_shows(run_dir):
     for kind in graft["evidence"]:
         assert f"<td>{kind}</td>" in text
     assert text.count("<details") == 4  # stem, block1, block2, classifier
+
+
+def test_documents_of_the_wrong_shape_give_a_page_not_a_crash(run_dir, tmp_path):
+    work = copy_run(run_dir, tmp_path)
+    rows = [
+        {"epoch": [1], "split": "val", "confusion": "x", "per_class": [1]},
+        {"epoch": True, "split": "train", "loss": "low"},
+        {
+            "epoch": 0,
+            "split": "val",
+            "acc1": "high",
+            "loss": None,
+            "seconds": "1",
+            "lr": "fast",
+            "confusion": [[1, "a"], 2],
+            "per_class": {"<b>": 5},
+        },
+    ]
+    documents = {
+        "metrics.jsonl": "".join(json.dumps(r) + "\n" for r in rows) + "{cut",
+        "policy.json": json.dumps(
+            [
+                {"epoch": "x", "freeze": [], "groups": {"groups": [{"names": 5, "lr": "a"}]}},
+                7,
+                {"freeze": {"groups": {"a": 1}, "fixed_norms": 5, "total": 0, "trainable": 1}},
+            ]
+        ),
+        "graft.json": json.dumps(
+            {
+                "entries": [
+                    {"target": ["a"], "action": ["x"], "confidence": "1", "target_shape": "abc"},
+                    3,
+                    {"target": "a.b.c.d", "action": "missing", "detail": {"x": 1}, "source": 5},
+                ],
+                "counts": [1],
+                "notes": "xyz",
+                "unexpected": 5,
+                "verification": {"ok": "maybe"},
+                "evidence": {"name": "x"},
+            }
+        ),
+        "model.json": json.dumps({"classes": "abc", "epoch": "2", "preprocessing": [1]}),
+        "test_metrics.json": "[]",
+        "config.yaml": "model: [1, 2]\ndata: 5\noutput: {plots: true}\n",
+    }
+    for name, text in documents.items():
+        (work / name).write_text(text, encoding="utf-8")
+    write_report(work)
+    text = (work / "report.html").read_text(encoding="utf-8")
+    page = Page(text)
+    assert page.sections == SECTIONS
+    assert "&lt;b&gt;" in text
+    assert "verification" in section(text, "graft")
+    assert "FAILED" in section(text, "graft")  # "ok": "maybe" is not a pass
+    assert "config.yaml does not say where the data is" in section(text, "examples")

@@ -10,12 +10,13 @@ reason, and the section that needs it says so; reading never raises for one bad 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunFiles", "read_run"]
+__all__ = ["RunFiles", "as_list", "as_map", "read_run"]
 
 #: Larger files are not read (a run's own files are far smaller; this bounds a damaged one).
 _MAX_BYTES = 256 * 2**20
@@ -71,20 +72,34 @@ class RunFiles:
         found = {
             row["epoch"]: row
             for row in self.rows
-            if row.get("split") == "val" and isinstance(row.get("epoch"), int)
+            if row.get("split") == "val" and type(row.get("epoch")) is int
         }
         return [found[e] for e in sorted(found)]
 
     def best_epoch(self) -> int | None:
         """The saved model's epoch (model.json), else the best by the configured monitor."""
-        if self.model and isinstance(self.model.get("epoch"), int):
+        if self.model and type(self.model.get("epoch")) is int:
             return self.model["epoch"]
-        rows = [r for r in self.val_rows() if isinstance(r.get("acc1"), (int, float))]
+        key = "loss" if self.section("train", "monitor") == "val/loss" else "acc1"
+        rows = [r for r in self.val_rows() if _finite(r.get(key))]
         if not rows:
             return None
-        if self.section("train", "monitor") == "val/loss":
-            return min(rows, key=lambda r: r.get("loss", float("inf")))["epoch"]
-        return max(rows, key=lambda r: r["acc1"])["epoch"]
+        pick = min if key == "loss" else max
+        return pick(rows, key=lambda r: r[key])["epoch"]
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def as_list(value: Any) -> list[Any]:
+    """``value`` when a file holds a list there, else an empty list (a damaged document)."""
+    return value if isinstance(value, list) else []
+
+
+def as_map(value: Any) -> Mapping[str, Any]:
+    """``value`` when a file holds a mapping there, else an empty one."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def read_run(path: str | Path, *, lr_trace: bool = True) -> RunFiles:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .report_files import RunFiles
+from .report_files import RunFiles, as_list, as_map
 from .report_html import Html, Section, details, esc, items, join, note, table
 
 __all__ = ["MAX_ROWS", "MEANING", "WORDS", "graft_section"]
@@ -72,7 +72,7 @@ def graft_section(files: RunFiles) -> Section:
         else:
             text = f"graft.json {files.problems.get('graft.json', 'cannot be read')}."
         return Section("graft", "The graft", note(text))
-    entries = [e for e in graft.get("entries") or [] if isinstance(e, Mapping)]
+    entries = [e for e in as_list(graft.get("entries")) if isinstance(e, Mapping)]
     parts = [_summary(graft), _evidence(graft, entries), _left_new(graft, entries)]
     parts.append(Html("<h3>Every key, by module</h3>"))
     parts.append(_by_module(entries))
@@ -84,7 +84,7 @@ def _summary(graft: Mapping[str, Any]) -> Html:
 
     coverage = graft.get("coverage")
     share = percent(coverage) if isinstance(coverage, (int, float)) else "?"
-    counts = graft.get("counts") if isinstance(graft.get("counts"), Mapping) else {}
+    counts = as_map(graft.get("counts"))
     done = " · ".join(f"{WORDS.get(k, k)} {v}" for k, v in counts.items() if v)
     container = f", {graft['container']}" if graft.get("container") else ""
     lines = [
@@ -92,11 +92,11 @@ def _summary(graft: Mapping[str, Any]) -> Html:
         f"strategy: {graft.get('strategy', '?')}",
         f"coverage: {share} of the model's parameter elements loaded · {done}",
     ]
-    lines += [f"note: {n}" for n in (graft.get("notes") or [])[:_MAX_LISTED]]
+    lines += [f"note: {n}" for n in as_list(graft.get("notes"))[:_MAX_LISTED]]
     body = [items(lines)]
     check = graft.get("verification")
-    if isinstance(check, Mapping):
-        ok = check.get("ok")
+    if isinstance(check, Mapping) and check:
+        ok = check.get("ok") is True
         # outputs when both models have the same head, else the features entering it
         compared = "outputs" if check.get("output_rel_diff") is not None else "features"
         worst = check.get("output_rel_diff" if compared == "outputs" else "feature_rel_diff")
@@ -110,7 +110,7 @@ def _summary(graft: Mapping[str, Any]) -> Html:
 
 
 def _evidence(graft: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> Html:
-    counts = graft.get("evidence") if isinstance(graft.get("evidence"), Mapping) else {}
+    counts = as_map(graft.get("evidence"))
     if not counts:
         return note("No key was loaded, so no evidence decided a pairing.")
     from ..grafting.correspondence import EVIDENCE
@@ -133,7 +133,7 @@ def _left_new(graft: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) ->
     from ..grafting.report import group_keys
 
     new = [str(e.get("target")) for e in entries if not _loads(e)]
-    unused = [str(k) for k in graft.get("unexpected") or []]
+    unused = [str(k) for k in as_list(graft.get("unexpected"))]
     body = []
     if new:
         lines = group_keys(new)
@@ -163,10 +163,10 @@ def _by_module(entries: Sequence[Mapping[str, Any]]) -> Html:
         fate = (
             module,
             source_module,
-            entry.get("action"),
-            entry.get("evidence"),
+            str(entry.get("action")),
+            str(entry.get("evidence") or ""),
             _confidence(entry),
-            entry.get("detail") or "",
+            str(entry.get("detail") or ""),
         )
         if fate not in index:
             index[fate] = []

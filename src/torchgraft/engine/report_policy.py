@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .report_files import RunFiles
+from .report_files import RunFiles, as_list, as_map
 from .report_html import Html, Section, esc, join, note, table
 
 __all__ = ["MAX_GROUP_ROWS", "policy_section"]
@@ -35,7 +35,7 @@ def policy_section(files: RunFiles) -> Section:
 
 
 def _stage(stage: Mapping[str, Any]) -> Html:
-    freeze = stage.get("freeze") if isinstance(stage.get("freeze"), Mapping) else {}
+    freeze = as_map(stage.get("freeze"))
     epoch = stage.get("epoch")
     total, trainable = freeze.get("total"), freeze.get("trainable")
     share = f" ({trainable / total:.2%})" if _number(total) and total and _number(trainable) else ""
@@ -52,7 +52,7 @@ def _stage(stage: Mapping[str, Any]) -> Html:
             _count(g.get("frozen")),
             g.get("fixed_norms", ""),
         )
-        for g in freeze.get("groups") or []
+        for g in as_list(freeze.get("groups"))
         if isinstance(g, Mapping)
     ]
     if layer_rows:
@@ -65,12 +65,12 @@ def _stage(stage: Mapping[str, Any]) -> Html:
                 numeric=(1, 2, 3),
             )
         )
-    fixed = [str(n) for n in freeze.get("fixed_norms") or []]
+    fixed = [str(n) for n in as_list(freeze.get("fixed_norms"))]
     if fixed:
         listed = ", ".join(fixed[:20]) + (f", … {len(fixed) - 20} more" if len(fixed) > 20 else "")
         parts.append(note(f"norm layers with fixed statistics ({len(fixed)}): {listed}"))
-    groups = stage.get("groups") if isinstance(stage.get("groups"), Mapping) else {}
-    group_rows = [_group_row(g) for g in groups.get("groups") or [] if isinstance(g, Mapping)]
+    groups = as_map(stage.get("groups"))
+    group_rows = [_group_row(g) for g in as_list(groups.get("groups")) if isinstance(g, Mapping)]
     if group_rows:
         parts.append(
             table(
@@ -81,13 +81,13 @@ def _stage(stage: Mapping[str, Any]) -> Html:
                 numeric=(1, 2, 3, 4),
             )
         )
-    for warning in groups.get("warnings") or []:
+    for warning in as_list(groups.get("warnings")):
         parts.append(note(f"warning: {warning}", "warn"))
     return join(parts)
 
 
 def _group_row(group: Mapping[str, Any]) -> tuple:
-    names = [str(n) for n in group.get("names") or []]
+    names = [str(n) for n in as_list(group.get("names"))]
     tensors = group.get("tensors")
     listed = ", ".join(names[:_MAX_NAMES])
     if (isinstance(tensors, int) and tensors > len(names[:_MAX_NAMES])) or len(names) > _MAX_NAMES:

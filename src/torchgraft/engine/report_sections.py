@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .report_files import RunFiles
+from .report_files import RunFiles, as_map
 from .report_html import Html, Section, definitions, details, items, join, note, png, table
 
 __all__ = [
@@ -99,7 +99,7 @@ def _graft_line(graft: Mapping[str, Any]) -> str:
     from .report_graft import WORDS
 
     coverage = graft.get("coverage")
-    counts = graft.get("counts") or {}
+    counts = as_map(graft.get("counts"))
     done = ", ".join(
         f"{WORDS.get(k, k)} {v}" for k, v in counts.items() if isinstance(v, int) and v
     )
@@ -108,8 +108,7 @@ def _graft_line(graft: Mapping[str, Any]) -> str:
 
 
 def _data_line(files: RunFiles) -> str:
-    size = (files.model or {}).get("preprocessing", {}) or {}
-    shape = size.get("input_size") if isinstance(size, Mapping) else None
+    shape = as_map(as_map(files.model).get("preprocessing")).get("input_size")
     text = str(files.section("data", "source", "?"))
     if isinstance(shape, list):
         text += f" · input {'×'.join(map(str, shape))}"
@@ -231,7 +230,11 @@ def curves_section(files: RunFiles, figures: Figures) -> Section:
 
 
 def _epoch_table(files: RunFiles) -> Html:
-    train = {r["epoch"]: r for r in files.rows if r.get("split") == "train" and "epoch" in r}
+    train = {
+        r["epoch"]: r
+        for r in files.rows
+        if r.get("split") == "train" and type(r.get("epoch")) is int
+    }
     rows = []
     for val in files.val_rows():
         epoch = val["epoch"]
@@ -246,7 +249,7 @@ def _epoch_table(files: RunFiles) -> Html:
                 _pct(val.get("acc1")),
                 _pct(val.get("f1")),
                 f"{val['lr']:.3g}" if _number(val.get("lr")) else "–",
-                _num((other.get("seconds") or 0) + (val.get("seconds") or 0), 1),
+                _num(sum(r["seconds"] for r in (other, val) if _number(r.get("seconds"))), 1),
             )
         )
     headers = (
