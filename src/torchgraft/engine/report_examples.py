@@ -58,8 +58,8 @@ class Examples:
 def worst_examples(run_dir: Path, config: Mapping | None, *, count: int = 16) -> Examples:
     """The ``count`` highest-loss validation images of the run's saved best model.
 
-    Never raises for missing or moved files, a model not saved yet, or data that changed:
-    :attr:`Examples.reason` says what stood in the way.
+    Never raises for missing or moved files, a model not saved yet, data that changed or a
+    pass torch refuses (out of memory): :attr:`Examples.reason` says what stood in the way.
     """
     from ..errors import TorchgraftError
     from .artifacts import load
@@ -73,9 +73,12 @@ def worst_examples(run_dir: Path, config: Mapping | None, *, count: int = 16) ->
         return Examples(reason=f"no saved model to run ({exc})")
     try:
         split = _validation_split(data, tuple(model.classes))
-    except (TorchgraftError, OSError) as exc:
+    except (TorchgraftError, OSError, ValueError, TypeError) as exc:  # also a damaged config
         return Examples(reason=f"the validation images cannot be read now ({exc})")
-    return _rank(model, split, count)
+    try:
+        return _rank(model, split, count)
+    except RuntimeError as exc:  # torch's own errors (out of memory, a shape it refuses)
+        return Examples(reason=f"the pass over the validation images failed ({exc})"[:500])
 
 
 def _validation_split(data: Mapping, classes: tuple[str, ...]):
