@@ -56,27 +56,68 @@ class TinyCNN(nn.Module):
     BatchNorm in the body (freeze policies), dropout before the head (the feature cache's head
     entry), two layer groups worth of blocks."""
 
-    def __init__(self, num_classes: int = 3, in_chans: int = 3, width: int = 8):
+    def __init__(
+        self,
+        num_classes: int = 3,
+        in_chans: int = 3,
+        width: int = 8,
+        dropout: float = 0.1,
+        norm: bool = True,
+        record: str | None = None,
+        delay: float = 0.0,
+    ):
         super().__init__()
+        self.delay = delay  # seconds per training step: time for a test to kill a process
+
+        def norm_layer(channels):
+            return nn.BatchNorm2d(channels) if norm else nn.Identity()
+
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            nn.Conv2d(in_chans, width, 3, padding=1, bias=False), norm_layer(width), nn.ReLU()
         )
         self.block1 = nn.Sequential(
             nn.Conv2d(width, width * 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width * 2),
+            norm_layer(width * 2),
             nn.ReLU(),
         )
         self.block2 = nn.Sequential(
             nn.Conv2d(width * 2, width * 2, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width * 2),
+            norm_layer(width * 2),
             nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(width * 2, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width * 2, num_classes))
+        self.record = record
 
     def forward(self, x):
+        if self.record:
+            _record_call(self, x)
+        if self.delay and self.training:
+            import time
+
+            time.sleep(self.delay)
         x = self.pool(self.block2(self.block1(self.stem(x)))).flatten(1)
         return self.classifier(x)
+
+
+def _record_call(model: nn.Module, images: torch.Tensor) -> None:
+    """Append one line per forward call to ``{record}-{RANK}.jsonl``: the mode, an id of
+    each input image (its pixel sum) and a digest of the weights — what a process saw and
+    held, as the model itself observes it (the multi-process tests read these)."""
+    import hashlib
+    import json
+    import os
+
+    weights = hashlib.sha1()
+    for tensor in model.state_dict().values():
+        weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    line = {
+        "training": model.training,
+        "images": [round(float(image.double().sum()), 3) for image in images],
+        "weights": weights.hexdigest(),
+    }
+    with open(f"{model.record}-{os.environ.get('RANK', '0')}.jsonl", "a") as handle:
+        handle.write(json.dumps(line) + "\n")
 
 
 class NaNAt(TinyCNN):

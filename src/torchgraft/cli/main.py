@@ -107,16 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TorchgraftError as exc:
         if args.debug:
             raise
-        _error_line(f"torchgraft {args.command}: error: {exc}")
+        _error_line(f"{_who(args)}: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _error_line(f"torchgraft {args.command}: interrupted")
+        _error_line(f"{_who(args)}: interrupted")
         return 130
     except Exception as exc:
         if args.debug:
             raise
         _error_line(
-            f"torchgraft {args.command}: internal error: {type(exc).__name__}: {exc} "
+            f"{_who(args)}: internal error: {type(exc).__name__}: {exc} "
             "(run again with --debug for the traceback, and please report it)"
         )
         return 1
@@ -153,6 +153,13 @@ def _stdout_closed() -> bool:
         return any(events & select.POLLERR for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):
         return True  # no poll() (Windows) or no real stdout: the pipe is the likely one
+
+
+def _who(args: argparse.Namespace) -> str:
+    """``torchgraft COMMAND``, and the process's rank when it is one of several (torchrun):
+    each process reports its own error."""
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+    return f"torchgraft {args.command}" + (f" (rank {rank})" if rank else "")
 
 
 def _command(name: str):

@@ -5,11 +5,17 @@ overrides in any of these forms: ``--train.epochs 1``, ``--optim.lr=0.01``,
 ``data.source=photos/`` (``-`` and ``_`` are the same in keys: ``--data.on-bad-image skip``).
 ``--print-config`` shows the resolved configuration and stops; ``--resume RUN_DIR``
 continues a run from its last complete epoch, exactly.
+
+Several processes: ``torchrun --nproc_per_node N -m torchgraft train …`` (any torchrun
+options, several machines), or ``--nproc N``, which runs torchrun itself
+(``torch.distributed.run --standalone``) on this machine with the same arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .common import positive_int
 
 NAME = "train"
 HELP = "fine-tune a model (no arguments: the embedded default run)"
@@ -23,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--print-config", action="store_true", help="print the resolved configuration and stop"
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly")
+    parser.add_argument(
+        "--nproc",
+        type=positive_int,
+        metavar="N",
+        help="train on N processes of this machine (runs torchrun --standalone; "
+        "for several machines use torchrun directly)",
+    )
     parser.epilog = "overrides: --section.key VALUE, e.g. --train.epochs 1 --optim.lr 0.01"
 
 
@@ -30,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.config import load_config
 
     overrides = list(args.overrides)
+    if args.nproc and args.nproc > 1 and not args.print_config:
+        return _launch(args, overrides)
     if args.print_config:
         if args.resume:
             from pathlib import Path
@@ -48,4 +63,33 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.fit import fit  # torch, timm and torchvision load here, not for --print-config
 
     fit(args.config, overrides, resume=args.resume)
+    return 0
+
+
+def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``--nproc N``: torch's own launcher runs ``torchgraft train`` (these arguments, without
+    --nproc) in N processes; their exit status is this command's."""
+    from ..engine.distributed import launch_arguments, launched_by_torchrun
+    from .common import OptionError
+
+    if launched_by_torchrun():
+        raise OptionError("--nproc: already one of several processes (torchrun); drop --nproc")
+    command = ["train"]
+    if getattr(args, "debug", False):
+        command.insert(0, "--debug")
+    if args.config:
+        command += ["--config", args.config]
+    if args.resume:
+        command += ["--resume", args.resume]
+    command += overrides
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    try:
+        torchrun(get_args_parser().parse_args(launch_arguments(args.nproc, command)))
+    except ChildFailedError as failed:
+        # Each process has printed its own error line; report the first one's status.
+        status = failed.failures[min(failed.failures)].exitcode
+        return 128 - status if status < 0 else status or 1  # killed by a signal: 128 + it
     return 0

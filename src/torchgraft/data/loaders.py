@@ -65,7 +65,7 @@ def batch_order(
         return list(order.split(batch_size))
     if not shuffle:
         start, stop = _slice(count, shard)
-        return list(torch.arange(start, stop).split(batch_size))
+        return [part for part in torch.arange(start, stop).split(batch_size) if len(part)]
     order = torch.randperm(count, generator=generator)
     parts = []
     for batch in order.split(batch_size):

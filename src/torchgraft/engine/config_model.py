@@ -249,6 +249,9 @@ class TrainConfig(Section):
     monitor: Literal["val/acc1", "val/loss"] = "val/acc1"
     feature_cache: bool | Literal["auto"] = "auto"
     max_steps: PositiveInt | None = None
+    #: SynchronizedBatchNorm across processes under torchrun (GPUs only; torch has no CPU
+    #: implementation). Off, each process normalises with its own part of the batch.
+    sync_bn: bool = False
 
     @field_validator("device")
     @classmethod

@@ -9,11 +9,18 @@ best model, save the resume state, then the metrics rows) → test split, plots,
 epochs), rebuilds the architecture from the saved record, restores the last complete epoch's
 state and continues: the final weights are bitwise those of an uninterrupted run (CPU).
 A changed model, class list or dataset is refused with the difference.
+
+Under ``torchrun`` every process runs this same function (:mod:`.distributed`): rank 0
+creates the run directory, reads what a resume needs and hands it to the others, writes every
+file and prints; all of them train their share, check at every checkpoint that their weights
+are still identical, and wait for rank 0's writes at a barrier. When torchrun restarts the
+workers (``--max-restarts``), the run continues from its last complete epoch by itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -29,19 +36,29 @@ from ..data.prepare import PreparedData, prepare_data
 from ..data.scan import write_bad_list
 from ..data.sources import discover
 from ..data.transforms import resolve_preprocessing
-from ..errors import ConfigError
+from ..errors import ConfigError, TorchgraftError, TrainingError
 from ..grafting.api import graft
 from ..model.spec import attach_spec
 from ..wording import in_cli, option, renamed
 from .artifacts import build_architecture, read_model_document, save_model
-from .config import CONFIG_OPTIONS, RunConfig, load_config
+from .config import CONFIG_OPTIONS, RunConfig, load_config, parse_overrides
 from .console import RunConsole
+from .distributed import (
+    Processes,
+    join,
+    launched_by_torchrun,
+    rank_device,
+    torchrun_restart,
+    torchrun_run_id,
+)
 from .outputs import final_rows, graft_lines, write_plots
+from .replicas import check_replicas_agree
+from .report import write_report
 from .run_dir import RunDirectory, writing_into
 from .runtime import resolve_runtime
 from .session import Session
 from .setup import ModelSetup, build_document, build_run_model
-from .state import clean_temporaries, load_state, save_state
+from .state import clean_temporaries, load_state, save_state, state_epoch
 
 __all__ = ["Run", "fit"]
 
@@ -112,29 +129,88 @@ def fit(
 
 
 def _fit(config, overrides, resume, console: RunConsole) -> Run:
-    config, run_dir, state = _open(config, overrides, resume)
+    if resume is None:
+        config = load_config(config, overrides)  # every process checks its own command line
+        device = config.train.device
+    else:
+        if config is not None:
+            raise ConfigError(
+                f"{option('resume')} continues a run with its own config.yaml; pass overrides only"
+            )
+        device = _overridden(overrides, "train.device") or "auto"
+    processes = join(device)
+    try:
+        return _fit_process(config, overrides, resume, console, processes)
+    except RuntimeError as exc:
+        if processes.alone or not _lost_peer(exc):
+            raise
+        raise TrainingError(
+            f"lost contact with another process of the run ({_first_line(exc)}); it failed or "
+            "was stopped (its own error is above). torchrun --max-restarts N resumes the run "
+            "from its last complete epoch; otherwise continue it with "
+            "torchrun … -m torchgraft train --resume RUN_DIR"
+        ) from exc
+    finally:
+        processes.leave()
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    """A collective failed because a peer process is gone (not a bug of this process)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(
+        marker in text
+        for marker in ("Connection reset", "Connection closed", "Connection refused", "gloo/")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def _fit_process(config, overrides, resume, console: RunConsole, processes: Processes) -> Run:
+    if not processes.main:
+        console = RunConsole(quiet=True)  # one process speaks for the run
+    config, run_dir, state = _open(config, overrides, resume, processes)
+    _check_processes(config, processes)
     _seed(config.train.seed)
     source = discover(
         config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
     )
     setup = _model(config, source.classes, state, run_dir)
+    _synchronise_batchnorm(config, setup, processes)
     runtime = resolve_runtime(
         setup.model,
-        device=config.train.device,
+        device=rank_device(config.train.device, processes),
         precision=config.train.precision,
         threads=config.train.threads,
         channels_last=config.model.channels_last,
     )
     setup.model.to(runtime.device, memory_format=runtime.memory_format)
+    if processes.rank:
+        # Same model on every process (the seed above); from here on each process draws
+        # its own augmentations and dropout. Rank 0 continues the one-process stream.
+        _seed(config.train.seed + 1_000_003 * processes.rank)
     data = _data(config, setup, source)
     if state is not None:
         _check_same_run(state, config, setup, data)
-    with writing_into(run_dir.path, resumable=state is not None):
-        _write_start(run_dir, config, setup, data, source.summary(), console, resumed=bool(state))
-    session = Session(config, setup.model, setup.spec, runtime, data)
+    if processes.main:
+        with writing_into(run_dir.path, resumable=state is not None):
+            _write_start(
+                run_dir, config, setup, data, source.summary(), console, resumed=bool(state)
+            )
+    session = Session(config, setup.model, setup.spec, runtime, data, processes)
     first = session.begin(state)
     console.line(
         f"runtime: {runtime.describe()}; data {'in memory' if data.in_memory else 'streamed'}"
+        + (
+            ""
+            if processes.alone
+            else f"; {processes.describe()}, global batch {config.data.batch_size}"
+        )
     )
     started = time.perf_counter()
     try:
@@ -151,23 +227,30 @@ def _fit(config, overrides, resume, console: RunConsole) -> Run:
 
 
 def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, console, first: int):
-    """Train the epochs from ``first``; after each, save as :func:`_checkpoint_after` says."""
+    """Train the epochs from ``first``; after each, save as :func:`_checkpoint_after` says.
+    With several processes all of them run this; rank 0 writes while the others wait."""
+    processes = session.processes
     best = None  # the best weights not yet written (cached epochs write at their stage's end)
     for epoch in range(first, config.train.epochs):
         result = session.run_epoch(epoch, console)
-        if result.improved:
+        if result.improved and processes.main:
             best = _snapshot(session.evaluation_model())
         stop = session.should_stop()
         if stop or _checkpoint_after(session, result, epoch):
-            with writing_into(run_dir.path, resumable=True):
-                if best is not None:
-                    save_model(run_dir.path, best, _model_document(config, setup, data, session))
-                    best = None
-                fingerprint = _fingerprint(setup, data)
-                state = {**session.state(epoch), "fingerprint": fingerprint}
-                save_state(run_dir.path, epoch, state)
-                run_dir.write_metrics(session.history)
-                run_dir.write_json("policy.json", session.policies)
+            state = session.state(epoch)  # every process: their random streams are gathered
+            check_replicas_agree(session.model, processes, epoch)
+            if processes.main:
+                with writing_into(run_dir.path, resumable=True):
+                    if best is not None:
+                        document = _model_document(config, setup, data, session)
+                        save_model(run_dir.path, best, document)
+                        best = None
+                    fingerprint = _fingerprint(setup, data)
+                    save_state(run_dir.path, epoch, {**state, "fingerprint": fingerprint})
+                    run_dir.write_metrics(session.history)
+                    run_dir.write_json("policy.json", session.policies)
+                    write_report(run_dir.path, final=False)  # cheap: no pass over the data
+            processes.barrier()  # a process killed from here on resumes after this epoch
         console.end_epoch(_epoch_line(result))
         for note in result.notes:
             console.line(note)
@@ -194,18 +277,81 @@ def _checkpoint_after(session: Session, result, epoch: int) -> bool:
     return not result.cached or stage_ends
 
 
-def _open(config, overrides, resume) -> tuple[RunConfig, RunDirectory, dict[str, Any] | None]:
+def _overridden(overrides, key: str) -> Any:
+    """The value an override sets for ``key`` (dotted), or None."""
+    if isinstance(overrides, Mapping):
+        return overrides.get(key)
+    return parse_overrides(overrides).get(key)
+
+
+def _open(
+    config, overrides, resume, processes: Processes
+) -> tuple[RunConfig, RunDirectory, dict[str, Any] | None]:
+    """The run's configuration, directory and (when resuming) state, on every process.
+
+    Rank 0 creates or reads the directory; the others get what they need from it through
+    the process group (they may not see its disk). A torchrun restart finds the folder of
+    the attempt that failed and resumes it (or starts afresh in it before its first epoch).
+    """
     if resume is None:
-        config = load_config(config, overrides)
-        with writing_into(Path(config.output.dir), resumable=False):
-            directory = RunDirectory.create(
-                config.output.dir, config.output.name, config.model.name
-            )
-        return config, directory, None
-    if config is not None:
-        raise ConfigError(
-            f"{option('resume')} continues a run with its own config.yaml; pass overrides only"
-        )
+        earlier = processes.broadcast(_earlier_attempt(config) if processes.main else None)
+        if earlier is not None and earlier[1]:
+            resume, config = earlier[0], None
+        elif earlier is not None:
+            return config, RunDirectory(Path(earlier[0])), None
+    if resume is None:
+        path = None
+        if processes.main:
+            with writing_into(Path(config.output.dir), resumable=False):
+                directory = RunDirectory.create(
+                    config.output.dir, config.output.name, config.model.name
+                )
+                if launched_by_torchrun():
+                    directory.write_json("torchrun.json", _torchrun_record(processes))
+            path = directory.path
+        return config, RunDirectory(processes.broadcast(path)), None
+    if processes.alone:
+        return _read_run(resume, overrides)
+    result = processes.broadcast(_attempt(_read_run, resume, overrides) if processes.main else None)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _attempt(function, *args):
+    """``function(*args)``, or the user-facing error it raised (handed to every process)."""
+    try:
+        return function(*args)
+    except TorchgraftError as exc:
+        return exc
+
+
+def _torchrun_record(processes: Processes) -> dict[str, Any]:
+    return {"run_id": torchrun_run_id(), "world": processes.world, "restart": torchrun_restart()}
+
+
+def _earlier_attempt(config: RunConfig) -> tuple[str, bool] | None:
+    """After a torchrun restart: the run folder the failed attempt of this launch created
+    (the newest whose torchrun.json has this rendezvous id) and whether it holds a complete
+    epoch to resume from."""
+    run_id = torchrun_run_id()
+    if torchrun_restart() == 0 or not run_id:
+        return None
+    found = []
+    for record in Path(config.output.dir).glob("*/torchrun.json"):
+        try:
+            same = json.loads(record.read_text()).get("run_id") == run_id
+        except (OSError, ValueError, AttributeError):
+            continue
+        if same:
+            found.append(record.parent)
+    if not found:
+        return None
+    folder = max(found, key=lambda path: path.stat().st_mtime)
+    return str(folder), state_epoch(folder) is not None
+
+
+def _read_run(resume, overrides) -> tuple[RunConfig, RunDirectory, dict[str, Any]]:
     directory = RunDirectory(Path(resume))
     saved = directory.file("config.yaml")
     if not saved.is_file():
@@ -220,6 +366,37 @@ def _open(config, overrides, resume) -> tuple[RunConfig, RunDirectory, dict[str,
         # otherwise end the run as its result, unread and unchecked.
         read_model_document(directory.path)
     return config, directory, state
+
+
+def _check_processes(config: RunConfig, processes: Processes) -> None:
+    """What several processes need of the configuration."""
+    if processes.alone:
+        return
+    batch = config.data.batch_size
+    if batch % processes.world:
+        raise ConfigError(
+            f"data.batch_size: {batch} is the global batch; with {processes.world} processes it "
+            f"must be a multiple of {processes.world} (each process takes an equal part)"
+        )
+    if config.train.sync_bn and processes.backend != "nccl":
+        raise ConfigError(
+            "train.sync_bn: SyncBatchNorm runs on GPUs only (torch has no CPU implementation); "
+            "drop it for a CPU run"
+        )
+
+
+def _synchronise_batchnorm(config: RunConfig, setup: ModelSetup, processes: Processes) -> None:
+    """``train.sync_bn``: BatchNorm layers become SyncBatchNorm before any freezing policy
+    pins them (the conversion builds new modules; see torchgraft.policies.freezing).
+    timm's converter also keeps the activation of its BatchNormAct layers, which torch's
+    own ``convert_sync_batchnorm`` silently drops."""
+    if processes.alone or not config.train.sync_bn:
+        return
+    from timm.layers import convert_sync_batchnorm
+
+    spec = setup.model.torchgraft_spec
+    setup.model = convert_sync_batchnorm(setup.model)
+    attach_spec(setup.model, spec)
 
 
 def _seed(seed: int) -> None:
@@ -326,6 +503,17 @@ def _model_document(
     }
 
 
+def _test_metrics(run_dir: RunDirectory, session: Session) -> dict[str, Any] | None:
+    if "test" not in session.data.source.splits or not run_dir.file("model.safetensors").exists():
+        return None
+    from .artifacts import load
+
+    best = load(run_dir.path).to(
+        session.runtime.device, memory_format=session.runtime.memory_format
+    )
+    return session.evaluate("test", model=best, alone=True).to_dict()
+
+
 def _epoch_line(result) -> str:
     train, val = result.rows
     marker = " *" if result.improved else ""
@@ -337,20 +525,20 @@ def _epoch_line(result) -> str:
 
 
 def _finish(config, run_dir: RunDirectory, session: Session, console, seconds: float) -> Run:
+    """The test split, plots, report and final table: rank 0's work (it alone reads the
+    saved best model); the others wait for it."""
     test = None
-    if "test" in session.data.source.splits and run_dir.file("model.safetensors").exists():
-        from .artifacts import load
-
-        best = load(run_dir.path).to(
-            session.runtime.device, memory_format=session.runtime.memory_format
-        )
-        test = session.evaluate("test", model=best).to_dict()
-    with writing_into(run_dir.path):
-        if test is not None:
-            run_dir.write_json("test_metrics.json", test)
-        if config.output.plots:
-            write_plots(run_dir.path, session)
-    console.table("result", ("", ""), final_rows(session, test, seconds, run_dir.path))
+    processes = session.processes
+    if processes.main:
+        test = _test_metrics(run_dir, session)
+        with writing_into(run_dir.path):
+            if test is not None:
+                run_dir.write_json("test_metrics.json", test)
+            if config.output.plots:
+                write_plots(run_dir.path, session)
+            write_report(run_dir.path)  # with the worst-classified validation images
+        console.table("result", ("", ""), final_rows(session, test, seconds, run_dir.path))
+    processes.barrier()
     return Run(
         run_dir.path,
         {**session.best.get("metrics", {}), "epoch": session.best.get("epoch")},

@@ -41,6 +41,7 @@ from .features import FeatureCache, cache_refusal, find_head_entry
 from .loop import Trainer, changing_tensors, evaluate, non_finite, train_one_epoch
 from .metrics import EvalResult, Evaluator
 from .mixing import BatchMixer
+from .replicas import average_buffers
 from .runtime import Runtime
 from .stages import Stages, make_optimizer
 from .state import capture_rng, restore_rng
@@ -218,6 +219,7 @@ class Session:
         if progress is not None:
             progress.start_epoch(self._title(epoch, cached), steps)
         train_row = self._train(epoch, cached, progress)
+        average_buffers(self.model, self.processes)  # DDP leaves each its own statistics
         _check_weights(self.model, epoch)
         val = self._validate(cached)
         improved = self._update_best(epoch, val)
