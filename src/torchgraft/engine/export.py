@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import io
 import json
 import os
 import sys
@@ -52,6 +51,7 @@ from ..grafting.save import sha256_file
 from ..model.spec import Preprocessing
 from ..text import printable
 from .artifacts import MODEL_FILE, MODEL_JSON, load, read_model_document
+from .export_methods import EXAMPLE_BATCH, METHODS
 from .exported import (
     EXPORT_FORMAT,
     FORMATS,
@@ -74,9 +74,9 @@ __all__ = [
 
 #: Largest logit difference allowed, relative to max(1, the largest eager logit).
 DEFAULT_TOLERANCE = 1e-4
-#: Batch sizes every export is checked at (the converters see :data:`EXAMPLE_BATCH`).
+#: Batch sizes every export is checked at (the converters see a batch of
+#: :data:`~.export_methods.EXAMPLE_BATCH`, 2).
 CHECK_BATCH_SIZES = (1, 3)
-EXAMPLE_BATCH = 2
 RULE = "max |exported - eager| <= tolerance * max(1, max |eager|), over every logit"
 
 
@@ -174,39 +174,16 @@ def export_run(
             method, diff, notes = _first_that_works(
                 format, model, sample[1 : 1 + EXAMPLE_BATCH], temp, sample, eager, allowed
             )
-            digest = sha256_file(temp)
-            extra = _format_details(format, temp)
-            record = _sidecar(
-                format, target, digest, model, document, weights, method, notes, extra
-            )
-            record["check"] = {
-                "max_abs_diff": diff,
-                "allowed": allowed,
-                "tolerance": tolerance,
-                "rule": RULE,
-                "batch_sizes": list(CHECK_BATCH_SIZES),
-                "sample": described,
-                "runtime": _runtime(format),
-                "reference": "the eager model (torchgraft.load of the run), float32, CPU",
-            }
+            result = ExportResult(
+                target, side, format, method, diff, allowed, tolerance, CHECK_BATCH_SIZES,
+                described, _runtime(format), sha256_file(temp), 0.0, notes,
+            )  # fmt: skip
+            record = _sidecar(result, model, document, weights, _format_details(format, temp))
             temp_side.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {printable(target)}: {exc.strerror or exc}") from None
-    return ExportResult(
-        target,
-        side,
-        format,
-        method,
-        diff,
-        allowed,
-        tolerance,
-        CHECK_BATCH_SIZES,
-        described,
-        _runtime(format),
-        digest,
-        time.perf_counter() - started,
-        notes,
-    )
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def check_sample(folder: Path, pre: Preprocessing, count: int = 3) -> tuple[torch.Tensor, str]:
@@ -233,69 +210,6 @@ def check_sample(folder: Path, pre: Preprocessing, count: int = 3) -> tuple[torc
     return batch, f"{described}, prepared with its preprocessing"
 
 
-# -- the methods of each format --------------------------------------------------------------
-
-
-def _batch_dim() -> tuple[dict[int, Any], ...]:
-    return ({0: torch.export.Dim("batch", min=1)},)
-
-
-def _script(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    torch.jit.save(torch.jit.script(model), str(path))
-
-
-def _trace(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    # The check below runs the traced file at other batch sizes than the example's, which is
-    # what check_trace would do, on the file instead of in memory.
-    torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(path))
-
-
-def _torch_export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim())
-    buffer = io.BytesIO()  # torch.export.save wants a name ending in .pt2; ours is temporary
-    torch.export.save(program, buffer)
-    path.write_bytes(buffer.getvalue())
-
-
-def _onnx_dynamo(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        dynamo=True,
-        external_data=False,  # one file: the sha256 and the atomic rename cover all of it
-        dynamic_shapes=_batch_dim(),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        verbose=False,
-    )
-
-
-def _onnx_legacy(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        dynamo=False,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-    )
-
-
-Writer = Callable[[nn.Module, torch.Tensor, Path], None]
-
-#: Each format's methods, in the order tried: (name recorded in the sidecar, writer).
-METHODS: dict[str, tuple[tuple[str, Writer], ...]] = {
-    "torchscript": (("torch.jit.script", _script), ("torch.jit.trace", _trace)),
-    "pt2": (("torch.export.export", _torch_export),),
-    "onnx": (
-        ("torch.onnx.export (dynamo=True)", _onnx_dynamo),
-        ("torch.onnx.export (dynamo=False, legacy)", _onnx_legacy),
-    ),
-}
-
-
 def _first_that_works(
     format: str,
     model: nn.Module,
@@ -314,6 +228,8 @@ def _first_that_works(
                 write(model, example, path)
             run = LOADERS[format](path, None)
             diff = _difference(run, sample, eager)
+        except OSError:
+            raise  # the disk, not the converter: reported as a file that cannot be written
         except Exception as exc:  # any converter error: the next method may still work
             failures.append(f"{name} failed: {_reason(exc)}")
             continue
@@ -373,22 +289,19 @@ def _reason(exc: BaseException) -> str:
 
 
 def _sidecar(
-    format: str,
-    target: Path,
-    digest: str,
+    result: ExportResult,
     model: nn.Module,
     document: dict[str, Any],
     weights: Path,
-    method: str,
-    notes: list[str],
-    extra: dict[str, Any],
+    details: dict[str, Any],
 ) -> dict[str, Any]:
+    """The JSON record written beside the export (docs/export.md lists its fields)."""
     pre = model.preprocessing
     return {
         "format": EXPORT_FORMAT,
-        "export": format,
-        "file": target.name,
-        "sha256": digest,
+        "export": result.format,
+        "file": result.path.name,
+        "sha256": result.sha256,
         "classes": list(model.classes),
         "preprocessing": json.loads(json.dumps(dataclasses.asdict(pre))),
         "input": {
@@ -398,7 +311,22 @@ def _sidecar(
             "values": "(pixels / 255 - mean) / std, after the preprocessing's resize and crop",
         },
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.classes)]},
-        "exported_with": {"method": method, "notes": notes, "torch": torch.__version__, **extra},
+        "exported_with": {
+            "method": result.method,
+            "notes": result.notes,
+            "torch": torch.__version__,
+            **details,
+        },
+        "check": {
+            "max_abs_diff": result.max_abs_diff,
+            "allowed": result.allowed,
+            "tolerance": result.tolerance,
+            "rule": RULE,
+            "batch_sizes": list(result.batch_sizes),
+            "sample": result.sample,
+            "runtime": result.runtime,
+            "reference": "the eager model (torchgraft.load of the run), float32, CPU",
+        },
         "source": {
             "run": str(weights.parent),
             "model": document.get("spec", {}).get("name"),
