@@ -35,7 +35,6 @@ from ..grafting.save import sha256_file
 from ..model.heads import replace_head
 from ..model.spec import ModelSpec, Preprocessing, attach_spec
 from ..model.stem import replace_input_channels
-from ..zoo import build_model
 
 __all__ = [
     "MODEL_FILE",
@@ -127,6 +126,8 @@ def read_model_document(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
 
 def build_architecture(build: Mapping[str, Any], classes: tuple[str, ...] | None) -> nn.Module:
     """The architecture a run trained, without weights: zoo build, stem, head as recorded."""
+    from ..zoo import build_model  # timm and torchvision load here, not for saving or reading
+
     built = build_model(build["model"], **dict(build.get("kwargs") or {}))
     model = built.model
     in_chans = build.get("in_chans")
