@@ -13,6 +13,8 @@
       model.safetensors    the best model …
       model.json           … how to rebuild it, its classes, preprocessing, metrics, sha256
       state/               the resume state of the last complete epoch
+      report.html          one self-contained page of all the above (refreshed each epoch)
+      torchrun.json        under torchrun: the rendezvous id and the number of processes
 
 Metrics files are rewritten whole (they are small) after the epoch's resume state is on
 disk, so a row never describes an epoch a resume would repeat.
