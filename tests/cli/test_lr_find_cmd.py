@@ -85,15 +85,15 @@ def test_lr_find_prints_the_rules_and_writes_its_files(swept):
     out = result.stdout
     assert "Traceback" not in result.stderr
     assert "sweeping optim.lr from 1e-05 to 10 over at most 30 steps" in out
-    for rule in ("valley", "steep", "minimum"):
+    for rule in ("steep", "valley", "minimum"):
         assert f"  {rule} " in out
     assert "← the suggestion" in out
     assert "optimizer groups follow optim.lr: ×0.2: stem" in out  # backbone_lr / lr
     folder = root / "found"
     document = json.loads((folder / "lr_find.json").read_text())
-    assert document["rule"] == "valley"
+    assert document["rule"] == "steep"  # auto, for SGD
     assert document["steps"] == 30
-    assert f"suggested optim.lr {document['suggestion']:.3g} (valley)" in out
+    assert f"suggested optim.lr {document['suggestion']:.3g} (steep, the rule for SGD)" in out
     with (folder / "lr_find.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == document["recorded"] > 0
@@ -125,7 +125,7 @@ def test_apply_rewrites_the_config_file_that_train_then_accepts(swept, console_s
     ("words", "named"),
     [
         (["--start-lr", "1", "--end-lr", "0.1"], "--start-lr 1.0 must be below --end-lr 0.1"),
-        (["--steps", "1"], "--steps 1: the sweep takes 2 to 500 steps"),
+        (["--steps", "7"], "--steps 7: the sweep takes 8 to 500 steps"),
         (["--steps", "501"], "--steps 501"),
         (["--start-lr", "0"], "argument --start-lr: expected a number > 0"),
         (["--end-lr", "nan"], "argument --end-lr: expected a finite number"),

@@ -22,9 +22,9 @@ from support import tiny_config, write_digit_folder
 from torchgraft.engine.config import load_config
 from torchgraft.engine.lr_find import LRFinderResult, lr_range_test
 from torchgraft.engine.lr_find_outputs import apply_suggestion, rounded
-from torchgraft.engine.lr_find_rules import check_sweep, smooth, suggest, sweep_lrs
+from torchgraft.engine.lr_find_rules import Suggestion, check_sweep, smooth, suggest, sweep_lrs
 from torchgraft.engine.lr_find_run import lr_find
-from torchgraft.errors import ConfigError
+from torchgraft.errors import ConfigError, TrainingError
 
 # --------------------------------------------------------------------- fastai, the reference
 # fastai/callback/schedule.py (github.com/fastai/fastai, commit 0a049e8a) and the smoothing of
@@ -152,8 +152,33 @@ def test_suggestions_agree_with_fastai_on_the_same_curve(valley_at, seed):
     # every rule, ours and fastai's, lands on the descent: below the minimum, above the plateau
     for lr in [*mine.values(), *reference.values()]:
         assert valley_at / 100 < lr < valley_at * 30
-    assert found.suggestion == mine["valley"]
-    assert found.rule == "valley"
+    assert found.suggestion == mine["steep"]  # auto: steep for SGD
+    assert found.rule == "steep"
+
+
+@pytest.mark.parametrize(
+    ("make", "rule", "chosen"),
+    [
+        (lambda p: torch.optim.SGD(p, lr=1.0), "auto", "steep"),
+        (lambda p: torch.optim.AdamW(p, lr=1.0), "auto", "valley"),
+        (lambda p: torch.optim.Adam(p, lr=1.0), "auto", "valley"),
+        (lambda p: torch.optim.AdamW(p, lr=1.0), "minimum", "minimum"),
+    ],
+)
+def test_the_suggestion_follows_the_optimizer_unless_a_rule_is_asked_for(make, rule, chosen):
+    model = nn.Linear(2, 2)
+    optimizer = make(model.parameters())
+    loss = SyntheticLoss(optimizer, 1e-3, seed=0)
+    found = lr_range_test(model, optimizer, linear_batches(), criterion=loss, rule=rule)
+    assert found.rule == chosen
+    assert found.suggestion == found.suggestions[chosen].lr
+    assert ("asked for" in found.why) == (rule != "auto")
+
+
+def test_an_unknown_rule_is_refused():
+    model = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match='rule="slide": choose auto or one of'):
+        lr_range_test(model, torch.optim.SGD(model.parameters(), lr=1.0), [], rule="slide")
 
 
 # ------------------------------------------------------------------------- the arithmetic
@@ -179,7 +204,7 @@ def test_a_curve_too_short_for_the_rules_suggests_nothing():
 
 @pytest.mark.parametrize(
     ("start", "end", "steps", "named"),
-    [(1.0, 0.1, 10, "start_lr=1.0"), (1e-3, 1e-3, 10, "start_lr"), (1e-7, 10.0, 1, "steps=1"),
+    [(1.0, 0.1, 10, "start_lr=1.0"), (1e-3, 1e-3, 10, "start_lr"), (1e-7, 10.0, 7, "steps=7"),
      (1e-7, 10.0, 501, "steps=501"), (0.0, 1.0, 10, "start_lr=0.0"),
      (1e-7, math.inf, 10, "end_lr=inf")],
 )  # fmt: skip
@@ -342,7 +367,7 @@ def test_a_run_sweep_writes_its_curve_and_scales_every_group_with_optim_lr(run_s
     assert found.dir == folder
     assert found.reference_lr == 0.05
     assert found.suggestion is not None
-    assert found.rule == "valley"
+    assert found.rule == "steep"  # auto, for the run's SGD
     with (folder / "lr_find.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(found.lrs) >= 20
@@ -353,7 +378,7 @@ def test_a_run_sweep_writes_its_curve_and_scales_every_group_with_optim_lr(run_s
         assert float(row["smoothed"]) > 0
     document = json.loads((folder / "lr_find.json").read_text())
     assert document["suggestion"] == found.suggestion
-    assert set(document["suggestions"]) == {"valley", "steep", "minimum"}
+    assert list(document["suggestions"]) == ["steep", "valley", "minimum"]
     assert (folder / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -391,8 +416,8 @@ data:
 
 
 def result_with(suggestion: float) -> LRFinderResult:
-    found = LRFinderResult([1e-3], [1.0], [1.0], {}, {}, "valley", "end", 1e-7, 10, 100, 0.05)
-    found.suggestions = {"valley": type("S", (), {"lr": suggestion})()}
+    found = LRFinderResult([1e-3], [1.0], [1.0], {}, {}, "minimum", "end", 1e-7, 10, 100, 0.05)
+    found.suggestions = {"minimum": Suggestion("minimum", suggestion, 0)}
     return found
 
 
@@ -431,3 +456,13 @@ def test_apply_adds_an_optim_section_and_rewrites_flow_style_whole(images, tmp_p
     assert "not kept" in lines[0]
     assert load_config(flow).optim.lr == 3e-3
     assert load_config(flow).optim.name == "adamw"
+
+
+def test_a_sweep_that_diverges_at_once_writes_its_curve_and_says_what_to_do(images, tmp_path):
+    config = tiny_config(images, tmp_path / "runs")
+    with pytest.raises(TrainingError, match=r"no suggestion: the loss diverged after \d+ steps"):
+        lr_find(config, start_lr=100.0, end_lr=1e6, steps=20)
+    (folder,) = (tmp_path / "runs").iterdir()  # output.dir, a folder of its own
+    assert folder.name.endswith("-TinyCNN-lr-find")
+    assert {p.name for p in folder.iterdir()} >= {"lr_find.csv", "lr_find.json"}
+    assert json.loads((folder / "lr_find.json").read_text())["suggestion"] is None

@@ -4,11 +4,12 @@ The model, freezing, optimizer groups and training data are built exactly as ``t
 builds them for its first epoch (same ``--config`` and dotted overrides); ``optim.lr`` then
 grows exponentially from ``--start-lr`` to ``--end-lr`` over at most ``--steps`` steps,
 every optimizer group following it by its configured ratio, until the smoothed loss passes
-4 × its lowest. Prints the LR each rule suggests (valley — the suggestion —, steep,
-minimum/10) and writes ``lr_find.csv``, ``lr_find.json`` and ``lr_find.png`` into ``-o DIR``
-(default: a new ``<time>-<model>-lr-find`` folder in ``output.dir``). ``--apply`` writes the
-suggestion as ``optim.lr`` into the ``--config`` file (other keys and comments kept), or,
-without one, into ``run.yaml`` next to the plot.
+4 × its lowest. Prints the LR each rule suggests (steep, valley, minimum/10; the suggestion
+is steep for SGD, valley for AdamW, or ``--rule``) and writes ``lr_find.csv``,
+``lr_find.json`` and ``lr_find.png`` into ``-o DIR`` (default: a new
+``<time>-<model>-lr-find`` folder in ``output.dir``). ``--apply`` writes the suggestion as
+``optim.lr`` into the ``--config`` file (other keys and comments kept), or, without one,
+into ``run.yaml`` next to the plot.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ ACCEPTS_OVERRIDES = True
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..engine.lr_find_rules import (
+        AUTO,
         DEFAULT_END_LR,
-        DEFAULT_RULE,
         DEFAULT_START_LR,
         DEFAULT_STEPS,
         MAX_STEPS,
+        MIN_STEPS,
         RULES,
     )
     from .common import positive_float
@@ -52,13 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_STEPS,
         metavar="N",
-        help=f"optimizer steps at most, 2 to {MAX_STEPS} (default {DEFAULT_STEPS})",
+        help=f"optimizer steps at most, {MIN_STEPS} to {MAX_STEPS} (default {DEFAULT_STEPS})",
     )
     parser.add_argument(
         "--rule",
-        choices=RULES,
-        default=DEFAULT_RULE,
-        help=f"which rule's LR is the suggestion (default {DEFAULT_RULE})",
+        choices=(AUTO, *RULES),
+        default=AUTO,
+        help="which rule's LR is the suggestion (auto: steep for SGD, valley for AdamW)",
     )
     parser.add_argument("-o", "--output", metavar="DIR", help="folder for lr_find.csv/.json/.png")
     parser.add_argument(

@@ -32,13 +32,13 @@ from ..errors import ConfigError, TrainingError
 from ..wording import option
 from .loop import Trainer, train_one_epoch
 from .lr_find_rules import (
+    AUTO,
     DEFAULT_END_LR,
-    DEFAULT_RULE,
     DEFAULT_START_LR,
     DEFAULT_STEPS,
-    RULES,
     Suggestion,
     check_sweep,
+    choose_rule,
     smooth,
     suggest,
     sweep_lrs,
@@ -62,6 +62,7 @@ class LRFinderResult:
         group_lrs: ``{optimizer group name: its LR at each step}``.
         suggestions: ``{rule: Suggestion}`` (empty when the loss diverged almost at once).
         rule: the rule whose LR is :attr:`suggestion`.
+        why: why that rule (``the rule for SGD``, ``the rule asked for`` …).
         stop: why the sweep ended: ``end`` (all steps), ``diverged`` (the smoothed loss passed
             4 × its minimum), ``non-finite`` (a NaN or infinite loss or weight) or ``data``
             (the batches ran out).
@@ -81,6 +82,7 @@ class LRFinderResult:
     end_lr: float
     steps: int
     reference_lr: float
+    why: str = ""
     dir: Path | None = field(default=None)
 
     @property
@@ -167,7 +169,7 @@ def sweep(
     end_lr: float = DEFAULT_END_LR,
     steps: int = DEFAULT_STEPS,
     reference_lr: float | None = None,
-    rule: str = DEFAULT_RULE,
+    rule: str = AUTO,
     beta: float = 0.98,
     diverge: float = 4.0,
     progress=None,
@@ -184,7 +186,8 @@ def sweep(
         start_lr, end_lr, steps: the sweep of the reference LR.
         reference_lr: the LR the groups' LRs are relative to (default: the ``head`` group's
             LR, else the largest).
-        rule: which rule gives :attr:`LRFinderResult.suggestion`.
+        rule: which rule gives :attr:`LRFinderResult.suggestion`: ``steep``, ``valley``,
+            ``minimum``, or ``auto`` (steep for SGD, valley for other optimizers).
         beta, diverge: the smoothing factor, and the multiple of the lowest smoothed loss
             that ends the sweep.
         progress: an object with ``advance(done, total, status)`` (a :class:`RunConsole`).
@@ -194,8 +197,7 @@ def sweep(
             an unknown rule).
     """
     check_sweep(start_lr, end_lr, steps)
-    if rule not in RULES:
-        raise ConfigError(f"{option('rule', rule)}: choose one of {', '.join(RULES)}")
+    rule, why = choose_rule(rule, _optimizer_name(trainer.optimizer))
     groups = trainer.optimizer.param_groups
     reference = reference_lr if reference_lr is not None else _reference(groups)
     scales = [group["lr"] / reference for group in groups]
@@ -243,7 +245,12 @@ def sweep(
         end_lr=end_lr,
         steps=steps,
         reference_lr=reference,
+        why=why,
     )
+
+
+def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    return "sgd" if isinstance(optimizer, torch.optim.SGD) else type(optimizer).__name__.lower()
 
 
 def _reference(groups: Sequence[Mapping[str, Any]]) -> float:
@@ -333,7 +340,7 @@ def lr_range_test(
     end_lr: float = DEFAULT_END_LR,
     steps: int = DEFAULT_STEPS,
     reference_lr: float | None = None,
-    rule: str = DEFAULT_RULE,
+    rule: str = AUTO,
     precision: str = "fp32",
     grad_accum: int = 1,
     clip_grad_norm: float | None = None,
@@ -358,12 +365,14 @@ def lr_range_test(
         An :class:`LRFinderResult`; ``result.suggestion`` is a value for ``reference_lr``.
 
     Raises:
-        ConfigError: a sweep that cannot run.
+        ConfigError: a sweep that cannot run, or an unknown precision.
 
     Example:
         >>> found = lr_range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), loader)
         >>> found.suggestion, found.suggestions["minimum"].lr
     """
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"{option('precision', precision)}: use fp32, bf16 or fp16")
     device = next(model.parameters()).device
     runtime = Runtime(device, precision, torch.get_num_threads(), channels_last=False)
     trainer = Trainer(

@@ -37,8 +37,8 @@ __all__ = ["apply_suggestion", "check_writable", "print_result", "write_outputs"
 
 #: What each rule means, for the printed lines and the docs.
 MEANING = {
-    "valley": "the middle of the loss's longest descent",
     "steep": "where the loss falls fastest",
+    "valley": "the middle of the loss's longest descent",
     "minimum": "a tenth of the LR at the lowest loss",
 }
 _STOPS = {
@@ -89,6 +89,7 @@ def _document(result: LRFinderResult) -> dict[str, Any]:
         "reference_lr": result.reference_lr,
         "skipped": {"start": result.steps // 10, "end": SKIP_END},
         "rule": result.rule,
+        "why": result.why,
         "suggestion": result.suggestion,
         "suggestions": {
             rule: {
@@ -167,7 +168,7 @@ def print_result(result: LRFinderResult, config: RunConfig, console: RunConsole)
         console.line(f"  {rule:<8} {suggestion.lr:9.3g}  {MEANING[rule]}{mark}")
     if result.suggestion is not None:
         console.line(
-            f"suggested optim.lr {result.suggestion:.3g} ({result.rule}); "
+            f"suggested optim.lr {result.suggestion:.3g} ({result.rule}, {result.why}); "
             f"configured {config.optim.lr:.3g}"
         )
     console.line(f"wrote lr_find.csv, lr_find.json, lr_find.png in {printable(result.dir)}")

@@ -12,14 +12,19 @@ the lowest seen so far. The suggestions are read off the smoothed curve after dr
 first ``steps // 10`` points (the average is still settling) and its last 5 (the explosion),
 as fastai does:
 
-==========  ===================================================================
-``valley``  the longest descent of the loss — a decreasing subsequence, so that noise
-            does not cut it short — and the point half-way along it. fastai's default.
-``steep``   where the loss falls fastest: the steepest downward slope per unit of
-            log(LR), taken between neighbouring points.
-``minimum`` one tenth of the LR at the lowest loss (at the minimum the LR is already
-            about to be too large).
-==========  ===================================================================
+===========  ==================================================================
+``steep``    where the loss falls fastest: the steepest downward slope per unit of
+             log(LR), taken between neighbouring points.
+``valley``   the longest descent of the loss — a decreasing subsequence, so that noise
+             does not cut it short — and the point half-way along it (fastai's default).
+``minimum``  one tenth of the LR at the lowest loss (at the minimum the LR is already
+             about to be too large).
+===========  ==================================================================
+
+Which one is *the* suggestion (``auto``) depends on the optimizer: ``steep`` for SGD,
+``valley`` for AdamW and other adaptive optimizers — the rules that trained best in the
+measurements of docs/lr-find.md (fastai, whose default optimizer is Adam, defaults to
+``valley``).
 """
 
 from __future__ import annotations
@@ -32,14 +37,16 @@ from ..errors import ConfigError
 from ..wording import option
 
 __all__ = [
+    "AUTO",
     "DEFAULT_END_LR",
-    "DEFAULT_RULE",
     "DEFAULT_START_LR",
     "DEFAULT_STEPS",
     "MAX_STEPS",
+    "MIN_STEPS",
     "RULES",
     "Suggestion",
     "check_sweep",
+    "choose_rule",
     "diverged",
     "smooth",
     "suggest",
@@ -51,9 +58,14 @@ DEFAULT_END_LR = 10.0
 DEFAULT_STEPS = 100
 #: The test is a quick look, not a training run: a few hundred steps at most.
 MAX_STEPS = 500
-#: The rules, in the order they are shown; the first is the default suggestion.
-RULES = ("valley", "steep", "minimum")
-DEFAULT_RULE = "valley"
+#: Fewer steps could never give a suggestion: the rules skip the last 5 points and need 3.
+MIN_STEPS = 8
+#: The rules, in the order they are shown.
+RULES = ("steep", "valley", "minimum")
+#: The rule chosen by the optimizer (see the module docstring).
+AUTO = "auto"
+#: Optimizer -> its ``auto`` rule; any other optimizer (Adam, AdamW, …) gets ``valley``.
+AUTO_RULES = {"sgd": "steep"}
 #: Points dropped at the end of the curve before the rules read it (fastai's ``[:-5]``).
 SKIP_END = 5
 
@@ -76,7 +88,7 @@ class Suggestion:
 
 def check_sweep(start_lr: float, end_lr: float, steps: int) -> None:
     """Refuse a sweep that cannot run: a range that does not grow, or a step count outside
-    2 … :data:`MAX_STEPS`.
+    :data:`MIN_STEPS` … :data:`MAX_STEPS`.
 
     Raises:
         ConfigError: naming the option at fault (``--steps`` on the command line).
@@ -89,11 +101,26 @@ def check_sweep(start_lr: float, end_lr: float, steps: int) -> None:
             f"{option('start_lr', start_lr)} must be below {option('end_lr', end_lr)}: the "
             "sweep grows the LR from the one to the other"
         )
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= MAX_STEPS:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
         raise ConfigError(
-            f"{option('steps', steps)}: the sweep takes 2 to {MAX_STEPS} steps "
+            f"{option('steps', steps)}: the sweep takes {MIN_STEPS} to {MAX_STEPS} steps "
             f"({DEFAULT_STEPS} is usual)"
         )
+
+
+def choose_rule(rule: str, optimizer: str) -> tuple[str, str]:
+    """The rule to suggest with, and why: ``rule`` itself, or for ``auto`` the one
+    :data:`AUTO_RULES` gives ``optimizer`` (a lowercase name such as ``sgd`` or ``adamw``).
+
+    Raises:
+        ConfigError: an unknown rule.
+    """
+    if rule == AUTO:
+        chosen = AUTO_RULES.get(optimizer, "valley")
+        return chosen, f"the rule for {'SGD' if optimizer == 'sgd' else 'adaptive optimizers'}"
+    if rule not in RULES:
+        raise ConfigError(f"{option('rule', rule)}: choose {AUTO} or one of {', '.join(RULES)}")
+    return rule, "the rule asked for"
 
 
 def sweep_lrs(start_lr: float, end_lr: float, steps: int) -> list[float]:
@@ -144,8 +171,8 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], steps: int) -> dict
     lowest = first + ys.index(min(ys))
     valley = first + _valley(ys)
     return {
-        "valley": Suggestion("valley", float(lrs[valley]), valley),
         "steep": Suggestion("steep", float(lrs[steep]), steep),
+        "valley": Suggestion("valley", float(lrs[valley]), valley),
         "minimum": Suggestion("minimum", float(lrs[lowest]) / 10, lowest),
     }
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..data.sources import discover
 from ..errors import ConfigError, TrainingError
+from ..text import printable
 from ..wording import option, renamed
 from .config import CONFIG_OPTIONS, RunConfig, load_config
 from .console import RunConsole
@@ -26,8 +27,8 @@ from .fit import _data, _seed  # TODO(lead): make them public: train's own setup
 from .lr_find import LRFinderResult, sweep
 from .lr_find_outputs import apply_suggestion, check_writable, print_result, write_outputs
 from .lr_find_rules import (
+    AUTO,
     DEFAULT_END_LR,
-    DEFAULT_RULE,
     DEFAULT_START_LR,
     DEFAULT_STEPS,
     check_sweep,
@@ -48,7 +49,7 @@ def lr_find(
     start_lr: float = DEFAULT_START_LR,
     end_lr: float = DEFAULT_END_LR,
     steps: int = DEFAULT_STEPS,
-    rule: str = DEFAULT_RULE,
+    rule: str = AUTO,
     output: str | Path | None = None,
     apply: bool = False,
     console: RunConsole | None = None,
@@ -62,7 +63,8 @@ def lr_find(
     Args:
         config, overrides: as for :func:`~torchgraft.fit`.
         start_lr, end_lr, steps: the sweep of ``optim.lr``.
-        rule: which rule gives the suggestion (``valley``, ``steep``, ``minimum``).
+        rule: which rule gives the suggestion: ``auto`` (``steep`` for SGD, ``valley`` for
+            AdamW), ``steep``, ``valley`` or ``minimum``.
         output: the folder for ``lr_find.csv``, ``lr_find.json``, ``lr_find.png`` (default: a
             new ``<time>-<model>-lr-find`` folder in ``output.dir``).
         apply: write the suggestion as ``optim.lr`` (``optim.backbone_lr`` scaled with it):
@@ -154,15 +156,23 @@ def _lr_find(source, overrides, settings, output, apply, console: RunConsole) ->
         write_outputs(result, folder)
     print_result(result, config, console)
     if result.suggestion is None:
-        raise TrainingError(
-            f"no suggestion: the loss diverged after {len(result.lrs)} steps, before the rules "
-            f"had enough of a curve (see {folder / 'lr_find.png'}); start lower "
-            f"({option('start_lr')}) or take more steps ({option('steps')})"
-        )
+        raise TrainingError(_no_suggestion(result, folder))
     if apply:
         for line in apply_suggestion(result, config, target, folder, overrides):
             console.line(line)
     return result
+
+
+def _no_suggestion(result: LRFinderResult, folder: Path) -> str:
+    # The rules skip the first steps // 10 points and the last 5: a curve needs a few more.
+    done = len(result.lrs)
+    if result.stop in ("diverged", "non-finite"):
+        why = f"the loss diverged after {done} steps, before the rules had enough of a curve"
+        then = f"start lower ({option('start_lr')}) or take more steps ({option('steps')})"
+    else:
+        why = f"{done} steps are too few for the rules (they skip the first and last few)"
+        then = f"take more steps ({option('steps')}, {DEFAULT_STEPS} is usual)"
+    return f"no suggestion: {why} (see {printable(folder / 'lr_find.csv')}); {then}"
 
 
 def _folder(config: RunConfig, output: str | Path | None) -> Path:
