@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,24 +95,23 @@ class TinyCNN(nn.Module):
         self.record = record
 
     def forward(self, x):
-        if self.record:
-            _record_call(self, x)
-        if self.delay and self.training:
-            import time
-
-            time.sleep(self.delay)
+        if self.record is not None or self.delay > 0:
+            self._observe(x)
         x = self.pool(self.block2(self.block1(self.stem(x)))).flatten(1)
         return self.classifier(x)
+
+    @torch.jit.unused  # TorchScript keeps the model scriptable and savable without it
+    def _observe(self, images):
+        if self.record is not None:
+            _record_call(self, images)
+        if self.delay > 0 and self.training:
+            time.sleep(self.delay)
 
 
 def _record_call(model: nn.Module, images: torch.Tensor) -> None:
     """Append one line per forward call to ``{record}-{RANK}.jsonl``: the mode, an id of
     each input image (its pixel sum) and a digest of the weights — what a process saw and
     held, as the model itself observes it (the multi-process tests read these)."""
-    import hashlib
-    import json
-    import os
-
     weights = hashlib.sha1()
     for tensor in model.state_dict().values():
         weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())

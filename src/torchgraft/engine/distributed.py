@@ -167,7 +167,13 @@ def join(device: str) -> Processes:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=TIMEOUT)
+        # torchrun's store can outlive an attempt: keys of a restarted run's killed
+        # processes (their addresses) must not be read by the new ones.
+        store, rank, world = next(dist.rendezvous("env://", timeout=TIMEOUT))
+        store = dist.PrefixStore(f"torchgraft/attempt-{torchrun_restart()}", store)
+        dist.init_process_group(
+            backend=backend, store=store, rank=rank, world_size=world, timeout=TIMEOUT
+        )
     return Processes(rank, world, local_rank, backend)
 
 
