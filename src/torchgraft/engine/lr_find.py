@@ -200,6 +200,8 @@ def sweep(
     rule, why = choose_rule(rule, _optimizer_name(trainer.optimizer))
     groups = trainer.optimizer.param_groups
     reference = reference_lr if reference_lr is not None else _reference(groups)
+    if not reference > 0:
+        raise ConfigError(f"{option('reference_lr', reference)}: the LR swept is a number > 0")
     scales = [group["lr"] / reference for group in groups]
     lrs = sweep_lrs(start_lr, end_lr, steps)
     curve = _Curve(trainer.criterion, beta, diverge, progress, lrs)
@@ -209,11 +211,11 @@ def sweep(
         curve.loss,
         None,
     )
-    stop = "end"
+    stop, cycled = "end", _cycle(batches)
     try:
         train_one_epoch(
             trainer,
-            _cycle(batches),
+            cycled,
             steps * trainer.grad_accum,
             prepare=prepare,
             forward=forward,
@@ -227,6 +229,7 @@ def sweep(
     except TrainingError:  # the loop's own check: a non-finite loss or weights
         stop = "non-finite"
     finally:
+        cycled.close()  # a loader's worker processes end now, not when collected
         trainer.scheduler, trainer.criterion, trainer.max_steps = saved
     recorded = lrs[: len(curve.losses)]
     smoothed = smooth(curve.losses, beta)

@@ -100,39 +100,23 @@ def _lr_find(source, overrides, settings, output, apply, console: RunConsole) ->
     target = Path(source) if apply and isinstance(source, (str, Path)) else None
     if target is not None:
         check_writable(target)  # before minutes of work, not after
-    _seed(config.train.seed)
-    found = discover(
-        config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
-    )
-    setup = build_run_model(config, found.classes)
-    runtime = resolve_runtime(
-        setup.model,
-        device=config.train.device,
-        precision=config.train.precision,
-        threads=config.train.threads,
-        channels_last=config.model.channels_last,
-    )
-    setup.model.to(runtime.device, memory_format=runtime.memory_format)
-    data = _data(config, setup, found)
-    session = Session(config, setup.model, setup.spec, runtime, data)
-    session.begin()
-    session.stages.enter(session.trainer.optimizer, 0)  # the first epoch's stage, as train
-    session.trainer.ema = None  # nobody keeps the average of a sweep's weights
     folder = _folder(config, output)
-    console.rule(f"torchgraft lr-find → {folder}")
+    session, setup, found = _session(config)
+    console.rule(f"torchgraft lr-find → {printable(folder)}")
     console.line(f"model: {config.model.name} · data {found.summary()}")
     for line in graft_lines(setup.report, setup.verification):
         console.line(line)
     start_lr, end_lr, steps, rule = settings
     console.line(
-        f"runtime: {runtime.describe()}; first epoch's setup: {session.stages.describe(0)}; "
-        f"sweeping optim.lr from {start_lr:.3g} to {end_lr:.3g} over at most {steps} steps"
+        f"runtime: {session.runtime.describe()}; first epoch's setup: "
+        f"{session.stages.describe(0)}; sweeping optim.lr from {start_lr:.3g} to {end_lr:.3g} "
+        f"over at most {steps} steps"
     )
     console.start_epoch("lr-find", steps)
     try:
         result = sweep(
             session.trainer,
-            data.loader(
+            session.data.loader(
                 "train",
                 config.data.batch_size,
                 shuffle=True,
@@ -161,6 +145,30 @@ def _lr_find(source, overrides, settings, output, apply, console: RunConsole) ->
         for line in apply_suggestion(result, config, target, folder, overrides):
             console.line(line)
     return result
+
+
+def _session(config: RunConfig):
+    """The run's first epoch, set up as :func:`~torchgraft.fit` sets it up: seed, data
+    source, model, runtime, data, then the session's optimizer and the stage of epoch 0."""
+    _seed(config.train.seed)
+    found = discover(
+        config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
+    )
+    setup = build_run_model(config, found.classes)
+    runtime = resolve_runtime(
+        setup.model,
+        device=config.train.device,
+        precision=config.train.precision,
+        threads=config.train.threads,
+        channels_last=config.model.channels_last,
+    )
+    setup.model.to(runtime.device, memory_format=runtime.memory_format)
+    data = _data(config, setup, found)
+    session = Session(config, setup.model, setup.spec, runtime, data)
+    session.begin()
+    session.stages.enter(session.trainer.optimizer, 0)  # what run_epoch(0) does first
+    session.trainer.ema = None  # nobody keeps the average of a sweep's weights
+    return session, setup, found
 
 
 def _no_suggestion(result: LRFinderResult, folder: Path) -> str:
