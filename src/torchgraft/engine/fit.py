@@ -60,7 +60,7 @@ from .session import Session
 from .setup import ModelSetup, build_document, build_run_model
 from .state import clean_temporaries, load_state, save_state, state_epoch
 
-__all__ = ["Run", "fit"]
+__all__ = ["Run", "fit", "prepare_run_data", "seed_everything"]
 
 
 @dataclass(repr=False)
@@ -176,7 +176,7 @@ def _fit_process(config, overrides, resume, console: RunConsole, processes: Proc
         console = RunConsole(quiet=True)  # one process speaks for the run
     config, run_dir, state = _open(config, overrides, resume, processes)
     _check_processes(config, processes)
-    _seed(config.train.seed)
+    seed_everything(config.train.seed)
     source = discover(
         config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
     )
@@ -193,8 +193,8 @@ def _fit_process(config, overrides, resume, console: RunConsole, processes: Proc
     if processes.rank:
         # Same model on every process (the seed above); from here on each process draws
         # its own augmentations and dropout. Rank 0 continues the one-process stream.
-        _seed(config.train.seed + 1_000_003 * processes.rank)
-    data = _data(config, setup, source)
+        seed_everything(config.train.seed + 1_000_003 * processes.rank)
+    data = prepare_run_data(config, setup, source)
     if state is not None:
         _check_same_run(state, config, setup, data)
     if processes.main:
@@ -399,7 +399,8 @@ def _synchronise_batchnorm(config: RunConfig, setup: ModelSetup, processes: Proc
     attach_spec(setup.model, spec)
 
 
-def _seed(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (what a run does before building its model)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -416,7 +417,9 @@ def _model(config: RunConfig, classes, state, run_dir: RunDirectory) -> ModelSet
     return ModelSetup(model, model.torchgraft_spec, build, report)
 
 
-def _data(config: RunConfig, setup: ModelSetup, source) -> PreparedData:
+def prepare_run_data(config: RunConfig, setup: ModelSetup, source) -> PreparedData:
+    """The run's data: ``data.*`` settings over the model's preprocessing (which is attached
+    to the model), decoded or scanned as ``data.in_memory`` says."""
     settings = config.data
     pre = resolve_preprocessing(
         setup.spec.preprocessing,

@@ -23,7 +23,7 @@ from ..text import printable
 from ..wording import option, renamed
 from .config import CONFIG_OPTIONS, RunConfig, load_config
 from .console import RunConsole
-from .fit import _data, _seed  # TODO(lead): make them public: train's own setup, not a copy
+from .fit import prepare_run_data, seed_everything  # train's own setup, not a copy
 from .lr_find import LRFinderResult, sweep
 from .lr_find_outputs import apply_suggestion, check_writable, print_result, write_outputs
 from .lr_find_rules import (
@@ -150,7 +150,7 @@ def _lr_find(source, overrides, settings, output, apply, console: RunConsole) ->
 def _session(config: RunConfig):
     """The run's first epoch, set up as :func:`~torchgraft.fit` sets it up: seed, data
     source, model, runtime, data, then the session's optimizer and the stage of epoch 0."""
-    _seed(config.train.seed)
+    seed_everything(config.train.seed)
     found = discover(
         config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
     )
@@ -163,7 +163,7 @@ def _session(config: RunConfig):
         channels_last=config.model.channels_last,
     )
     setup.model.to(runtime.device, memory_format=runtime.memory_format)
-    data = _data(config, setup, found)
+    data = prepare_run_data(config, setup, found)
     session = Session(config, setup.model, setup.spec, runtime, data)
     session.begin()
     session.stages.enter(session.trainer.optimizer, 0)  # what run_epoch(0) does first
