@@ -293,44 +293,82 @@ def test_confusion_accepts_numpy_and_whole_floats(tmp_path, drawn):
 # ----------------------------------------------------------------------------- LR finder
 
 
-def test_lr_finder_log_axis_suggestion_and_cropped_explosion(tmp_path, drawn):
-    lrs = list(np.logspace(-6, 0, 30))
+def _sweep(count: int = 30) -> tuple[list[float], list[float]]:
+    """A range test's LRs and losses: a valley at 1e-3 (loss 0.5), then divergence."""
+    lrs = list(np.logspace(-6, 0, count))
     losses = [2.0 - 1.5 * math.exp(-((math.log10(lr) + 3) ** 2)) for lr in lrs]
     losses[-1] = 1000.0  # the sweep diverged
+    return lrs, losses
+
+
+def test_lr_finder_log_axis_suggestion_and_cropped_explosion(tmp_path, drawn):
+    lrs, losses = _sweep()
     lrs[0], losses[1] = -1.0, math.nan  # points a log axis or a plot cannot show
     target = tmp_path / "finder.png"
-    assert plots.plot_lr_finder(lrs, losses, target, suggestion=1e-3) == target
+    marks = {"steep": 1e-4, "valley": 1e-3}
+    assert plots.plot_lr_finder(lrs, losses, target, marks=marks, suggestion="valley") == target
     assert _png_size(target) == (700, 450)
     axes = drawn[0].axes[0]
     assert axes.get_xscale() == "log"
     assert len(axes.lines[0].get_xdata()) == 28
     assert axes.get_ylim()[1] < 10  # the valley stays readable, not flattened by 1000
-    vertical = [line for line in axes.lines if line.get_linestyle() == "--"]
-    assert [line.get_xdata()[0] for line in vertical] == [1e-3]
+    dashed = [line for line in axes.lines if line.get_linestyle() == "--"]
+    assert [line.get_xdata()[0] for line in dashed] == [1e-4]
+    solid = [line for line in axes.lines[1:] if line.get_linestyle() == "-"]
+    assert [line.get_xdata()[0] for line in solid] == [1e-3]
+    assert solid[0].get_linewidth() > dashed[0].get_linewidth()
     (dot,) = (line for line in axes.lines if line.get_marker() == "o")
     assert dot.get_xdata()[0] == 1e-3
     assert dot.get_ydata()[0] == pytest.approx(0.5, abs=0.05)  # on the curve, at its minimum
-    assert _legend_labels(axes) == ["suggested LR 1.00e-03"]
+    assert _legend_labels(axes) == ["loss", "steep 1.00e-04", "valley 1.00e-03 (suggestion)"]
+
+
+def test_lr_finder_raw_and_smoothed_the_smoothed_sets_the_y_axis(tmp_path, drawn):
+    lrs, smoothed = _sweep()
+    raw = [loss + (0.8 if k % 2 else -0.4) for k, loss in enumerate(smoothed)]  # noisy
+    smoothed[2] = math.inf  # skipped from both curves
+    target = tmp_path / "lr_find.png"
+    assert plots.plot_lr_finder(lrs, raw, target, smoothed=smoothed, lr_name="optim.lr")
+    axes = drawn[0].axes[0]
+    raw_line, smooth_line = axes.lines[:2]
+    assert len(raw_line.get_xdata()) == len(smooth_line.get_xdata()) == 29
+    assert raw_line.get_alpha() < 1  # the raw loss is faint, the smoothed one opaque
+    assert smooth_line.get_alpha() in (None, 1)
+    low, high = axes.get_ylim()
+    assert low < 0.5 < high < 10  # from the smoothed loss: its valley, not the raw noise
+    assert low > min(raw)
+    assert axes.get_xlabel() == "optim.lr (log scale)"
+    assert _legend_labels(axes) == ["loss", "smoothed loss"]
 
 
 def test_lr_finder_without_drawable_points_returns_none(tmp_path):
     target = tmp_path / "finder.png"
     assert plots.plot_lr_finder([], [], target) is None
     assert plots.plot_lr_finder([0.0, -1.0, 1e-3], [1.0, 1.0, math.nan], target) is None
+    assert plots.plot_lr_finder([1e-3, 1e-2], [1.0, 0.5], target, smoothed=[math.nan] * 2) is None
     assert not target.exists()
 
 
 @pytest.mark.parametrize(
-    ("lrs", "losses", "suggestion", "message"),
+    ("lrs", "losses", "smoothed", "marks", "suggestion", "message"),
     [
-        ([1e-3, 1e-2], [1.0], None, "2 learning rates for 1 losses"),
-        ([1e-3, 1e-2], [1.0, 0.5], 0.0, "suggestion must be a positive number"),
-        ([1e-3, 1e-2], [1.0, 0.5], math.nan, "suggestion must be a positive number"),
+        ([1e-3, 1e-2], [1.0], None, {}, None, "2 learning rates for 1 losses"),
+        ([1e-3, 1e-2], [1.0, 0.5], [1.0], {}, None, "2 learning rates for 1 losses"),
+        ([1e-3, 1e-2], [1.0, 0.5], None, {"a": 0.0}, "a", "marked 'a' must be a positive"),
+        ([1e-3, 1e-2], [1.0, 0.5], None, {"a": math.nan}, None, "marked 'a' must be a positive"),
+        ([1e-3, 1e-2], [1.0, 0.5], None, {"a": 1e-3}, "b", "suggestion 'b' is not a marked LR"),
+        ([], [], None, {}, "b", "suggestion 'b' is not a marked LR"),  # even with no point
     ],
 )
-def test_lr_finder_bad_input_is_a_data_error(tmp_path, lrs, losses, suggestion, message):
+def test_lr_finder_bad_input_is_a_data_error(
+    tmp_path, lrs, losses, smoothed, marks, suggestion, message
+):
+    target = tmp_path / "f.png"
     with pytest.raises(DataError, match=message):
-        plots.plot_lr_finder(lrs, losses, tmp_path / "f.png", suggestion=suggestion)
+        plots.plot_lr_finder(
+            lrs, losses, target, smoothed=smoothed, marks=marks, suggestion=suggestion
+        )
+    assert not target.exists()
 
 
 # ----------------------------------------------------------------------------- user text
@@ -365,7 +403,9 @@ PLOTTERS = {
     "curves": lambda path: plots.plot_curves(_rows(), path),
     "lr": lambda path: plots.plot_lr([0, 1], {"head": [1e-3, 1e-4]}, path, stage_starts=[1]),
     "confusion": lambda path: plots.plot_confusion([[1, 0], [0, 1]], ["a", "b"], path),
-    "finder": lambda path: plots.plot_lr_finder([1e-4, 1e-3], [1.0, 0.5], path, suggestion=3e-4),
+    "finder": lambda path: plots.plot_lr_finder(
+        [1e-4, 1e-3], [1.0, 0.5], path, smoothed=[1.0, 0.7], marks={"s": 3e-4}, suggestion="s"
+    ),
 }
 
 

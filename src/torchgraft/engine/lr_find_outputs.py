@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -22,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_text
 from ..errors import OutputError
 from ..text import printable
 from ..wording import in_cli, listing, option
 from .lr_find_rules import SKIP_END
+from .plots import plot_lr_finder
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -61,7 +61,7 @@ def write_outputs(result: LRFinderResult, folder: Path) -> dict[str, Path]:
             folder / "lr_find.json", json.dumps(_document(result), indent=2) + "\n"
         ),
     }
-    png = plot(result, folder / "lr_find.png")
+    png = _plot(result, folder / "lr_find.png")
     if png is not None:
         written["png"] = png
     return written
@@ -103,45 +103,19 @@ def _document(result: LRFinderResult) -> dict[str, Any]:
     }
 
 
-def plot(result: LRFinderResult, path: Path) -> Path | None:
-    """The raw and smoothed loss against the LR (log axis), a dashed line at each rule's LR
-    (the suggestion's solid); None (nothing written) when no point is finite."""
-    points = [
-        (lr, raw, smoothed)
-        for lr, raw, smoothed in zip(result.lrs, result.losses, result.smoothed, strict=True)
-        if lr > 0 and math.isfinite(raw) and math.isfinite(smoothed)
-    ]
-    if not points:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    lrs, raws, smooths = zip(*points, strict=True)
-    figure = Figure(figsize=(7.0, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)  # Agg, outside pyplot: no backend chosen, nothing global kept
-    axes = figure.subplots()
-    axes.plot(lrs, raws, color="C0", alpha=0.25, linewidth=0.8, label="loss")
-    axes.plot(lrs, smooths, color="C0", label="smoothed loss")
-    for number, (rule, suggestion) in enumerate(result.suggestions.items(), start=1):
-        chosen = rule == result.rule
-        axes.axvline(
-            suggestion.lr,
-            color=f"C{number}",
-            linestyle="-" if chosen else "--",
-            linewidth=1.6 if chosen else 1.0,
-            label=f"{rule} {suggestion.lr:.2e}" + (" (suggestion)" if chosen else ""),
-        )
-    axes.set_xscale("log")
-    low, first = min(smooths), smooths[0]
-    high = min(max(smooths), first + 2 * (first - low)) if first > low else max(smooths)
-    margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
-    axes.set_ylim(low - margin, high + margin)  # an exploding tail would flatten the valley
-    axes.set(xlabel="optim.lr (log scale)", ylabel="training loss", title="LR range test")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="best", fontsize="small")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)  # render first: a failure writes nothing
-    return atomic_write_bytes(path, buffer.getvalue())
+def _plot(result: LRFinderResult, path: Path) -> Path | None:
+    """The raw and smoothed loss against ``optim.lr``, a line at each rule's LR (the
+    suggestion's solid); None (nothing written) when no point is finite."""
+    marks = {rule: suggestion.lr for rule, suggestion in result.suggestions.items()}
+    return plot_lr_finder(
+        result.lrs,
+        result.losses,
+        path,
+        smoothed=result.smoothed,
+        marks=marks,
+        suggestion=result.rule if result.rule in marks else None,
+        lr_name="optim.lr",
+    )
 
 
 # ----------------------------------------------------------------------------- the lines

@@ -437,14 +437,17 @@ def plot_confusion(
 # ----------------------------------------------------------------------------- LR finder
 
 
-def _finder_points(lrs: Sequence[float], losses: Sequence[float]) -> list[tuple[float, float]]:
-    if len(lrs) != len(losses):
-        raise DataError(f"LR finder: {len(lrs)} learning rates for {len(losses)} losses")
+def _finder_points(lrs: Sequence[float], *curves: Sequence[float]) -> list[tuple[float, ...]]:
+    """``(lr, value of each curve)`` where every one is finite and the LR positive."""
+    for curve in curves:
+        if len(curve) != len(lrs):
+            raise DataError(f"LR finder: {len(lrs)} learning rates for {len(curve)} losses")
     points = []
-    for lr, loss in zip(lrs, losses, strict=True):
-        x, y = _finite(lr), _finite(loss)
-        if x is not None and y is not None and x > 0:  # a log axis cannot show lr <= 0
-            points.append((x, y))
+    for values in zip(lrs, *curves, strict=True):
+        point = tuple(_finite(value) for value in values)
+        # A log axis cannot show lr <= 0; a point missing from one curve leaves both.
+        if None not in point and point[0] > 0:
+            points.append(point)
     return points
 
 
@@ -457,55 +460,111 @@ def _finder_ylim(ys: Sequence[float]) -> tuple[float, float]:
     return low - margin, high + margin
 
 
+def _finder_marks(marks: Mapping[str, float], suggestion: str | None) -> dict[str, float]:
+    """``marks`` as floats; DataError for an LR a log axis cannot show or an unknown
+    suggestion."""
+    checked = {}
+    for label, lr in marks.items():
+        value = _finite(lr)
+        if value is None or value <= 0:
+            raise DataError(
+                f"LR finder: the LR marked {label!r} must be a positive number, not {lr!r}"
+            )
+        checked[str(label)] = value
+    if suggestion is not None and suggestion not in checked:
+        known = ", ".join(map(repr, checked)) or "none"
+        raise DataError(
+            f"LR finder: the suggestion {suggestion!r} is not a marked LR (marked: {known}); "
+            "name one of the keys of marks"
+        )
+    return checked
+
+
+def _draw_marks(
+    axes: Axes, marks: Mapping[str, float], suggestion: str | None, xs: list, ys: list
+) -> tuple[list[Any], list[str]]:
+    """A vertical line at each marked LR, dashed, and solid with a dot on the curve for the
+    suggestion; the legend's handles and labels."""
+    import numpy as np
+
+    handles, labels = [], []
+    for number, (label, lr) in enumerate(marks.items(), start=1):
+        chosen = label == suggestion
+        color = f"C{number % 10}"
+        line = axes.axvline(
+            lr, color=color, linestyle="-" if chosen else "--", linewidth=1.6 if chosen else 1.0
+        )
+        handles.append(line)
+        labels.append(f"{label} {lr:.2e}" + (" (suggestion)" if chosen else ""))
+        if chosen:  # where the suggestion sits on the curve
+            order = np.argsort(xs)
+            at = float(np.interp(np.log(lr), np.log(xs)[order], np.asarray(ys)[order]))
+            axes.plot([lr], [at], "o", color=color, markersize=6)
+    return handles, labels
+
+
 def plot_lr_finder(
     lrs: Sequence[float],
     losses: Sequence[float],
     path: str | os.PathLike[str],
     *,
-    suggestion: float | None = None,
+    smoothed: Sequence[float] | None = None,
+    marks: Mapping[str, float] | None = None,
+    suggestion: str | None = None,
+    lr_name: str = "learning rate",
 ) -> Path | None:
-    """The LR finder's curve: loss against learning rate, on a logarithmic LR axis.
+    """The LR range test's curve: loss against learning rate, on a logarithmic LR axis.
 
-    Points whose LR is not positive, or whose LR or loss is missing or not finite, are
-    skipped. When the loss explodes at the end of the sweep the y axis stops at the first
-    loss plus twice its drop, so the useful part of the curve is not flattened.
+    With ``smoothed``, the raw loss is drawn faint and the smoothed loss over it, and the
+    y axis follows the smoothed loss. Each marked LR gets a dashed vertical line, named in
+    the legend with its value; the one named by ``suggestion`` gets a solid, thicker line
+    and a dot on the curve. Points whose LR is not positive, or whose LR or any loss is
+    missing or not finite, are skipped. When the loss explodes at the end of the sweep the
+    y axis stops at the first loss plus twice its drop, so the valley is not flattened.
 
     Args:
         lrs: the learning rates tried, in sweep order.
-        losses: the (smoothed) loss at each of them.
+        losses: the loss at each of them (the raw loss when ``smoothed`` is given).
         path: the PNG to write; missing parent folders are created.
-        suggestion: the suggested LR: marked with a dashed vertical line and a dot on the
-            curve, and named in the legend.
+        smoothed: the smoothed loss at each LR, drawn over the raw one.
+        marks: label -> LR to mark (a rule's name and its LR), in legend order.
+        suggestion: the label in ``marks`` whose LR is the suggestion.
+        lr_name: what the LR axis is called (``optim.lr`` for a run's range test).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`, or ``None`` (nothing written) when no point
         can be drawn.
 
     Raises:
-        DataError: ``lrs`` and ``losses`` differ in length, or ``suggestion`` is not a
-            positive finite number.
+        DataError: a curve's length differs from ``lrs``, a marked LR is not a positive
+            finite number, or ``suggestion`` names no mark.
         ImportError: matplotlib is not installed.
         OSError: the file cannot be written; an existing file keeps its old content.
-    """
-    import numpy as np
 
-    points = _finder_points(lrs, losses)
-    if suggestion is not None and not (_finite(suggestion) or 0.0) > 0:
-        raise DataError(f"LR finder: the suggestion must be a positive number, not {suggestion!r}")
+    Example:
+        >>> plot_lr_finder(lrs, losses, "lr_find.png", smoothed=smoothed,
+        ...                marks={"steep": 3e-3, "valley": 1e-3}, suggestion="valley")
+    """
+    curves = [losses] if smoothed is None else [losses, smoothed]
+    points = _finder_points(lrs, *curves)
+    checked = _finder_marks(marks or {}, suggestion)
     if not points:
         return None
-    xs, ys = (list(v) for v in zip(*points, strict=True))
+    xs, *ys = (list(v) for v in zip(*points, strict=True))
     figure = _new_figure(7.0, 4.5)
     axes = figure.subplots()
-    axes.plot(xs, ys, color="C0", marker="o" if len(xs) == 1 else None, markersize=3)
+    marker = "o" if len(xs) == 1 else None
+    handles = [axes.plot(xs, ys[0], color="C0", marker=marker, markersize=3)[0]]
+    labels = ["loss"]
+    if smoothed is not None:
+        handles[0].set(alpha=0.25, linewidth=0.8)
+        handles += axes.plot(xs, ys[1], color="C0", marker=marker, markersize=3)
+        labels.append("smoothed loss")
     axes.set_xscale("log")
-    axes.set_ylim(*_finder_ylim(ys))
-    if suggestion is not None:
-        order = np.argsort(xs)
-        at = float(np.interp(np.log(suggestion), np.log(xs)[order], np.asarray(ys)[order]))
-        axes.axvline(suggestion, color="C3", linestyle="--", linewidth=1.0)
-        (dot,) = axes.plot([suggestion], [at], "o", color="C3", markersize=6)
-        _legend(axes, [dot], [f"suggested LR {suggestion:.2e}"])
-    axes.set(xlabel="learning rate (log scale)", ylabel="loss", title="Learning-rate finder")
+    axes.set_ylim(*_finder_ylim(ys[-1]))
+    mark_handles, mark_labels = _draw_marks(axes, checked, suggestion, xs, ys[-1])
+    axes.set(xlabel=f"{lr_name} (log scale)", ylabel="training loss", title="LR range test")
+    _literal([axes.xaxis.label])
     axes.grid(alpha=0.3)
+    _legend(axes, handles + mark_handles, labels + mark_labels, loc="best", fontsize="small")
     return _save(figure, path)
