@@ -17,15 +17,19 @@ from .errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    ExportCheckError,
+    ExportError,
     GraftError,
     GraftWarning,
     HeadError,
     InexactGraftError,
+    MissingExtraError,
     OutputError,
     SpecError,
     TorchgraftError,
     TrainingError,
     UnsafeCheckpointError,
+    UntrustedExportError,
     VerificationError,
 )
 
@@ -79,6 +83,8 @@ _EXPORTS = {
     "load": ".engine.artifacts",
     "Prediction": ".engine.inference",
     "predict": ".engine.inference",
+    "export_run": ".engine.export",
+    "load_exported": ".engine.exported",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -86,6 +92,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from .engine.artifacts import load
     from .engine.config import RunConfig, load_config
+    from .engine.export import export_run
+    from .engine.exported import load_exported
     from .engine.fit import Run, fit
     from .engine.inference import Prediction, predict
     from .engine.lr_find_run import lr_find
@@ -121,6 +129,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "ExportCheckError",
+    "ExportError",
     "FreezeSummary",
     "GraftError",
     "GraftPlan",
@@ -132,6 +142,7 @@ __all__ = [
     "InexactGraftError",
     "InitSummary",
     "LayerGroup",
+    "MissingExtraError",
     "ModelSpec",
     "OptimizerAudit",
     "OutputError",
@@ -148,6 +159,7 @@ __all__ = [
     "TwoPhase",
     "UnfreezeAt",
     "UnsafeCheckpointError",
+    "UntrustedExportError",
     "Verification",
     "VerificationError",
     "__version__",
@@ -156,6 +168,7 @@ __all__ = [
     "build_model",
     "check_param_groups",
     "create_model",
+    "export_run",
     "find_head",
     "fit",
     "freeze",
@@ -164,6 +177,7 @@ __all__ = [
     "list_models",
     "load",
     "load_config",
+    "load_exported",
     "load_optimizer_state_by_name",
     "load_rules",
     "lr_find",

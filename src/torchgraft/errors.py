@@ -11,15 +11,19 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "ExportCheckError",
+    "ExportError",
     "GraftError",
     "GraftWarning",
     "HeadError",
     "InexactGraftError",
+    "MissingExtraError",
     "OutputError",
     "SpecError",
     "TorchgraftError",
     "TrainingError",
     "UnsafeCheckpointError",
+    "UntrustedExportError",
     "VerificationError",
 ]
 
@@ -48,6 +52,13 @@ class UnsafeCheckpointError(CheckpointError):
     def __init__(self, message: str, globals_wanted: list[str]):
         super().__init__(message)
         self.globals_wanted = globals_wanted
+
+
+class UntrustedExportError(CheckpointError):
+    """An exported program (TorchScript, ``torch.export``) that would run code when loaded,
+    refused because the caller did not opt in (``trust=True``, ``--trust-export``). Raised
+    before the file reaches its loader; its sha256 matching the sidecar proves integrity, not
+    trust."""
 
 
 class GraftError(TorchgraftError, ValueError):
@@ -95,3 +106,19 @@ class TrainingError(TorchgraftError):
     """Training itself failed (a non-finite loss): the run stops, its last good state kept."""
 
     exit_code = 1
+
+
+class MissingExtraError(TorchgraftError, ImportError):
+    """An optional dependency the request needs is not installed (exit status 2)."""
+
+
+class ExportError(TorchgraftError):
+    """No method of the format could convert the model (exit status 1). Nothing was
+    written; a previous export at the same path is kept."""
+
+    exit_code = 1
+
+
+class ExportCheckError(ExportError):
+    """The exported model ran but its outputs differ from the eager model's by more than
+    the tolerance (exit status 1); the message gives the measured difference."""

@@ -88,7 +88,8 @@ def test_export_torchscript_then_predict_with_it(tiny, console_script, subproces
     assert "validation data" in record["check"]["sample"]
 
     # predict in this process: a second subprocess would cost torch's import time again
-    assert main(["predict", str(exported), str(data / "1"), "--topk", "3", "--json"]) == 0
+    argv = ["predict", str(exported), str(data / "1"), "--topk", "3", "--json", "--trust-export"]
+    assert main(argv) == 0
     from_export = json.loads(capsys.readouterr().out)["predictions"]
     eager = predict_files(tg.load(run), image_files([data / "1"]), topk=3)
     assert len(from_export) == len(eager) == 12
@@ -118,7 +119,7 @@ def test_pt2_export_matches_the_eager_model_at_any_batch_size(tiny, tmp_path):
     assert record["exported_with"]["torch"] == torch.__version__
     assert record["sha256"] == result.sha256 == sha256_file(result.path)
 
-    exported = load_exported(result.path)
+    exported = load_exported(result.path, trust=True)
     assert exported.classes == eager.classes
     assert exported.preprocessing == eager.preprocessing
     for batch in (1, 5):  # 5: a batch size neither the converter nor the check saw
@@ -138,7 +139,7 @@ def test_torchscript_falls_back_to_tracing_and_says_why(tiny, tmp_path):
     assert record["exported_with"]["method"] == "torch.jit.trace"
     assert record["exported_with"]["notes"] == result.notes
     assert record["check"]["sample"].startswith("3 images of random pixels")
-    eager, exported = tg.load(run), load_exported(result.path)
+    eager, exported = tg.load(run), load_exported(result.path, trust=True)
     x = normalised(eager, 4, seed=4)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), eager(x), rtol=1e-5, atol=1e-5)
@@ -226,7 +227,7 @@ def test_predict_refuses_changed_or_unrecorded_exports(tiny, tmp_path):
     changed.write_bytes(result.path.read_bytes() + b"\0")
     shutil.copy(result.sidecar, sidecar_path(changed))
     with pytest.raises(CheckpointError, match="does not match the sha256"):
-        load_exported(changed)
+        load_exported(changed, trust=True)
     bare = tmp_path / "bare.ts.pt"
     shutil.copy(result.path, bare)
     with pytest.raises(CheckpointError, match=r"no bare\.ts\.pt\.json beside it"):
@@ -242,7 +243,8 @@ def test_class_names_from_the_sidecar_are_printed_escaped(tiny, tmp_path, capsys
     record = json.loads(result.sidecar.read_text())
     record["classes"] = ["\x1b[2Jzero", "[bold red]one[/]", "two\nFORGED LINE"]
     result.sidecar.write_text(json.dumps(record))  # the sha256 covers the model file only
-    assert main(["predict", str(result.path), str(tiny[1] / "1"), "--topk", "3"]) == 0
+    argv = ["predict", str(result.path), str(tiny[1] / "1"), "--topk", "3", "--trust-export"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert "\\x1b[2Jzero" in out
@@ -306,7 +308,7 @@ def timm_run(tmp_path_factory) -> Path:
 def test_a_real_timm_efficientnet_exports(timm_run, fmt, tmp_path):
     result = export_run(timm_run, fmt, tmp_path / FORMATS[fmt].default_file)
     assert result.method == {"torchscript": "torch.jit.script", "pt2": "torch.export.export"}[fmt]
-    eager, exported = tg.load(timm_run), load_exported(result.path)
+    eager, exported = tg.load(timm_run), load_exported(result.path, trust=True)
     x = normalised(eager, 5, seed=5)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), eager(x), rtol=1e-4, atol=1e-4)

@@ -3,8 +3,10 @@
 RUN_DIR_OR_MODEL is a run directory, its model.safetensors, or a file `torchgraft export`
 wrote (model.ts.pt, model.pt2, model.onnx) with its FILE.json sidecar beside it: the sidecar
 gives the classes and the preprocessing, and the file's sha256 must match the one recorded
-there before it is loaded. An exported file is a program: load only exports you made or
-trust (ONNX needs pip install "torchgraft[onnx]").
+there before it is loaded. A TorchScript or .pt2 export is a program that can run any code
+when loaded, and the sha256 only proves it matches its sidecar: predict refuses one unless you
+pass --trust-export (for files you made or trust). ONNX files need no opt-in (onnxruntime runs
+standard operators) but need pip install "torchgraft[onnx]".
 
 Folders are walked recursively for image files. An unreadable file is named with the
 reason, and the others are still predicted; the status is 1 only when no image could be read.
@@ -18,6 +20,8 @@ from .common import positive_int
 
 NAME = "predict"
 HELP = "class probabilities of images with a trained model"
+#: How this command spells the library's arguments in messages (``trust`` of an export).
+FLAGS = {"trust": "--trust-export"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     parser.add_argument(
         "--topk", type=positive_int, default=3, metavar="K", help="classes per image"
+    )
+    parser.add_argument(
+        "--trust-export",
+        action="store_true",
+        help="load a TorchScript or .pt2 export (it can run code from the file; ONNX needs no "
+        "opt-in)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -42,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     files = image_files(args.inputs)
     if not files:
         raise DataError(f"no image files in {', '.join(args.inputs)}")
-    model = load_for_prediction(args.model)
+    model = load_for_prediction(args.model, trust=args.trust_export)
     predictions = predict_files(model, files, topk=args.topk)
     failed = [p for p in predictions if p.error is not None]
     if args.json:

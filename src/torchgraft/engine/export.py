@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_paths
-from ..errors import ConfigError, OutputError, TorchgraftError
+from ..errors import ConfigError, ExportCheckError, ExportError, OutputError  # Export*: re-exported
 from ..grafting.save import sha256_file
 from ..model.spec import Preprocessing
 from ..text import printable
@@ -78,18 +78,6 @@ DEFAULT_TOLERANCE = 1e-4
 #: :data:`~.export_methods.EXAMPLE_BATCH`, 2).
 CHECK_BATCH_SIZES = (1, 3)
 RULE = "max |exported - eager| <= tolerance * max(1, max |eager|), over every logit"
-
-
-class ExportError(TorchgraftError):
-    """No method of the format could convert the model (exit status 1). Nothing was
-    written; a previous export at the same path is kept."""
-
-    exit_code = 1
-
-
-class ExportCheckError(ExportError):
-    """The exported model ran but its outputs differ from the eager model's by more than
-    the tolerance (exit status 1); the message gives the measured difference."""
 
 
 @dataclass

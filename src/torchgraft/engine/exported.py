@@ -7,11 +7,13 @@ checks that sha256 *before* the file is handed to its loader (``torch.jit.load``
 ``torch.export.load``, onnxruntime), so a file changed or damaged after it was exported is
 refused instead of run.
 
-The check proves integrity, not trust: an exported file is a program. TorchScript runs its
-own code, and ``torch.export.load`` unpickles parts of the archive, so a crafted ``.pt2`` or
-TorchScript file (with a sidecar crafted to match) can run code when loaded; onnxruntime runs
-only ONNX operators. Load exports you made or trust — unlike checkpoints, which torchgraft
-reads without ever running code from them (docs/security.md).
+The check proves integrity, not trust: a TorchScript or ``.pt2`` file is a program.
+TorchScript runs its own code, and ``torch.export.load`` unpickles parts of the archive, so a
+crafted file with a sidecar crafted to match can run code when loaded. Those two formats are
+therefore refused (:class:`~torchgraft.errors.UntrustedExportError`, before the loader sees
+the file) unless the caller opts in by name: ``trust=True``, ``predict --trust-export`` — the
+rule checkpoints follow with ``--trust-checkpoint`` (docs/security.md). ONNX needs no opt-in:
+onnxruntime runs a graph of standard ONNX operators.
 
 Everything read from the sidecar is data: class names are printed escaped by the callers.
 """
@@ -29,10 +31,12 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, TorchgraftError
+# MissingExtraError, UntrustedExportError: defined in errors.py, re-exported where raised
+from ..errors import CheckpointError, MissingExtraError, TorchgraftError, UntrustedExportError
 from ..grafting.save import sha256_file
 from ..model.spec import Preprocessing
 from ..text import printable
+from ..wording import in_cli, option
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -41,6 +45,7 @@ __all__ = [
     "ExportFormat",
     "ExportedModel",
     "MissingExtraError",
+    "UntrustedExportError",
     "load_exported",
     "read_sidecar",
     "require_onnx",
@@ -57,28 +62,28 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 @dataclass(frozen=True)
 class ExportFormat:
-    """One export format: its CLI name, default file name, and what it needs installed."""
+    """One export format: its CLI name, default file name, what it needs installed, and
+    whether loading a file of it can run code from the file (then loading needs an opt-in)."""
 
     name: str
     default_file: str
     description: str
     needs: tuple[str, ...] = ()
+    runs_code: bool = False
 
 
 FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
-        ExportFormat("torchscript", "model.ts.pt", "TorchScript (torch.jit.script or trace)"),
-        ExportFormat("pt2", "model.pt2", "torch.export ExportedProgram"),
+        ExportFormat(
+            "torchscript", "model.ts.pt", "TorchScript (torch.jit.script or trace)", runs_code=True
+        ),
+        ExportFormat("pt2", "model.pt2", "torch.export ExportedProgram", runs_code=True),
         ExportFormat(
             "onnx", "model.onnx", "ONNX (torch.onnx.export)", ("onnx", "onnxruntime", "onnxscript")
         ),
     )
 }
-
-
-class MissingExtraError(TorchgraftError, ImportError):
-    """An optional dependency the request needs is not installed (exit status 2)."""
 
 
 def require_onnx(modules: tuple[str, ...] = FORMATS["onnx"].needs) -> None:
@@ -155,14 +160,20 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     return document
 
 
-def load_exported(path: str | os.PathLike, *, threads: int | None = None) -> ExportedModel:
+def load_exported(
+    path: str | os.PathLike, *, trust: bool = False, threads: int | None = None
+) -> ExportedModel:
     """The exported model at ``path``, after its sha256 matched the sidecar's.
 
     Args:
         path: a file written by ``torchgraft export`` (its ``<file>.json`` beside it).
+        trust: load a TorchScript or ``.pt2`` file, which can run code from the file. Only
+            for files you made or trust; ONNX files need no opt-in.
         threads: intra-op threads for onnxruntime (default: torch's thread count).
 
     Raises:
+        UntrustedExportError: a TorchScript or ``.pt2`` file (as its sidecar says) without
+            ``trust=True``; raised before the file is hashed or loaded.
         CheckpointError: no sidecar, a malformed one, a file whose sha256 differs from the
             recorded one, or a file its loader cannot read.
         MissingExtraError: an ONNX file without onnxruntime installed.
@@ -171,10 +182,14 @@ def load_exported(path: str | os.PathLike, *, threads: int | None = None) -> Exp
         >>> model = load_exported("runs/first/model.onnx")
         >>> tg.predict(model, ["photos/cat.jpg"], topk=1)[0].top
         [('cat', 0.97)]
+        >>> model = load_exported("runs/first/model.pt2", trust=True)  # you exported it
     """
     path = Path(path)
     document = read_sidecar(path)
     fmt = document["export"]
+    # The sidecar's format picks the loader, so it decides, whatever the file is named.
+    if FORMATS[fmt].runs_code and not trust:
+        raise UntrustedExportError(_untrusted_message(path, fmt))
     if fmt == "onnx":
         require_onnx(("onnxruntime",))  # before hashing a file we could not run anyway
     try:
@@ -202,6 +217,18 @@ def load_exported(path: str | os.PathLike, *, threads: int | None = None) -> Exp
         preprocessing_from(document["preprocessing"]),
         document,
         run,
+    )
+
+
+def _untrusted_message(path: Path, fmt: str) -> str:
+    onnx = "torchgraft export RUN_DIR --format onnx" if in_cli() else 'export_run(run, "onnx")'
+    return (
+        f"{printable(path)}: not loaded: its sidecar says it is a {FORMATS[fmt].description} "
+        "export, and an exported TorchScript or torch.export program is code that can run "
+        f"anything when it is loaded; the sha256 in {printable(sidecar_path(path).name)} only "
+        "proves the file matches its sidecar, not who made them. If you made this file or "
+        f"trust whoever did, load it with {option('trust', True)}; otherwise export the run to "
+        f"ONNX ({onnx}), which runs as standard operators and needs no opt-in"
     )
 
 

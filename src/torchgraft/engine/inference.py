@@ -74,20 +74,26 @@ def image_files(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_for_prediction(path: str | Path) -> nn.Module | ExportedModel:
+def load_for_prediction(path: str | Path, *, trust: bool = False) -> nn.Module | ExportedModel:
     """The model at ``path``: a run directory or a ``.safetensors`` model through
     :func:`~torchgraft.engine.artifacts.load`; any other file as an export
     (:func:`~torchgraft.engine.exported.load_exported`, which needs its sidecar and checks
     the file's sha256 before loading it).
 
+    Args:
+        path: a run directory, a ``model.safetensors``, or an exported file.
+        trust: load a TorchScript or ``.pt2`` export, which can run code from the file
+            (``predict --trust-export``); ONNX exports and run directories need no opt-in.
+
     Raises:
+        UntrustedExportError: a TorchScript or ``.pt2`` export without ``trust=True``.
         CheckpointError: no model there, a file that does not match its recorded sha256,
             or another file without an export sidecar.
         MissingExtraError: an ONNX export without onnxruntime installed.
     """
     path = Path(path)
     if path.is_file() and path.suffix != ".safetensors":
-        return load_exported(path)
+        return load_exported(path, trust=trust)
     return load(path)
 
 
