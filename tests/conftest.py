@@ -11,6 +11,15 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    # Under pytest-xdist every worker is a process of its own: with torch's default (a thread
+    # per core) in each, N workers oversubscribe the cores and OpenMP's spinning threads make
+    # every test many times slower. One thread per worker, and for what it starts.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

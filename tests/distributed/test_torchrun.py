@@ -105,7 +105,6 @@ def one_process(digits, tmp_path_factory):
     """The reference: the same configuration in this process."""
     folder = tmp_path_factory.mktemp("one")
     config = config_for(digits, folder / "runs", folder / "seen")
-    torch.set_num_threads(1)
     run = tg.fit(config, console=RunConsole(quiet=True))
     return run, folder / "seen"
 
