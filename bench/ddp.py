@@ -111,7 +111,7 @@ def main() -> None:
     write_section(
         "Multi-process training",
         f"python bench/ddp.py --model {options.model} --epochs {options.epochs} "
-        f"--nproc {options.nproc}",
+        f"--nproc {options.nproc} --batch {options.batch} --size {options.size}",
         body,
     )
 
