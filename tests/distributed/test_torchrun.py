@@ -44,9 +44,8 @@ def config_for(images: Path, out: Path, record: Path, **sections) -> dict:
     but the order of float additions."""
     model = {"kwargs": {"dropout": 0.0, "norm": False, "record": str(record)}}
     model["kwargs"].update(sections.pop("kwargs", {}))
-    config = tiny_config(
-        images, out, model=model, train={"epochs": EPOCHS}, data={"batch_size": 8}, **sections
-    )
+    train = {"epochs": EPOCHS, **sections.pop("train", {})}
+    config = tiny_config(images, out, model=model, train=train, data={"batch_size": 8}, **sections)
     config["output"]["name"] = None  # a stamped folder, as a user's run gets
     return config
 
@@ -255,11 +254,9 @@ def test_linear_probe_cache_in_shares_and_frozen_batchnorm(digits, environment, 
         "freeze": {"policy": "head", "bn": "frozen"},
         "train": {"epochs": 3, "feature_cache": True},
     }
-    one = config_for(digits, tmp_path / "one", tmp_path / "seen-one", **sections)
-    one["train"]["epochs"] = 3
+    one = config_for(digits, tmp_path / "one", tmp_path / "seen-one", **dict(sections))
     reference = tg.fit(one, console=RunConsole(quiet=True))
-    two = config_for(digits, tmp_path / "two", tmp_path / "seen-two", **sections)
-    two["train"]["epochs"] = 3
+    two = config_for(digits, tmp_path / "two", tmp_path / "seen-two", **dict(sections))
     path = write_config(tmp_path / "probe.yaml", two)
     script = str(Path(sys.executable).parent / "torchgraft")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -10,7 +10,8 @@ single-process *global* batches: every process draws the same permutation and ta
 contiguous part of each global batch, so the averaged gradient of N processes is the gradient
 of the one-process batch. Parts must be equal for that (DDP averages the processes'
 gradients with equal weights), so the last global batch loses its remainder (at most N - 1
-samples, different ones each epoch since the order is reshuffled). Evaluation gives each
+samples, different ones each epoch since the order is reshuffled) — or is left out when it
+would give each process a single sample, which BatchNorm cannot train on (at most 2N - 1). Evaluation gives each
 process a contiguous slice of the split: every sample exactly once, no padding duplicates.
 (``torch.utils.data.DistributedSampler`` pads evaluation with repeated samples and deals
 samples round-robin, which changes the batches and counts duplicates in the metrics.)
@@ -67,10 +68,11 @@ def batch_order(
         start, stop = _slice(count, shard)
         return [part for part in torch.arange(start, stop).split(batch_size) if len(part)]
     order = torch.randperm(count, generator=generator)
+    smallest = _smallest_part(batch_size, shard)
     parts = []
     for batch in order.split(batch_size):
         part = len(batch) // shard.world
-        if part:
+        if part >= smallest:
             parts.append(batch[shard.rank * part : (shard.rank + 1) * part])
     return parts
 
@@ -83,7 +85,14 @@ def batch_count(count: int, batch_size: int, *, shuffle: bool = True, shard: Sha
         start, stop = _slice(count, shard)
         return -(-(stop - start) // batch_size)
     full, rest = divmod(count, batch_size)
-    return full + (rest >= shard.world)
+    return full + (rest // shard.world >= _smallest_part(batch_size, shard))
+
+
+def _smallest_part(batch_size: int, shard: Shard) -> int:
+    """The smallest part of the last batch worth training: two samples (BatchNorm cannot
+    train on one: its batch statistics need two values per channel), unless the configured
+    parts are single samples anyway."""
+    return min(2, max(1, batch_size // shard.world))
 
 
 def _slice(count: int, shard: Shard) -> tuple[int, int]:
