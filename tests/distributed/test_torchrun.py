@@ -200,27 +200,23 @@ def _rank_of(pid: int) -> str | None:
     return None
 
 
-def test_a_process_killed_mid_run_is_restarted_and_the_run_ends_as_if_it_was_not(
-    two_processes, digits, environment, tmp_path
-):
-    """torchrun --max-restarts 1 -m torchgraft train: SIGKILL to rank 1 after the first
-    checkpoint; torchrun restarts both processes, which resume from the last complete epoch
-    in the same run directory and end with the uninterrupted run's weights, bitwise."""
-    config = config_for(digits, tmp_path / "runs", tmp_path / "seen", kwargs={"delay": 0.15})
-    path = write_config(tmp_path / "run.yaml", config)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", "--max-restarts", "1", "-m", "torchgraft"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def kill_rank_1_after_the_first_checkpoint(arguments, environment, folder):
+    """Start torchrun with ``arguments``, SIGKILL rank 1 once the first epoch is saved, and
+    return torchrun's status and output."""
     launcher = subprocess.Popen(
-        [*command, "train", "--config", str(path)],
+        arguments,
         env=environment,
-        cwd=tmp_path,
+        cwd=folder,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         deadline = time.monotonic() + 300
-        while not list((tmp_path / "runs").glob("*/state/last.json")):
+        while not list((folder / "runs").glob("*/state/last.json")):
             assert launcher.poll() is None, launcher.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -232,17 +228,52 @@ def test_a_process_killed_mid_run_is_restarted_and_the_run_ends_as_if_it_was_not
         if launcher.poll() is None:
             launcher.kill()
     said = "\n".join(line for line in err.splitlines() if not line.startswith((" ", "[rank")))
-    assert launcher.returncode == 0, out[-2000:] + said[-4000:]
-    runs = list((tmp_path / "runs").iterdir())
-    assert len(runs) == 1  # the restart continued the same run
-    assert "(resumed)" in out
-    interrupted = training_epochs(records(tmp_path / "seen", 1))
-    assert len(interrupted) < EPOCHS + 1 or len(interrupted[-1]) > 0
+    return launcher.returncode, out, said
+
+
+def assert_ends_as_uninterrupted(folder, two_processes):
+    runs = list((folder / "runs").iterdir())
+    assert len(runs) == 1  # the resumed run continued in the same folder
     reference = load_state(next((two_processes[1] / "runs").iterdir()))["model"]
     final = load_state(runs[0])
     assert final["epoch"] == EPOCHS - 1
     for key, tensor in reference.items():
         assert torch.equal(final["model"][key], tensor), key
+
+
+def test_a_process_killed_mid_run_is_restarted_and_the_run_ends_as_if_it_was_not(
+    two_processes, digits, environment, tmp_path
+):
+    """torchrun --max-restarts 1 -m torchgraft train: SIGKILL to rank 1 after the first
+    checkpoint; torchrun restarts both processes, which resume from the last complete epoch
+    in the same run directory and end with the uninterrupted run's weights, bitwise."""
+    config = config_for(digits, tmp_path / "runs", tmp_path / "seen", kwargs={"delay": 0.15})
+    path = write_config(tmp_path / "run.yaml", config)
+    command = [*TORCHRUN, "--max-restarts", "1", "-m", "torchgraft", "train", "--config", str(path)]
+    status, out, said = kill_rank_1_after_the_first_checkpoint(command, environment, tmp_path)
+    assert status == 0, out[-2000:] + said[-4000:]
+    assert out.index("(resumed)") < out.index(f"epoch {EPOCHS}:")  # killed before the end
+    assert_ends_as_uninterrupted(tmp_path, two_processes)
+
+
+def test_resume_under_torchrun_after_a_kill(two_processes, digits, environment, tmp_path):
+    """Without restarts the run fails when rank 1 is killed; `torchrun … train --resume
+    RUN_DIR` continues it (rank 0 reads the run and hands it to rank 1) to the uninterrupted
+    run's weights, bitwise."""
+    config = config_for(digits, tmp_path / "runs", tmp_path / "seen", kwargs={"delay": 0.15})
+    path = write_config(tmp_path / "run.yaml", config)
+    command = [*TORCHRUN, "-m", "torchgraft", "train", "--config", str(path)]
+    status, out, said = kill_rank_1_after_the_first_checkpoint(command, environment, tmp_path)
+    assert status != 0
+    assert "(resumed)" not in out
+    assert "internal error" not in said  # the survivor says it lost its peer
+    run_dir = next((tmp_path / "runs").iterdir())
+    done = run_torchrun(
+        [*TORCHRUN, "-m", "torchgraft", "train", "--resume", str(run_dir)], environment, tmp_path
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "(resumed)" in done.stdout
+    assert_ends_as_uninterrupted(tmp_path, two_processes)
 
 
 def test_linear_probe_cache_in_shares_and_frozen_batchnorm(digits, environment, tmp_path):
@@ -259,9 +290,8 @@ def test_linear_probe_cache_in_shares_and_frozen_batchnorm(digits, environment, 
     two = config_for(digits, tmp_path / "two", tmp_path / "seen-two", **dict(sections))
     path = write_config(tmp_path / "probe.yaml", two)
     script = str(Path(sys.executable).parent / "torchgraft")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     done = run_torchrun(
-        [*command, "--nproc-per-node", "2", script, "train", "--config", str(path)],
+        [*TORCHRUN, script, "train", "--config", str(path)],
         environment,
         tmp_path,
     )
