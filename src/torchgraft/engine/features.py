@@ -137,9 +137,7 @@ class FeatureCache:
         self.note = extractor.note
 
     @staticmethod
-    def _compute(
-        extractor, model, data: PreparedData, runtime: Runtime, split, batch_size, shard
-    ):
+    def _compute(extractor, model, data: PreparedData, runtime: Runtime, split, batch_size, shard):
         normalizer = Normalizer(data.preprocessing, runtime.device, runtime.memory_format)
         training = model.training
         model.eval()
