@@ -43,3 +43,28 @@ def tiny_config(images: Path, out: Path, **sections) -> dict:
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
     return config
+
+
+def export_sidecar(path: Path, fmt: str, **changes) -> dict:
+    """A valid export sidecar for ``path`` as ``fmt`` (3 classes, 16 px; its sha256 matches
+    the file), with ``changes`` applied — what a test writes beside a crafted export."""
+    from torchgraft.grafting.save import sha256_file
+
+    record = {
+        "format": "torchgraft.export/1",
+        "export": fmt,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "classes": ["0", "1", "2"],
+        "preprocessing": {
+            "input_size": [3, 16, 16],
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "interpolation": "bilinear",
+            "crop_pct": 0.875,
+            "crop_mode": "center",
+            "fixed_input_size": False,
+        },
+    }
+    record.update(changes)
+    return record

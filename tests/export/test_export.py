@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import torchgraft as tg
-from support import tiny_config, write_digit_folder
+from support import export_sidecar, tiny_config, write_digit_folder
 from torchgraft.cli import export_cmd
 from torchgraft.cli.main import main
 from torchgraft.data.transforms import Normalizer
@@ -195,30 +195,10 @@ def test_onnx_without_the_extra_names_it(tiny, tmp_path, capsys, monkeypatch):
 
     fake = tmp_path / "model.onnx"  # predict needs only onnxruntime, and says so first
     fake.write_bytes(b"not checked before the runtime is there")
-    sidecar_path(fake).write_text(json.dumps(_sidecar_for(fake, "onnx")))
+    sidecar_path(fake).write_text(json.dumps(export_sidecar(fake, "onnx")))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert main(["predict", str(fake), str(tiny[1] / "1")]) == 2
     assert 'pip install "torchgraft[onnx]"' in capsys.readouterr().err
-
-
-def _sidecar_for(path: Path, fmt: str, **changes) -> dict:
-    record = {
-        "format": "torchgraft.export/1",
-        "export": fmt,
-        "sha256": sha256_file(path),
-        "classes": ["0", "1", "2"],
-        "preprocessing": {
-            "input_size": [3, 16, 16],
-            "mean": [0.5, 0.5, 0.5],
-            "std": [0.5, 0.5, 0.5],
-            "interpolation": "bilinear",
-            "crop_pct": 0.875,
-            "crop_mode": "center",
-            "fixed_input_size": False,
-        },
-    }
-    record.update(changes)
-    return record
 
 
 def test_predict_refuses_changed_or_unrecorded_exports(tiny, tmp_path):
@@ -233,7 +213,7 @@ def test_predict_refuses_changed_or_unrecorded_exports(tiny, tmp_path):
     with pytest.raises(CheckpointError, match=r"no bare\.ts\.pt\.json beside it"):
         load_exported(bare)
     for bad in ({"classes": "0,1,2"}, {"export": "pickle"}, {"preprocessing": {"mean": [0]}}):
-        sidecar_path(bare).write_text(json.dumps(_sidecar_for(bare, "torchscript", **bad)))
+        sidecar_path(bare).write_text(json.dumps(export_sidecar(bare, "torchscript", **bad)))
         with pytest.raises(CheckpointError, match="export the run again"):
             load_exported(bare)
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from handmade_models import TinyCNN
-from support import write_digit_folder
+from support import export_sidecar, write_digit_folder
 from torchgraft.cli.main import main
 from torchgraft.engine import exported
 from torchgraft.engine.exported import UntrustedExportError, load_exported, sidecar_path
@@ -32,23 +32,7 @@ LOADER = {"torchscript": "torch.jit.load", "pt2": "torch.export.load"}
 
 def write_sidecar(path: Path, fmt: str) -> Path:
     """A valid sidecar for ``path`` as ``fmt`` (3 classes, 16 px): its sha256 matches."""
-    record = {
-        "format": "torchgraft.export/1",
-        "export": fmt,
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "classes": ["0", "1", "2"],
-        "preprocessing": {
-            "input_size": [3, 16, 16],
-            "mean": [0.5, 0.5, 0.5],
-            "std": [0.5, 0.5, 0.5],
-            "interpolation": "bilinear",
-            "crop_pct": 0.875,
-            "crop_mode": "center",
-            "fixed_input_size": False,
-        },
-    }
-    sidecar_path(path).write_text(json.dumps(record))
+    sidecar_path(path).write_text(json.dumps(export_sidecar(path, fmt)))
     return path
 
 
