@@ -68,3 +68,17 @@ def export_sidecar(path: Path, fmt: str, **changes) -> dict:
     }
     record.update(changes)
     return record
+
+
+def run_cli(console_script, *args, env, cwd=None, timeout=600):
+    """The installed ``torchgraft`` with ``args`` in a subprocess; output captured as text."""
+    import subprocess
+
+    return subprocess.run(
+        [*console_script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )

@@ -7,14 +7,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from support import TESTS, write_digit_folder
+from support import TESTS, run_cli, write_digit_folder
 from torchgraft.engine.config import load_config
 
 CONFIG = """\
@@ -45,17 +44,6 @@ train:
 output:
   dir: RUNS
 """
-
-
-def run_cli(console_script, *args, env, cwd=None):
-    return subprocess.run(
-        [*console_script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")

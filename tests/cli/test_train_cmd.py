@@ -16,20 +16,9 @@ import pytest
 import torch
 import yaml
 
-from support import tiny_config, write_digit_folder
+from support import run_cli, tiny_config, write_digit_folder
 from torchgraft.engine.state import load_state
 from torchgraft.grafting.save import sha256_file
-
-
-def run_cli(console_script, *args, env, cwd=None, timeout=600):
-    return subprocess.run(
-        [*console_script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-    )
 
 
 def write_config(path: Path, config: dict) -> Path:
