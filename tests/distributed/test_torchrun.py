@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -311,3 +312,20 @@ def test_linear_probe_cache_in_shares_and_frozen_batchnorm(digits, environment, 
             assert int(result[key]) == 0, key
         else:
             assert torch.allclose(result[key], tensor, rtol=0, atol=TOLERANCE), key
+
+
+def test_nproc_reports_the_processes_error_and_status(digits, environment, tmp_path):
+    """A mistake every process finds (a global batch 2 processes cannot share) is exit 2 with
+    the one-line error of each process, through `train --nproc 2`."""
+    config = config_for(digits, tmp_path / "runs", tmp_path / "seen")
+    path = write_config(tmp_path / "run.yaml", config)
+    script = str(Path(sys.executable).parent / "torchgraft")
+    arguments = [script, "train", "--nproc", "2", "--config", str(path), "--data.batch_size", "7"]
+    done = run_torchrun(arguments, environment, tmp_path)
+    assert done.returncode == 2  # the first process's own status, not torchrun's SIGTERM
+    # torchrun stops the other process as soon as one fails: one of them says why
+    assert re.search(
+        r"torchgraft train( \(rank 1\))?: error: data.batch_size: 7 is the global", done.stderr
+    )
+    assert "internal error" not in done.stderr
+    assert not list((tmp_path / "runs").glob("*"))  # nothing created

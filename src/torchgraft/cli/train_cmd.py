@@ -90,6 +90,8 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
         torchrun(get_args_parser().parse_args(launch_arguments(args.nproc, command)))
     except ChildFailedError as failed:
         # Each process has printed its own error line; report the first one's status.
-        status = failed.failures[min(failed.failures)].exitcode
+        # The root cause: a process that exited by itself (torchrun then stops the others
+        # with SIGTERM), the earliest first.
+        status = min(failed.failures.values(), key=lambda f: (f.exitcode < 0, f.timestamp)).exitcode
         return 128 - status if status < 0 else status or 1  # killed by a signal: 128 + it
     return 0

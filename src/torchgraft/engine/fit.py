@@ -174,8 +174,10 @@ def _first_line(exc: BaseException) -> str:
 def _fit_process(config, overrides, resume, console: RunConsole, processes: Processes) -> Run:
     if not processes.main:
         console = RunConsole(quiet=True)  # one process speaks for the run
+    if config is not None:
+        _check_processes(config, processes)  # before a run folder is made
     config, run_dir, state = _open(config, overrides, resume, processes)
-    _check_processes(config, processes)
+    _check_processes(config, processes)  # a resumed run's own configuration
     seed_everything(config.train.seed)
     source = discover(
         config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
