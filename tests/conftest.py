@@ -20,6 +20,15 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+def pytest_report_header(config):
+    """The CPU kind decides auto precision; tests that compare numbers pin fp32."""
+    from torchgraft.engine import runtime
+
+    native = sorted(runtime.FAST_BF16_FLAGS & runtime.cpu_flags()) or ["none"]
+    chosen = runtime.auto_precision(torch.device("cpu"))
+    return f"torchgraft: native bf16 flags: {', '.join(native)}; auto precision on CPU: {chosen}"
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -28,7 +28,10 @@ def write_digit_folder(root: Path, classes=(0, 1, 2), per_class: int = 12, size:
 
 
 def tiny_config(images: Path, out: Path, **sections) -> dict:
-    """A fast run of the hand-written TinyCNN (tests/handmade_models.py) on ``images``."""
+    """A fast run of the hand-written TinyCNN (tests/handmade_models.py) on ``images``.
+
+    Precision is pinned to fp32: tests compare numbers at fp32 tolerances, and ``auto``
+    picks bf16 on CPUs with AVX512-BF16 (tests/engine/test_precision.py runs ``auto``)."""
     config = {
         "model": {"name": "handmade_models:TinyCNN", "channels_last": False},
         "weights": {"source": None},
@@ -37,7 +40,7 @@ def tiny_config(images: Path, out: Path, **sections) -> dict:
         "optim": {"name": "sgd", "lr": 0.05},
         "schedule": {"name": "cosine"},
         "data": {"source": str(images), "image_size": 16, "batch_size": 8, "workers": 0},
-        "train": {"epochs": 2, "threads": 1},
+        "train": {"epochs": 2, "threads": 1, "precision": "fp32"},
         "output": {"dir": str(out), "name": "run", "plots": False},
     }
     for section, values in sections.items():

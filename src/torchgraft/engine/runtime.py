@@ -20,14 +20,20 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["Runtime", "cpu_has_fast_bf16", "resolve_runtime"]
+__all__ = [
+    "FAST_BF16_FLAGS",
+    "Runtime",
+    "auto_precision",
+    "cpu_flags",
+    "cpu_has_fast_bf16",
+    "resolve_runtime",
+]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -107,11 +113,16 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def auto_precision(device: torch.device) -> str:
+    """What ``precision: auto`` means on ``device`` (see the module docstring)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
 def _precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return auto_precision(device)
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision: fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return precision
@@ -120,8 +131,22 @@ def _precision(precision: str, device: torch.device) -> str:
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX tiles)."""
+    return bool(FAST_BF16_FLAGS & cpu_flags())
+
+
+#: CPU flags (as /proc/cpuinfo spells them) that make bf16 arithmetic native.
+FAST_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo; empty where there is none (not Linux:
+    no cheap way to tell, and fp32 is the safe choice)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as lines:
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
     except OSError:
-        return False  # not Linux: no cheap way to tell, and fp32 is the safe choice
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+        pass
+    return frozenset()
