@@ -91,6 +91,51 @@ def a_tensor(key: str = "0", numel: int = 4) -> bytes:
     return tensor(storage(key, numel), (numel,), (1,))
 
 
+# ---- the round-one attacks of issue 17, as whole pickles -----------------------------------
+
+
+def with_entry(entry: bytes, setup: bytes = b"") -> bytes:
+    """``{"w": <a real tensor>, "x": <entry>}``, after ``setup`` (left on the stack: torch's
+    unpickler has no POP, and returns the top of the stack at STOP)."""
+    return (
+        PROTO2 + setup + EMPTY_DICT + text("w") + a_tensor() + SETITEM + text("x") + entry
+        + SETITEM + STOP
+    )  # fmt: skip
+
+
+def deep_tuple_key(depth: int = 1_000_000) -> bytes:
+    """A tuple nested ``depth`` times as a dict key: hashing it crashed CPython (SIGSEGV)."""
+    deep = EMPTY_TUPLE + TUPLE1 * depth
+    return (
+        PROTO2 + EMPTY_DICT + text("w") + a_tensor() + SETITEM + deep + integer(1) + SETITEM
+        + STOP
+    )  # fmt: skip
+
+
+def punycode_calls(calls: int = 100, length: int = 3000) -> bytes:
+    """``_codecs.encode(text, "punycode")`` ``calls`` times: quadratic, ~2 s a call."""
+    word = "".join(chr(0x100 + (i * 7919) % 50_000) for i in range(length))
+    body = b"".join(
+        integer(i) + glob("_codecs", "encode") + (text(word) + put(1) if i == 0 else get(1))
+        + text("punycode") + TUPLE2 + REDUCE
+        for i in range(calls)
+    )  # fmt: skip
+    return with_entry(EMPTY_DICT + MARK + body + SETITEMS)
+
+
+def huge_bytearray(size: int = 4_600_000_000) -> bytes:
+    """``bytearray(size)``: gigabytes of zeros from a few bytes."""
+    return with_entry(glob("builtins", "bytearray") + integer(size) + TUPLE1 + REDUCE)
+
+
+#: The attacks the first red team found, each refused by the scan when the scan sees it.
+ROUND_ONE = {
+    "million-deep-tuple": deep_tuple_key,
+    "punycode": punycode_calls,
+    "huge-bytearray": huge_bytearray,
+}
+
+
 # ---- files -------------------------------------------------------------------------------
 
 
@@ -154,6 +199,11 @@ def sandboxed_read(path: Path, timeout: float = 60.0, uid: int | None = None, **
         peak RSS grew) and ``seconds``; ``{"signal": n}`` for a crash or a kill, or
         ``{"timeout": True}``.
     """
+    return _sandboxed(_read, path, options, timeout, uid)
+
+
+def _sandboxed(work, path, options: dict, timeout: float, uid: int | None) -> dict:
+    """``work(path, options)`` (a JSON-able dict) in a forked child under the limits."""
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -164,7 +214,7 @@ def sandboxed_read(path: Path, timeout: float = 60.0, uid: int | None = None, **
             if uid is not None:  # e.g. "nobody", for permission checks when tests run as root
                 os.setgid(uid)
                 os.setuid(uid)
-            result = _read(path, options)
+            result = work(path, options)
             os.write(writer, json.dumps(result).encode())
         except BaseException:
             code = 3
@@ -187,6 +237,30 @@ def sandboxed_read(path: Path, timeout: float = 60.0, uid: int | None = None, **
     if os.WIFSIGNALED(status):
         return {"signal": os.WTERMSIG(status)}
     return json.loads(output) if output else {"exit": os.WEXITSTATUS(status)}
+
+
+def sandboxed_call(function, timeout: float = 60.0) -> dict:
+    """``function()`` in a forked, limited child (like :func:`sandboxed_read`).
+
+    Returns:
+        ``{"value": <its JSON-able result>}`` or ``{"error": type name, "message": str}``,
+        both with ``peak_mb`` and ``seconds``; ``{"signal": n}`` for a crash or a kill,
+        ``{"timeout": True}``.
+    """
+
+    def call(_path, _options) -> dict:
+        with contextlib.suppress(OSError):  # reset the peak RSS, inherited from the parent
+            Path("/proc/self/clear_refs").write_text("5")
+        before, started = _status("VmRSS"), time.monotonic()
+        try:
+            result = {"value": function()}
+        except BaseException as exc:  # every outcome is data for the test
+            result = {"error": type(exc).__name__, "message": str(exc)[:2000]}
+        result["peak_mb"] = (_status("VmHWM") - before) / 2**20
+        result["seconds"] = time.monotonic() - started
+        return result
+
+    return _sandboxed(call, None, {}, timeout, None)
 
 
 def _limit_child() -> None:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from support import run_cli
 from torchgraft.errors import CheckpointError
 from torchgraft.grafting.allowed_globals import torch_safe_names
 from torchgraft.grafting.io import read_checkpoint
@@ -72,6 +73,40 @@ def test_a_bad_environment_value_is_a_clear_error(tmp_path, monkeypatch, value):
     monkeypatch.setenv("TORCHGRAFT_MAX_DEPTH", value)
     with pytest.raises(CheckpointError, match="TORCHGRAFT_MAX_DEPTH"):
         read_checkpoint(_three(tmp_path / "w.pt"))
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity", "-1", "-0.5"])
+@pytest.mark.parametrize("limit", [f.name for f in dataclasses.fields(ReaderLimits)])
+def test_not_a_number_infinity_and_negatives_are_refused_for_every_limit(limit, value):
+    # NaN passes every comparison (a file over no limit) and makes the budget's int() fail
+    # (a good file "damaged"): refused, naming the variable and what to set instead.
+    variable = env_var(limit)
+    with pytest.raises(CheckpointError) as refused:
+        ReaderLimits.from_env({variable: value})
+    assert f"{variable}={value!r}" in str(refused.value)
+    assert "unset it, or set it to a number such as" in str(refused.value)
+    number = float(value)
+    with pytest.raises(CheckpointError, match=f"reader limit {limit} must be a finite"):
+        ReaderLimits(**{limit: number})
+
+
+def test_a_huge_finite_inflation_means_no_limit_not_an_overflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHGRAFT_MAX_INFLATION", "1e308")  # times the size: infinity
+    assert len(read_checkpoint(_three(tmp_path / "w.pt")).tensors) == 3
+
+
+@pytest.mark.slow
+def test_the_command_line_names_a_nan_limit_instead_of_calling_a_good_file_damaged(
+    tmp_path, console_script, subprocess_env
+):
+    path = tmp_path / "good.safetensors"
+    save_file({"w": torch.ones(2)}, path)
+    env = {**subprocess_env, "TORCHGRAFT_MAX_INFLATION": "nan"}
+    result = run_cli(console_script, "inspect", path, "--no-identify", env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "TORCHGRAFT_MAX_INFLATION='nan' is not a finite non-negative number" in result.stderr
+    assert "damaged" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_every_limit_has_its_variable_and_is_documented():

@@ -35,6 +35,7 @@ inflation_allowance    TORCHGRAFT_INFLATION_       claimed bytes allowed on top,
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,15 +78,19 @@ class ReaderLimits:
     inflation_allowance: int = 256 * _MIB
 
     def __post_init__(self) -> None:
+        # NaN would pass every comparison (nan > limit is False) and infinity would make the
+        # budget's int() fail: each reads as "no limit" or as a damaged file, never as this.
         for name, value in dataclasses.asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if not _finite_non_negative(value):
                 raise CheckpointError(
-                    f"reader limit {name} must be a non-negative number, got {value!r}"
+                    f"reader limit {name} must be a finite non-negative number, got {value!r}; "
+                    f"pass a number such as {getattr(ReaderLimits, name)!r} (the default)"
                 )
 
     def budget(self, file_size: int) -> int:
         """Bytes a file of ``file_size`` bytes may claim beyond its own storages."""
-        return int(self.max_inflation * file_size) + self.inflation_allowance
+        # min(): a huge max_inflation times the size may overflow a float to infinity.
+        return int(min(self.max_inflation * file_size, _NO_LIMIT)) + self.inflation_allowance
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReaderLimits:
@@ -105,12 +110,23 @@ class ReaderLimits:
                 values[field.name] = value = kind(raw.replace("_", ""))
             except ValueError:
                 value = -1
-            if value < 0:
+            if not _finite_non_negative(value):
                 raise CheckpointError(
-                    f"{env_var(field.name)}={raw!a} is not a non-negative "
-                    f"{'number' if kind is float else 'whole number'}; unset it or fix it"
+                    f"{env_var(field.name)}={raw!a} is not a finite non-negative "
+                    f"{'number' if kind is float else 'whole number'}; unset it, or set it to "
+                    f"a number such as {field.default!r} (the default)"
                 )
         return cls(**values)
+
+
+#: Claimed bytes beyond any file: a budget this large (4 EiB) bounds nothing.
+_NO_LIMIT = float(1 << 62)
+
+
+def _finite_non_negative(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value >= 0 and (isinstance(value, int) or math.isfinite(value))
 
 
 def env_var(limit: str) -> str:

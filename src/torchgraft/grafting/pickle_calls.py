@@ -113,7 +113,7 @@ def collection(scan: Scanner, func: str, args: list) -> list:
 def plain_values(scan: Scanner, func: str, args: list) -> list:
     if any(type(arg) is list for arg in args):
         raise scan.crafted(f"calls {func} with a container argument")
-    return ["object", [], 1, False, 0, 0]
+    return ["value", [], 1, False, 0, 0]
 
 
 def size(scan: Scanner, func: str, args: list) -> list:
@@ -199,8 +199,8 @@ RULES: dict[str, Callable[[Scanner, str, list], list]] = {
 }  # fmt: skip
 #: What a call to these globals returns, for the rules on later instructions.
 KINDS = {
-    "collections.OrderedDict": "dict",
-    "collections.Counter": "dict",
+    "collections.OrderedDict": "odict",
+    "collections.Counter": "odict",
     "builtins.set": "set",
     "builtins.frozenset": "set",
 }

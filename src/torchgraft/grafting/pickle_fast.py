@@ -129,7 +129,7 @@ def fast_tensor(scan: Scanner, memo: dict, pos: int, empty_tuple: list) -> tuple
     if stride_put:
         memo[_from_bytes(stride_put[1:], "little")] = stride
     size[PARENTED] = stride[PARENTED] = True
-    hooks = ["dict", None, 2, True, 0, 0]  # OrderedDict(), as the loop's REDUCE makes it
+    hooks = ["odict", None, 2, True, 0, 0]  # OrderedDict(), as the loop's REDUCE makes it
     memo[_from_bytes(hooks_put[1:], "little")] = hooks
     args = ["tuple", [storage, _int(offset), size, stride, None, hooks], 3, True, 0, 0]
     memo[_from_bytes(args_put[1:], "little")] = args

@@ -6,8 +6,11 @@ for everything built. A node is a plain list, the fastest object to build::
 
     [kind, items, height, parented, numel, itemsize]
 
-``kind``: ``tuple``, ``list``, ``dict``, ``set``, ``bytes``, ``size``, ``storage``, ``tensor``,
-``newtensor`` (a tensor class called with no argument, to be set by BUILD) or ``object``;
+``kind``: ``tuple``, ``list``, ``dict`` (a plain dict), ``odict`` (a dict made by calling
+``OrderedDict`` or ``Counter``: BUILD may set its attributes), ``set``, ``bytes``, ``size``,
+``storage``, ``tensor``, ``newtensor`` (a tensor class called with no argument, to be set by
+BUILD), ``value`` (a plain value made by a call: a number, a device, a slice), ``object`` (made
+by a global the caller allowed) or ``listobject`` (an instance of an allowed list subclass);
 ``items``: what it holds (None until a container gets some); ``height``: the nesting of
 containers below and including it; ``parented``: placed inside another node (a later change
 to it may make an ancestor deeper than recorded); ``numel``/``itemsize``: for storages and
@@ -19,16 +22,35 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "CONTAINER_KINDS", "DATA_KINDS", "HEIGHT", "ITEMS", "ITEMSIZE", "KIND", "LONG", "NUMEL",
-    "PARENTED", "TENSOR_KINDS", "graph_height", "nest_height", "shown",
+    "DATA_KINDS", "FILLS", "HEIGHT", "ITEMS", "ITEMSIZE", "KIND", "LONG", "NUMEL", "PARENTED",
+    "TENSOR_KINDS", "graph_height", "misfilled", "nest_height", "shown",
 ]  # fmt: skip
 
 KIND, ITEMS, HEIGHT, PARENTED, NUMEL, ITEMSIZE = range(6)
 #: Node kinds that are plain data: iterating them costs what the file spelled out.
-DATA_KINDS = frozenset({"tuple", "list", "dict", "set", "bytes", "size"})
+DATA_KINDS = frozenset({"tuple", "list", "dict", "odict", "set", "bytes", "size"})
 TENSOR_KINDS = frozenset({"tensor", "storage"})
-#: Node kinds that instructions may add items to (APPEND, SETITEM, BUILD).
-CONTAINER_KINDS = frozenset({"list", "dict", "set", "object", "tensor", "newtensor"})
+# What the instructions that fill an object may fill, as torch >= 2.10 checks it (older torch
+# runs ``target[key] = value``, ``target.append(item)`` on whatever is there: on a tensor,
+# CVE-2026-24747). SETITEM(S): dict, OrderedDict, Counter. APPEND(S): lists, and instances of
+# list subclasses the caller allowed. BUILD: tensors (``Tensor.set_``, ``Parameter``),
+# OrderedDict and Counter (their attributes), and objects of allowed classes.
+_BY_KEY = ("only dicts take items by key", frozenset({"dict", "odict"}))
+_APPENDED = ("only lists take appended items", frozenset({"list", "listobject"}))
+_STATE = (
+    "only tensors, OrderedDicts and allowed classes take a state",
+    frozenset({"tensor", "newtensor", "odict", "object", "listobject"}),
+)
+#: Opcode -> name, the rule in words, and the node kinds it may fill.
+FILLS = {
+    0x73: ("SETITEM", *_BY_KEY), 0x75: ("SETITEMS", *_BY_KEY),
+    0x61: ("APPEND", *_APPENDED), 0x65: ("APPENDS", *_APPENDED), 0x62: ("BUILD", *_STATE),
+}  # fmt: skip
+#: Node kinds in messages, where "a <kind>" is not the words.
+_KIND_WORDS = {
+    "odict": "an OrderedDict", "newtensor": "a tensor", "value": "a plain value",
+    "object": "an object of an allowed global", "listobject": "an allowed list subclass",
+}  # fmt: skip
 
 
 class _Long:
@@ -42,6 +64,18 @@ def shown(value: Any) -> str:
     if type(value) is bytes:
         return ascii(value.decode("utf-8", "replace")[:60])
     return f"a {value[KIND]}" if type(value) is list else type(value).__name__
+
+
+def misfilled(op: int, target: Any) -> str | None:
+    """Why instruction ``op`` (a key of :data:`FILLS`) may not fill ``target``, or None."""
+    name, rule, kinds = FILLS[op]
+    if type(target) is list and target[KIND] in kinds:
+        return None
+    if type(target) is list:
+        what = _KIND_WORDS.get(target[KIND], f"a {target[KIND]}")
+    else:  # a literal, or a global's name
+        what = "a global's name" if type(target) is str else f"a literal {type(target).__name__}"
+    return f"applies {name} to {what} ({rule})"
 
 
 def nest_height(items: list) -> int:

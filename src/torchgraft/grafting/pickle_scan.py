@@ -20,7 +20,12 @@ nested below it. With that it finds, before anything is allocated or called:
   since a conversion materialises it), ``bytearray(n)``, tensor constructors;
 - calls whose arguments would let a small file cost a lot: ``_codecs.encode`` with a codec
   other than ``latin1`` (the quadratic ``punycode``, chosen by the file), collection
-  constructors applied to a tensor (iterating a huge view), sizes that are not written out.
+  constructors applied to a tensor (iterating a huge view), sizes that are not written out;
+- instructions that fill an object applied to the wrong kind of object: SETITEM(S) to
+  anything but a dict (an ``OrderedDict``, a ``Counter``), APPEND(S) to anything but a list,
+  BUILD to anything but a tensor, an ``OrderedDict`` or an object of an allowed class. torch
+  2.10 and later refuse these too; older torch runs ``tensor[key] = value`` (CVE-2026-24747),
+  so the scan must not rely on the unpickler behind it.
 
 Heights are kept exact cheaply: a container's height is known when it is built, and only a
 container mutated after it was placed inside another can make an ancestor deeper than
@@ -42,11 +47,11 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import CheckpointError
+from ..wording import option
 from .limits import ReaderLimits, limit_error
 from .pickle_calls import KINDS, RULES, construct, constructors, itemsizes, size_numel
 from .pickle_fast import FAST_OPS, REBUILD_V2, fast_tensor
 from .pickle_nodes import (
-    CONTAINER_KINDS,
     HEIGHT,
     ITEMS,
     ITEMSIZE,
@@ -55,6 +60,7 @@ from .pickle_nodes import (
     NUMEL,
     PARENTED,
     graph_height,
+    misfilled,
     nest_height,
 )
 
@@ -90,7 +96,12 @@ class PickleScan:
 
 
 def scan_pickle(
-    data: Any, start: int, allowed: frozenset[str], limits: ReaderLimits, origin: str
+    data: Any,
+    start: int,
+    allowed: frozenset[str],
+    limits: ReaderLimits,
+    origin: str,
+    list_types: frozenset[str] = frozenset(),
 ) -> PickleScan:
     """Scan the pickle starting at ``data[start]``.
 
@@ -103,12 +114,14 @@ def scan_pickle(
             ``max_metadata_bytes`` are enforced here; claimed bytes are returned for the
             caller to check.
         origin: the file, for messages.
+        list_types: the allowed globals that are list subclasses (torch appends to their
+            instances).
 
     Raises:
         CheckpointError: a damaged pickle, an instruction torch does not read, a limit
             exceeded, or a call that could cost any amount (each message names the file).
     """
-    scanner = Scanner(data, allowed, limits, origin)
+    scanner = Scanner(data, allowed, limits, origin, list_types)
     try:
         scanner.run(start)
     except CheckpointError:
@@ -124,8 +137,16 @@ def scan_pickle(
 class Scanner:
     """The scan's state: the data, what it found so far, and its methods for instructions."""
 
-    def __init__(self, data: Any, allowed: frozenset[str], limits: ReaderLimits, origin: str):
+    def __init__(
+        self,
+        data: Any,
+        allowed: frozenset[str],
+        limits: ReaderLimits,
+        origin: str,
+        list_types: frozenset[str] = frozenset(),
+    ):
         self.data, self.allowed, self.limits, self.origin = data, allowed, limits, origin
+        self.list_types = list_types
         self.result = PickleScan()
         self.itemsizes = itemsizes()
         self.pos = 0
@@ -239,7 +260,7 @@ class Scanner:
                 func = stack.pop()
                 if args is empty_tuple and func == "collections.OrderedDict":
                     self.result.calls += 1  # the empty hooks dict of every tensor
-                    value = ["dict", None, 2, False, 0, 0]
+                    value = ["odict", None, 2, False, 0, 0]
                 else:
                     value = self.call(func, args)
                 pos += 1
@@ -279,6 +300,7 @@ class Scanner:
                     items = stack[-n:]
                     del stack[-n:]
                 self.pos = pos
+                self.fill(op, stack[-1])
                 self.grow(stack[-1], items)
                 pos += 1
                 continue
@@ -320,6 +342,7 @@ class Scanner:
             elif op == 0x62:  # BUILD
                 self.pos = pos
                 state = stack.pop()
+                self.fill(op, stack[-1])
                 self.build(stack[-1], state)
                 pos += 1
                 continue
@@ -382,10 +405,19 @@ class Scanner:
 
     # ---- what instructions build -------------------------------------------------------
 
-    def grow(self, target: Any, items: list) -> None:
+    def fill(self, op: int, target: Any) -> None:
+        """Refuse instruction ``op`` (SETITEM(S), APPEND(S), BUILD) on the wrong kind of object."""
+        why = misfilled(op, target)
+        if why is not None:
+            raise CheckpointError(
+                f"{self.origin}: refused: the pickle {why}: torch before 2.10 runs this "
+                "(CVE-2026-24747), later torch refuses it. torch.save never writes it for "
+                "tensors, lists and dicts: the file is damaged or crafted, or holds objects "
+                f"only {option('trust', True)} loads (which runs code from the file)"
+            )
+
+    def grow(self, target: list, items: list) -> None:
         """``target`` gains ``items`` (APPEND(S), SETITEM(S), BUILD's state)."""
-        if type(target) is not list or target[KIND] not in CONTAINER_KINDS:
-            raise self.damaged("items added to something that is not a container")
         if target[ITEMS] is None:
             target[ITEMS] = list(items)
         else:
@@ -439,11 +471,12 @@ class Scanner:
         rule = RULES.get(func)
         if rule is None and func in constructors():
             rule = construct
-        node = (
-            [KINDS.get(func, "object"), [], 1, False, 0, 0]
-            if rule is None
-            else rule(self, func, args[ITEMS])
-        )
+        if rule is not None:
+            node = rule(self, func, args[ITEMS])
+        elif func in self.list_types:  # an allowed list subclass: torch appends to it
+            node = ["listobject", [], 1, False, 0, 0]
+        else:
+            node = [KINDS.get(func, "object"), [], 1, False, 0, 0]
         node[ITEMS].append(args)
         args[PARENTED] = True
         if args[HEIGHT] >= node[HEIGHT]:

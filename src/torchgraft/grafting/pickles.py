@@ -49,8 +49,13 @@ def torch_load(
     if isinstance(allow_globals, str):  # "a.B" would otherwise allow "a", ".", "B"
         allow_globals = [allow_globals]
     allowed = {} if trust else resolve_allowed(allow_globals)
+    # torch >= 2.10 lets APPEND fill instances of allowed list subclasses, and nothing else
+    # but lists; the scan holds every torch to that.
+    lists = frozenset(
+        n for n, obj in allowed.items() if isinstance(obj, type) and issubclass(obj, list)
+    )
     check = check_torch_file(
-        path, kind, torch_safe_names() | frozenset(allowed), limits, scan=not trust
+        path, kind, torch_safe_names() | frozenset(allowed), limits, not trust, lists
     )
     if check.refused:
         raise _refusal(path, check.refused)
