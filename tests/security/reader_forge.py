@@ -14,9 +14,13 @@ import json
 import os
 import pickle
 import resource
+import select
 import signal
 import struct
+import sys
+import tempfile
 import time
+import traceback
 import zipfile
 from pathlib import Path
 
@@ -196,7 +200,8 @@ def sandboxed_read(path: Path, timeout: float = 60.0, uid: int | None = None, **
     Returns:
         ``{"ok": True, "tensors": n}`` or ``{"error": type name, "message": str, "typed":
         bool}`` (typed: a :class:`TorchgraftError`), both with ``peak_mb`` (how much the
-        peak RSS grew) and ``seconds``; ``{"signal": n}`` for a crash or a kill, or
+        peak RSS grew), ``seconds`` and ``cpu_seconds`` (the work's CPU time: assert on
+        that, wall time depends on the machine's load); ``{"signal": n}`` for a crash or a kill, or
         ``{"timeout": True}``.
     """
     return _sandboxed(_read, path, options, timeout, uid)
@@ -251,13 +256,14 @@ def sandboxed_call(function, timeout: float = 60.0) -> dict:
     def call(_path, _options) -> dict:
         with contextlib.suppress(OSError):  # reset the peak RSS, inherited from the parent
             Path("/proc/self/clear_refs").write_text("5")
-        before, started = _status("VmRSS"), time.monotonic()
+        before, started, cpu = _status("VmRSS"), time.monotonic(), _cpu_seconds()
         try:
             result = {"value": function()}
         except BaseException as exc:  # every outcome is data for the test
             result = {"error": type(exc).__name__, "message": str(exc)[:2000]}
         result["peak_mb"] = (_status("VmHWM") - before) / 2**20
         result["seconds"] = time.monotonic() - started
+        result["cpu_seconds"] = _cpu_seconds() - cpu
         return result
 
     return _sandboxed(call, None, {}, timeout, None)
@@ -288,7 +294,7 @@ def _read(path: Path, options: dict) -> dict:
 
     with contextlib.suppress(OSError):  # reset the peak RSS, inherited from the parent
         Path("/proc/self/clear_refs").write_text("5")
-    before, started = _status("VmRSS"), time.monotonic()
+    before, started, cpu = _status("VmRSS"), time.monotonic(), _cpu_seconds()
     try:
         checkpoint = read_checkpoint(path, **options)
         result = {"ok": True, "tensors": len(checkpoint.tensors)}
@@ -300,4 +306,164 @@ def _read(path: Path, options: dict) -> dict:
         }
     result["peak_mb"] = (_status("VmHWM") - before) / 2**20  # growth of the peak RSS
     result["seconds"] = time.monotonic() - started
+    result["cpu_seconds"] = _cpu_seconds() - cpu
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time this process used (user + system): unlike wall time, what a bound on the
+    work can assert on a machine busy with other jobs."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---- many cases in one sandboxed child --------------------------------------------------------
+
+
+class _CaseHang(BaseException):
+    """Raised in a sandboxed child by its per-case alarm (a BaseException: code under test
+    that catches ``Exception`` cannot swallow it)."""
+
+
+def sandboxed_cases(
+    cases: list,
+    check,
+    *,
+    case_seconds: int = 20,
+    memory: int = 2 << 30,
+    peak_mb: float | None = None,
+    grace: float = 15.0,
+) -> tuple[dict[str, int], list[str]]:
+    """``check(case)`` for every case, in forked children that run them one after another.
+
+    ``check`` returns an outcome label (or a list of labels), each counted; whatever it
+    raises is a finding. The child may map ``memory`` bytes more than it had at the fork
+    (``RLIMIT_AS``, so a blow-up is a ``MemoryError`` there, a finding); each case has a
+    ``case_seconds`` alarm, and a case that does not answer ``grace`` seconds after that (a
+    loop in C, a blocking call) has its child killed. A case whose peak RSS grows by more
+    than ``peak_mb`` is a finding too. After a crash, a kill or a hang, a new child goes on
+    with the next case, so every finding names its case (``case INDEX: what``, the case's
+    ``repr`` on the next line) and every other case still runs. The children's stdout and
+    stderr go to a file; a crash's finding ends with its last lines.
+
+    Returns:
+        ``(label counts, findings)``.
+    """
+    counts: dict[str, int] = {}
+    findings: list[str] = []
+    start = 0
+    with tempfile.TemporaryFile() as log:
+        while start < len(cases):
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: never returns into the caller
+                code = 0
+                try:
+                    os.close(reader)
+                    os.dup2(log.fileno(), 1)
+                    os.dup2(log.fileno(), 2)
+                    _run_cases(cases, start, check, writer, case_seconds, memory, peak_mb, log)
+                except BaseException:
+                    code = 3
+                finally:
+                    os._exit(code)
+            os.close(writer)
+            reported, status, killed = _follow(pid, reader, case_seconds + grace)
+            for index, labels, finding in reported:
+                if finding is None:
+                    for label in labels:
+                        counts[label] = counts.get(label, 0) + 1
+                else:
+                    findings.append(_finding(cases, index, finding))
+            start = reported[-1][0] + 1 if reported else start
+            if start >= len(cases):
+                break
+            if killed:
+                why = f"no answer {case_seconds + grace:.0f} s after it began: killed (a hang)"
+            elif os.WIFSIGNALED(status):
+                why = f"its process died of signal {os.WTERMSIG(status)} (a crash)"
+            elif os.WEXITSTATUS(status) == 0:  # left on purpose after a hang: go on
+                continue
+            else:
+                why = f"its process ended with status {os.WEXITSTATUS(status)}"
+            log.seek(0)
+            tail = log.read()[-600:].decode("utf-8", "replace").strip()
+            findings.append(
+                _finding(cases, start, why + (f"; last output: {tail}" if tail else ""))
+            )
+            start += 1
+    return counts, findings
+
+
+def _finding(cases: list, index: int, what: str) -> str:
+    return f"case {index}: {what}\n    the case: {repr(cases[index])[:4000]}"
+
+
+def _follow(pid: int, reader: int, silence: float) -> tuple[list, int, bool]:
+    """The child's reports ``(index, labels, finding)`` until it ends or stays silent for
+    ``silence`` seconds (then it is killed); returns them with its wait status."""
+    reported, buffer, killed = [], b"", False
+    last = time.monotonic()
+    with os.fdopen(reader, "rb", buffering=0) as pipe:
+        while True:
+            ready, _, _ = select.select([pipe], [], [], 1.0)
+            if ready:
+                chunk = pipe.read(1 << 16)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    record = json.loads(line)
+                    reported.append((record["i"], record.get("labels", []), record.get("finding")))
+                    last = time.monotonic()
+            elif time.monotonic() - last > silence:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+                break
+    _, status = os.waitpid(pid, 0)
+    return reported, status, killed
+
+
+def _run_cases(cases, start, check, writer, case_seconds, memory, peak_mb, log) -> None:
+    limit = _address_space() + memory
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    def alarm(*_):
+        raise _CaseHang()
+
+    signal.signal(signal.SIGALRM, alarm)
+    for index in range(start, len(cases)):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.ftruncate(log.fileno(), 0)  # the log holds the current case's output only
+        os.lseek(log.fileno(), 0, os.SEEK_SET)
+        with contextlib.suppress(OSError):  # reset the peak RSS
+            Path("/proc/self/clear_refs").write_text("5")
+        before, hang = _status("VmRSS"), False
+        record: dict = {"i": index}
+        signal.alarm(case_seconds)
+        try:
+            outcome = check(cases[index])
+            record["labels"] = [outcome] if isinstance(outcome, str) else list(outcome)
+        except _CaseHang:
+            record["finding"], hang = f"a hang (still running after {case_seconds} s)", True
+        except BaseException as exc:  # every other exception is the finding
+            trace = traceback.format_exception(exc)
+            record["finding"] = (
+                "escaped: "
+                + "".join(trace[-1:]).strip()[:800]
+                + "\n"
+                + ("".join(trace[-7:-1])[-2500:])
+            )
+        finally:
+            signal.alarm(0)
+        grown = (_status("VmHWM") - before) / 2**20
+        if peak_mb is not None and grown > peak_mb and "finding" not in record:
+            record["finding"] = f"its peak memory grew by {grown:.0f} MiB (bound {peak_mb:.0f})"
+        data = (json.dumps(record) + "\n").encode()
+        while data:
+            data = data[os.write(writer, data) :]
+        if hang:  # threads it started may still run: the next case gets a fresh child
+            return

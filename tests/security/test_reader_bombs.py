@@ -60,7 +60,7 @@ def _refused(result: dict, *needles: str) -> None:
     for needle in needles:
         assert needle in result["message"], result
     assert result["peak_mb"] < 150, result
-    assert result["seconds"] < 20, result
+    assert result["cpu_seconds"] < 20, result  # CPU time: the bound holds on a busy machine
 
 
 # ---- nesting ------------------------------------------------------------------------------

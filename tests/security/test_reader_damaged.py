@@ -47,7 +47,7 @@ def _typed(result: dict, path: Path, *needles: str) -> None:
     assert str(path) in result["message"], result
     for needle in needles:
         assert needle in result["message"], result
-    assert result["seconds"] < 10, result
+    assert result["cpu_seconds"] < 10, result  # CPU time: holds on a busy machine
     assert result["peak_mb"] < 150, result
 
 

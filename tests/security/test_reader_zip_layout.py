@@ -66,7 +66,7 @@ def _refused(result: dict, path: Path, *needles: str) -> None:
     assert result.get("error") == "CheckpointError", result
     for needle in (str(path), *needles):
         assert needle in result["message"], result
-    assert result["seconds"] < 10, result
+    assert result["cpu_seconds"] < 10, result  # CPU time: holds on a busy machine
     assert result["peak_mb"] < 150, result
 
 
