@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -12,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from torchgraft.atomic import atomic_path, atomic_paths, atomic_write_bytes, atomic_write_text
-
-ATOMIC_PY = Path(__file__).resolve().parents[1] / "src" / "torchgraft" / "atomic.py"
 
 
 def _litter(folder: Path) -> list[str]:
@@ -89,17 +88,17 @@ def test_atomic_paths_commit_together_or_not_at_all(tmp_path):
     assert _litter(tmp_path) == []
 
 
-# The child loads atomic.py by file path: importing the torchgraft package would import torch
-# and timm (seconds), and atomic.py is standard-library only by design.
+# torchgraft.atomic imports only the standard library and torchgraft's own light modules
+# (errors, text; the package's public names are lazy): the child starts in a fraction of a
+# second, without torch. The child also checks that importing it does not import torch.
 CHILD = textwrap.dedent(
     """
-    import importlib.util, os, sys, time
-    spec = importlib.util.spec_from_file_location("atomic", sys.argv[1])
-    atomic = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(atomic)
+    import os, sys, time
+    from torchgraft import atomic
+    assert "torch" not in sys.modules
     chunk = b"N" * (1 << 20)
-    with atomic.atomic_path(sys.argv[2]) as temp, open(temp, "wb") as handle:
-        for index in range(int(sys.argv[3])):
+    with atomic.atomic_path(sys.argv[1]) as temp, open(temp, "wb") as handle:
+        for index in range(int(sys.argv[2])):
             handle.write(chunk)
             handle.flush()
             if index == 2:
@@ -116,7 +115,7 @@ def test_sigkill_mid_write_leaves_old_content_or_nothing(tmp_path, old):
     if old is not None:
         target.write_bytes(old)
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(ATOMIC_PY), str(target), "400"],
+        [sys.executable, "-c", CHILD, str(target), "400"],
         stdout=subprocess.PIPE,
     )
     assert child.stdout.readline() == b"writing\n"
@@ -136,7 +135,7 @@ def test_uninterrupted_child_writes_the_complete_file(tmp_path):
     target = tmp_path / "big.bin"
     target.write_bytes(b"old")
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(ATOMIC_PY), str(target), "4"],
+        [sys.executable, "-c", CHILD, str(target), "4"],
         capture_output=True,
         check=True,
         timeout=60,
@@ -144,3 +143,61 @@ def test_uninterrupted_child_writes_the_complete_file(tmp_path):
     assert done.stdout.endswith(b"done\n")
     assert target.read_bytes() == b"N" * (4 << 20)
     assert _litter(tmp_path) == []
+
+
+# -- what a write never replaces -------------------------------------------------------------
+
+
+def test_a_link_to_a_regular_file_is_replaced_and_its_target_left_as_it_was(tmp_path):
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("theirs")
+    link = tmp_path / "out.txt"
+    link.symlink_to(elsewhere)
+    dangling = tmp_path / "dangling.txt"
+    dangling.symlink_to(tmp_path / "absent")
+    atomic_write_text(link, "ours")
+    atomic_write_text(dangling, "ours too")
+    assert not link.is_symlink()
+    assert link.read_text() == "ours"
+    assert elsewhere.read_text() == "theirs"  # never written through the link
+    assert not dangling.is_symlink()
+    assert not (tmp_path / "absent").exists()
+
+
+def test_a_fifo_that_appears_during_the_write_is_refused_before_the_rename(tmp_path):
+    from torchgraft.errors import OutputError
+
+    target = tmp_path / "slow.bin"
+
+    def write_while_a_fifo_appears():
+        with atomic_path(target) as temp:
+            temp.write_bytes(b"written while someone made a FIFO there")
+            os.mkfifo(target)
+
+    with pytest.raises(OutputError, match="FIFO"):
+        write_while_a_fifo_appears()
+    assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    assert _litter(tmp_path) == []
+
+
+def test_where_a_write_lands_and_which_files_it_would_replace(tmp_path):
+    from torchgraft.atomic import landing, same_file, within
+
+    run = tmp_path / "run"
+    (run / "state").mkdir(parents=True)
+    (run / "config.yaml").write_text("x")
+    alias = tmp_path / "alias"
+    alias.symlink_to(run)  # the same folder under another name
+    link = tmp_path / "link.yaml"
+    link.symlink_to(run / "config.yaml")
+    hard = tmp_path / "hard.yaml"
+    os.link(run / "config.yaml", hard)
+    assert landing(alias / "config.yaml") == run.resolve() / "config.yaml"
+    assert landing(link) == link  # the link itself is what a write replaces
+    assert same_file(alias / "state" / ".." / "config.yaml", run / "config.yaml")
+    assert same_file(run / "config.yaml", link)  # the file the input link leads to
+    assert same_file(hard, run / "config.yaml")  # the same inode: refused, to be safe
+    assert not same_file(link, run / "config.yaml")  # replacing a link leaves its target
+    assert within(alias / "state" / "new.pt", run)
+    assert within(alias / "new" / "deeper.pt", run)  # folders that do not exist yet
+    assert not within(tmp_path / "runner" / "x", run)

@@ -7,19 +7,49 @@ destination (atomic on POSIX and Windows), then ``fsync`` the folder so the rena
 survives a power loss. A process killed at any point (SIGKILL included) leaves the
 destination untouched; at worst a hidden ``.NAME.*.tmp`` file stays behind in the folder.
 
-This module imports only the standard library, on purpose: it is cheap to import from
-anywhere (subprocesses, the CLI's first lines) and has nothing to go wrong.
+Where a write lands, and what it never replaces:
+
+* **Only a regular file, or a new name.** Renaming over a character device (``/dev/null``),
+  a FIFO, a socket or a folder would replace it with a regular file (as root, the machine's
+  own ``/dev/null``). Every write first checks the destination, following a symbolic link,
+  and refuses anything else with an :class:`~torchgraft.errors.OutputError` naming it; it
+  checks again just before the rename.
+* **A symbolic link is replaced, never written through.** A destination that is a link to a
+  regular file (or a dangling link) becomes the new file; the file it pointed to is left as
+  it was. Writing through it would let whoever can put a link in an output folder choose
+  which file we replace (as root: any file), and the temporary file could not be renamed
+  across filesystems anyway; ``sed -i`` and ``rsync`` make the same choice. :func:`landing`
+  is the path that is really replaced, for callers that must not replace a given file.
+
+This module imports only the standard library and torchgraft's own standard-library-only
+modules (errors, text), on purpose: it is cheap to import from anywhere (subprocesses, the
+CLI's first lines) and has nothing to go wrong.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_paths", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+from .errors import OutputError
+from .text import printable
+
+__all__ = [
+    "atomic_path",
+    "atomic_paths",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_destination",
+    "fsync_dir",
+    "landing",
+    "same_file",
+    "unwritable_kind",
+    "within",
+]
 
 
 def _read_umask() -> int:
@@ -50,6 +80,8 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
         Write to them by name (``save_file(t, tmp)``, ``tmp.write_bytes(...)``).
 
     Raises:
+        OutputError: a destination exists and is not a regular file (checked before the
+            block runs, and again before the renames); nothing is replaced.
         OSError: a temporary file cannot be created, flushed or renamed. Whatever the body
             raises is re-raised after the temporary files are removed.
 
@@ -59,6 +91,8 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
         ...     sidecar.write_text(json.dumps(info))
     """
     targets = [Path(p) for p in paths]
+    for target in targets:
+        check_destination(target)  # before the caller's (maybe long) work, not after it
     temps: list[Path] = []
     try:
         for target in targets:
@@ -67,6 +101,7 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
             temps.append(Path(name))
         yield tuple(temps)
         for temp, target in zip(temps, targets, strict=True):
+            check_destination(target)  # something may have appeared there meanwhile
             _prepare(temp, target)
         for index, (temp, target) in enumerate(zip(temps, targets, strict=True)):
             os.replace(temp, target)
@@ -129,6 +164,99 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
         UnicodeEncodeError: ``text`` cannot be encoded; nothing is written.
     """
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+#: What a destination may be instead of a regular file, as messages name it.
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def unwritable_kind(path: str | os.PathLike) -> str | None:
+    """What is at ``path`` if an atomic write must not replace it, or None.
+
+    Returns:
+        ``"a folder"``, ``"a character device"``, ``"a block device"``, ``"a FIFO (named
+        pipe)"``, ``"a socket"`` (with ``" (through a symbolic link)"`` when ``path`` is a
+        link to one), or None for a regular file, a link to one, a dangling link or nothing.
+    """
+    try:
+        mode = os.stat(path).st_mode  # follows a link: what the name leads to
+    except OSError:  # nothing there, a dangling link or a loop: the write makes a new file
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return kind + (" (through a symbolic link)" if os.path.islink(path) else "")
+
+
+def check_destination(path: str | os.PathLike) -> None:
+    """Refuse a destination that an atomic write would destroy instead of writing.
+
+    Raises:
+        OutputError: ``path`` is a folder, a device, a FIFO or a socket, or a link to one;
+            renaming a file over it would replace it with a regular file.
+    """
+    kind = unwritable_kind(path)
+    if kind is not None:
+        raise OutputError(
+            f"{printable(path)} is {kind}, not a regular file: torchgraft writes a file whole "
+            "and renames it into place, which would replace it; give the path of a file "
+            "(a new name, or a regular file to replace)"
+        )
+
+
+def landing(path: str | os.PathLike) -> Path:
+    """The absolute path an atomic write to ``path`` replaces: its folder with every link
+    resolved, and its own name as it is (a link there is replaced, not followed)."""
+    path = Path(path).absolute()
+    return path.parent.resolve() / path.name
+
+
+def same_file(path: str | os.PathLike, other: str | os.PathLike) -> bool:
+    """Would an atomic write to ``path`` replace ``other`` (the name, or the file it leads to)?
+
+    Compares where the write lands with ``other``'s own entry and, when ``other`` is a link,
+    with its target; by path and, for files that exist, by device and inode, so ``..``, links
+    in folders, hard links and a case-insensitive filesystem all count as the same file.
+    """
+    where, other = landing(path), Path(other).absolute()
+    if where in (landing(other), other.resolve()):
+        return True
+    try:
+        mine = os.lstat(where)
+    except OSError:
+        return False
+    return any(_same_inode(mine, look, other) for look in (os.lstat, os.stat))
+
+
+def within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Does an atomic write to ``path`` land inside ``folder`` (at any depth)?"""
+    where = landing(path)
+    if where.is_relative_to(Path(folder).resolve()):
+        return True
+    try:
+        wanted = os.stat(folder)
+    except OSError:
+        return False
+    for parent in where.parents:  # the same folder under another name (case, bind mount)
+        with contextlib.suppress(OSError):
+            found = os.stat(parent)
+            if (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
+                return True
+    return False
+
+
+def _same_inode(mine: os.stat_result, look, other: Path) -> bool:
+    try:
+        found = look(other)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "TrainingError",
     "UnsafeCheckpointError",
     "UntrustedExportError",
+    "UntrustedRunError",
     "VerificationError",
 ]
 
@@ -59,6 +60,13 @@ class UntrustedExportError(CheckpointError):
     refused because the caller did not opt in (``trust=True``, ``--trust-export``). Raised
     before the file reaches its loader; its sha256 matching the sidecar proves integrity, not
     trust."""
+
+
+class UntrustedRunError(CheckpointError):
+    """A record read from a file (a run's ``model.json``, the record inside a
+    ``model.safetensors``, a resume state) names a model builder that is not ``torchvision:``
+    or ``timm:``: building it would import and run code the file chose. Refused unless the
+    caller opts in (``trust=True``, ``--trust-run``); raised before anything is imported."""
 
 
 class GraftError(TorchgraftError, ValueError):
@@ -113,8 +121,9 @@ class MissingExtraError(TorchgraftError, ImportError):
 
 
 class ExportError(TorchgraftError):
-    """No method of the format could convert the model (exit status 1). Nothing was
-    written; a previous export at the same path is kept."""
+    """An export failed as an operation (exit status 1): no method of the format could
+    convert the model (nothing was written; a previous export at the same path is kept), or
+    an exported model that matches its sidecar failed inside its runtime when run."""
 
     exit_code = 1
 

@@ -196,7 +196,9 @@ def test_resume_after_sigkill_is_bitwise_equal_and_the_data_order_state_matters(
     control = tmp_path / "control"
     shutil.copytree(run_dir, control)
 
-    resumed = run_cli(console_script, "train", "--resume", run_dir, env=subprocess_env)
+    resumed = run_cli(
+        console_script, "train", "--resume", run_dir, "--trust-run", env=subprocess_env
+    )
     assert resumed.returncode == 0, resumed.stderr
     got = _final_weights(run_dir)
     assert got.keys() == expected.keys()
@@ -206,7 +208,7 @@ def test_resume_after_sigkill_is_bitwise_equal_and_the_data_order_state_matters(
     # Negative control: the same resume with the data-order generator's saved state replaced
     # by another one ends elsewhere — so the comparison above does see the data order.
     _replace_data_order_state(control)
-    again = run_cli(console_script, "train", "--resume", control, env=subprocess_env)
+    again = run_cli(console_script, "train", "--resume", control, "--trust-run", env=subprocess_env)
     assert again.returncode == 0, again.stderr
     other = _final_weights(control)
     assert any(not torch.equal(other[k], expected[k]) for k in expected)
@@ -233,7 +235,7 @@ def test_eval_and_predict_round_trip(console_script, subprocess_env, tmp_path):
     run_dir = tmp_path / "runs" / "run"
 
     evaluated = run_cli(
-        console_script, "eval", run_dir, "--data", data, "--json", env=subprocess_env
+        console_script, "eval", run_dir, "--data", data, "--json", "--trust-run", env=subprocess_env
     )
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
@@ -245,7 +247,7 @@ def test_eval_and_predict_round_trip(console_script, subprocess_env, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     predicted = run_cli(
-        console_script, "predict", run_dir, data / "1", broken, "--topk", "2", "--json",
+        console_script, "predict", run_dir, data / "1", broken, "--topk", "2", "--json", "--trust-run",
         env=subprocess_env,
     )  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr

@@ -270,7 +270,9 @@ def test_resume_under_torchrun_after_a_kill(two_processes, digits, environment, 
     assert "internal error" not in said  # the survivor says it lost its peer
     run_dir = next((tmp_path / "runs").iterdir())
     done = run_torchrun(
-        [*TORCHRUN, "-m", "torchgraft", "train", "--resume", str(run_dir)], environment, tmp_path
+        [*TORCHRUN, "-m", "torchgraft", "train", "--resume", str(run_dir), "--trust-run"],
+        environment,
+        tmp_path,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "(resumed)" in done.stdout

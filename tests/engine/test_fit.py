@@ -68,7 +68,7 @@ def test_the_run_directory_holds_every_output(digit_folder, tmp_path):
 
 def test_model_json_describes_the_saved_best_model(digit_folder, tmp_path):
     run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 3}))
-    document, weights = read_model_document(run.dir)
+    document, weights = read_model_document(run.dir, trust_run=True)
     import hashlib
 
     assert document["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -83,7 +83,7 @@ def test_load_gives_the_model_back_with_classes_and_preprocessing(digit_folder, 
     run = fit(
         tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 2, "monitor": "val/loss"})
     )
-    model = tg.load(run.dir)
+    model = tg.load(run.dir, trust_run=True)
     assert not model.training
     assert model.classes == ("0", "1", "2")
     assert model.preprocessing.input_size == (3, 16, 16)
@@ -124,7 +124,7 @@ def test_a_damaged_model_file_is_refused_by_load(digit_folder, tmp_path):
     data[-5] ^= 0xFF  # one flipped byte in the tensor data
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"sha256|hash"):
-        tg.load(run.dir)
+        tg.load(run.dir, trust_run=True)
 
 
 def test_same_seed_gives_bitwise_equal_weights_and_another_seed_does_not(digit_folder, tmp_path):
@@ -180,7 +180,7 @@ def test_resume_in_process_ends_where_an_uninterrupted_run_ends(digit_folder, tm
     with pytest.raises(KeyboardInterrupt):
         tg.fit(config("cut"), console=StopAfter(2))
     assert load_state(tmp_path / "cut" / "run")["epoch"] == 1
-    resumed = fit(None, resume=tmp_path / "cut" / "run")
+    resumed = fit(None, resume=tmp_path / "cut" / "run", trust_run=True)
     assert_bitwise_equal(final_weights(whole.dir), final_weights(resumed.dir))
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
 
@@ -298,7 +298,7 @@ def test_a_nan_loss_names_the_step_and_the_last_good_epoch_stays(digit_folder, t
         fit(config)
     run_dir = tmp_path / "runs" / "run"
     assert load_state(run_dir)["epoch"] == 0  # epoch 1's state, nothing of epoch 2
-    model = tg.load(run_dir)
+    model = tg.load(run_dir, trust_run=True)
     assert all(
         torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()
     )
@@ -324,13 +324,13 @@ def test_resume_refuses_a_changed_dataset(digit_folder, tmp_path):
     extra = next((digit_folder / "2").glob("*.png"))
     (digit_folder / "2" / "copy.png").write_bytes(extra.read_bytes())
     with pytest.raises(ConfigError, match="dataset changed"):
-        fit(None, ["--train.epochs", "2"], resume=run.dir)
+        fit(None, ["--train.epochs", "2"], resume=run.dir, trust_run=True)
 
 
 def test_resume_refuses_a_changed_model_instead_of_ignoring_the_override(digit_folder, tmp_path):
     run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 1}))
     with pytest.raises(ConfigError, match=r"model head was .* now .*0\.5"):
-        fit(None, ["--head.dropout", "0.5"], resume=run.dir)
+        fit(None, ["--head.dropout", "0.5"], resume=run.dir, trust_run=True)
 
 
 @pytest.mark.slow
@@ -339,12 +339,12 @@ def test_torch_compile_trains_the_same_model_object(digit_folder, tmp_path):
         tiny_config(digit_folder, tmp_path / "runs", model={"compile": True}, train={"epochs": 1})
     )
     assert not any(k.startswith("_orig_mod") for k in final_weights(run.dir))
-    assert tg.load(run.dir).classes == ("0", "1", "2")
+    assert tg.load(run.dir, trust_run=True).classes == ("0", "1", "2")
 
 
 def test_resume_of_a_finished_run_with_more_epochs_continues(digit_folder, tmp_path):
     run = fit(tiny_config(digit_folder, tmp_path / "runs", train={"epochs": 1}))
-    more = fit(None, ["--train.epochs", "2"], resume=run.dir)
+    more = fit(None, ["--train.epochs", "2"], resume=run.dir, trust_run=True)
     assert [r["epoch"] for r in more.history if r["split"] == "val"] == [0, 1]
     assert tg.load_config(run.dir / "config.yaml").train.epochs == 2  # the run says so
 

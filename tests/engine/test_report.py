@@ -143,7 +143,7 @@ def test_train_writes_a_self_contained_page_with_every_section(run_dir):
 
 def test_the_figures_are_plots_own_embedded_as_png(run_dir, tmp_path):
     work = copy_run(run_dir, tmp_path)
-    write_report(work, plots=True)
+    write_report(work, plots=True, trust_run=True)
     page = Page((work / "report.html").read_text(encoding="utf-8"))
     offline(page)
     sizes = [decode_png(uri).size for uri in page.images]
@@ -173,11 +173,11 @@ def test_names_from_the_run_are_escaped(run_dir):
 
 def test_the_worst_images_are_the_highest_loss_ones(run_dir, tmp_path):
     work = copy_run(run_dir, tmp_path)
-    write_report(work, count=3)
+    write_report(work, count=3, trust_run=True)
     examples = section((work / "report.html").read_text(encoding="utf-8"), "examples")
     shown = re.findall(r"<br>([^<]+)</figcaption>", examples)
     # an independent oracle: tg.predict's probabilities of the same validation files
-    model = tg.load(run_dir)
+    model = tg.load(run_dir, trust_run=True)
     validation = tg.load_config(run_dir / "config.yaml").data
     from torchgraft.data.sources import discover
 
@@ -201,7 +201,7 @@ def test_missing_and_damaged_files_become_sentences(run_dir, tmp_path):
         (work / name).unlink()
     shutil.rmtree(work / "state")
     (work / "policy.json").write_text('[{"epoch": 0, "freeze": ', encoding="utf-8")
-    write_report(work)
+    write_report(work, trust_run=True)
     text = (work / "report.html").read_text(encoding="utf-8")
     page = Page(text)
     assert page.sections == SECTIONS
@@ -218,7 +218,7 @@ def test_moved_data_is_said_instead_of_failing(run_dir, tmp_path):
     config = yaml.safe_load((work / "config.yaml").read_text())
     config["data"]["source"] = str(tmp_path / "gone")
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    write_report(work)
+    write_report(work, trust_run=True)
     examples = section((work / "report.html").read_text(encoding="utf-8"), "examples")
     assert "cannot be read now" in examples
     assert "gone" in examples
@@ -319,7 +319,7 @@ def test_documents_of_the_wrong_shape_give_a_page_not_a_crash(run_dir, tmp_path)
     }
     for name, text in documents.items():
         (work / name).write_text(text, encoding="utf-8")
-    write_report(work)
+    write_report(work, trust_run=True)
     text = (work / "report.html").read_text(encoding="utf-8")
     page = Page(text)
     assert page.sections == SECTIONS

@@ -29,6 +29,7 @@ from torchgraft.engine.export import (
     check_sample,
     export_run,
 )
+from torchgraft.engine.export_methods import METHODS
 from torchgraft.engine.exported import FORMATS, load_exported, sidecar_path
 from torchgraft.engine.inference import image_files, predict_files
 from torchgraft.errors import CheckpointError
@@ -71,7 +72,7 @@ def normalised(model, count: int, seed: int) -> torch.Tensor:
 def test_export_torchscript_then_predict_with_it(tiny, console_script, subprocess_env, capsys):
     run, data = tiny
     done = subprocess.run(
-        [*console_script, "export", str(run), "--format", "torchscript"],
+        [*console_script, "export", str(run), "--format", "torchscript", "--trust-run"],
         capture_output=True, text=True, env=subprocess_env, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -91,7 +92,7 @@ def test_export_torchscript_then_predict_with_it(tiny, console_script, subproces
     argv = ["predict", str(exported), str(data / "1"), "--topk", "3", "--json", "--trust-export"]
     assert main(argv) == 0
     from_export = json.loads(capsys.readouterr().out)["predictions"]
-    eager = predict_files(tg.load(run), image_files([data / "1"]), topk=3)
+    eager = predict_files(tg.load(run, trust_run=True), image_files([data / "1"]), topk=3)
     assert len(from_export) == len(eager) == 12
     for got, want in zip(from_export, eager, strict=True):
         assert [t["class"] for t in got["top"]] == [name for name, _ in want.top]
@@ -102,10 +103,10 @@ def test_export_torchscript_then_predict_with_it(tiny, console_script, subproces
 
 def test_pt2_export_matches_the_eager_model_at_any_batch_size(tiny, tmp_path):
     run, _ = tiny
-    result = export_run(run, "pt2", tmp_path / "out" / "m.pt2")
+    result = export_run(run, "pt2", tmp_path / "out" / "m.pt2", trust_run=True)
     assert result.method == "torch.export.export"
     assert result.batch_sizes == CHECK_BATCH_SIZES == (1, 3)
-    eager = tg.load(run)
+    eager = tg.load(run, trust_run=True)
     sample, _ = check_sample(run, eager.preprocessing)
     with torch.no_grad():
         largest = float(eager(sample).abs().max())
@@ -131,7 +132,7 @@ def test_pt2_export_matches_the_eager_model_at_any_batch_size(tiny, tmp_path):
 def test_torchscript_falls_back_to_tracing_and_says_why(tiny, tmp_path):
     run = trap_run(tiny[0], "Unscriptable", tmp_path)
     (run / "config.yaml").unlink()  # the run's data unknown: checked on random pixels instead
-    result = export_run(run, "torchscript")
+    result = export_run(run, "torchscript", trust_run=True)
     assert result.path == run / "model.ts.pt"
     assert result.method == "torch.jit.trace"
     assert any(note.startswith("torch.jit.script failed:") for note in result.notes)
@@ -139,7 +140,7 @@ def test_torchscript_falls_back_to_tracing_and_says_why(tiny, tmp_path):
     assert record["exported_with"]["method"] == "torch.jit.trace"
     assert record["exported_with"]["notes"] == result.notes
     assert record["check"]["sample"].startswith("3 images of random pixels")
-    eager, exported = tg.load(run), load_exported(result.path, trust=True)
+    eager, exported = tg.load(run, trust_run=True), load_exported(result.path, trust=True)
     x = normalised(eager, 4, seed=4)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), eager(x), rtol=1e-5, atol=1e-5)
@@ -149,12 +150,13 @@ def test_a_failed_check_is_exit_1_and_keeps_the_previous_export(
     tiny, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "shipped" / "model.ts.pt"
-    assert main(["export", str(tiny[0]), "--format", "torchscript", "-o", str(out)]) == 0
+    export = ["export", "--format", "torchscript", "--trust-run", "-o", str(out)]
+    assert main([*export, str(tiny[0])]) == 0
     before = out.read_bytes(), sidecar_path(out).read_bytes()
     noisy = trap_run(tiny[0], "Noisy", tmp_path)
     capsys.readouterr()
 
-    status = main(["export", str(noisy), "--format", "torchscript", "-o", str(out)])
+    status = main([*export, str(noisy)])
     error = capsys.readouterr().err
     assert status == 1
     assert "outputs differ by" in error
@@ -164,7 +166,7 @@ def test_a_failed_check_is_exit_1_and_keeps_the_previous_export(
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.ts.pt", "model.ts.pt.json"]
 
     with pytest.raises(ExportCheckError, match=r"differ by \d"):
-        export_run(noisy, "pt2")
+        export_run(noisy, "pt2", trust_run=True)
     assert not list(noisy.glob("*model.pt2*"))
 
 
@@ -173,12 +175,13 @@ def test_outputs_that_would_replace_the_run_or_cannot_be_written_are_refused(
 ):
     run = tiny[0]
     weights = (run / "model.safetensors").read_bytes()
-    assert main(["export", str(run), "--format", "pt2", "-o", str(run / "model.safetensors")]) == 2
+    export = ["export", str(run), "--format", "pt2", "--trust-run", "-o"]
+    assert main([*export, str(run / "model.safetensors")]) == 2
     assert "the run's own model.safetensors" in capsys.readouterr().err
     assert (run / "model.safetensors").read_bytes() == weights
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    assert main(["export", str(run), "--format", "pt2", "-o", str(blocker / "m.pt2")]) == 2
+    assert main([*export, str(blocker / "m.pt2")]) == 2
     assert "-o/--output" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing"), "--format", "pt2"]) == 2
     assert "no such run directory" in capsys.readouterr().err
@@ -202,7 +205,7 @@ def test_onnx_without_the_extra_names_it(tiny, tmp_path, capsys, monkeypatch):
 
 
 def test_predict_refuses_changed_or_unrecorded_exports(tiny, tmp_path):
-    result = export_run(tiny[0], "torchscript", tmp_path / "m.ts.pt")
+    result = export_run(tiny[0], "torchscript", tmp_path / "m.ts.pt", trust_run=True)
     changed = tmp_path / "changed.ts.pt"
     changed.write_bytes(result.path.read_bytes() + b"\0")
     shutil.copy(result.sidecar, sidecar_path(changed))
@@ -219,7 +222,7 @@ def test_predict_refuses_changed_or_unrecorded_exports(tiny, tmp_path):
 
 
 def test_class_names_from_the_sidecar_are_printed_escaped(tiny, tmp_path, capsys):
-    result = export_run(tiny[0], "torchscript", tmp_path / "m.ts.pt")
+    result = export_run(tiny[0], "torchscript", tmp_path / "m.ts.pt", trust_run=True)
     record = json.loads(result.sidecar.read_text())
     record["classes"] = ["\x1b[2Jzero", "[bold red]one[/]", "two\nFORGED LINE"]
     result.sidecar.write_text(json.dumps(record))  # the sha256 covers the model file only
@@ -238,7 +241,9 @@ def test_class_names_from_the_sidecar_are_printed_escaped(tiny, tmp_path, capsys
 def test_onnx_export_has_a_dynamic_batch_and_runs_in_onnxruntime(tiny, tmp_path, capsys):
     run, data = tiny
     out = tmp_path / "deep" / "er" / "m.onnx"  # missing folders are made
-    assert main(["export", str(run), "--format", "onnx", "-o", str(out), "--json"]) == 0
+    assert (
+        main(["export", str(run), "--format", "onnx", "-o", str(out), "--json", "--trust-run"]) == 0
+    )
     document = json.loads(capsys.readouterr().out)
     assert document["path"] == str(out)
     assert document["method"] == "torch.onnx.export (dynamo=True)"
@@ -247,10 +252,12 @@ def test_onnx_export_has_a_dynamic_batch_and_runs_in_onnxruntime(tiny, tmp_path,
     record = json.loads(sidecar_path(out).read_text())
     assert record["exported_with"]["opset"] >= 18
     assert record["sha256"] == sha256_file(out)
+    assert record["external_data"] == []  # one self-contained file: nothing else to cover
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m.onnx.json"]
 
     import onnxruntime
 
-    eager = tg.load(run)
+    eager = tg.load(run, trust_run=True)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].name == "input"
     for batch in (1, 7):
@@ -266,6 +273,41 @@ def test_onnx_export_has_a_dynamic_batch_and_runs_in_onnxruntime(tiny, tmp_path,
     assert [p.top[0][1] for p in from_onnx] == pytest.approx(
         [p.top[0][1] for p in from_eager], abs=1e-5
     )
+
+
+@needs_onnx
+def test_an_onnx_export_with_external_data_records_its_files(tiny, tmp_path, monkeypatch):
+    """The exporters write external data for models over 2 GB (torch's dynamo exporter does,
+    whatever ``external_data=False`` says): here the legacy method's file, re-saved with its
+    weights outside, stands in for one. The sidecar covers the extra file, and predict
+    notices when it changes."""
+    import onnx
+
+    legacy = METHODS["onnx"][1][1]
+
+    def with_external_data(model, example, path):
+        legacy(model, example, path)
+        proto = onnx.load(str(path))
+        onnx.save(proto, str(path), save_as_external_data=True, location=f"{path.name}.data",
+                  size_threshold=0)  # fmt: skip
+
+    monkeypatch.setitem(METHODS, "onnx", (("legacy, weights outside", with_external_data),))
+    out = tmp_path / "m.onnx"
+    result = export_run(tiny[0], "onnx", out, trust_run=True)
+    (entry,) = json.loads(result.sidecar.read_text())["external_data"]
+    data = out.parent / entry["file"]  # named after the temporary file the exporter wrote
+    assert entry == {"file": data.name, "size": data.stat().st_size, "sha256": sha256_file(data)}
+    assert entry["size"] > 1000  # TinyCNN's weights are there, not in m.onnx
+    eager, exported = tg.load(tiny[0], trust_run=True), load_exported(out)
+    x = normalised(eager, 3, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), eager(x), rtol=1e-5, atol=1e-5)
+
+    changed = bytearray(data.read_bytes())
+    changed[-1] ^= 0x01
+    data.write_bytes(changed)
+    with pytest.raises(CheckpointError, match=f"external data file {data.name} does not match"):
+        load_exported(out)
 
 
 @pytest.fixture(scope="module")

@@ -450,13 +450,7 @@ def _run_cases(cases, start, check, writer, case_seconds, memory, peak_mb, log) 
         except _CaseHang:
             record["finding"], hang = f"a hang (still running after {case_seconds} s)", True
         except BaseException as exc:  # every other exception is the finding
-            trace = traceback.format_exception(exc)
-            record["finding"] = (
-                "escaped: "
-                + "".join(trace[-1:]).strip()[:800]
-                + "\n"
-                + ("".join(trace[-7:-1])[-2500:])
-            )
+            record["finding"] = _escaped(exc)
         finally:
             signal.alarm(0)
         grown = (_status("VmHWM") - before) / 2**20
@@ -467,3 +461,15 @@ def _run_cases(cases, start, check, writer, case_seconds, memory, peak_mb, log) 
             data = data[os.write(writer, data) :]
         if hang:  # threads it started may still run: the next case gets a fresh child
             return
+
+
+def _escaped(exc: BaseException) -> str:
+    """``escaped: Type: message (in torchgraft/FILE:LINE, FUNCTION)`` and the innermost frames."""
+    trace = traceback.format_exception(exc)
+    ours = [f for f in traceback.extract_tb(exc.__traceback__) if "/torchgraft/" in f.filename]
+    where = ""
+    if ours:
+        path = ours[-1].filename
+        where = f" (in {path[path.rindex('/torchgraft/') + 1 :]}:{ours[-1].lineno}, {ours[-1].name})"
+    first = "".join(trace[-1:]).strip().replace("\n", " ")[:800]
+    return f"escaped: {first}{where}\n" + "".join(trace[-7:-1])[-2500:]

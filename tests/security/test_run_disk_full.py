@@ -38,7 +38,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 def assert_intact(run_dir: Path, before: dict[str, bytes]) -> None:
     assert snapshot(run_dir) == before
     assert load_state(run_dir)["epoch"] == 0
-    model = tg.load(run_dir)
+    model = tg.load(run_dir, trust_run=True)
     assert all(
         torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()
     )
@@ -69,7 +69,7 @@ def test_a_full_disk_stops_the_run_with_exit_2_and_keeps_the_last_checkpoint(
             while True:
                 filler.write(b"\0" * 4096)
         capsys.readouterr()
-        status = main(["train", "--resume", str(run_dir), "--train.epochs", "3"])
+        status = main(["train", "--resume", str(run_dir), "--trust-run", "--train.epochs", "3"])
         err = capsys.readouterr().err
         assert status == 2, err
         assert f"cannot write into {run_dir}: No space left on device" in err
@@ -87,7 +87,7 @@ def test_a_read_only_folder_stops_the_run_with_exit_2_and_keeps_the_last_checkpo
         before = snapshot(run_dir)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         capsys.readouterr()
-        status = main(["train", "--resume", str(run_dir), "--train.epochs", "3"])
+        status = main(["train", "--resume", str(run_dir), "--trust-run", "--train.epochs", "3"])
         err = capsys.readouterr().err
         assert status == 2, err
         assert f"cannot write into {run_dir}: Read-only file system" in err
@@ -120,7 +120,7 @@ def test_a_file_size_limit_mid_run_is_exit_2_naming_the_folder(
     limit = state_file.stat().st_size // 2
     assert (run_dir / "config.yaml").stat().st_size < limit
     done = subprocess.run(
-        [*console_script, "train", "--resume", str(run_dir), "--train.epochs", "3"],
+        [*console_script, "train", "--resume", str(run_dir), "--trust-run", "--train.epochs", "3"],
         capture_output=True,
         text=True,
         env=subprocess_env,

@@ -35,7 +35,10 @@ def run_dir(digit_folder, tmp_path):
 def test_a_flipped_byte_in_the_model_is_refused_by_eval_and_predict(run_dir, digit_folder, capsys):
     weights = run_dir / "model.safetensors"
     flip_one_byte(weights)  # inside the last tensor's data: the header still parses
-    for command in (["eval", run_dir, "--data", digit_folder], ["predict", run_dir, digit_folder]):
+    for command in (
+        ["eval", run_dir, "--data", digit_folder, "--trust-run"],
+        ["predict", run_dir, digit_folder, "--trust-run"],
+    ):
         capsys.readouterr()
         assert main([str(a) for a in command]) == 2
         err = capsys.readouterr().err
@@ -49,7 +52,7 @@ def test_a_flipped_byte_in_the_model_is_refused_on_resume(run_dir):
     flip_one_byte(weights)
     before = weights.read_bytes()
     with pytest.raises(CheckpointError, match=r"not match the (sha256|hash)") as refused:
-        tg.fit(None, ["--train.epochs", "2"], resume=run_dir, console=QUIET)
+        tg.fit(None, ["--train.epochs", "2"], resume=run_dir, console=QUIET, trust_run=True)
     assert str(weights) in str(refused.value)
     assert weights.read_bytes() == before  # not overwritten, not "repaired" silently
 
@@ -59,8 +62,8 @@ def test_a_flipped_byte_in_the_resume_state_is_refused(run_dir, capsys):
     state = run_dir / "state" / pointer["file"]
     flip_one_byte(state, from_end=200)
     with pytest.raises(CheckpointError, match="sha256") as refused:
-        tg.fit(None, ["--train.epochs", "2"], resume=run_dir, console=QUIET)
+        tg.fit(None, ["--train.epochs", "2"], resume=run_dir, console=QUIET, trust_run=True)
     assert str(state) in str(refused.value)
     capsys.readouterr()
-    assert main(["train", "--resume", str(run_dir), "--train.epochs", "2"]) == 2
+    assert main(["train", "--resume", str(run_dir), "--trust-run", "--train.epochs", "2"]) == 2
     assert str(state) in capsys.readouterr().err

@@ -13,12 +13,15 @@ import math
 import os
 from pathlib import Path
 
+from ..atomic import same_file, unwritable_kind, within
 from ..errors import TorchgraftError
 from ..text import printable
 
 __all__ = [
     "OptionError",
     "add_checkpoint_safety_arguments",
+    "add_trust_run_argument",
+    "check_not_an_input",
     "check_output_path",
     "fraction",
     "non_negative_float",
@@ -45,6 +48,16 @@ def add_checkpoint_safety_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-checkpoint",
         action="store_true",
         help="unpickle without restrictions (can run code from the file; you are warned)",
+    )
+
+
+def add_trust_run_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--trust-run``: the opt-in for a run directory or model file whose record names a
+    ``package.module:callable`` builder (a record read from a file never selects code)."""
+    parser.add_argument(
+        "--trust-run",
+        action="store_true",
+        help=f"{what} (that code runs; torchvision and timm models need no opt-in)",
     )
 
 
@@ -104,7 +117,10 @@ def check_output_path(
     """Refuse an output path that cannot be written, before the work that would fill it.
 
     A missing folder is fine (it is created, as for the run directory and its plots); a path
-    that is a folder, a folder that is really a file, or a folder we may not write in is not.
+    that is a folder, a folder that is really a file, or a folder we may not write in is not,
+    and neither is anything but a regular file or a new name: a device (``/dev/null``), a FIFO
+    or a socket, or a link to one, would be replaced by the file (every write renames a
+    finished file into place; see :mod:`torchgraft.atomic`).
 
     Args:
         path: the path as the user typed it.
@@ -121,6 +137,13 @@ def check_output_path(
             f"{flag} {shown} is a folder; give a file name inside it, e.g. "
             f"{printable(Path(path) / example)}"
         )
+    kind = unwritable_kind(target)
+    if kind is not None:
+        raise OptionError(
+            f"{flag} {shown} is {kind}, not a regular file: torchgraft writes a file whole and "
+            f"renames it into place, which would replace it; give the path of a file (to write "
+            f"nothing, leave out {flag.split()[0]})"
+        )
     existing = target.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -133,3 +156,28 @@ def check_output_path(
         raise OptionError(
             f"{flag} {shown}: no permission to write in {printable(existing)}; choose another path"
         )
+
+
+def check_not_an_input(
+    path: str | os.PathLike[str], flag: str, inputs: dict[str, str | os.PathLike[str]]
+) -> None:
+    """Refuse an output that would replace a file the same command reads.
+
+    Args:
+        path: the output as the user typed it.
+        flag: how the message names the output (``--plan-out``).
+        inputs: what the command reads, by how the message names it (``"SOURCE"``): a file
+            (refused if the write would replace it, or the name it was given by) or a folder
+            (refused anywhere inside it: a checkpoint folder's shards are all read).
+
+    Raises:
+        OptionError: naming ``flag``, the input and what to do.
+    """
+    for name, source in inputs.items():
+        folder = Path(source).is_dir()
+        if within(path, source) if folder else same_file(path, source):
+            where = f"inside {name} {printable(source)}" if folder else f"{name} itself"
+            raise OptionError(
+                f"{flag} {printable(path)} is {where}, which this command reads: writing there "
+                "would replace what it reads; choose another path"
+            )

@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import add_trust_run_argument
+
 NAME = "eval"
 HELP = "metrics of a trained model on labelled images"
 
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave unreadable images out (listed) instead of stopping",
     )
+    add_trust_run_argument(parser, "evaluate a model built by package.module:callable")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -35,13 +38,14 @@ def run(args: argparse.Namespace) -> int:
 
         # Before the evaluation, not after it: a path under a file fails at once.
         check_output_path(args.output, "--output", "confusion.png")
+        _refuse_the_runs_files(args.model, args.output)
 
     from ..engine.artifacts import load
     from ..engine.inference import evaluate_folder
     from ..engine.plots import plot_confusion
     from .output import print_json, stdout, table
 
-    model = load(args.model)
+    model = load(args.model, trust_run=args.trust_run)
     result, data = evaluate_folder(
         model, args.data, on_bad_image="skip" if args.skip_bad else "stop", skip_hint="--skip-bad"
     )
@@ -90,3 +94,18 @@ def _summary_rows(result) -> list[tuple[str, str]]:
     ]
     rows.append(("macro F1", f"{result.f1:.2%}"))
     return rows
+
+
+def _refuse_the_runs_files(model: str, output: str) -> None:
+    """``--output`` may replace the run's ``eval_confusion.png`` (its own default), never
+    another of the run's files (``--output runs/x/config.yaml``)."""
+    from ..atomic import landing
+    from ..engine.run_dir import is_run_directory, run_file
+    from .common import OptionError
+
+    folder = Path(model)
+    if not (folder.is_dir() and is_run_directory(folder)):
+        return
+    why = run_file(folder, output)
+    if why is not None and landing(output).name.casefold() != "eval_confusion.png":
+        raise OptionError(f"--output {output}: that is {why}; write the picture elsewhere")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import check_output_path, non_negative_float
+from .common import add_trust_run_argument, check_output_path, non_negative_float
 
 NAME = "export"
 HELP = "export a trained run to TorchScript, torch.export or ONNX"
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="largest logit difference allowed, times max(1, largest logit) (default: 1e-4)",
     )
+    add_trust_run_argument(parser, "export a run whose model is built by package.module:callable")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -57,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from .output import plain, print_json
 
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    result = export_run(args.run_dir, args.format, args.output, tolerance=tolerance)
+    result = export_run(
+        args.run_dir, args.format, args.output, tolerance=tolerance, trust_run=args.trust_run
+    )
     if args.json:
         print_json(result.to_dict())
         return 0

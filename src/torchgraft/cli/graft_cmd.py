@@ -24,11 +24,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..atomic import landing, same_file
 from ..errors import GraftError, VerificationError
 from ..text import printable, printable_lines
 from .common import (
     OptionError,
     add_checkpoint_safety_arguments,
+    check_not_an_input,
     check_output_path,
     fraction,
     non_negative_float,
@@ -197,10 +199,35 @@ def check_options(args: argparse.Namespace) -> None:
             f"'{printable(args.source)}' is a model spec (its library loads the weights); drop "
             f"{'them' if len(reader) > 1 else 'it'} or give a file"
         )
+    _check_outputs(args)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``-o``, its sidecar and ``--plan-out`` must be writable files, none of them over
+    another or over a file this command reads (SOURCE, ``--rules``, ``--plan``; --plan-out
+    may rewrite the plan it applies, which is read first)."""
+    outputs = {}
     if args.output:
-        check_output_path(args.output, "-o/--output")
+        outputs["-o/--output"] = (args.output, "model.safetensors")
+        sidecar = str(Path(args.output).with_suffix(".json"))
+        outputs["-o/--output (its sidecar)"] = (sidecar, "model.json")
     if args.plan_out:
-        check_output_path(args.plan_out, "--plan-out", "plan.yaml")
+        outputs["--plan-out"] = (args.plan_out, "plan.yaml")
+    read = {"SOURCE": args.source, "--rules": args.rules, "--plan": args.plan}
+    for flag, (path, example) in outputs.items():
+        check_output_path(path, flag, example)
+        inputs = {k: v for k, v in read.items() if v and Path(v).exists()}
+        if flag == "--plan-out":
+            inputs.pop("--plan", None)
+        check_not_an_input(path, flag, inputs)
+    written = list(outputs.items())
+    for index, (flag, (path, _)) in enumerate(written):
+        for other, (there, _) in written[index + 1 :]:
+            if same_file(path, there):
+                raise OptionError(
+                    f"{flag} {printable(path)} and {other} {printable(there)} are the same "
+                    "file: one would replace the other; give them different names"
+                )
 
 
 def _check_in_chans_mode_used(plan, args: argparse.Namespace) -> None:
@@ -300,15 +327,12 @@ def _said_plan(path: Path | None, args: argparse.Namespace) -> None:
 
 
 def _read_plan(path: str) -> dict[str, str | None]:
-    import yaml
-
+    from ..documents import read_yaml
     from ..grafting.report import GraftPlan
 
+    document = read_yaml(path, GraftError)  # bounded: size, nesting, aliases
     try:
-        document = yaml.safe_load(Path(path).read_text())
         plan = GraftPlan.from_dict(document)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise GraftError(f"{path}: cannot read the plan: {exc}") from None
     except GraftError as exc:
         raise GraftError(f"{path}: {exc}") from None
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
@@ -333,7 +357,7 @@ def _write_plan(plan, path: Path) -> Path:
         "# torchgraft graft plan: edit 'source' (or set action: missing) and apply with --plan.\n"
         "# Actions are recomputed from the shapes when the plan is applied.\n"
     )
-    path = path.resolve()
+    path = landing(path)  # a link there is replaced, never written through (torchgraft.atomic)
     path.parent.mkdir(parents=True, exist_ok=True)  # like -o and the run's plots
     atomic_write_text(path, header + yaml.safe_dump(plan.to_dict(), sort_keys=False))
     return path
@@ -352,7 +376,7 @@ def _write_output(path: Path, model, report, weights) -> None:
         "mapping": report.mapping,
         "report": report.to_dict(),
     }
-    path = path.resolve()
+    path = landing(path)  # a link there is replaced, never written through (torchgraft.atomic)
     path.parent.mkdir(parents=True, exist_ok=True)  # checked writable by check_options
     save_grafted(path, model.state_dict(), sidecar)
     report.notes.append(f"wrote {path} and {path.with_suffix('.json')}")

@@ -6,7 +6,11 @@ gives the classes and the preprocessing, and the file's sha256 must match the on
 there before it is loaded. A TorchScript or .pt2 export is a program that can run any code
 when loaded, and the sha256 only proves it matches its sidecar: predict refuses one unless you
 pass --trust-export (for files you made or trust). ONNX files need no opt-in (onnxruntime runs
-standard operators) but need pip install "torchgraft[onnx]".
+standard operators) but need pip install "torchgraft[onnx]"; their external data files must be
+recorded in the sidecar and match it too, and their inputs and outputs must be those the
+sidecar describes (status 2 otherwise, like a changed file). A model that fails inside
+onnxruntime while running gives status 1. onnxruntime does not bound a model's running time:
+run files you did not make under a timeout of your own (docs/security.md).
 
 Folders are walked recursively for image files. An unreadable file is named with the
 reason, and the others are still predicted; the status is 1 only when no image could be read.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import positive_int
+from .common import add_trust_run_argument, positive_int
 
 NAME = "predict"
 HELP = "class probabilities of images with a trained model"
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load a TorchScript or .pt2 export (it can run code from the file; ONNX needs no "
         "opt-in)",
     )
+    add_trust_run_argument(parser, "predict with a run's model built by package.module:callable")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     files = image_files(args.inputs)
     if not files:
         raise DataError(f"no image files in {', '.join(args.inputs)}")
-    model = load_for_prediction(args.model, trust=args.trust_export)
+    model = load_for_prediction(args.model, trust=args.trust_export, trust_run=args.trust_run)
     predictions = predict_files(model, files, topk=args.topk)
     failed = [p for p in predictions if p.error is not None]
     if args.json:

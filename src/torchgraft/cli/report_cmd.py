@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_trust_run_argument
+
 NAME = "report"
 HELP = "regenerate a run directory's report.html"
 
@@ -31,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="draw the figures (default: as the run's output.plots says)",
     )
+    add_trust_run_argument(
+        parser, "build the saved model for the examples although package.module:callable builds it"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--examples {args.examples}: give 0 or more images")
     folder = require_run_dir(args.run_dir)
     try:
-        path = write_report(folder, plots=args.plots, count=args.examples)
+        path = write_report(folder, plots=args.plots, count=args.examples, trust_run=args.trust_run)
     except OSError as exc:
         raise OutputError(
             f"cannot write {folder / REPORT_FILE}: {exc.strerror or exc}; make room (or make "

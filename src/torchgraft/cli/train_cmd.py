@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import positive_int
+from .common import add_trust_run_argument, positive_int
 
 NAME = "train"
 HELP = "fine-tune a model (no arguments: the embedded default run)"
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--print-config", action="store_true", help="print the resolved configuration and stop"
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly")
+    add_trust_run_argument(parser, "resume a run whose model is built by package.module:callable")
     parser.add_argument(
         "--nproc",
         type=positive_int,
@@ -62,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
         )
     from ..engine.fit import fit  # torch, timm and torchvision load here, not for --print-config
 
-    fit(args.config, overrides, resume=args.resume)
+    if args.trust_run and not args.resume:
+        from .common import OptionError
+
+        raise OptionError("--trust-run is for --resume RUN_DIR (a config you pass is yours)")
+    fit(args.config, overrides, resume=args.resume, trust_run=args.trust_run)
     return 0
 
 
@@ -81,6 +86,8 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
         command += ["--config", args.config]
     if args.resume:
         command += ["--resume", args.resume]
+    if args.trust_run:
+        command.append("--trust-run")
     command += overrides
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser

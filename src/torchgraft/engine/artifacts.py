@@ -19,22 +19,25 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..atomic import atomic_write_bytes, atomic_write_text
+from ..documents import parse_json, read_json
 from ..errors import CheckpointError
 from ..grafting.api import graft
+from ..grafting.io import read_checkpoint
 from ..grafting.save import sha256_file
+from ..model.build_record import Trust
 from ..model.heads import replace_head
 from ..model.spec import ModelSpec, Preprocessing, attach_spec
 from ..model.stem import replace_input_channels
+from .model_record import check_model_record
 
 __all__ = [
     "MODEL_FILE",
@@ -94,38 +97,73 @@ def save_model(
     return sha
 
 
-def read_model_document(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+def read_model_document(
+    path: str | os.PathLike, *, trust_run: Trust = False
+) -> tuple[dict[str, Any], Path]:
     """``(document, weights file)`` for a run directory or a ``model.safetensors`` file,
-    checked against the recorded hashes (see the module docstring).
+    checked against the recorded hashes (see the module docstring) and, field by field, as
+    data (:mod:`.model_record`: a record never selects code).
+
+    Args:
+        path: a run directory or a ``.safetensors`` model file.
+        trust_run: allow a ``package.module:callable`` builder (it runs when the model is
+            built); torchvision and timm builders need no opt-in.
 
     Raises:
-        CheckpointError: no model there, or weights that match no record.
+        UntrustedRunError: a builder outside torchvision/timm without ``trust_run``.
+        CheckpointError: no model there, weights that match no record, or a record that is
+            not valid.
     """
     weights, sidecar = _locate(Path(path))
     embedded = _embedded_document(weights)
-    if sidecar.exists():
-        try:
-            document = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{sidecar}: cannot read it ({exc})") from None
-        if sha256_file(weights) == document.get("sha256"):
-            return document, weights
-        if embedded is None or embedded == {k: v for k, v in document.items() if k != "sha256"}:
-            raise CheckpointError(
-                f"{weights} does not match the sha256 recorded in {sidecar}: the file was "
-                "changed or damaged after it was saved"
-            )
-        message = f"{sidecar} is one save behind {weights.name} (a run stopped while saving)"
-        warnings.warn(f"{message}; using the record inside the weights file", stacklevel=2)
+    document = embedded
+    if _exists(sidecar):
+        document = read_json(sidecar, CheckpointError)
+        if not isinstance(document, dict):
+            raise CheckpointError(f"{sidecar}: not a torchgraft model record")
+        if sha256_file(weights) != document.get("sha256"):
+            if embedded is None or embedded == {k: v for k, v in document.items() if k != "sha256"}:
+                raise CheckpointError(
+                    f"{weights} does not match the sha256 recorded in {sidecar}: the file was "
+                    "changed or damaged after it was saved"
+                )
+            message = f"{sidecar} is one save behind {weights.name} (a run stopped while saving)"
+            warnings.warn(f"{message}; using the record inside the weights file", stacklevel=2)
+            document = embedded
     elif embedded is None:
         raise CheckpointError(
             f"{weights}: no {MODEL_JSON} beside it and no torchgraft record inside"
         )
-    return embedded, weights
+    origin = str(sidecar if document is not embedded else weights)
+    checked = check_model_record(document, origin, trust_run=trust_run, model_format=MODEL_FORMAT)
+    return checked, weights
 
 
-def build_architecture(build: Mapping[str, Any], classes: tuple[str, ...] | None) -> nn.Module:
-    """The architecture a run trained, without weights: zoo build, stem, head as recorded."""
+def build_architecture(
+    build: Mapping[str, Any],
+    classes: tuple[str, ...] | None,
+    *,
+    expected: Mapping[str, Sequence[int]] | None = None,
+) -> nn.Module:
+    """The architecture a run trained, without weights: zoo build, stem, head as recorded.
+
+    Args:
+        build: a checked build record (:func:`torchgraft.model.build_record.check_recorded_build`).
+        classes: the output names.
+        expected: ``{key: shape}`` of the weights the model is for. The architecture is first
+            built without tensor memory and compared with it, so that a record asking for a
+            model other than its weights (a head of 10^9 outputs) is refused before anything
+            is allocated.
+
+    Raises:
+        CheckpointError: the record's architecture does not have the weights' tensors.
+    """
+    if expected is not None:
+        _check_shapes(lambda: _assemble(build, classes), expected, build["model"])
+    return _assemble(build, classes)
+
+
+def _assemble(build: Mapping[str, Any], classes: tuple[str, ...] | None) -> nn.Module:
     from ..zoo import build_model  # timm and torchvision load here, not for saving or reading
 
     built = build_model(build["model"], **dict(build.get("kwargs") or {}))
@@ -144,7 +182,27 @@ def build_architecture(build: Mapping[str, Any], classes: tuple[str, ...] | None
     return model
 
 
-def load(path: str | os.PathLike) -> nn.Module:
+def _check_shapes(assemble, expected: Mapping[str, Sequence[int]], name: str) -> None:
+    from ..zoo.meta_build import build_on_meta
+
+    try:
+        model = build_on_meta(assemble)
+    except Exception:  # a builder or head probe that cannot run without memory: the real
+        return  # build reports its own errors, and the exact graft checks the tensors
+    table = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    wanted = {k: tuple(v) for k, v in expected.items()}
+    if table != wanted:
+        differing = sorted(set(table) ^ set(wanted)) or sorted(
+            k for k in table if table[k] != wanted[k]
+        )
+        shown = ", ".join(ascii(k) for k in differing[:3])
+        raise CheckpointError(
+            f"the record's model ({name}) does not have the tensors of its weights file "
+            f"({len(differing)} differ: {shown}); the record or the weights were changed"
+        )
+
+
+def load(path: str | os.PathLike, *, trust_run: Trust = False) -> nn.Module:
     """The trained model of a run directory (or of a ``model.safetensors`` file) in eval mode.
 
     The model carries ``.classes`` (its output names), ``.preprocessing`` (a
@@ -152,19 +210,29 @@ def load(path: str | os.PathLike) -> nn.Module:
     model torchgraft builds, ``.torchgraft_spec``; ``.torchgraft_report`` is the exact graft
     of the saved weights.
 
+    Args:
+        path: a run directory or its ``model.safetensors``.
+        trust_run: build a model whose record names a ``package.module:callable`` builder
+            (that code runs). The record is read from a file, and a file never selects code
+            on its own: torchvision and timm models need no opt-in.
+
     Raises:
-        CheckpointError: no model there, or weights that do not match their recorded sha256.
+        UntrustedRunError: a ``package.module:callable`` builder without ``trust_run``.
+        CheckpointError: no model there, weights that do not match their recorded sha256, or
+            a record that is not valid.
 
     Example:
         >>> model = tg.load("runs/2026-11-29_120000-tf_efficientnet_lite0")
         >>> model.classes[:3], model.preprocessing.input_size
         (('0', '1', '2'), (3, 64, 64))
     """
-    document, weights = read_model_document(path)
+    document, weights = read_model_document(path, trust_run=trust_run)
     spec = ModelSpec.from_dict(document["spec"])
     classes = tuple(document["classes"])
-    model = build_architecture(document["build"], classes)
-    report = graft(model, weights, strategy="exact", source_name=str(weights))
+    checkpoint = read_checkpoint(weights)
+    expected = {k: tuple(v.shape) for k, v in checkpoint.tensors.items()}
+    model = build_architecture(document["build"], classes, expected=expected)
+    report = graft(model, checkpoint.tensors, strategy="exact", source_name=str(weights))
     attach_spec(model, spec)
     object.__setattr__(model, "torchgraft_report", report)
     model.classes = classes
@@ -180,13 +248,13 @@ def preprocessing_of(document: Mapping[str, Any]) -> Preprocessing:
 def _locate(path: Path) -> tuple[Path, Path]:
     if path.is_dir():
         weights = path / MODEL_FILE
-        if not weights.exists():
+        if not _exists(weights):
             raise CheckpointError(
                 f"{path}: no {MODEL_FILE} here; give a run directory (runs/…) whose training "
                 "finished at least one epoch, or a model.safetensors file"
             )
         return weights, path / MODEL_JSON
-    if not path.exists():
+    if not _exists(path):
         raise CheckpointError(f"{path}: no such run directory or model file")
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: expected a run directory or a .safetensors model file")
@@ -195,18 +263,25 @@ def _locate(path: Path) -> tuple[Path, Path]:
     )
 
 
+def _exists(path: Path) -> bool:
+    """True when something is at ``path`` (a link that leads nowhere counts: the reader then
+    names it, instead of the file being silently ignored)."""
+    return os.path.lexists(path)
+
+
 def _embedded_document(weights: Path) -> dict[str, Any] | None:
-    """The record inside the safetensors header, if its content hash matches the tensors."""
-    try:
-        with safe_open(str(weights), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            record = json.loads(metadata[_METADATA_KEY]) if _METADATA_KEY in metadata else None
-            if record is None:
-                return None
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
-    if content_sha256(tensors) != record.get("content_sha256"):
+    """The record inside the safetensors header, if its content hash matches the tensors
+    (read through the checkpoint reader, with its limits)."""
+    checkpoint = read_checkpoint(weights)
+    if checkpoint.format != "safetensors":
+        raise CheckpointError(f"{weights}: not a safetensors file ({checkpoint.format})")
+    raw = checkpoint.metadata.get(_METADATA_KEY)
+    if raw is None:
+        return None
+    record = parse_json(raw, f"{weights} (its {_METADATA_KEY} record)", CheckpointError)
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{weights}: its {_METADATA_KEY} record is not a mapping")
+    if content_sha256(checkpoint.tensors) != record.get("content_sha256"):
         raise CheckpointError(
             f"{weights}: its tensors do not match the hash recorded when it was saved: the file "
             "was changed or damaged"

@@ -14,6 +14,7 @@ validation errors are instant.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ..documents import DocumentLimits, check_yaml_bounds, read_yaml
 from ..errors import ConfigError
 from .config_checks import describe_errors, reference_problems, semantic_problems, summary
 from .config_model import (
@@ -64,6 +66,9 @@ __all__ = [
     "load_config",
     "parse_overrides",
 ]
+
+#: A config is a few hundred values; no config nests deeper than a schedule inside a section.
+_LIMITS = DocumentLimits(max_bytes=4 << 20, max_depth=32, max_nodes=100_000)
 
 
 def load_config(
@@ -146,8 +151,11 @@ def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
 
 
 def _scalar(raw: str) -> Any:
+    if not raw.strip():
+        return raw
     try:
-        return yaml.safe_load(raw) if raw.strip() else raw
+        check_yaml_bounds(raw, f"the override value {raw[:40]!r}", ConfigError, _LIMITS)
+        return yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw  # a plain string such as a path with a colon
 
@@ -160,14 +168,11 @@ def _source_data(source: Any) -> dict[str, Any]:
     if isinstance(source, Mapping):
         return _plain(source)
     path = Path(source)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({_one_line(str(exc))})") from None
+    if not os.path.lexists(path):
+        raise ConfigError(f"{path}: no such config file")
+    # A regular file of bounded size, nesting and alias expansion (--config /dev/zero, a
+    # FIFO or a YAML alias bomb is refused, not read until memory runs out).
+    document = read_yaml(path, ConfigError, _LIMITS)
     if document is None:
         return {}
     if not isinstance(document, Mapping):
@@ -207,7 +212,3 @@ def _default_subsection(path: list[str]) -> dict[str, Any]:
     for part in path:
         value = getattr(value, part, None)
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else {}
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

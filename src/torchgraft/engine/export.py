@@ -22,16 +22,17 @@ onnx           ``torch.onnx.export(dynamo=True)`` (opset 18+), then the legacy
 =============  ==========================================================================
 
 Files are written atomically, the export then its sidecar ``<file>.json`` (classes,
-preprocessing, input shape, sha256, the measured difference, format, torch version, method):
-an export that fails, or fails its check, leaves whatever was there before untouched and no
-temporary file behind.
+preprocessing, input shape, sha256 — of ONNX external data files too —, the measured
+difference, format, torch version, method; :mod:`.export_sidecar`): an export that fails, or
+fails its check, leaves whatever was there before untouched and no temporary file behind
+(external data files an ONNX exporter wrote beside its file excepted: they are named by the
+exporter, and only models over 2 GB have them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import sys
@@ -52,15 +53,8 @@ from ..model.spec import Preprocessing
 from ..text import printable
 from .artifacts import MODEL_FILE, MODEL_JSON, load, read_model_document
 from .export_methods import EXAMPLE_BATCH, METHODS
-from .exported import (
-    EXPORT_FORMAT,
-    FORMATS,
-    INPUT_NAME,
-    LOADERS,
-    OUTPUT_NAME,
-    require_onnx,
-    sidecar_path,
-)
+from .export_sidecar import EXPORT_FORMAT, RULE, export_record, sidecar_path
+from .exported import FORMATS, LOADERS, require_onnx
 
 __all__ = [
     "CHECK_BATCH_SIZES",
@@ -77,7 +71,6 @@ DEFAULT_TOLERANCE = 1e-4
 #: Batch sizes every export is checked at (the converters see a batch of
 #: :data:`~.export_methods.EXAMPLE_BATCH`, 2).
 CHECK_BATCH_SIZES = (1, 3)
-RULE = "max |exported - eager| <= tolerance * max(1, max |eager|), over every logit"
 
 
 @dataclass
@@ -112,6 +105,7 @@ def export_run(
     output: str | os.PathLike | None = None,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
+    trust_run: bool = False,
 ) -> ExportResult:
     """Export the trained model of ``run_dir`` and check the written file.
 
@@ -121,6 +115,8 @@ def export_run(
         output: the file to write; default ``model.ts.pt`` / ``model.pt2`` / ``model.onnx``
             in the run directory. Its sidecar is ``<output>.json``; missing folders are made.
         tolerance: see the module docstring.
+        trust_run: export a model whose record names a ``package.module:callable`` builder
+            (that code runs; :func:`~torchgraft.engine.artifacts.load`).
 
     Returns:
         an :class:`ExportResult` (path, method, measured difference, sha256, …).
@@ -128,6 +124,7 @@ def export_run(
     Raises:
         ConfigError: an unknown format or a negative tolerance.
         MissingExtraError: ``onnx`` without the ``[onnx]`` extra installed (checked first).
+        UntrustedRunError: a ``package.module:callable`` builder without ``trust_run``.
         CheckpointError: no trained model in ``run_dir``.
         OutputError: ``output`` cannot be written, or would replace the run's own model.
         ExportError: every method of the format failed (each reason given).
@@ -145,12 +142,12 @@ def export_run(
         raise ConfigError(f"export tolerance must be a number >= 0, got {tolerance}")
     if format == "onnx":
         require_onnx()
-    model = load(run_dir)
-    document, weights = read_model_document(run_dir)
+    model = load(run_dir, trust_run=trust_run)
+    document, weights = read_model_document(run_dir, trust_run=trust_run)
     folder = weights.parent
     target = Path(output) if output is not None else folder / FORMATS[format].default_file
     side = sidecar_path(target)
-    _refuse_overwriting_the_run(target, side, folder)
+    _refuse_overwriting_the_run(target, side, weights)
     pre: Preprocessing = model.preprocessing
     sample, described = check_sample(folder, pre)
     with torch.no_grad():
@@ -166,7 +163,7 @@ def export_run(
                 target, side, format, method, diff, allowed, tolerance, CHECK_BATCH_SIZES,
                 described, _runtime(format), sha256_file(temp), 0.0, notes,
             )  # fmt: skip
-            record = _sidecar(result, model, document, weights, _format_details(format, temp))
+            record = export_record(result, model, document, weights, temp)
             temp_side.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {printable(target)}: {exc.strerror or exc}") from None
@@ -273,75 +270,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-# -- records ----------------------------------------------------------------------------------
-
-
-def _sidecar(
-    result: ExportResult,
-    model: nn.Module,
-    document: dict[str, Any],
-    weights: Path,
-    details: dict[str, Any],
-) -> dict[str, Any]:
-    """The JSON record written beside the export (docs/export.md lists its fields)."""
-    pre = model.preprocessing
-    return {
-        "format": EXPORT_FORMAT,
-        "export": result.format,
-        "file": result.path.name,
-        "sha256": result.sha256,
-        "classes": list(model.classes),
-        "preprocessing": json.loads(json.dumps(dataclasses.asdict(pre))),
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["batch", *pre.input_size],
-            "dtype": "float32",
-            "values": "(pixels / 255 - mean) / std, after the preprocessing's resize and crop",
-        },
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(model.classes)]},
-        "exported_with": {
-            "method": result.method,
-            "notes": result.notes,
-            "torch": torch.__version__,
-            **details,
-        },
-        "check": {
-            "max_abs_diff": result.max_abs_diff,
-            "allowed": result.allowed,
-            "tolerance": result.tolerance,
-            "rule": RULE,
-            "batch_sizes": list(result.batch_sizes),
-            "sample": result.sample,
-            "runtime": result.runtime,
-            "reference": "the eager model (torchgraft.load of the run), float32, CPU",
-        },
-        "source": {
-            "run": str(weights.parent),
-            "model": document.get("spec", {}).get("name"),
-            "model_sha256": document.get("sha256"),
-            "epoch": document.get("epoch"),
-        },
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _format_details(format: str, path: Path) -> dict[str, Any]:
-    if format != "onnx":
-        return {}
-    import onnx
-    import onnxruntime
-    import onnxscript
-
-    proto = onnx.load(str(path), load_external_data=False)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {
-        "opset": opset,
-        "onnx": onnx.__version__,
-        "onnxscript": onnxscript.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-
-
 def _runtime(format: str) -> str:
     if format == "onnx":
         import onnxruntime
@@ -351,33 +279,80 @@ def _runtime(format: str) -> str:
     return f"{loader}, torch {torch.__version__}"
 
 
-def _refuse_overwriting_the_run(target: Path, side: Path, folder: Path) -> None:
-    """An export must never replace the trained model it was made from."""
-    own = {(folder / MODEL_FILE).resolve(), (folder / MODEL_JSON).resolve()}
+def _refuse_overwriting_the_run(target: Path, side: Path, weights: Path) -> None:
+    """An export is written beside the model it was made from, never over it or its run.
+
+    Refused, for the export and for its sidecar: a destination that is not a regular file
+    (a device, a FIFO, a folder; :func:`~torchgraft.atomic.check_destination`); the weights
+    file and its record, wherever they are; and inside a run directory, every file of the run
+    (:func:`~torchgraft.engine.run_dir.run_file`: its own names, hidden ones, anything in a
+    sub-folder such as ``state/``) and every existing file that is not an earlier export
+    (a file whose sidecar says so). So an export replaces an earlier export, or writes a new
+    name no run writes.
+
+    Raises:
+        OutputError: naming the destination and what it would replace.
+    """
+    from ..atomic import check_destination, same_file
+    from .run_dir import is_run_directory, run_file
+
+    record = (
+        weights.with_name(MODEL_JSON)
+        if weights.name == MODEL_FILE
+        else weights.with_suffix(".json")
+    )
+    run = weights.parent if is_run_directory(weights.parent) else None
     for path in (target, side):
-        if path.resolve() in own:
+        check_destination(path)
+        own = next((p for p in (weights, record) if same_file(path, p)), None)
+        if own is not None:
+            why = f"the run's own {own.name}" if run is not None else f"the model's {own.name}"
+        elif run is not None:
+            why = run_file(run, path) or _not_an_export(target, side, path, run)
+        else:
+            why = None
+        if why is not None:
             raise OutputError(
-                f"{printable(path)} is the run's own {path.name}: an export never replaces the "
-                "model it was made from; choose another file name"
+                f"{printable(path)} is {why}: an export never replaces the model it was made "
+                "from or a file of its run; choose another file name (a new name, or an "
+                "earlier export)"
             )
+
+
+def _not_an_export(target: Path, side: Path, path: Path, run: Path) -> str | None:
+    """Why ``path``, an existing top-level file of ``run``, is not an earlier export of
+    ``target`` (its sidecar ``side`` records it), or None when it is one or is new."""
+    from ..atomic import within
+
+    if not os.path.lexists(path) or not within(path, run):
+        return None
+    from ..documents import DocumentLimits, read_json
+
+    try:  # a sidecar is a few kB; a FIFO, a device or a deep document is simply not one
+        record = read_json(side, ValueError, DocumentLimits(max_bytes=1 << 20))
+    except ValueError:
+        record = None
+    earlier = isinstance(record, dict) and record.get("format") == EXPORT_FORMAT
+    if earlier and record.get("file") == target.name:
+        return None
+    return f"a file in the run directory {printable(run)} that is not an earlier export"
 
 
 def _run_images(folder: Path, pre: Preprocessing, count: int) -> list[torch.Tensor]:
     """Up to ``count`` base-transformed uint8 images of the run's validation split."""
-    import yaml
-
     from ..data.sources import discover
     from ..data.transforms import base_transform
+    from ..documents import read_yaml
 
     try:
-        data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["data"]
+        data = read_yaml(folder / "config.yaml", ValueError)["data"]
         source = discover(
             str(data["source"]),
             val_fraction=float(data.get("val_fraction", 0.2)),
             split_seed=int(data.get("split_seed", 0)),
         )
         split = source.splits.get("val") or next(iter(source.splits.values()))
-    except (OSError, KeyError, TypeError, ValueError, StopIteration, yaml.YAMLError):
+    except (OSError, KeyError, TypeError, ValueError, StopIteration):
         return []  # DataError is a ValueError: no data there any more, or never readable
     transform = base_transform(pre)
     images: list[torch.Tensor] = []

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .exported import INPUT_NAME, OUTPUT_NAME
+from .export_sidecar import INPUT_NAME, OUTPUT_NAME
 
 __all__ = ["EXAMPLE_BATCH", "METHODS"]
 
@@ -55,7 +55,10 @@ def _onnx_dynamo(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         (example,),
         str(path),
         dynamo=True,
-        external_data=False,  # one file: the sha256 and the atomic rename cover all of it
+        # One file, so the sha256 and the atomic rename cover all of it. Over 2 GB of weights
+        # the exporter writes "<file>.data" beside it anyway (torch 2.14, ONNXProgram.save),
+        # as the legacy one does: the sidecar then records that file too (export_sidecar).
+        external_data=False,
         dynamic_shapes=_batch_dim(),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],

@@ -2,10 +2,16 @@
 
 An export is two files: the program (``model.ts.pt``, ``model.pt2`` or ``model.onnx``) and
 ``<file>.json`` beside it, which says what the outputs mean (``classes``), how inputs must be
-prepared (``preprocessing``), which format the file is in and its sha256. :func:`load_exported`
-checks that sha256 *before* the file is handed to its loader (``torch.jit.load``,
-``torch.export.load``, onnxruntime), so a file changed or damaged after it was exported is
-refused instead of run.
+prepared (``preprocessing``), which format the file is in and its sha256 — and, for an ONNX
+file whose tensors are stored in other files (external data), each of those files' name, size
+and sha256. :func:`load_exported` checks them *before* the file is handed to its loader
+(``torch.jit.load``, ``torch.export.load``, onnxruntime), so a file changed or damaged after it
+was exported is refused instead of run; an ONNX file is also checked against what its sidecar
+says it takes and returns, and its failures while running are typed (:mod:`.onnx_files`).
+
+Everything is read within bounds: the sidecar through :func:`torchgraft.documents.read_json`
+(a regular file, at most 16 MiB, 64 levels deep), the exported file as a regular file only
+(a FIFO or a device is refused, not waited on).
 
 The check proves integrity, not trust: a TorchScript or ``.pt2`` file is a program.
 TorchScript runs its own code, and ``torch.export.load`` unpickles parts of the archive, so a
@@ -21,7 +27,7 @@ Everything read from the sidecar is data: class names are printed escaped by the
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -32,11 +38,16 @@ from typing import Any
 import torch
 
 # MissingExtraError, UntrustedExportError: defined in errors.py, re-exported where raised
+from ..documents import read_json
 from ..errors import CheckpointError, MissingExtraError, TorchgraftError, UntrustedExportError
 from ..grafting.save import sha256_file
 from ..model.spec import Preprocessing
 from ..text import printable
 from ..wording import in_cli, option
+from . import onnx_files
+
+# EXPORT_FORMAT, sidecar_path: defined with the sidecar, re-exported here
+from .export_sidecar import EXPORT_FORMAT, sidecar_path
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -52,12 +63,8 @@ __all__ = [
     "sidecar_path",
 ]
 
-#: The ``format`` field of every sidecar (its schema version).
-EXPORT_FORMAT = "torchgraft.export/1"
 #: How users install what ONNX needs.
 ONNX_EXTRA = 'pip install "torchgraft[onnx]"'
-#: The graph's input and output names (ONNX) and the sidecar's description of them.
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 @dataclass(frozen=True)
@@ -105,12 +112,6 @@ def require_onnx(modules: tuple[str, ...] = FORMATS["onnx"].needs) -> None:
         )
 
 
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """Where the sidecar of an exported file lives: ``<file>.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
 @dataclass
 class ExportedModel:
     """An exported model ready for prediction: call it on a normalised float batch
@@ -138,16 +139,16 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     side = sidecar_path(path)
     shown = printable(side)
-    if not side.is_file():
+    if not os.path.lexists(side):
         raise CheckpointError(
             f"{printable(path)}: no {printable(side.name)} beside it; predict reads an exported "
             "model with the sidecar torchgraft export wrote (classes, preprocessing, sha256). "
             "Give a run directory, a model.safetensors, or an exported file with its sidecar"
         )
     try:
-        document = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{shown}: cannot read it ({exc})") from None
+        document = read_json(side, CheckpointError)  # a FIFO, /dev/zero, [[[[…: refused
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; export the run again to write its sidecar") from None
     if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
         raise CheckpointError(
             f"{shown}: not a torchgraft export record (expected format {EXPORT_FORMAT})"
@@ -174,9 +175,14 @@ def load_exported(
     Raises:
         UntrustedExportError: a TorchScript or ``.pt2`` file (as its sidecar says) without
             ``trust=True``; raised before the file is hashed or loaded.
-        CheckpointError: no sidecar, a malformed one, a file whose sha256 differs from the
-            recorded one, or a file its loader cannot read.
-        MissingExtraError: an ONNX file without onnxruntime installed.
+        CheckpointError: no sidecar, a malformed one, a file (or an ONNX external data file)
+            whose sha256 differs from the recorded one, a file its loader cannot read, or an
+            ONNX model whose inputs or outputs are not those its sidecar describes (also
+            raised by the returned model, for an output that does not fit once run).
+        MissingExtraError: an ONNX file without ``onnx`` and ``onnxruntime`` installed.
+
+    The returned model raises :class:`~torchgraft.errors.ExportError` (exit status 1) when an
+    ONNX model fails inside onnxruntime while running.
 
     Example:
         >>> model = load_exported("runs/first/model.onnx")
@@ -191,25 +197,18 @@ def load_exported(
     if FORMATS[fmt].runs_code and not trust:
         raise UntrustedExportError(_untrusted_message(path, fmt))
     if fmt == "onnx":
-        require_onnx(("onnxruntime",))  # before hashing a file we could not run anyway
-    try:
-        digest = sha256_file(path)
-    except OSError as exc:
-        raise CheckpointError(f"{printable(path)}: cannot read it ({exc})") from None
-    if digest != document["sha256"]:
-        raise CheckpointError(
-            f"{printable(path)} does not match the sha256 recorded in "
-            f"{printable(sidecar_path(path).name)}: the file was changed or damaged after it was "
-            "exported; export the run again"
-        )
-    try:
-        run = LOADERS[fmt](path, threads)
-    except TorchgraftError:
-        raise
-    except Exception as exc:  # each loader has its own exception types
-        raise CheckpointError(
-            f"{printable(path)}: cannot load it as {fmt} ({type(exc).__name__}: {exc})"
-        ) from None
+        require_onnx(("onnx", "onnxruntime"))  # before reading a file we could not run anyway
+        run = _load_onnx_export(path, document, threads)
+    else:
+        _require_recorded(path, _hash(path), document)
+        try:
+            run = LOADERS[fmt](path, threads)
+        except TorchgraftError:
+            raise
+        except Exception as exc:  # each loader has its own exception types
+            raise CheckpointError(
+                f"{printable(path)}: cannot load it as {fmt} ({type(exc).__name__}: {exc})"
+            ) from None
     return ExportedModel(
         path,
         fmt,
@@ -218,6 +217,44 @@ def load_exported(
         document,
         run,
     )
+
+
+def _load_onnx_export(path: Path, document: dict[str, Any], threads: int | None) -> Callable:
+    """The ONNX file ``path`` read once, its sha256 checked, then loaded from those bytes."""
+    data = onnx_files.read_model_bytes(path)
+    _require_recorded(path, hashlib.sha256(data).hexdigest(), document)
+    interface = onnx_files.Interface(
+        tuple(document["preprocessing"]["input_size"]),
+        len(document["classes"]),
+        _declared_name(document, "input"),
+        _declared_name(document, "output"),
+    )
+    external = document.get("external_data")  # None: a sidecar from before it was recorded
+    return onnx_files.load_checked(path, data, external, interface, threads)
+
+
+def _hash(path: Path) -> str:
+    """The sha256 of the exported file: a regular file (a FIFO or a device is refused)."""
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        reason = printable(exc.strerror or exc)
+        raise CheckpointError(f"{printable(path)}: {reason}; export the run again") from None
+
+
+def _require_recorded(path: Path, digest: str, document: Mapping[str, Any]) -> None:
+    if digest != document["sha256"]:
+        raise CheckpointError(
+            f"{printable(path)} does not match the sha256 recorded in "
+            f"{printable(sidecar_path(path).name)}: the file was changed or damaged after it was "
+            "exported; export the run again"
+        )
+
+
+def _declared_name(document: Mapping[str, Any], key: str) -> str | None:
+    """The graph name the sidecar's ``input`` or ``output`` records (None: not recorded)."""
+    field = document.get(key)
+    return field.get("name") if isinstance(field, dict) else None
 
 
 def _untrusted_message(path: Path, fmt: str) -> str:
@@ -261,23 +298,10 @@ def load_pt2(path: Path, threads: int | None = None) -> Callable:
 
 
 def load_onnx(path: Path, threads: int | None = None) -> Callable:
-    """An ONNX file as a callable running onnxruntime on the CPU (``threads`` intra-op)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    # torch's thread count (OMP_NUM_THREADS), so an export is not faster or slower than the
-    # eager model merely because it uses other cores.
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: its warnings are not the user's business
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(session.run(None, {name: array})[0])
-
-    return run
+    """An ONNX file as a callable running onnxruntime on the CPU (``threads`` intra-op), from
+    its path: the export's check of the file it has just written. Predict loads through
+    :func:`load_exported`, which checks the file first."""
+    return onnx_files.runner(onnx_files.open_session(str(path), threads), path)
 
 
 LOADERS: dict[str, Callable[[Path, int | None], Callable]] = {
@@ -292,9 +316,15 @@ def _sidecar_problems(document: Mapping[str, Any]) -> list[str]:
     problems = []
     if document.get("export") not in FORMATS:
         problems.append(f"'export' must be one of {', '.join(FORMATS)}")
-    sha = document.get("sha256")
-    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+    if not _is_sha256(document.get("sha256")):
         problems.append("'sha256' must be 64 hex digits")
+    for key in ("input", "output"):  # optional: sidecars written by hand may leave them out
+        field = document.get(key, {})
+        if not (isinstance(field, dict) and isinstance(field.get("name", ""), str)):
+            problems.append(f"'{key}' must be an object whose 'name' is a string")
+    external = document.get("external_data", [])  # absent: written before it was recorded
+    if not (isinstance(external, list) and all(map(_is_file_record, external))):
+        problems.append("'external_data' must be a list of {file, size, sha256} records")
     classes = document.get("classes")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         problems.append("'classes' must be a non-empty list of names")
@@ -310,3 +340,17 @@ def _sidecar_problems(document: Mapping[str, Any]) -> list[str]:
     except (KeyError, TypeError, ValueError) as exc:
         problems.append(f"'preprocessing' is not valid ({exc})")
     return problems
+
+
+def _is_sha256(value: Any) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _is_file_record(entry: Any) -> bool:
+    """``{"file": name, "size": bytes, "sha256": hex}``: one external data file of an export."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        return False
+    size = entry.get("size")
+    return type(size) is int and size >= 0 and _is_sha256(entry.get("sha256"))

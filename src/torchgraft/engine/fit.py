@@ -20,7 +20,7 @@ workers (``--max-restarts``), the run continues from its last complete epoch by 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -36,8 +36,10 @@ from ..data.prepare import PreparedData, prepare_data
 from ..data.scan import write_bad_list
 from ..data.sources import discover
 from ..data.transforms import resolve_preprocessing
-from ..errors import ConfigError, TorchgraftError, TrainingError
+from ..documents import DocumentLimits, read_json
+from ..errors import CheckpointError, ConfigError, TorchgraftError, TrainingError
 from ..grafting.api import graft
+from ..model.build_record import Trust, check_recorded_build, check_recorded_builder
 from ..model.spec import attach_spec
 from ..wording import in_cli, option, renamed
 from .artifacts import build_architecture, read_model_document, save_model
@@ -61,6 +63,9 @@ from .setup import ModelSetup, build_document, build_run_model
 from .state import clean_temporaries, load_state, save_state, state_epoch
 
 __all__ = ["Run", "fit", "prepare_run_data", "seed_everything"]
+
+#: torchrun.json is a few lines.
+_RECORD_LIMITS = DocumentLimits(max_bytes=64 * 1024, max_depth=4)
 
 
 @dataclass(repr=False)
@@ -101,6 +106,7 @@ def fit(
     *,
     resume: str | Path | None = None,
     console: RunConsole | None = None,
+    trust_run: bool = False,
 ) -> Run:
     """Train as ``config`` says (None: the embedded default) and leave a run directory.
 
@@ -110,12 +116,18 @@ def fit(
         resume: a run directory to continue from its last complete epoch (its own config is
             used; ``config`` must then be None).
         console: where progress goes (default: stdout).
+        trust_run: with ``resume``, rebuild a model whose saved record names a
+            ``package.module:callable`` builder (that code runs). The run directory is read
+            from files, and a file never selects code on its own: torchvision and timm models
+            need no opt-in.
 
     Returns:
         A :class:`Run`.
 
     Raises:
         ConfigError, DataError, SpecError, GraftError, CheckpointError: bad input.
+        UntrustedRunError: resuming a run whose builder is not torchvision/timm without
+            ``trust_run``.
         VerificationError: the graft changed what the source model computes.
         TrainingError: the loss became non-finite.
 
@@ -125,10 +137,10 @@ def fit(
     """
     # Inside a run, options are config keys: a graft that falls short says graft.min_coverage.
     with renamed(CONFIG_OPTIONS):
-        return _fit(config, overrides, resume, console or RunConsole())
+        return _fit(config, overrides, resume, console or RunConsole(), trust_run)
 
 
-def _fit(config, overrides, resume, console: RunConsole) -> Run:
+def _fit(config, overrides, resume, console: RunConsole, trust_run: bool) -> Run:
     if resume is None:
         config = load_config(config, overrides)  # every process checks its own command line
         device = config.train.device
@@ -140,7 +152,7 @@ def _fit(config, overrides, resume, console: RunConsole) -> Run:
         device = _overridden(overrides, "train.device") or "auto"
     processes = join(device)
     try:
-        return _fit_process(config, overrides, resume, console, processes)
+        return _fit_process(config, overrides, resume, console, processes, trust_run)
     except RuntimeError as exc:
         if processes.alone or not _lost_peer(exc):
             raise
@@ -171,18 +183,23 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-def _fit_process(config, overrides, resume, console: RunConsole, processes: Processes) -> Run:
+def _fit_process(
+    config, overrides, resume, console: RunConsole, processes: Processes, trust_run: bool
+) -> Run:
     if not processes.main:
         console = RunConsole(quiet=True)  # one process speaks for the run
+    # What the caller named in this call is trusted; a builder read from a run's files only
+    # with the opt-in (torchgraft.model.build_record).
+    trusted = True if trust_run else ({config.model.name} if config is not None else set())
     if config is not None:
         _check_processes(config, processes)  # before a run folder is made
-    config, run_dir, state = _open(config, overrides, resume, processes)
+    config, run_dir, state = _open(config, overrides, resume, processes, trusted)
     _check_processes(config, processes)  # a resumed run's own configuration
     seed_everything(config.train.seed)
     source = discover(
         config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
     )
-    setup = _model(config, source.classes, state, run_dir)
+    setup = _model(config, source.classes, state, run_dir, trusted)
     _synchronise_batchnorm(config, setup, processes)
     runtime = resolve_runtime(
         setup.model,
@@ -225,7 +242,9 @@ def _fit_process(config, overrides, resume, console: RunConsole, processes: Proc
             + (f"torchgraft train {again}" if in_cli() else f"tg.fit({again})")
         )
         raise
-    return _finish(config, run_dir, session, console, time.perf_counter() - started)
+    # The run's own builder, which this process built and trained: its record may be read back.
+    own = trusted if trusted is True else {*trusted, setup.build["model"]}
+    return _finish(config, run_dir, session, console, time.perf_counter() - started, own)
 
 
 def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, console, first: int):
@@ -287,7 +306,7 @@ def _overridden(overrides, key: str) -> Any:
 
 
 def _open(
-    config, overrides, resume, processes: Processes
+    config, overrides, resume, processes: Processes, trusted: Trust
 ) -> tuple[RunConfig, RunDirectory, dict[str, Any] | None]:
     """The run's configuration, directory and (when resuming) state, on every process.
 
@@ -313,8 +332,10 @@ def _open(
             path = directory.path
         return config, RunDirectory(processes.broadcast(path)), None
     if processes.alone:
-        return _read_run(resume, overrides)
-    result = processes.broadcast(_attempt(_read_run, resume, overrides) if processes.main else None)
+        return _read_run(resume, overrides, trusted)
+    result = processes.broadcast(
+        _attempt(_read_run, resume, overrides, trusted) if processes.main else None
+    )
     if isinstance(result, BaseException):
         raise result
     return result
@@ -342,8 +363,8 @@ def _earlier_attempt(config: RunConfig) -> tuple[str, bool] | None:
     found = []
     for record in Path(config.output.dir).glob("*/torchrun.json"):
         try:
-            same = json.loads(record.read_text()).get("run_id") == run_id
-        except (OSError, ValueError, AttributeError):
+            same = read_json(record, CheckpointError, _RECORD_LIMITS).get("run_id") == run_id
+        except (CheckpointError, AttributeError):
             continue
         if same:
             found.append(record.parent)
@@ -353,20 +374,25 @@ def _earlier_attempt(config: RunConfig) -> tuple[str, bool] | None:
     return str(folder), state_epoch(folder) is not None
 
 
-def _read_run(resume, overrides) -> tuple[RunConfig, RunDirectory, dict[str, Any]]:
+def _read_run(resume, overrides, trusted: Trust) -> tuple[RunConfig, RunDirectory, dict[str, Any]]:
+    """A run directory to continue: its config.yaml (with ``overrides``), its resume state and
+    its best model's record, each read as data (the files may be a stranger's): the model is
+    named by a file, so it must be a torchvision/timm model or ``trusted``."""
     directory = RunDirectory(Path(resume))
     saved = directory.file("config.yaml")
-    if not saved.is_file():
+    if not os.path.lexists(saved):
         raise ConfigError(
             f"{resume}: not a run directory (no config.yaml); give the folder train created"
         )
     clean_temporaries(directory.path)
-    config = load_config(saved, overrides)
+    # Model names are checked against the saved state below, not imported to be checked.
+    config = load_config(saved, overrides, check_names=False)
+    check_recorded_builder(config.model.name, f"{saved}: model.name", trust_run=trusted)
     state = load_state(directory.path)
-    if (directory.path / "model.safetensors").exists():
+    if os.path.lexists(directory.path / "model.safetensors"):
         # The best model is kept unless the resumed epochs beat it: a damaged file would
         # otherwise end the run as its result, unread and unchecked.
-        read_model_document(directory.path)
+        read_model_document(directory.path, trust_run=trusted)
     return config, directory, state
 
 
@@ -408,13 +434,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _model(config: RunConfig, classes, state, run_dir: RunDirectory) -> ModelSetup:
+def _model(config: RunConfig, classes, state, run_dir: RunDirectory, trusted: Trust) -> ModelSetup:
     if state is None:
         return build_run_model(config, classes)
     # Resuming: the architecture from the saved record, the weights from the saved state —
     # the pretrained source is not needed any more.
-    build = state["fingerprint"]["build"]
-    model = build_architecture(build, tuple(classes))
+    origin = f"{run_dir.path}/state: fingerprint"
+    build = check_recorded_build(state["fingerprint"]["build"], origin, trust_run=trusted)
+    expected = {k: tuple(v.shape) for k, v in state["model"].items()}
+    model = build_architecture(build, tuple(classes), expected=expected)
     report = graft(model, state["model"], strategy="exact", source_name=f"{run_dir.path}/state")
     return ModelSetup(model, model.torchgraft_spec, build, report)
 
@@ -508,12 +536,12 @@ def _model_document(
     }
 
 
-def _test_metrics(run_dir: RunDirectory, session: Session) -> dict[str, Any] | None:
+def _test_metrics(run_dir: RunDirectory, session: Session, own: Trust) -> dict[str, Any] | None:
     if "test" not in session.data.source.splits or not run_dir.file("model.safetensors").exists():
         return None
     from .artifacts import load
 
-    best = load(run_dir.path).to(
+    best = load(run_dir.path, trust_run=own).to(
         session.runtime.device, memory_format=session.runtime.memory_format
     )
     return session.evaluate("test", model=best, alone=True).to_dict()
@@ -529,19 +557,21 @@ def _epoch_line(result) -> str:
     )
 
 
-def _finish(config, run_dir: RunDirectory, session: Session, console, seconds: float) -> Run:
+def _finish(
+    config, run_dir: RunDirectory, session: Session, console, seconds: float, own: Trust
+) -> Run:
     """The test split, plots, report and final table: rank 0's work (it alone reads the
     saved best model); the others wait for it."""
     test = None
     processes = session.processes
     if processes.main:
-        test = _test_metrics(run_dir, session)
+        test = _test_metrics(run_dir, session, own)
         with writing_into(run_dir.path):
             if test is not None:
                 run_dir.write_json("test_metrics.json", test)
             if config.output.plots:
                 write_plots(run_dir.path, session)
-            write_report(run_dir.path)  # with the worst-classified validation images
+            write_report(run_dir.path, trust_run=own)  # with the worst-classified images
         console.table("result", ("", ""), final_rows(session, test, seconds, run_dir.path))
     processes.barrier()
     return Run(

@@ -39,6 +39,13 @@ __all__ = [
 ]
 
 
+#: What an image whose class probabilities are not finite numbers is told.
+NOT_FINITE = (
+    "the model's outputs for this image are not finite numbers (NaN or infinity): the model "
+    "or its preprocessing is broken; no classes predicted"
+)
+
+
 @dataclass
 class Prediction:
     """The top classes of one image (or why it could not be read)."""
@@ -74,7 +81,9 @@ def image_files(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_for_prediction(path: str | Path, *, trust: bool = False) -> nn.Module | ExportedModel:
+def load_for_prediction(
+    path: str | Path, *, trust: bool = False, trust_run: bool = False
+) -> nn.Module | ExportedModel:
     """The model at ``path``: a run directory or a ``.safetensors`` model through
     :func:`~torchgraft.engine.artifacts.load`; any other file as an export
     (:func:`~torchgraft.engine.exported.load_exported`, which needs its sidecar and checks
@@ -83,10 +92,13 @@ def load_for_prediction(path: str | Path, *, trust: bool = False) -> nn.Module |
     Args:
         path: a run directory, a ``model.safetensors``, or an exported file.
         trust: load a TorchScript or ``.pt2`` export, which can run code from the file
-            (``predict --trust-export``); ONNX exports and run directories need no opt-in.
+            (``predict --trust-export``); ONNX exports need no opt-in.
+        trust_run: build a run's model whose record names a ``package.module:callable``
+            builder (``predict --trust-run``); torchvision and timm models need no opt-in.
 
     Raises:
         UntrustedExportError: a TorchScript or ``.pt2`` export without ``trust=True``.
+        UntrustedRunError: a ``package.module:callable`` builder without ``trust_run=True``.
         CheckpointError: no model there, a file that does not match its recorded sha256,
             or another file without an export sidecar.
         MissingExtraError: an ONNX export without onnxruntime installed.
@@ -94,7 +106,7 @@ def load_for_prediction(path: str | Path, *, trust: bool = False) -> nn.Module |
     path = Path(path)
     if path.is_file() and path.suffix != ".safetensors":
         return load_exported(path, trust=trust)
-    return load(path)
+    return load(path, trust_run=trust_run)
 
 
 def predict(
@@ -158,6 +170,10 @@ def predict_files(
             for path, (_, error) in zip(chunk, decoded, strict=True):
                 if error is not None:
                     results.append(Prediction(path, error=error))
+                    continue
+                if not torch.isfinite(by_path[path]).all():
+                    # A probability that is not a number is no prediction (and no JSON).
+                    results.append(Prediction(path, error=NOT_FINITE))
                     continue
                 values, indices = by_path[path].topk(k)
                 top = [

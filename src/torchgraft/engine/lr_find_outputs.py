@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..atomic import atomic_write_text
-from ..errors import OutputError
+from ..documents import parse_yaml, read_document_bytes
+from ..errors import ConfigError, OutputError
 from ..text import printable
 from ..wording import in_cli, listing, option
 from .lr_find_rules import SKIP_END
@@ -211,8 +212,10 @@ def apply_suggestion(
             f"applied: wrote {printable(path)} (this run's configuration, optim.lr {lr:g}); "
             f"train with: {printable(then)}"
         ]
-    text = target.read_text(encoding="utf-8")
-    document = yaml.safe_load(text) or {}
+    text = read_document_bytes(target, ConfigError).decode("utf-8", errors="replace")
+    document = parse_yaml(text, str(target), ConfigError) or {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{target}: not a run configuration (a mapping of sections)")
     section = document.get("optim") if isinstance(document.get("optim"), dict) else {}
     updates = {"lr": lr}
     if backbone is not None and section.get("backbone_lr") is not None:

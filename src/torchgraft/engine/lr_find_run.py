@@ -11,8 +11,6 @@ away afterwards: nothing of the sweep reaches a later ``train``.
 
 from __future__ import annotations
 
-import datetime
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from .lr_find_rules import (
     check_sweep,
 )
 from .outputs import graft_lines
-from .run_dir import writing_into
+from .run_dir import make_stamped_folder, writing_into
 from .runtime import resolve_runtime
 from .session import Session
 from .setup import build_run_model
@@ -187,16 +185,13 @@ def _folder(config: RunConfig, output: str | Path | None) -> Path:
     """``output`` (created), or a new ``<time>-<model>-lr-find`` folder in ``output.dir``."""
     if output is not None:
         folder = Path(output)
-    else:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
-        short = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model.name.split(":")[-1])[:40]
-        base = Path(config.output.dir) / f"{stamp}-{short}-lr-find"
-        folder, suffix = base, 1
-        while folder.exists():
-            suffix += 1
-            folder = base.with_name(f"{base.name}-{suffix}")
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{option('output', str(folder))}: a file is in the way; give a folder")
-    with writing_into(folder.parent, resumable=False):
-        folder.mkdir(parents=True, exist_ok=True)
-    return folder
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(
+                f"{option('output', str(folder))}: a file is in the way; give a folder"
+            )
+        with writing_into(folder.parent, resumable=False):
+            folder.mkdir(parents=True, exist_ok=True)  # the folder you named: yours to reuse
+        return folder
+    parent = Path(config.output.dir)
+    with writing_into(parent, resumable=False):
+        return make_stamped_folder(parent, config.model.name, "lr-find")  # train's naming

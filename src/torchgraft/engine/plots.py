@@ -15,7 +15,12 @@ Contract:
   cheap; matplotlib is only needed when a plot is drawn.
 * Strings that come from users' data (class names, optimizer group names, split names,
   titles) are drawn literally: ``$x^2$``, ``a_b`` or ``\\foo`` never go through mathtext or
-  LaTeX, so they cannot raise and print as written.
+  LaTeX, so they cannot raise and print as written. They are drawn escaped
+  (:func:`torchgraft.text.printable`: ESC as ``\\x1b``, as a terminal shows them): no font
+  has glyphs for control characters, and matplotlib's "Glyph 27 (…) missing from font(s)"
+  warning would carry the raw character to the terminal. A printable character the font
+  lacks (a CJK name in DejaVu Sans) is still drawn as a box, and its warning names it in
+  ASCII (``\\N{CJK UNIFIED IDEOGRAPH-732B}``).
 * Missing values (``None``, NaN, infinities, absent keys) are skipped, never drawn as zero.
   A function that has nothing to draw returns ``None`` and writes nothing.
 """
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..atomic import atomic_write_bytes
 from ..errors import DataError
+from ..text import printable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -86,8 +92,10 @@ def _save(figure: Figure, path: str | os.PathLike[str] | BinaryIO) -> Any:
 
 
 def _literal(texts: Iterable[Text]) -> None:
-    """Draw these texts as written: no mathtext, no LaTeX (their strings are users' data)."""
+    """Draw these texts as written — no mathtext, no LaTeX — and escaped (their strings are
+    users' data; see the module docstring). Escaping twice changes nothing."""
     for text in texts:
+        text.set_text(printable(text.get_text()))
         text.set_parse_math(False)
         text.set_usetex(False)
 
@@ -425,7 +433,7 @@ def plot_confusion(
     smooth = "antialiased" if len(classes) > _MAX_TICK_LABELS else "nearest"
     image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation=smooth)
     figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
-    _label_axes(axes, [_short(str(name)) for name in classes])
+    _label_axes(axes, [_short(printable(name)) for name in classes])  # shortened as shown
     if len(classes) <= _MAX_COUNTS:
         _write_counts(axes, counts, shares, side)
     axes.set_xlabel("predicted class")

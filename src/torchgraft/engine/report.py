@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..model.build_record import Trust
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError
@@ -42,7 +46,12 @@ REPORT_FILE = "report.html"
 
 
 def write_report(
-    run_dir: str | Path, *, final: bool = True, plots: bool | None = None, count: int = 16
+    run_dir: str | Path,
+    *,
+    final: bool = True,
+    plots: bool | None = None,
+    count: int = 16,
+    trust_run: Trust = False,
 ) -> Path:
     """(Re)write ``run_dir/report.html`` from the run's files.
 
@@ -54,6 +63,9 @@ def write_report(
             of the figures only the loss and accuracy curves are drawn.
         plots: draw the figures; None follows the run's ``output.plots``.
         count: how many worst-classified images to show (0: none, no pass over the data).
+        trust_run: build the saved model for the examples even when its record names a
+            ``package.module:callable`` builder (that code runs); without it such a model is
+            not built and the examples section says why.
 
     Returns:
         the path of ``report.html``.
@@ -71,7 +83,7 @@ def write_report(
     found = None
     if final:
         found = (
-            worst_examples(files.path, files.config, count=count)
+            worst_examples(files.path, files.config, count=count, trust_run=trust_run)
             if count > 0
             else Examples(reason="not asked for (no images to show)")
         )

@@ -22,6 +22,10 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..model.build_record import Trust
 
 __all__ = ["MAX_IMAGES", "THUMBNAIL", "Example", "Examples", "worst_examples"]
 
@@ -55,20 +59,26 @@ class Examples:
     notes: list[str] = field(default_factory=list)
 
 
-def worst_examples(run_dir: Path, config: Mapping | None, *, count: int = 16) -> Examples:
+def worst_examples(
+    run_dir: Path, config: Mapping | None, *, count: int = 16, trust_run: Trust = False
+) -> Examples:
     """The ``count`` highest-loss validation images of the run's saved best model.
 
-    Never raises for missing or moved files, a model not saved yet, data that changed or a
-    pass torch refuses (out of memory): :attr:`Examples.reason` says what stood in the way.
+    Never raises for missing or moved files, a model not saved yet, a model whose builder
+    the caller does not trust (``trust_run``; a record never selects code), data that
+    changed or a pass torch refuses (out of memory): :attr:`Examples.reason` says what stood
+    in the way.
     """
-    from ..errors import TorchgraftError
+    from ..errors import TorchgraftError, UntrustedRunError
     from .artifacts import load
 
     data = (config or {}).get("data") if isinstance(config, Mapping) else None
     if not isinstance(data, Mapping) or not data.get("source"):
         return Examples(reason="config.yaml does not say where the data is")
     try:
-        model = load(run_dir)
+        model = load(run_dir, trust_run=trust_run)
+    except UntrustedRunError as exc:
+        return Examples(reason=f"the saved model was not built ({exc})")
     except TorchgraftError as exc:
         return Examples(reason=f"no saved model to run ({exc})")
     try:

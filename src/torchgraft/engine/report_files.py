@@ -9,17 +9,21 @@ reason, and the section that needs it says so; reading never raises for one bad 
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..documents import DocumentLimits, parse_json, parse_yaml, read_document_bytes
+
 __all__ = ["RunFiles", "as_list", "as_map", "read_run"]
 
 #: Larger files are not read (a run's own files are far smaller; this bounds a damaged one).
 _MAX_BYTES = 256 * 2**20
+#: metrics.jsonl holds a confusion matrix per epoch: larger than any other document.
+_LIMITS = DocumentLimits(max_bytes=_MAX_BYTES)
 
 
 @dataclass
@@ -111,12 +115,12 @@ def read_run(path: str | Path, *, lr_trace: bool = True) -> RunFiles:
     """
     files = RunFiles(Path(path))
     files.config = _read(files, "config.yaml", _yaml, Mapping)
-    files.graft = _read(files, "graft.json", json.loads, Mapping)
-    files.policies = _read(files, "policy.json", json.loads, list)
-    files.model = _read(files, "model.json", json.loads, Mapping)
-    files.test = _read(files, "test_metrics.json", json.loads, Mapping)
+    files.graft = _read(files, "graft.json", _json, Mapping)
+    files.policies = _read(files, "policy.json", _json, list)
+    files.model = _read(files, "model.json", _json, Mapping)
+    files.test = _read(files, "test_metrics.json", _json, Mapping)
     files.rows = _read(files, "metrics.jsonl", _json_lines, list) or []
-    files.bad = (_read(files, "bad_images.txt", str.splitlines, list) or [])[:10_000]
+    files.bad = (_read(files, "bad_images.txt", _text_lines, list) or [])[:10_000]
     files.problems.pop("bad_images.txt", None)  # absent is the usual case, not a problem
     files.problems.pop("test_metrics.json", None)  # only runs with a test split have it
     if lr_trace:
@@ -125,16 +129,21 @@ def read_run(path: str | Path, *, lr_trace: bool = True) -> RunFiles:
 
 
 def _read(files: RunFiles, name: str, parse, kind: type) -> Any:
+    """One file of the run, parsed within the document bounds (:mod:`torchgraft.documents`:
+    a regular file of at most ``_MAX_BYTES``, nesting and YAML aliases bounded); what stands
+    in the way is noted in ``files.problems``, never raised."""
     target = files.path / name
-    try:
-        if target.stat().st_size > _MAX_BYTES:
-            files.problems[name] = f"larger than {_MAX_BYTES // 2**20} MiB; not read"
-            return None
-        value = parse(target.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(target):
         files.problems[name] = "not found"
         return None
-    except (OSError, ValueError) as exc:  # JSON/YAML/Unicode errors are ValueErrors or wrapped
+    try:
+        raw = read_document_bytes(target, _Unreadable, _LIMITS)
+        value = parse(raw.decode("utf-8"), name)
+    except _Unreadable as exc:
+        reason = str(exc).removeprefix(f"{target}: ").removeprefix(f"{name}: ")
+        files.problems[name] = f"cannot be read ({reason})"[:300]
+        return None
+    except ValueError as exc:  # Unicode errors
         files.problems[name] = f"cannot be read ({type(exc).__name__}: {exc})"[:300]
         return None
     if not isinstance(value, kind):
@@ -143,21 +152,28 @@ def _read(files: RunFiles, name: str, parse, kind: type) -> Any:
     return dict(value) if kind is Mapping else value
 
 
-def _yaml(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(str(exc)) from None
+class _Unreadable(Exception):
+    """A run file that cannot be read as a document (said in the report, not raised)."""
 
 
-def _json_lines(text: str) -> list[dict[str, Any]]:
+def _yaml(text: str, name: str) -> Any:
+    return parse_yaml(text, name, _Unreadable, _LIMITS)
+
+
+def _json(text: str, name: str) -> Any:
+    return parse_json(text, name, _Unreadable, _LIMITS)
+
+
+def _text_lines(text: str, name: str) -> list[str]:
+    return text.splitlines()
+
+
+def _json_lines(text: str, name: str) -> list[dict[str, Any]]:
     rows = []
     for line in text.splitlines():
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = parse_json(line, name, _Unreadable, _LIMITS)
+        except _Unreadable:
             continue  # one damaged line does not hide the others
         if isinstance(row, dict):
             rows.append(row)

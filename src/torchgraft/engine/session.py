@@ -31,10 +31,11 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.loaders import Shard, batch_count
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer, train_augment
-from ..errors import TrainingError
+from ..errors import CheckpointError, TrainingError
 from ..model.spec import ModelSpec
 from ..policies.optimizer_groups import audit_optimizer
 from ..policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
+from ..text import printable
 from .config import RunConfig
 from .distributed import ALONE, Processes
 from .features import FeatureCache, cache_refusal, find_head_entry
@@ -162,7 +163,16 @@ class Session:
             max_steps=train.max_steps,
         )
         if state is not None:
-            self._restore(state, first)
+            try:
+                self._restore(state, first)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+                # The state's types were checked when it was read (engine.state); what is
+                # left is content that does not fit this run: changed, or hand-made.
+                raise CheckpointError(
+                    f"the resume state does not fit this run ({type(exc).__name__}: "
+                    f"{printable(str(exc))[:200]}); it was changed after it was saved, or "
+                    "written by another version of torchgraft"
+                ) from exc
         elif summary is not None:
             self._log_policy(0, summary)
         return first

@@ -8,14 +8,18 @@ sha256; then older state files are removed. Each write is atomic, so at every in
 ``last.json`` names a complete file. Temporary files a killed process left behind are never
 read, and :func:`clean_temporaries` removes them at the next start.
 
-The file is a torch pickle of tensors and plain data only; it is read back with
-``weights_only=True`` (NumPy's generator state is stored as a tensor for that reason).
+The file is a torch pickle of tensors and plain data only; it is read back through the
+checkpoint reader like any torch file — scanned within its limits, then ``weights_only=True``
+(NumPy's generator state is stored as a tensor for that reason) — and its fields are checked
+for type before a run restores them: a run directory may be a stranger's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,11 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, atomic_write_text
+from ..documents import DocumentLimits, read_json
 from ..errors import CheckpointError
+from ..grafting.io import read_torch_data
 from ..grafting.save import sha256_file
+from ..values import whole
 
 __all__ = [
     "STATE_FORMAT",
@@ -39,6 +46,9 @@ __all__ = [
 STATE_FORMAT = "torchgraft.resume/1"
 STATE_DIR = "state"
 POINTER = "last.json"
+_STATE_NAME = re.compile(r"epoch-\d{4,9}\.pt")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_POINTER_LIMITS = DocumentLimits(max_bytes=64 * 1024, max_depth=4)
 
 
 def capture_rng(data_generator: torch.Generator) -> dict[str, Any]:
@@ -137,46 +147,106 @@ def _save(handle, payload: dict[str, Any]) -> None:
 
 
 def state_epoch(run_dir: Path) -> int | None:
-    """The last complete epoch of a run (0-based), or None when none completed."""
-    pointer = run_dir / STATE_DIR / POINTER
-    if not pointer.exists():
-        return None
+    """The last complete epoch of a run (0-based), or None when none completed (or the
+    pointer cannot be read: :func:`load_state` says why)."""
     try:
-        return int(json.loads(pointer.read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return _read_pointer(run_dir)["epoch"]
+    except CheckpointError:
         return None
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:
-    """The state ``last.json`` names, checked against its sha256.
+    """The state ``last.json`` names, checked against its sha256, read through the checkpoint
+    reader (a regular file, scanned within its limits, ``weights_only``) and checked for
+    the types :class:`~torchgraft.engine.session.Session` restores.
+
+    The builder its fingerprint records is not judged here (a report reads the state too and
+    builds nothing): whoever builds from it checks it (:mod:`torchgraft.model.build_record`).
 
     Raises:
-        CheckpointError: no completed epoch to resume from, or a damaged state file.
+        CheckpointError: no completed epoch to resume from, or a damaged or crafted state.
     """
-    pointer_path = run_dir / STATE_DIR / POINTER
-    if not pointer_path.exists():
-        raise CheckpointError(
-            f"{run_dir}: no resume state (state/{POINTER}); the run did not finish an epoch — "
-            "start it again instead"
-        )
+    pointer = _read_pointer(run_dir)
+    path = run_dir / STATE_DIR / pointer["file"]
     try:
-        pointer = json.loads(pointer_path.read_text())
-        path = run_dir / STATE_DIR / Path(pointer["file"]).name
-        expected = pointer["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{pointer_path}: unreadable ({exc})") from None
-    if not path.exists() or sha256_file(path) != expected:
+        matches = sha256_file(path) == pointer["sha256"]
+    except OSError:
+        matches = False
+    if not matches:
         raise CheckpointError(
             f"{path}: missing or does not match the sha256 in {POINTER}: the resume state was "
             "changed or damaged; it cannot be resumed exactly"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad pickle
-        raise CheckpointError(f"{path}: cannot read the resume state ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: not a torchgraft resume state")
+    state = read_torch_data(path)
+    problems = _state_problems(state, pointer["epoch"])
+    if problems:
+        raise CheckpointError(f"{path}: not a torchgraft resume state ({'; '.join(problems[:4])})")
     return state
+
+
+def _read_pointer(run_dir: Path) -> dict[str, Any]:
+    """``state/last.json``, checked: epoch, a state file name in ``state/``, a sha256."""
+    pointer_path = run_dir / STATE_DIR / POINTER
+    if not os.path.lexists(pointer_path):
+        raise CheckpointError(
+            f"{run_dir}: no resume state (state/{POINTER}); the run did not finish an epoch — "
+            "start it again instead"
+        )
+    pointer = read_json(pointer_path, CheckpointError, _POINTER_LIMITS)
+    if not (
+        isinstance(pointer, dict)
+        and whole(pointer.get("epoch"), 0, 10**9)
+        and isinstance(pointer.get("file"), str)
+        and _STATE_NAME.fullmatch(pointer["file"])
+        and isinstance(pointer.get("sha256"), str)
+        and _SHA256.fullmatch(pointer["sha256"])
+    ):
+        raise CheckpointError(
+            f"{pointer_path}: not a resume pointer torchgraft wrote (epoch, file "
+            "state/epoch-NNNN.pt, sha256)"
+        )
+    return pointer
+
+
+#: What :meth:`Session._restore` reads, by type (a crafted state of other types is refused).
+_STATE_TYPES = {
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "step": int,
+    "lr_trace": list,
+    "history": list,
+    "policies": list,
+    "stage_steps": list,
+    "best": dict,
+    "stale": int,
+    "rng": dict,
+    "fingerprint": dict,
+}
+
+
+def _state_problems(state: Any, epoch: int) -> list[str]:
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        return [f"format is not {STATE_FORMAT}"]
+    problems = (
+        [] if state.get("epoch") == epoch else [f"its epoch is not {epoch}, as {POINTER} says"]
+    )
+    for key, kind in _STATE_TYPES.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            problems.append(f"{key!r} is not a {kind.__name__}")
+    model = state.get("model")
+    if isinstance(model, dict) and not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        problems.append("'model' must map names to tensors")
+    fingerprint = state.get("fingerprint")
+    if isinstance(fingerprint, dict) and not (
+        isinstance(fingerprint.get("build"), dict)
+        and isinstance(fingerprint.get("classes"), list)
+        and isinstance(fingerprint.get("keys"), dict)
+    ):
+        problems.append("'fingerprint' must hold build, classes and keys")
+    return problems
 
 
 def clean_temporaries(run_dir: Path) -> list[Path]:

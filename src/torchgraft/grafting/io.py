@@ -53,6 +53,7 @@ __all__ = [
     "Checkpoint",
     "ReaderLimits",
     "read_checkpoint",
+    "read_torch_data",
     "sniff_format",
 ]
 
@@ -134,6 +135,32 @@ def read_checkpoint(
     if len(checkpoint.tensors) > limits.max_tensors:
         raise limit_error(str(path), "max_tensors", f"{len(checkpoint.tensors):,} tensors", limits)
     return checkpoint
+
+
+def read_torch_data(path: str | os.PathLike, *, limits: ReaderLimits | None = None) -> Any:
+    """The plain data of a torch file that is not a checkpoint of weights (a resume state:
+    tensors, numbers, strings and containers), read as every torch file is: a regular file,
+    checked and scanned within the reader's limits, then ``torch.load(weights_only=True)``
+    with no opt-ins, and made plain (:mod:`.untrusted`).
+
+    Raises:
+        CheckpointError: naming the file: not a torch file, damaged, hostile or over a limit
+            (an :class:`UnsafeCheckpointError` when it wants globals outside torch's safe list).
+    """
+    limits = resolve_limits(limits)
+    path = Path(path)
+    try:
+        mode = _mode(path)
+        if mode is None or not stat.S_ISREG(mode):
+            raise CheckpointError(
+                f"{path}: {'no such file' if mode is None else 'not a regular file'}"
+            )
+        kind = sniff_format(path)
+        if kind == "safetensors":
+            raise CheckpointError(f"{path}: a safetensors file, not a torch file of data")
+        return plain(torch_load(path, kind, (), False, False, limits))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _read_path(

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..documents import DocumentLimits, read_yaml
 from ..errors import GraftError
 
 __all__ = ["RenameRule", "RenameRules", "load_rules"]
 
+#: A rules file is a short list of rules.
+RULES_LIMITS = DocumentLimits(max_bytes=1 << 20, max_depth=8)
 _PLACEHOLDER = re.compile(r"\{(\w+)(\*?)\}")
 
 
@@ -108,10 +109,7 @@ def load_rules(path: str | Path) -> RenameRules:
         GraftError: unreadable file or invalid rules (the message names the file).
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise GraftError(f"{path}: cannot read rename rules: {exc}") from None
+    data = read_yaml(path, GraftError, RULES_LIMITS)  # bounded: size, nesting, aliases
     try:
         return RenameRules.from_data(data)
     except GraftError as exc:

@@ -20,6 +20,7 @@ import torch
 
 from ..atomic import atomic_paths
 from ..errors import CheckpointError
+from ..regular_files import open_regular
 
 __all__ = ["save_grafted", "sha256_file", "sidecar_path"]
 
@@ -32,15 +33,16 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks (constant memory for any size).
+    """The hex sha256 of a regular file, read in 1 MiB chunks (constant memory for any size).
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be read, or is not a regular file (a FIFO would block, a
+            device never end: :mod:`torchgraft.regular_files`).
     """
     digest = hashlib.sha256()
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
+    with open_regular(path) as (handle, _):
         while count := handle.readinto(buffer):
             digest.update(view[:count])
     return digest.hexdigest()

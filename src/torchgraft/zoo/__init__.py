@@ -15,10 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import HeadError, SpecError
+from ..errors import CheckpointError, HeadError, SpecError
 from ..grafting.api import graft
 from ..grafting.io import read_checkpoint
 from ..grafting.source import SourceWeights
+from ..model.build_record import check_recorded_builder
 from ..model.heads import replace_head, rows_to_keep
 from ..model.spec import attach_spec
 from ..model.stem import replace_input_channels
@@ -202,6 +203,11 @@ def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | N
     except Exception:  # an index that cannot be built must not break a graft
         return None
     if found.exact is None:
+        return None
+    try:
+        # The index is a file in the cache: the names it holds never select code either.
+        check_recorded_builder(found.exact, "the architecture index")
+    except CheckpointError:
         return None
     classes = found.num_classes if found.head_differs else None
     model = build_model(found.exact, num_classes=classes).model

@@ -17,13 +17,14 @@ import io
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["BUILD_SECONDS", "arch_table"]
+__all__ = ["BUILD_SECONDS", "arch_table", "build_on_meta"]
 
 #: Seconds one architecture may take to build before it is given up.
 BUILD_SECONDS = 60.0
@@ -81,22 +82,32 @@ def arch_table(library: str, name: str, **kwargs: Any) -> tuple[Shapes, Shapes]:
             ``meta`` as they are registered.
     """
     build, heads = _builder(library, name, kwargs)
+    model = build_on_meta(build)
+    table = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    paths = heads(model)
+    head = {k: s for k, s in table.items() if any(k.startswith(f"{p}.") for p in paths)}
+    return table, head
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """What ``build()`` returns, built quietly without tensor memory (see the module docstring).
+
+    Raises:
+        TimeoutError: the build took longer than :data:`BUILD_SECONDS`.
+        Exception: whatever the builder raises in both ways of building on ``meta``.
+    """
     deadline = time.monotonic() + BUILD_SECONDS
     with _quiet():
         try:
             with torch.device("meta"), _SkipInit(deadline):
-                model = build()
+                return build()
         except _TooSlow:
             raise
         except Exception:
             # Builders that compute sizes with tensors (``.tolist()``) cannot run with every
             # tensor on meta; the layers' own tensors can still be moved there as registered.
             with _parameters_on_meta(), _SkipInit(deadline):
-                model = build()
-        table = {k: tuple(t.shape) for k, t in model.state_dict().items()}
-    paths = heads(model)
-    head = {k: s for k, s in table.items() if any(k.startswith(f"{p}.") for p in paths)}
-    return table, head
+                return build()
 
 
 def _builder(library: str, name: str, kwargs: dict[str, Any]):
@@ -144,8 +155,6 @@ def _parameters_on_meta() -> Iterator[None]:
     ``nn.Module`` itself is patched for the duration). Layers create their parameters with
     ``torch.empty``, whose pages are never touched, and initialise them after registration,
     on meta — so no real memory is filled, while the builder's own arithmetic runs on CPU."""
-    from torch import nn
-
     register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
 
     def parameter(self, name, param):
