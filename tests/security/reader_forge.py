@@ -470,6 +470,8 @@ def _escaped(exc: BaseException) -> str:
     where = ""
     if ours:
         path = ours[-1].filename
-        where = f" (in {path[path.rindex('/torchgraft/') + 1 :]}:{ours[-1].lineno}, {ours[-1].name})"
+        where = (
+            f" (in {path[path.rindex('/torchgraft/') + 1 :]}:{ours[-1].lineno}, {ours[-1].name})"
+        )
     first = "".join(trace[-1:]).strip().replace("\n", " ")[:800]
     return f"escaped: {first}{where}\n" + "".join(trace[-7:-1])[-2500:]
