@@ -24,7 +24,7 @@ from torchgraft.data.images import (
     IMAGE_SUFFIXES,
     WHITE_BACKGROUND,
     UnreadableImageError,
-    _to_rgb,
+    _convert,
     is_image_file,
     load_image,
     to_uint8_tensor,
@@ -207,7 +207,7 @@ def test_lab_tiff(tmp_path):
 def test_hsv_from_memory():
     # No file format stores HSV; the converter load_image uses still handles it.
     img = _row("HSV", [(0, 255, 255), (0, 0, 255)])
-    assert _pixels(_to_rgb(img, Path("memory"))) == [RED, WHITE]
+    assert _pixels(_convert(img, 3, Path("memory"))) == [RED, WHITE]
 
 
 SIXTEEN_BIT = [0, 255, 256, 32768, 65535]
@@ -239,7 +239,7 @@ def test_sixteen_bit_modes_from_memory(mode, dtype):
     raw = np.array([SIXTEEN_BIT], dtype=dtype).tobytes()
     img = Image.frombytes(mode, (len(SIXTEEN_BIT), 1), raw)
     assert img.mode == mode
-    assert [p[0] for p in _pixels(_to_rgb(img, Path("memory")))] == SIXTEEN_BIT_AS_8
+    assert [p[0] for p in _pixels(_convert(img, 3, Path("memory")))] == SIXTEEN_BIT_AS_8
 
 
 def test_sixteen_bit_transparent_value_becomes_white(tmp_path):
@@ -287,7 +287,7 @@ def test_float_tiff(tmp_path, values, expected):
 def test_mode_without_an_rgb_conversion_is_a_data_error():
     img = Image.new("La", (2, 1))
     with pytest.raises(UnreadableImageError, match=r"memory\.png: unsupported image mode 'La'"):
-        _to_rgb(img, Path("memory.png"))
+        _convert(img, 3, Path("memory.png"))
 
 
 # --- channels, orientation, draft -----------------------------------------------------------

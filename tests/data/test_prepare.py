@@ -141,6 +141,26 @@ def test_auto_keeps_in_memory_within_the_limit(digits_dir):
     assert not prepare_data(source, PRE, in_memory="auto", memory_limit_mb=0).in_memory
 
 
+def test_auto_counts_the_index_of_every_sample_not_only_its_pixels(tmp_path):
+    # 40,000 rows of 3x8x8 pixels: 7.7 MB of pixels fit 12 MB, but not with their index
+    # (paths, labels: 8.4 MB more), which the old estimate left out.
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), (3, 2, 1)).save(tmp_path / "b.png")
+    table = tmp_path / "rows.csv"
+    table.write_text("path,label\n" + "a.png,x\nb.png,y\n" * 20_000)
+    source = discover(str(table), memory_limit_mb=12)
+    small = Preprocessing(input_size=(3, 8, 8), crop_pct=1.0)
+    assert not prepare_data(source, small, memory_limit_mb=12).in_memory
+    kept = prepare_data(source, small, memory_limit_mb=20)
+    assert kept.in_memory
+    # A file listed 20,000 times is decoded once and copied to every row.
+    train = kept.images["train"]
+    first: dict[int, torch.Tensor] = {}
+    for i, label in enumerate(kept.labels("train").tolist()):
+        assert torch.equal(train[i], first.setdefault(label, train[i]))
+    assert not torch.equal(first[0], first[1])
+
+
 def test_the_images_are_the_base_transform_of_each_file(digits_dir):
     source = discover(str(digits_dir))
     data = prepare_data(source, PRE, in_memory=True)

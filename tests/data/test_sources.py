@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -394,6 +396,44 @@ def test_fingerprint_changes_when_a_file_is_resized(tree):
 def test_digits_fingerprint_depends_on_the_split():
     assert discover("digits").fingerprint() == discover("digits").fingerprint()
     assert discover("digits").fingerprint() != discover("digits", split_seed=1).fingerprint()
+
+
+def _documented(source) -> str:
+    """The fingerprint as documented: sha256 of the sorted-keys JSON of every signature."""
+    document = {
+        "classes": list(source.classes),
+        "splits": {name: split.signature() for name, split in source.splits.items()},
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def test_fingerprint_is_the_documented_hash_for_every_layout(tree, tmp_path):
+    # Written piece by piece (a million rows never become one list): the same digest, so
+    # runs saved before still resume.
+    _class_tree(tmp_path / "split" / "train", {"cat": 3, "dog": 3})
+    _class_tree(tmp_path / "split" / "val", {"cat": 1, "dog": 1})
+    outside = _png(tmp_path / "outside.png")
+    lines = ["path,label", "./cat/cat_0.png,cat", "dog//dog_0.png,dog", "cat/cat_0.png,cat"]
+    lines += [f"{outside},dog", "missing.png,cat", "cat/cat_1.png,cat", "dog/dog_1.png,dog"]
+    table = _csv(tree / "weird.csv", lines)  # odd spellings, an absolute path, a repeat
+    for source in ("digits", str(tree), str(tmp_path / "split"), str(table)):
+        found = discover(source)
+        assert found.fingerprint() == _documented(found), source
+    signature = discover(str(table)).splits["train"].signature()
+    assert [str(outside), 1, outside.stat().st_size] in signature  # absolute: kept whole
+    assert ["missing.png", 0, -1] in signature + discover(str(table)).splits["val"].signature()
+
+
+def test_split_paths_are_compact_and_behave_as_a_list_of_paths(tree):
+    train = discover(str(tree)).splits["train"]
+    paths = train.paths
+    listed = list(paths)
+    assert all(isinstance(p, Path) and p.is_file() for p in listed)
+    assert paths == listed
+    assert (paths[0], paths[-1], len(paths)) == (listed[0], listed[-1], len(listed))
+    assert listed[1] in paths
+    assert paths.names[0] == listed[0].relative_to(tree).as_posix()  # one string per sample
+    assert train.without([0]).paths == listed[1:]
 
 
 # --- load_digits ---------------------------------------------------------------------------

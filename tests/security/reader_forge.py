@@ -201,26 +201,40 @@ def sandboxed_read(path: Path, timeout: float = 60.0, uid: int | None = None, **
         ``{"ok": True, "tensors": n}`` or ``{"error": type name, "message": str, "typed":
         bool}`` (typed: a :class:`TorchgraftError`), both with ``peak_mb`` (how much the
         peak RSS grew), ``seconds`` and ``cpu_seconds`` (the work's CPU time: assert on
-        that, wall time depends on the machine's load); ``{"signal": n}`` for a crash or a kill, or
-        ``{"timeout": True}``.
+        that, wall time depends on the machine's load); ``{"signal": n}`` for a crash or a
+        kill, or ``{"timeout": True}``.
     """
-    return _sandboxed(_read, path, options, timeout, uid)
+
+    def read() -> dict:
+        from torchgraft.grafting.io import read_checkpoint
+
+        return {"ok": True, "tensors": len(read_checkpoint(path, **options).tensors)}
+
+    result = sandboxed_call(read, timeout=timeout, uid=uid)
+    result.update(result.pop("value", {}))
+    return result
 
 
-def _sandboxed(work, path, options: dict, timeout: float, uid: int | None) -> dict:
-    """``work(path, options)`` (a JSON-able dict) in a forked child under the limits."""
+def sandboxed_call(
+    function, timeout: float = 60.0, *, memory: int = SANDBOX_MEMORY, uid: int | None = None
+) -> dict:
+    """``function()`` in a forked child that may map ``memory`` bytes more than it has
+    (``RLIMIT_AS``), with a CPU limit, one torch thread, as user ``uid`` if given.
+
+    Returns:
+        ``{"value": <its JSON-able result>}`` or ``{"error": type name, "message": str,
+        "typed": bool}`` (typed: a :class:`TorchgraftError`; the message of any other is its
+        traceback's end), both with ``peak_mb``, ``seconds`` and ``cpu_seconds``;
+        ``{"signal": n}`` for a crash or a kill, ``{"exit": n}``, or ``{"timeout": True}``.
+    """
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 0
         try:
             os.close(reader)
-            _limit_child()
-            if uid is not None:  # e.g. "nobody", for permission checks when tests run as root
-                os.setgid(uid)
-                os.setuid(uid)
-            result = work(path, options)
-            os.write(writer, json.dumps(result).encode())
+            _limit_child(memory, uid)
+            os.write(writer, json.dumps(_measured(function)).encode())
         except BaseException:
             code = 3
         finally:
@@ -244,36 +258,39 @@ def _sandboxed(work, path, options: dict, timeout: float, uid: int | None) -> di
     return json.loads(output) if output else {"exit": os.WEXITSTATUS(status)}
 
 
-def sandboxed_call(function, timeout: float = 60.0) -> dict:
-    """``function()`` in a forked, limited child (like :func:`sandboxed_read`).
+def _measured(function) -> dict:
+    """``function()``'s outcome with the peak RSS growth, wall and CPU time it took."""
+    from torchgraft.errors import TorchgraftError
 
-    Returns:
-        ``{"value": <its JSON-able result>}`` or ``{"error": type name, "message": str}``,
-        both with ``peak_mb`` and ``seconds``; ``{"signal": n}`` for a crash or a kill,
-        ``{"timeout": True}``.
-    """
-
-    def call(_path, _options) -> dict:
-        with contextlib.suppress(OSError):  # reset the peak RSS, inherited from the parent
-            Path("/proc/self/clear_refs").write_text("5")
-        before, started, cpu = _status("VmRSS"), time.monotonic(), _cpu_seconds()
-        try:
-            result = {"value": function()}
-        except BaseException as exc:  # every outcome is data for the test
-            result = {"error": type(exc).__name__, "message": str(exc)[:2000]}
-        result["peak_mb"] = (_status("VmHWM") - before) / 2**20
-        result["seconds"] = time.monotonic() - started
-        result["cpu_seconds"] = _cpu_seconds() - cpu
-        return result
-
-    return _sandboxed(call, None, {}, timeout, None)
+    with contextlib.suppress(OSError):  # reset the peak RSS, inherited from the parent
+        Path("/proc/self/clear_refs").write_text("5")
+    before, started, cpu = _status("VmRSS"), time.monotonic(), _cpu_seconds()
+    try:
+        result = {"value": function()}
+    except BaseException as exc:  # every outcome is data for the test
+        typed = isinstance(exc, TorchgraftError)
+        message = str(exc) if typed else traceback.format_exc()[-2000:]
+        result = {"error": type(exc).__name__, "message": message[:2000], "typed": typed}
+    result["peak_mb"] = (_status("VmHWM") - before) / 2**20  # growth of the peak RSS
+    result["seconds"] = time.monotonic() - started
+    result["cpu_seconds"] = _cpu_seconds() - cpu
+    return result
 
 
-def _limit_child() -> None:
+def _limit_child(memory: int, uid: int | None) -> None:
+    # OpenMP's threads do not survive a fork: a parallel region in the child would wait for
+    # them forever (torch's DataLoader workers do the same).
+    torch.set_num_threads(1)
     size = _address_space()
-    resource.setrlimit(resource.RLIMIT_AS, (size + SANDBOX_MEMORY, size + SANDBOX_MEMORY))
+    resource.setrlimit(resource.RLIMIT_AS, (size + memory, size + memory))
     cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime + 120
     resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 5))
+    if uid is not None:  # e.g. "nobody", for permission checks when tests run as root
+        # the peak RSS restarts now: /proc/self is root's, not writable, once the uid changes
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+        os.setgid(uid)
+        os.setuid(uid)
 
 
 def _status(field: str) -> int:
@@ -286,28 +303,6 @@ def _status(field: str) -> int:
 
 def _address_space() -> int:
     return _status("VmSize")
-
-
-def _read(path: Path, options: dict) -> dict:
-    from torchgraft.errors import TorchgraftError
-    from torchgraft.grafting.io import read_checkpoint
-
-    with contextlib.suppress(OSError):  # reset the peak RSS, inherited from the parent
-        Path("/proc/self/clear_refs").write_text("5")
-    before, started, cpu = _status("VmRSS"), time.monotonic(), _cpu_seconds()
-    try:
-        checkpoint = read_checkpoint(path, **options)
-        result = {"ok": True, "tensors": len(checkpoint.tensors)}
-    except BaseException as exc:  # every outcome is data for the test
-        result = {
-            "error": type(exc).__name__,
-            "message": str(exc)[:2000],
-            "typed": isinstance(exc, TorchgraftError),
-        }
-    result["peak_mb"] = (_status("VmHWM") - before) / 2**20  # growth of the peak RSS
-    result["seconds"] = time.monotonic() - started
-    result["cpu_seconds"] = _cpu_seconds() - cpu
-    return result
 
 
 def _cpu_seconds() -> float:

@@ -12,6 +12,16 @@ The contract of :func:`load_image`:
 * Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is kept and enforced,
   warning range included; ``LOAD_TRUNCATED_IMAGES`` is never set, so a truncated file fails
   here, while loading, and not in the middle of training.
+* Only a regular file is opened: a FIFO, device, socket or folder under an image's name is
+  refused from its ``stat`` without being opened, and the file is opened non-blocking and
+  checked again once open (:mod:`torchgraft.regular_files`), so a name swapped for a pipe
+  cannot hang a run. Its size is bounded (:class:`~.limits.DataLimits`).
+* The memory a decode will take is estimated from the header (:func:`~.modes.decode_cost`)
+  and refused over ``max_decode_bytes`` before any pixel is decoded; conversions run tile by
+  tile (:mod:`.modes`), so an image costs its decoded size plus its output, not 8-byte
+  temporaries per pixel.
+* Only the formats of :data:`IMAGE_SUFFIXES` are decoded, whatever the file's name: a file
+  Pillow would hand to another plugin (EPS runs Ghostscript) is "not an image".
 * Every failure is an :class:`UnreadableImageError` (a :class:`~torchgraft.errors.DataError`)
   whose message starts with the path, says what was found and what to do.
 """
@@ -21,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import threading
 import warnings
 from collections.abc import Iterator
@@ -28,9 +39,12 @@ from pathlib import Path, PurePath
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, JpegImagePlugin
 
 from ..errors import DataError
+from ..regular_files import FileProblem, open_regular
+from .limits import DataLimits, resolve_data_limits
+from .modes import WHITE_BACKGROUND, convert_decoded, decode_cost
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -56,13 +70,22 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
     ".webp",
 )
 
-#: The colour transparent pixels are composited over (RGB). White, like a browser page or a
-#: product photo's studio backdrop; it is the convention of most image datasets.
-WHITE_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
+#: The Pillow formats decoded: those of IMAGE_SUFFIXES (camera JPEGs that Pillow reads as
+#: MPO come through JPEG). Image.open identifies a file by its bytes, so without this list a
+#: ".jpg" could reach any plugin Pillow has, EPS (which runs Ghostscript) included.
+_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # width and height swap on display
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SIZE_ADVICE = (
     "if you trust this file, raise the limit knowingly (PIL.Image.MAX_IMAGE_PIXELS = N, "
     "or None to disable it) before loading; otherwise downscale or remove the file"
@@ -107,6 +130,7 @@ def load_image(
     channels: int = 3,
     *,
     draft_size: tuple[int, int] | None = None,
+    limits: DataLimits | None = None,
 ) -> Image.Image:
     """Open, fully decode and convert one image to ``"RGB"`` (``channels=3``) or ``"L"`` (1).
 
@@ -116,14 +140,17 @@ def load_image(
         draft_size: for JPEG files, let the decoder work at a reduced scale (1/2, 1/4, 1/8)
             while the image stays at least this ``(width, height)`` once upright; much faster
             for big photos. Other formats decode at full size.
+        limits: the file-size and decode-memory bounds; default: :class:`~.limits.DataLimits`
+            with the ``TORCHGRAFT_*`` environment variables applied.
 
     Returns:
         a new, fully loaded image of mode ``"RGB"`` or ``"L"``, EXIF orientation applied,
         transparency composited over :data:`WHITE_BACKGROUND`.
 
     Raises:
-        UnreadableImageError: the file is missing, unreadable, a folder, not an image,
-            truncated, corrupt, of an unsupported mode, or over Pillow's pixel limit.
+        UnreadableImageError: the file is missing, unreadable, a folder, a FIFO, device or
+            socket, not an image, truncated, corrupt, of an unsupported mode, over Pillow's
+            pixel limit, or over a limit of ``limits`` (its size, its decode memory).
         DataError: ``channels`` is neither 1 nor 3, or ``draft_size`` is not two positive
             integers (mistakes of the call, not of the file).
     """
@@ -139,14 +166,14 @@ def load_image(
             f"{path}: draft_size={draft_size!r} is not a size; give (width, height) as two "
             "positive integers, or None to decode at full size"
         )
+    limits = resolve_data_limits(limits)
     try:
         with _bomb_warnings_as_errors():
-            rgb = _decode_rgb(Path(path), draft_size)
+            return _decode(Path(path), channels, draft_size, limits)
     except UnreadableImageError:
         raise
     except Exception as exc:  # Pillow raises many types on bad files; all are "unreadable"
         raise _unreadable(path, exc) from exc
-    return rgb if channels == 3 else rgb.convert("L")
 
 
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -172,15 +199,95 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(chw.copy())
 
 
-def _decode_rgb(path: Path, draft_size: tuple[int, int] | None) -> Image.Image:
-    """The image at ``path``, fully decoded, upright and converted to ``"RGB"``."""
-    with Image.open(path) as img:
-        _check_pixel_limit(path, img.size)
-        if draft_size is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
-            img.draft("RGB", _stored_draft_size(img, draft_size))
-        img.load()  # the whole decode, so that a truncated file fails now
-        upright = ImageOps.exif_transpose(img)
-    return _to_rgb(upright, path)
+def _decode(path: Path, channels: int, draft: tuple[int, int] | None, limits: DataLimits):
+    """The image at ``path``, fully decoded, converted and upright (see the module docstring)."""
+    _check_file(path, limits)
+    try:
+        with open_regular(path) as (handle, size):
+            _check_file_size(path, size, limits)  # again: the name may now be another file
+            img = Image.open(handle, formats=_FORMATS)
+            _check_pixel_limit(path, img.size)
+            if draft is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
+                img.draft("RGB", _stored_draft_size(img, draft))
+            orientation = _orientation(img, loaded=False)
+            _check_cost(path, img, channels, orientation, limits)
+            img.load()  # the whole decode, so that a truncated file fails now
+    except FileProblem as problem:  # the name was swapped after _check_file, or unreadable
+        raise _file_problem(path, problem) from None
+    if orientation is None:  # known only once loaded (a PNG's eXIf chunk may follow IDAT)
+        orientation = _orientation(img, loaded=True)
+        _check_cost(path, img, channels, orientation, limits)
+    out = _convert(img, channels, path)
+    if out is not img:
+        img.close()  # free the decoded pixels before a rotation copies the output
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return out.transpose(method) if method is not None else out
+
+
+def _orientation(img: Image.Image, *, loaded: bool) -> int | None:
+    """The EXIF orientation (1: upright), or None while unknown without decoding."""
+    if not loaded and img.format == "PNG" and "exif" not in img.info:
+        return None  # PngImageFile.getexif would decode the whole image to look further
+    return img.getexif().get(_EXIF_ORIENTATION, 1)
+
+
+def _check_file(path: Path, limits: DataLimits) -> None:
+    """Refuse, from ``stat`` alone, a name that is not a regular file or is too long: a
+    device is never opened (opening some has effects), a FIFO never waited on."""
+    info = os.stat(path)  # OSError: reported by _unreadable (missing, permission, loop)
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise _file_problem(path, FileProblem(f"not a regular file ({_kind(info.st_mode)})"))
+    _check_file_size(path, info.st_size, limits)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+
+
+def _check_file_size(path: Path, size: int, limits: DataLimits) -> None:
+    if size > limits.max_image_file_bytes:
+        reason = (
+            f"a file of {size:,} bytes, over the limit of {limits.max_image_file_bytes:,} "
+            "bytes for one image file"
+        )
+        advice = (
+            f"if you trust it, {limits.how_to_raise('max_image_file_bytes')}; otherwise remove it"
+        )
+        raise UnreadableImageError(f"{path}: {reason}; {advice}", path=path, reason=reason)
+
+
+def _check_cost(
+    path: Path, img: Image.Image, channels: int, orientation: int | None, limits: DataLimits
+) -> None:
+    """Refuse an image whose decode would take more than ``max_decode_bytes``."""
+    cost = decode_cost(img, channels, rotated=orientation in _ORIENTATION_TRANSPOSE)
+    if cost.bytes <= limits.max_decode_bytes:
+        return
+    limit_mib = limits.max_decode_bytes / (1 << 20)
+    reason = (
+        f"decoding it needs {cost.describe(img)}, over the limit of {limit_mib:,.0f} MiB "
+        "for one image"
+    )
+    advice = f"if you trust it, {limits.how_to_raise('max_decode_bytes')}; otherwise downscale it"
+    raise UnreadableImageError(f"{path}: {reason}; {advice}", path=path, reason=reason)
+
+
+def _file_problem(path: Path, problem: FileProblem) -> UnreadableImageError:
+    """The error for a name that cannot be opened as a regular file."""
+    reason = str(problem)
+    if reason.startswith("not a regular file"):
+        advice = "remove it: a pipe, device or socket holds no image, and reading one can hang"
+    elif not os.access(path, os.R_OK):
+        reason, advice = "permission denied", "make the file readable by this user (chmod a+r)"
+    else:
+        advice = "check the file and the disk it is on"
+    return UnreadableImageError(f"{path}: {reason}; {advice}", path=path, reason=reason)
 
 
 def _stored_draft_size(img: Image.Image, draft_size: tuple[int, int]) -> tuple[int, int]:
@@ -204,72 +311,17 @@ def _check_pixel_limit(path: Path, size: tuple[int, int]) -> None:
         raise _too_large(path, pixels)
 
 
-def _to_rgb(img: Image.Image, path: Path) -> Image.Image:
-    """A new ``"RGB"`` image from a loaded image of any mode Pillow decodes."""
-    mode = img.mode
+def _convert(img: Image.Image, channels: int, path: Path) -> Image.Image:
+    """``"RGB"`` or ``"L"`` of a loaded image of any mode (see :mod:`.modes`)."""
     try:
-        if mode in ("I", "F") or mode.startswith("I;16"):
-            return _high_depth_to_l(img).convert("RGB")
-        if mode in _ALPHA_MODES or "transparency" in img.info:
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (*WHITE_BACKGROUND, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        # "1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX": Pillow's conversions are right.
-        return img.convert("RGB")
+        return convert_decoded(img, channels)
     except ValueError as exc:  # "conversion from La to RGB not supported"
         raise UnreadableImageError(
-            f"{path}: unsupported image mode {mode!r} ({exc}); re-save the image as 8-bit "
+            f"{path}: unsupported image mode {img.mode!r} ({exc}); re-save the image as 8-bit "
             "RGB or greyscale",
             path=path,
-            reason=f"unsupported image mode {mode!r}",
+            reason=f"unsupported image mode {img.mode!r}",
         ) from exc
-
-
-def _high_depth_to_l(img: Image.Image) -> Image.Image:
-    """An ``"L"`` image from a 16-bit, 32-bit integer or float image, scaled, not clipped."""
-    raw = np.asarray(img)
-    scaled = _float_to_uint8(raw) if img.mode == "F" else _int_to_uint8(raw.astype(np.int64))
-    transparent = img.info.get("transparency")
-    if isinstance(transparent, int) and img.mode != "F":
-        # A 16-bit greyscale PNG marks one grey value as transparent: show it as background.
-        scaled = np.where(raw == transparent, np.uint8(WHITE_BACKGROUND[0]), scaled)
-    return Image.fromarray(np.ascontiguousarray(scaled, dtype=np.uint8))
-
-
-def _int_to_uint8(values: np.ndarray) -> np.ndarray:
-    """8-bit values of integer pixels: by bit depth (``>> 8``) when they fit in 16 bits."""
-    if values.size == 0:
-        return values.astype(np.uint8)
-    low, high = int(values.min()), int(values.max())
-    if low >= 0 and high <= 0xFFFF:
-        # 16-bit data (the file's bit depth is 16 even where mode "I" hides it): keep the
-        # top byte, so 65535 -> 255 and 32768 -> 128, whatever the image's own range.
-        return (values >> 8).astype(np.uint8)
-    if low >= 0:
-        return _round(values * 255.0 / high)
-    # Negative values: no bit depth to go by, so stretch the range the image uses.
-    return _round((values - low) * 255.0 / (high - low))
-
-
-def _float_to_uint8(values: np.ndarray) -> np.ndarray:
-    """8-bit values of float pixels: ``[0, 1]`` scaled by 255, any other range stretched."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.zeros(values.shape, dtype=np.uint8)
-    low, high = float(finite.min()), float(finite.max())
-    values = np.nan_to_num(values.astype(np.float64), nan=low, posinf=high, neginf=low)
-    if low >= 0.0 and high <= 1.0:
-        scaled = values * 255.0
-    elif high > low:
-        scaled = (values - low) * 255.0 / (high - low)
-    else:  # one constant value outside [0, 1]: nothing to stretch
-        scaled = np.clip(values, 0.0, 255.0)
-    return _round(scaled)
-
-
-def _round(values: np.ndarray) -> np.ndarray:
-    """``values`` (within ``[0, 255]``) rounded half up to uint8, so 127.5 -> 128."""
-    return np.floor(values + 0.5).astype(np.uint8)
 
 
 def _too_large(path: str | os.PathLike, pixels: int | None) -> UnreadableImageError:

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from .sources import Split
 
-__all__ = ["MemoryLoader", "Shard", "StreamLoader", "batch_count", "batch_order"]
+__all__ = ["MemoryLoader", "Shard", "StreamLoader", "batch_count", "batch_order", "shard_slice"]
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 
@@ -95,8 +95,12 @@ def _smallest_part(batch_size: int, shard: Shard) -> int:
     return min(2, max(1, batch_size // shard.world))
 
 
-def _slice(count: int, shard: Shard) -> tuple[int, int]:
+def shard_slice(count: int, shard: Shard) -> tuple[int, int]:
+    """``(start, stop)``: this process's contiguous share of ``count`` samples (evaluation)."""
     return count * shard.rank // shard.world, count * (shard.rank + 1) // shard.world
+
+
+_slice = shard_slice
 
 
 class MemoryLoader:

@@ -10,19 +10,27 @@
   ``train``/``val``/``test``); paths are relative to the CSV's folder.
 
 Class names are the folder names or CSV labels, sorted. Hidden files and folders (``.git``,
-``.DS_Store``) are ignored; any other file that is not an image is kept in the split so the
-scan reports it by path (a stray file is never silently skipped). The split is stratified:
-each class gives ``round(n * val_fraction)`` of its images to ``val`` (at least one when it
-has two or more), chosen with ``split_seed``.
+``.DS_Store``) are ignored; any other entry that is not an image (a stray file, a FIFO, a
+broken link) is kept in the split so the scan reports it by path (never silently skipped).
+Folders are walked by the link rules of :mod:`.folders` (links to folders only inside the
+data folder, no loops, unreadable folders named), CSVs read bounded (:mod:`.csv_list`). The
+split is stratified: each class gives ``round(n * val_fraction)`` of its images to ``val``
+(at least one when it has two or more), chosen with ``split_seed``.
+
+Listing is bounded by ``memory_limit_mb`` (``data.memory_limit_mb``): the index — a path and
+a label per sample, :data:`~.limits.SAMPLE_INDEX_BYTES` each plus the path — must fit in it, and a folder
+or CSV over it is refused while it is being listed (:class:`~.limits.IndexBudget`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +38,14 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
+from .csv_list import SPLIT_NAMES, CsvRows, read_csv_rows
 from .digits import DIGIT_CLASSES, load_digits
+from .folders import class_folders, list_class_folders
 from .images import load_image
+from .limits import DataLimits, IndexBudget, resolve_data_limits
+from .sample_paths import SamplePaths, relative_name
 
 __all__ = ["DataSource", "Split", "class_folders", "discover", "stratified_split"]
-
-SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass
@@ -44,7 +54,7 @@ class Split:
 
     name: str
     labels: list[int]
-    paths: list[Path] | None = None
+    paths: Sequence[Path] | None = None  # a list, or a compact SamplePaths
     arrays: np.ndarray | None = None  # digits: (N, 8, 8) uint8
     root: Path | None = None  # paths are shown and fingerprinted relative to it
 
@@ -73,22 +83,58 @@ class Split:
         return Split(
             self.name,
             [self.labels[i] for i in keep],
-            [self.paths[i] for i in keep] if self.paths is not None else None,
+            _select(self.paths, keep) if self.paths is not None else None,
             self.arrays[keep] if self.arrays is not None else None,
             self.root,
         )
 
     def signature(self) -> list:
         """What identifies the split's content cheaply: (relative path, label, size) rows."""
-        if self.arrays is not None:
-            digest = hashlib.sha256(self.arrays.tobytes()).hexdigest()
-            return [digest, self.labels]
-        rows = []
+        return list(self._signature_rows()) if self.paths is not None else self._arrays_rows()
+
+    def hash_signature(self, hasher) -> None:
+        """Feed ``json.dumps(self.signature())`` to ``hasher``, in pieces (a million rows
+        never exist as one list, nor as one string)."""
+        if self.paths is None:
+            hasher.update(json.dumps(self._arrays_rows()).encode())
+            return
+        hasher.update(b"[")
+        pieces: list[str] = []
+        for index, (shown, label, size) in enumerate(self._signature_rows()):
+            # json.dumps([shown, label, size]) with its default separators, written out.
+            pieces.append(f"{', ' if index else ''}[{_json_string(shown)}, {label}, {size}]")
+            if len(pieces) == 4096:
+                hasher.update("".join(pieces).encode())
+                pieces.clear()
+        hasher.update("".join(pieces).encode() + b"]")
+
+    def _arrays_rows(self) -> list:
+        return [hashlib.sha256(self.arrays.tobytes()).hexdigest(), self.labels]
+
+    def _signature_rows(self):
+        size = lru_cache(maxsize=4096)(_size)  # a CSV may list one file many times
+        if isinstance(self.paths, SamplePaths):
+            root, names = str(self.paths.root), self.paths.names
+            for name, label in zip(names, self.labels, strict=True):
+                shown = relative_name(name, self.root)
+                yield [shown, label, size(os.path.join(root, name))]
+            return
         for path, label in zip(self.paths, self.labels, strict=True):
-            shown = path.relative_to(self.root) if self.root else path
-            size = path.stat().st_size if path.exists() else -1
-            rows.append([shown.as_posix(), label, size])
-        return rows
+            shown = relative_name(str(path), self.root) if self.root else Path(path).as_posix()
+            yield [shown, label, size(str(path))]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except (OSError, ValueError):
+        return -1
+
+
+def _select(paths: Sequence[Path], rows: Sequence[int]) -> Sequence[Path]:
+    if isinstance(paths, SamplePaths):
+        return paths.select(rows)
+    return [paths[i] for i in rows]
 
 
 @dataclass
@@ -108,36 +154,59 @@ class DataSource:
     layout: str = ""
 
     def fingerprint(self) -> str:
-        """sha256 of classes and every split's samples (resume refuses other data)."""
-        document = {
-            "classes": list(self.classes),
-            "splits": {name: split.signature() for name, split in self.splits.items()},
-        }
-        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+        """sha256 of classes and every split's samples (resume refuses other data): of
+        ``json.dumps({"classes": …, "splits": {name: split.signature()}}, sort_keys=True)``,
+        written piece by piece."""
+        hasher = hashlib.sha256()
+        hasher.update(b'{"classes": ' + json.dumps(list(self.classes)).encode())
+        hasher.update(b', "splits": {')
+        for index, name in enumerate(sorted(self.splits)):
+            hasher.update((", " if index else "").encode() + json.dumps(name).encode() + b": ")
+            self.splits[name].hash_signature(hasher)
+        hasher.update(b"}}")
+        return hasher.hexdigest()
 
     def summary(self) -> str:
         sizes = " / ".join(f"{len(s):,} {name}" for name, s in self.splits.items())
         return f"{self.origin}: {sizes} images, {len(self.classes)} classes"
 
 
-def discover(source: str, *, val_fraction: float = 0.2, split_seed: int = 0) -> DataSource:
+def discover(
+    source: str,
+    *,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    memory_limit_mb: int | None = None,
+    limits: DataLimits | None = None,
+) -> DataSource:
     """The dataset ``source`` names (see the module docstring).
+
+    Args:
+        source: ``digits``, a folder or a ``.csv`` file.
+        val_fraction, split_seed: how a dataset without a val split is split.
+        memory_limit_mb: the data's memory budget (``data.memory_limit_mb``); the index of
+            the samples must fit in it. None: :data:`~.limits.DEFAULT_MEMORY_LIMIT_MB`.
+        limits: bounds on the CSV file (:class:`~.limits.DataLimits`; default: from the
+            environment).
 
     Raises:
         DataError: no such path, no class folders, an empty class, a single class, a
-            validation class the training data lacks, a CSV without its header, or a CSV
-            whose split column is empty in some rows only.
+            validation class the training data lacks, a CSV without its header, a CSV
+            whose split column is empty in some rows only, a linked folder leaving the data
+            folder, a link loop, an unreadable folder, a CSV that is not a regular file or
+            is too long, or more samples than ``memory_limit_mb`` can index.
     """
     if source == "digits":
         return _digits(val_fraction, split_seed)
     path = Path(source)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return _csv(path, val_fraction, split_seed)
+    budget = IndexBudget(memory_limit_mb)
     if path.is_dir():
         if (path / "train").is_dir():
-            return _split_folders(path, val_fraction, split_seed)
-        return _class_folders(path, val_fraction, split_seed)
-    if path.exists():
+            return _split_folders(path, val_fraction, split_seed, budget)
+        return _class_folders(path, val_fraction, split_seed, budget)
+    if path.suffix.lower() == ".csv" and os.path.lexists(path):
+        return _csv(path, val_fraction, split_seed, budget, resolve_data_limits(limits))
+    if os.path.lexists(path):
         raise DataError(f"{path}: not a folder or a .csv file; give a folder of images or a CSV")
     raise DataError(f"{path}: no such file or folder")
 
@@ -168,115 +237,92 @@ def _digits(val_fraction: float, seed: int) -> DataSource:
     return DataSource(DIGIT_CLASSES, splits, "digits", "digits")
 
 
-def _class_folders(root: Path, val_fraction: float, seed: int) -> DataSource:
-    classes, samples = class_folders(root)
-    labels = [label for _, label in samples]
-    train, val = stratified_split(labels, val_fraction, seed)
+def _class_folders(root: Path, val_fraction: float, seed: int, budget) -> DataSource:
+    listing = list_class_folders(root, budget=budget)
+    train, val = stratified_split(listing.labels, val_fraction, seed)
     splits = {
-        name: _split(name, samples, rows, root) for name, rows in (("train", train), ("val", val))
+        name: _split(name, listing.paths, listing.labels, rows, root)
+        for name, rows in (("train", train), ("val", val))
     }
-    return DataSource(classes, splits, str(root), "class-folders")
+    return DataSource(listing.classes, splits, str(root), "class-folders")
 
 
-def _split_folders(root: Path, val_fraction: float, seed: int) -> DataSource:
-    classes, train_samples = class_folders(root / "train")
+def _split_folders(root: Path, val_fraction: float, seed: int, budget) -> DataSource:
+    listing = list_class_folders(root / "train", root=root, budget=budget)
+    paths, labels, classes = listing.paths, listing.labels, listing.classes
     splits = {}
     if (root / "val").is_dir():
-        splits["train"] = _split("train", train_samples, range(len(train_samples)), root)
-        splits["val"] = _other_split(root, "val", classes)
+        splits["train"] = Split("train", labels, paths, root=root)
+        splits["val"] = _other_split(root, "val", classes, budget)
     else:
-        labels = [label for _, label in train_samples]
         train, val = stratified_split(labels, val_fraction, seed)
-        splits["train"] = _split("train", train_samples, train, root)
-        splits["val"] = _split("val", train_samples, val, root)
+        splits["train"] = _split("train", paths, labels, train, root)
+        splits["val"] = _split("val", paths, labels, val, root)
     if (root / "test").is_dir():
-        splits["test"] = _other_split(root, "test", classes)
+        splits["test"] = _other_split(root, "test", classes, budget)
     return DataSource(classes, splits, str(root), "split-folders")
 
 
-def _other_split(root: Path, name: str, classes: tuple[str, ...]) -> Split:
-    found, samples = class_folders(root / name, allow_single=True)
-    unknown = sorted(set(found) - set(classes))
+def _other_split(root: Path, name: str, classes: tuple[str, ...], budget) -> Split:
+    listing = list_class_folders(root / name, root=root, allow_single=True, budget=budget)
+    unknown = sorted(set(listing.classes) - set(classes))
     if unknown:
         raise DataError(
             f"{root / name}: class folder(s) {_names(unknown)} are not in {root / 'train'} "
             f"(its classes: {_names(classes)}); every {name} class must also be a train class"
         )
-    index = {c: i for i, c in enumerate(classes)}
-    return Split(
-        name, [index[found[label]] for _, label in samples], [p for p, _ in samples], root=root
-    )
+    position = {name: index for index, name in enumerate(classes)}
+    index = [position[found] for found in listing.classes]
+    return Split(name, [index[label] for label in listing.labels], listing.paths, root=root)
 
 
-def class_folders(folder: Path, allow_single: bool = False):
-    """``(classes, [(path, label)])`` from the class subfolders of ``folder``.
-
-    Raises:
-        DataError: no class folders, an empty one, or (unless ``allow_single``) only one.
-    """
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p))
-    if not subfolders:
-        loose = [p.name for p in folder.iterdir() if p.is_file() and not _hidden(p)][:3]
-        hint = f" (found files such as {_names(loose)})" if loose else ""
-        raise DataError(
-            f"{folder}: no class folders{hint}; put each class's images in a subfolder "
-            "named after the class (cat/, dog/, …)"
-        )
-    classes = tuple(p.name for p in subfolders)
-    samples = []
-    for label, sub in enumerate(subfolders):
-        files = sorted(p for p in sub.rglob("*") if p.is_file() and not _hidden_below(p, sub))
-        if not files:
-            raise DataError(f"{sub}: the class folder '{sub.name}' holds no images")
-        samples += [(path, label) for path in files]
-    if len(classes) < 2 and not allow_single:
-        raise DataError(
-            f"{folder}: only one class ('{classes[0]}'); a classifier needs at least two "
-            "class folders"
-        )
-    return classes, samples
-
-
-def _csv(path: Path, val_fraction: float, seed: int) -> DataSource:
-    rows = _read_csv(path)
-    classes = tuple(sorted({label for _, label, _ in rows}))
+def _csv(path: Path, val_fraction: float, seed: int, budget, limits: DataLimits) -> DataSource:
+    rows = read_csv_rows(path, budget, limits)
+    classes = tuple(sorted(rows.label_names))
     if len(classes) < 2:
         raise DataError(f"{path}: only {len(classes)} distinct label(s); a classifier needs two")
-    index = {c: i for i, c in enumerate(classes)}
-    samples = [(path.parent / file, index[label]) for file, label, _ in rows]
-    named = {split for _, _, split in rows if split}
-    if named:
+    # Label numbers in order of appearance -> indices into the sorted classes.
+    position = {name: index for index, name in enumerate(classes)}
+    renumber = [position[name] for name in rows.label_names]
+    labels = [renumber[label] for label in rows.labels]
+    paths = SamplePaths(path.parent, rows.names)
+    if any(rows.splits):
+        _check_csv_splits(path, rows, labels, classes)
+        named = {rows.split_name(i) for i in range(len(labels))}
         splits = {
-            name: _split(
-                name, samples, [i for i, r in enumerate(rows) if r[2] == name], path.parent
-            )
+            name: _split(name, paths, labels, _rows_of(rows, name), path.parent)
             for name in SPLIT_NAMES
             if name in named
         }
         if "train" not in splits or "val" not in splits:
             raise DataError(f"{path}: the split column names no train or no val rows")
-        _check_csv_splits(path, rows, classes)
     else:
-        train, val = stratified_split([label for _, label in samples], val_fraction, seed)
+        train, val = stratified_split(labels, val_fraction, seed)
         splits = {
-            "train": _split("train", samples, train, path.parent),
-            "val": _split("val", samples, val, path.parent),
+            "train": _split("train", paths, labels, train, path.parent),
+            "val": _split("val", paths, labels, val, path.parent),
         }
     return DataSource(classes, splits, str(path), "csv")
 
 
-def _check_csv_splits(path: Path, rows, classes: tuple[str, ...]) -> None:
+def _rows_of(rows: CsvRows, name: str) -> np.ndarray:
+    code = SPLIT_NAMES.index(name) + 1
+    return np.flatnonzero(np.frombuffer(bytes(rows.splits), dtype=np.uint8) == code)
+
+
+def _check_csv_splits(path: Path, rows: CsvRows, labels: list[int], classes) -> None:
     """Every row names its split, and every class has training rows (as with folders)."""
     # A row without a split would otherwise belong to no split: silently dropped.
-    unassigned = [line for line, (_, _, split) in enumerate(rows, start=2) if not split]
+    unassigned = rows.splits.count(0)
     if unassigned:
+        first = rows.splits.index(0) + 2
         raise DataError(
-            f"{path}:{unassigned[0]}: empty split while other rows name one "
-            f"({len(unassigned)} such row(s)); give every row train, val or test, "
+            f"{path}:{first}: empty split while other rows name one "
+            f"({unassigned} such row(s)); give every row train, val or test, "
             "or leave the split column empty in every row to split automatically"
         )
-    trained = {label for _, label, split in rows if split == "train"}
-    missing = [c for c in classes if c not in trained]
+    trained = {labels[i] for i in _rows_of(rows, "train").tolist()}
+    missing = [c for i, c in enumerate(classes) if i not in trained]
     if missing:
         raise DataError(
             f"{path}: label(s) {_names(missing)} have no train rows; every val or test "
@@ -284,45 +330,9 @@ def _check_csv_splits(path: Path, rows, classes: tuple[str, ...]) -> None:
         )
 
 
-def _read_csv(path: Path) -> list[tuple[str, str, str | None]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            fields = [f.strip().lower() for f in reader.fieldnames or []]
-            if "path" not in fields or "label" not in fields:
-                raise DataError(
-                    f"{path}: the first line must be a header naming the columns path,label "
-                    f"(and optionally split); found {reader.fieldnames}"
-                )
-            rows = []
-            for line, raw in enumerate(reader, start=2):
-                row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
-                if not row.get("path") or not row.get("label"):
-                    raise DataError(f"{path}:{line}: empty path or label")
-                split = row.get("split") or None
-                if split is not None and split not in SPLIT_NAMES:
-                    raise DataError(
-                        f"{path}:{line}: split must be train, val or test, got {split!r}"
-                    )
-                rows.append((row["path"], row["label"], split))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read the CSV ({exc})") from None
-    if not rows:
-        raise DataError(f"{path}: the CSV lists no images")
-    return rows
-
-
-def _split(name: str, samples, rows, root: Path) -> Split:
-    chosen = [samples[i] for i in rows]
-    return Split(name, [label for _, label in chosen], [p for p, _ in chosen], root=root)
-
-
-def _hidden(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
-def _hidden_below(path: Path, top: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(top).parts)
+def _split(name: str, paths, labels: list[int], rows, root: Path) -> Split:
+    rows = rows.tolist() if isinstance(rows, np.ndarray) else rows
+    return Split(name, [labels[i] for i in rows], _select(paths, rows), root=root)
 
 
 def _names(names: Sequence[str], limit: int = 5) -> str:

@@ -60,6 +60,8 @@ CONFIG_OPTIONS = {
     "dropout": "head.dropout",
     "hidden": "head.hidden",
     "on_bad_image": "data.on_bad_image",
+    "memory_limit_mb": "data.memory_limit_mb",
+    "in_memory": "data.in_memory",
     "weights": "weights.source",
 }
 

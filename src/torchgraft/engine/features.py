@@ -139,6 +139,9 @@ class FeatureCache:
     @staticmethod
     def _compute(extractor, model, data: PreparedData, runtime: Runtime, split, batch_size, shard):
         normalizer = Normalizer(data.preprocessing, runtime.device, runtime.memory_format)
+        # Pad to the largest batch the loader really gives, never to a configured size larger
+        # than the split (data.batch_size 100000 padded 1,438 images to 200,000: 22 GB).
+        batch_size = data.largest_batch(split, batch_size, shard)
         training = model.training
         model.eval()
         try:

@@ -43,6 +43,7 @@ from ..model.build_record import Trust, check_recorded_build, check_recorded_bui
 from ..model.spec import attach_spec
 from ..wording import in_cli, option, renamed
 from .artifacts import build_architecture, read_model_document, save_model
+from .batch_memory import check_run_batches
 from .config import CONFIG_OPTIONS, RunConfig, load_config, parse_overrides
 from .console import RunConsole
 from .distributed import (
@@ -62,7 +63,7 @@ from .session import Session
 from .setup import ModelSetup, build_document, build_run_model
 from .state import clean_temporaries, load_state, save_state, state_epoch
 
-__all__ = ["Run", "fit", "prepare_run_data", "seed_everything"]
+__all__ = ["Run", "discover_run_source", "fit", "prepare_run_data", "seed_everything"]
 
 #: torchrun.json is a few lines.
 _RECORD_LIMITS = DocumentLimits(max_bytes=64 * 1024, max_depth=4)
@@ -196,9 +197,7 @@ def _fit_process(
     config, run_dir, state = _open(config, overrides, resume, processes, trusted)
     _check_processes(config, processes)  # a resumed run's own configuration
     seed_everything(config.train.seed)
-    source = discover(
-        config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
-    )
+    source = discover_run_source(config)
     setup = _model(config, source.classes, state, run_dir, trusted)
     _synchronise_batchnorm(config, setup, processes)
     runtime = resolve_runtime(
@@ -214,6 +213,8 @@ def _fit_process(
         # its own augmentations and dropout. Rank 0 continues the one-process stream.
         seed_everything(config.train.seed + 1_000_003 * processes.rank)
     data = prepare_run_data(config, setup, source)
+    # Before a batch exists: clamped to the split (said), refused when it cannot fit.
+    notes = check_run_batches(config, setup.model, data, runtime, processes)
     if state is not None:
         _check_same_run(state, config, setup, data)
     if processes.main:
@@ -221,6 +222,8 @@ def _fit_process(
             _write_start(
                 run_dir, config, setup, data, source.summary(), console, resumed=bool(state)
             )
+    for note in notes:
+        console.line(note)
     session = Session(config, setup.model, setup.spec, runtime, data, processes)
     first = session.begin(state)
     console.line(
@@ -445,6 +448,17 @@ def _model(config: RunConfig, classes, state, run_dir: RunDirectory, trusted: Tr
     model = build_architecture(build, tuple(classes), expected=expected)
     report = graft(model, state["model"], strategy="exact", source_name=f"{run_dir.path}/state")
     return ModelSetup(model, model.torchgraft_spec, build, report)
+
+
+def discover_run_source(config: RunConfig):
+    """The run's dataset as ``data.*`` names it; its index within ``data.memory_limit_mb``."""
+    data = config.data
+    return discover(
+        data.source,
+        val_fraction=data.val_fraction,
+        split_seed=data.split_seed,
+        memory_limit_mb=data.memory_limit_mb,
+    )
 
 
 def prepare_run_data(config: RunConfig, setup: ModelSetup, source) -> PreparedData:

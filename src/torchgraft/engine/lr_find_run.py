@@ -15,13 +15,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.sources import discover
 from ..errors import ConfigError, TrainingError
 from ..text import printable
 from ..wording import option, renamed
 from .config import CONFIG_OPTIONS, RunConfig, load_config
 from .console import RunConsole
-from .fit import prepare_run_data, seed_everything  # train's own setup, not a copy
+from .fit import (  # train's own setup, not a copy
+    discover_run_source,
+    prepare_run_data,
+    seed_everything,
+)
 from .lr_find import LRFinderResult, sweep
 from .lr_find_outputs import apply_suggestion, check_writable, print_result, write_outputs
 from .lr_find_rules import (
@@ -149,9 +152,7 @@ def _session(config: RunConfig):
     """The run's first epoch, set up as :func:`~torchgraft.fit` sets it up: seed, data
     source, model, runtime, data, then the session's optimizer and the stage of epoch 0."""
     seed_everything(config.train.seed)
-    found = discover(
-        config.data.source, val_fraction=config.data.val_fraction, split_seed=config.data.split_seed
-    )
+    found = discover_run_source(config)
     setup = build_run_model(config, found.classes)
     runtime = resolve_runtime(
         setup.model,
