@@ -99,6 +99,7 @@ def test_a_run_directory_naming_a_module_builder_runs_nothing(trained, evil, tmp
     assert not evil.exists()
     # report: the page is written (its other sections are data), the model is not built
     assert main(["report", str(run), "--no-plots"]) == 0
+    assert "--trust-run" in capsys.readouterr().err  # said where the command was run, too
     page = (run / "report.html").read_text()
     assert "the saved model was not built" in page
     assert "--trust-run" in page

@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.examples < 0:
         raise ConfigError(f"--examples {args.examples}: give 0 or more images")
     folder = require_run_dir(args.run_dir)
+    if args.examples:
+        _say_when_the_model_is_not_trusted(folder, args.trust_run)
     try:
         path = write_report(folder, plots=args.plots, count=args.examples, trust_run=args.trust_run)
     except OSError as exc:
@@ -54,3 +56,24 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     print(path)
     return 0
+
+
+def _say_when_the_model_is_not_trusted(folder, trust_run: bool) -> None:
+    """The page is written without the examples when the run's builder is not trusted;
+    say so on stderr too, where the person who ran the command looks."""
+    import sys
+
+    from ..engine.artifacts import read_model_document
+    from ..errors import TorchgraftError, UntrustedRunError
+    from ..text import printable
+
+    try:
+        read_model_document(folder, trust_run=trust_run)
+    except UntrustedRunError as exc:
+        print(
+            f"torchgraft report: note: the worst-classified images are left out: "
+            f"{printable(str(exc))}",
+            file=sys.stderr,
+        )
+    except TorchgraftError:
+        pass  # the page says what is wrong with the model
