@@ -109,7 +109,11 @@ def load_rules(path: str | Path) -> RenameRules:
         GraftError: unreadable file or invalid rules (the message names the file).
     """
     path = Path(path)
-    data = read_yaml(path, GraftError, RULES_LIMITS)  # bounded: size, nesting, aliases
+    try:
+        data = read_yaml(path, GraftError, RULES_LIMITS)  # bounded: size, nesting, aliases
+    except GraftError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        raise GraftError(f"{path}: cannot read rename rules: {reason}") from None
     try:
         return RenameRules.from_data(data)
     except GraftError as exc:
