@@ -38,20 +38,12 @@ from reader_forge import (
     tensor,
     text,
     torch_zip,
+    with_entry,
 )  # fmt: skip
 
 from torchgraft.errors import CheckpointError
 from torchgraft.grafting.io import read_checkpoint
 from torchgraft.grafting.limits import ReaderLimits
-
-
-def _with(entry: bytes, setup: bytes = b"") -> bytes:
-    """``{"w": <a real tensor>, "x": <entry>}``, after ``setup`` (left on the stack: torch's
-    unpickler has no POP, and returns the top of the stack at STOP)."""
-    return (
-        PROTO2 + setup + EMPTY_DICT + text("w") + a_tensor() + SETITEM + text("x") + entry
-        + SETITEM + STOP
-    )  # fmt: skip
 
 
 def _refused(result: dict, *needles: str) -> None:
@@ -77,7 +69,9 @@ def test_a_tuple_nested_a_million_times_as_a_dict_key_is_refused_not_a_crash(tmp
 
 def test_a_deep_list_is_refused(tmp_path):
     lists = 5_000
-    path = torch_zip(tmp_path / "deep_list.pt", _with(EMPTY_LIST * lists + APPEND * (lists - 1)))
+    path = torch_zip(
+        tmp_path / "deep_list.pt", with_entry(EMPTY_LIST * lists + APPEND * (lists - 1))
+    )
     _refused(sandboxed_read(path), "max_depth")
 
 
@@ -87,13 +81,13 @@ def test_nesting_made_after_the_fact_through_the_memo_is_still_counted(tmp_path)
     count = 150
     made = b"".join(EMPTY_LIST + put(i) for i in range(count))
     chain = b"".join(get(i) + get(i + 1) + APPEND for i in range(count - 1))
-    path = torch_zip(tmp_path / "memo.pt", _with(get(0), setup=made + chain))
+    path = torch_zip(tmp_path / "memo.pt", with_entry(get(0), setup=made + chain))
     with pytest.raises(CheckpointError, match="max_depth"):
         read_checkpoint(path)
 
 
 def test_raising_the_depth_limit_admits_deep_files(tmp_path):
-    path = torch_zip(tmp_path / "deep_list.pt", _with(EMPTY_LIST * 150 + APPEND * 149))
+    path = torch_zip(tmp_path / "deep_list.pt", with_entry(EMPTY_LIST * 150 + APPEND * 149))
     with pytest.raises(CheckpointError, match="max_depth"):
         read_checkpoint(path)
     checkpoint = read_checkpoint(path, limits=ReaderLimits(max_depth=200))
@@ -108,7 +102,7 @@ GIGS = 4_600_000_000
 @pytest.mark.parametrize("legacy_format", [False, True], ids=["zip", "legacy"])
 def test_a_bytearray_of_any_size_is_refused(tmp_path, legacy_format):
     entry = glob("builtins", "bytearray") + integer(GIGS) + TUPLE1 + REDUCE
-    main = _with(entry)
+    main = with_entry(entry)
     if legacy_format:
         main = main.replace(a_tensor(), tensor(storage("0", 4, extra=b"N"), (4,), (1,)))
         path = legacy(tmp_path / "bytearray.pt", main)
@@ -125,7 +119,7 @@ def test_a_stride_0_view_materialised_is_refused(tmp_path):
         glob("torch._utils", "_rebuild_device_tensor_from_cpu_tensor") + MARK + view
         + glob("torch", "float64") + text("cpu") + FALSE + TUPLE + REDUCE
     )  # fmt: skip
-    path = torch_zip(tmp_path / "stride0.pt", _with(copy))
+    path = torch_zip(tmp_path / "stride0.pt", with_entry(copy))
     assert path.stat().st_size < 1000
     _refused(sandboxed_read(path), "claim", "inflation_allowance")
 
@@ -134,7 +128,7 @@ def test_a_deflate_bomb_in_the_zip_is_refused(tmp_path):
     big = bytes(64 << 20)  # stands for gigabytes: the test checks the refusal, not the bomb
     numel = len(big) // 4
     path = torch_zip(
-        tmp_path / "deflate.pt", _with(tensor(storage("1", numel), (numel,), (1,))),
+        tmp_path / "deflate.pt", with_entry(tensor(storage("1", numel), (numel,), (1,))),
         records={"0": bytes(16), "1": big}, compress={"1": zipfile.ZIP_DEFLATED},
     )  # fmt: skip
     assert path.stat().st_size < 1 << 20
@@ -143,14 +137,14 @@ def test_a_deflate_bomb_in_the_zip_is_refused(tmp_path):
 
 
 def test_a_storage_claiming_more_than_its_record_is_refused(tmp_path):
-    path = torch_zip(tmp_path / "claim.pt", _with(tensor(storage("1", 10**9), (4,), (1,))),
+    path = torch_zip(tmp_path / "claim.pt", with_entry(tensor(storage("1", 10**9), (4,), (1,))),
                      records={"0": bytes(16), "1": bytes(16)})  # fmt: skip
     for mmap in (True, False):
         _refused(sandboxed_read(path, mmap=mmap), "claims 4,000,000,000 bytes", "holds 16")
 
 
 def test_a_legacy_storage_claiming_more_than_the_file_is_refused(tmp_path):
-    main = _with(tensor(storage("1", 10**9, extra=b"N"), (4,), (1,)))
+    main = with_entry(tensor(storage("1", 10**9, extra=b"N"), (4,), (1,)))
     main = main.replace(a_tensor(), tensor(storage("0", 4, extra=b"N"), (4,), (1,)))
     path = legacy(tmp_path / "claim_legacy.pt", main, {"0": bytes(16), "1": bytes(16)})
     _refused(sandboxed_read(path), "storages claim", "more than the file")
@@ -166,7 +160,7 @@ def test_a_legacy_storage_claiming_more_than_the_file_is_refused(tmp_path):
     ids=["FloatTensor(n)", "Tensor(n, m)", "UntypedStorage(n)"],
 )
 def test_tensor_constructors_with_huge_sizes_are_refused(tmp_path, entry):
-    _refused(sandboxed_read(torch_zip(tmp_path / "ctor.pt", _with(entry))), "claim")
+    _refused(sandboxed_read(torch_zip(tmp_path / "ctor.pt", with_entry(entry))), "claim")
 
 
 def test_iterating_a_huge_view_into_a_set_is_refused(tmp_path):
@@ -175,7 +169,8 @@ def test_iterating_a_huge_view_into_a_set_is_refused(tmp_path):
     view = tensor(storage("0", 4), (64_000_000,), (0,))
     entry = glob("builtins", "set") + view + TUPLE1 + REDUCE
     _refused(
-        sandboxed_read(torch_zip(tmp_path / "set.pt", _with(entry))), "builtins.set on a tensor"
+        sandboxed_read(torch_zip(tmp_path / "set.pt", with_entry(entry))),
+        "builtins.set on a tensor",
     )
 
 
@@ -192,7 +187,7 @@ def test_a_quadratic_codec_chosen_by_the_file_is_refused(tmp_path):
         + text("punycode") + TUPLE2 + REDUCE
         for i in range(100)
     )  # fmt: skip
-    path = torch_zip(tmp_path / "punycode.pt", _with(EMPTY_DICT + MARK + calls + SETITEMS))
+    path = torch_zip(tmp_path / "punycode.pt", with_entry(EMPTY_DICT + MARK + calls + SETITEMS))
     assert path.stat().st_size < 30_000
     _refused(sandboxed_read(path, timeout=60), "codec 'punycode'")
 
