@@ -117,7 +117,7 @@ def _record_call(model: nn.Module, images: torch.Tensor) -> None:
         weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     line = {
         "training": model.training,
-        "images": [round(float(image.double().sum()), 3) for image in images],
+        "images": [round(float(image.detach().double().sum()), 3) for image in images],
         "weights": weights.hexdigest(),
     }
     with open(f"{model.record}-{os.environ.get('RANK', '0')}.jsonl", "a") as handle:
