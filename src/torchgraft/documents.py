@@ -34,6 +34,7 @@ from .regular_files import FileProblem, read_regular
 from .text import printable
 
 __all__ = [
+    "UNBUILDABLE",
     "DocumentLimits",
     "check_yaml_bounds",
     "parse_json",
@@ -141,11 +142,30 @@ def parse_yaml(
         raise error(f"{where}: longer than the {limits.max_bytes:,} bytes such a document may have")
     try:
         check_yaml_bounds(text, where, error, limits)
+    except yaml.YAMLError as exc:
+        raise _not_yaml(where, exc, error) from None
+    try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise error(f"{where}: not valid YAML ({printable(str(exc)).splitlines()[0]})") from None
+        raise _not_yaml(where, exc, error) from None
     except RecursionError:  # measured above; kept so that no parser depth ever escapes
         raise _too_deep(where, limits, error) from None
+    except UNBUILDABLE as exc:
+        raise error(
+            f"{where}: not valid YAML (a value YAML cannot build: {type(exc).__name__}: "
+            f"{printable(str(exc))[:80]})"
+        ) from None
+
+
+def _not_yaml(where: str, exc: yaml.YAMLError, error: type[Exception]) -> Exception:
+    first = (printable(str(exc)).splitlines() or [type(exc).__name__])[0]
+    return error(f"{where}: not valid YAML ({first})")
+
+
+#: What PyYAML's constructors raise for text the parser accepted but no value can be made of
+#: (``!!int`` on nothing: IndexError; ``2001-02-30`` or an integer of 5,000 digits:
+#: ValueError; ``!!bool x``: KeyError; ``!!timestamp x``: AttributeError).
+UNBUILDABLE = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError)
 
 
 def check_yaml_bounds(
@@ -167,6 +187,13 @@ def check_yaml_bounds(
     expanded = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for anchor, _ in open_at):
+                # ``a: &x {b: *x}`` builds a value that contains itself: every consumer of
+                # it (validation, printing) recurses forever
+                raise error(
+                    f"{where}: refused: the alias *{printable(event.anchor)} is inside the value "
+                    "it names (a document that contains itself)"
+                )
             expanded += sizes.get(event.anchor, 1)  # an unknown anchor: yaml raises later
         elif isinstance(event, yaml.ScalarEvent):
             expanded += 1

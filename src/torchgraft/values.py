@@ -24,8 +24,14 @@ def whole(value: Any, low: int | None = None, high: int | None = None) -> bool:
 
 
 def finite(value: Any) -> bool:
-    """True for a finite ``int`` or ``float`` (not a ``bool``)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """True for an ``int`` or ``float`` (not a ``bool``) that is a finite float: ``NaN``,
+    infinities and integers too large for a float (``10**400``) are not."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 def shown(value: Any) -> str:

@@ -208,3 +208,14 @@ def test_normalizer(memory_format):
     assert out.shape == (4, 3, 5, 6)
     assert (out.double() - expected).abs().max() < 1e-6
     assert out.is_contiguous(memory_format=memory_format)
+
+
+def test_images_larger_than_torchgraft_prepares_are_refused_naming_the_keys():
+    from torchgraft.errors import ConfigError
+    from torchgraft.model.spec import MAX_SIDE
+
+    model = Preprocessing(input_size=(3, 224, 224), crop_pct=0.875)
+    assert resolve_preprocessing(model, image_size=MAX_SIDE, crop_pct=1.0).input_size[1] == MAX_SIDE
+    for changes in ({"crop_pct": 1e-9}, {"image_size": MAX_SIDE + 1}, {"image_size": MAX_SIDE}):
+        with pytest.raises(ConfigError, match=r"data.image_size \d+ with data.crop_pct"):
+            resolve_preprocessing(model, **changes)  # the last: 8192 / 0.875 before the crop

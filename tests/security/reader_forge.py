@@ -140,6 +140,23 @@ ROUND_ONE = {
 }
 
 
+def damaged(data: bytes, ops) -> bytes:
+    """``data`` after byte operations ``(op, position, *argument)``: ``flip`` (xor a mask),
+    ``insert`` (bytes), ``delete`` (a count) or ``cut`` (the rest); positions wrap."""
+    raw = bytearray(data)
+    for op, position, *rest in ops:
+        position %= len(raw) + 1
+        if op == "flip" and raw:
+            raw[min(position, len(raw) - 1)] ^= rest[0]
+        elif op == "insert":
+            raw[position:position] = rest[0]
+        elif op == "delete":
+            del raw[position : position + rest[0]]
+        elif op == "cut":
+            del raw[position:]
+    return bytes(raw)
+
+
 # ---- files -------------------------------------------------------------------------------
 
 

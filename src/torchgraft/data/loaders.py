@@ -63,7 +63,7 @@ def batch_order(
     """
     if shard.world == 1:
         order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-        return list(order.split(batch_size))
+        return [part for part in order.split(batch_size) if len(part)]  # none for no samples
     if not shuffle:
         start, stop = _slice(count, shard)
         return [part for part in torch.arange(start, stop).split(batch_size) if len(part)]

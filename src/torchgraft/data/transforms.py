@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
-from ..model.spec import Preprocessing
+from ..errors import ConfigError
+from ..model.spec import MAX_SIDE, Preprocessing
 from .images import to_uint8_tensor
 
 __all__ = [
@@ -72,7 +73,22 @@ def resolve_preprocessing(
         changes["mean"] = _per_channel(mean, channels)
     if std is not None:
         changes["std"] = _per_channel(std, channels)
-    return dataclasses.replace(model_pre, **changes)
+    resolved = dataclasses.replace(model_pre, **changes)
+    _check_sides(resolved)
+    return resolved
+
+
+def _check_sides(pre: Preprocessing) -> None:
+    """Refuse images larger than :data:`~torchgraft.model.spec.MAX_SIDE` a side, as prepared
+    (``data.crop_pct`` 1e-9 asked Pillow for a side of 1.6e10 pixels: an OverflowError)."""
+    side = max(pre.input_size[1:])
+    resize = side if pre.crop_pct >= 1 else side / pre.crop_pct
+    if resize > MAX_SIDE:
+        raise ConfigError(
+            f"data.image_size {side} with data.crop_pct {pre.crop_pct:g} resizes images to "
+            f"{resize:,.0f} px a side before the crop, over the {MAX_SIDE:,} px torchgraft "
+            "prepares; use a smaller image_size or a crop_pct closer to 1"
+        )
 
 
 def base_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..documents import DocumentLimits, check_yaml_bounds, read_yaml
+from ..documents import UNBUILDABLE, DocumentLimits, check_yaml_bounds, read_yaml
 from ..errors import ConfigError
 from .config_checks import describe_errors, reference_problems, semantic_problems, summary
 from .config_model import (
@@ -156,8 +156,10 @@ def _scalar(raw: str) -> Any:
     try:
         check_yaml_bounds(raw, f"the override value {raw[:40]!r}", ConfigError, _LIMITS)
         return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw  # a plain string such as a path with a colon
+    except (yaml.YAMLError, *UNBUILDABLE):
+        # a plain string such as a path with a colon, or words YAML cannot make a value of
+        # (2001-02-30, !!int): the option's own type check says what is wrong with it
+        return raw
 
 
 def _source_data(source: Any) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ..data.scan import write_bad_list
 from ..data.sources import discover
 from ..data.transforms import resolve_preprocessing
 from ..documents import DocumentLimits, read_json
-from ..errors import CheckpointError, ConfigError, TorchgraftError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, TorchgraftError, TrainingError
 from ..grafting.api import graft
 from ..model.build_record import Trust, check_recorded_build, check_recorded_builder
 from ..model.spec import attach_spec
@@ -61,7 +61,7 @@ from .run_dir import RunDirectory, writing_into
 from .runtime import resolve_runtime
 from .session import Session
 from .setup import ModelSetup, build_document, build_run_model
-from .state import clean_temporaries, load_state, save_state, state_epoch
+from .state import clean_temporaries, load_state, save_state, state_epoch, state_file
 
 __all__ = ["Run", "discover_run_source", "fit", "prepare_run_data", "seed_everything"]
 
@@ -225,7 +225,7 @@ def _fit_process(
     for note in notes:
         console.line(note)
     session = Session(config, setup.model, setup.spec, runtime, data, processes)
-    first = session.begin(state)
+    first = session.begin(state, origin=str(state_file(run_dir.path)))
     console.line(
         f"runtime: {runtime.describe()}; data {'in memory' if data.in_memory else 'streamed'}"
         + (
@@ -453,12 +453,20 @@ def _model(config: RunConfig, classes, state, run_dir: RunDirectory, trusted: Tr
 def discover_run_source(config: RunConfig):
     """The run's dataset as ``data.*`` names it; its index within ``data.memory_limit_mb``."""
     data = config.data
-    return discover(
+    source = discover(
         data.source,
         val_fraction=data.val_fraction,
         split_seed=data.split_seed,
         memory_limit_mb=data.memory_limit_mb,
     )
+    for split in ("train", "val"):
+        if not len(source.splits.get(split, ())):
+            raise DataError(
+                f"{data.source}: the {split} split holds no images ({source.summary()}); a run "
+                "needs images to train on and to validate with: add images (two or more per "
+                "class when the validation split is taken from them, data.val_fraction)"
+            )
+    return source
 
 
 def prepare_run_data(config: RunConfig, setup: ModelSetup, source) -> PreparedData:

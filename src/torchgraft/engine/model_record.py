@@ -27,14 +27,16 @@ from typing import Any
 
 from ..errors import CheckpointError, SpecError
 from ..model.build_record import MAX_CLASSES, Trust, check_recorded_build
+from ..model.spec import MAX_SIDE as SPEC_MAX_SIDE
 from ..model.spec import ModelSpec
 from ..text import printable
 from ..values import finite, shown, whole
 
 __all__ = ["MAX_SIDE", "check_model_record", "preprocessing_problems"]
 
-#: Largest image side (input, and resize before the crop) a record may ask for.
-MAX_SIDE = 4096
+#: Largest image side (input, and resize before the crop) a record may ask for: what a run
+#: may be configured with (:data:`torchgraft.model.spec.MAX_SIDE`).
+MAX_SIDE = SPEC_MAX_SIDE
 _MAX_NAME = 1000
 _HEX = frozenset("0123456789abcdef")
 
@@ -84,7 +86,7 @@ def preprocessing_problems(pre: Any) -> list[str]:
         return [f"input_size must be [channels, height, width], got {shown(size)}"]
     channels, height, width = size
     if not 1 <= channels <= 64 or not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
-        problems.append(f"input_size {size} is outside 1..64 channels, 1..{MAX_SIDE} px")
+        return [f"input_size is outside 1..64 channels, 1..{MAX_SIDE} px a side"]
     for key, low, high in (("mean", -1e4, 1e4), ("std", 1e-4, 1e4)):
         values = pre.get(key)
         if not (isinstance(values, list) and len(values) == channels):

@@ -136,8 +136,12 @@ class Session:
         forward = self._compiled(replica) if module is self.model else replica
         return forward, replica.no_sync
 
-    def begin(self, state: dict[str, Any] | None = None) -> int:
+    def begin(self, state: dict[str, Any] | None = None, origin: str = "the resume state") -> int:
         """Build optimizer (and, when resuming, everything else) for the first epoch to run.
+
+        Args:
+            state: a resume state (:func:`.state.load_state`), or None for a new run.
+            origin: the state's file, as an error names it.
 
         Returns:
             that epoch (0, or the one after the saved state's).
@@ -169,7 +173,7 @@ class Session:
                 # The state's types were checked when it was read (engine.state); what is
                 # left is content that does not fit this run: changed, or hand-made.
                 raise CheckpointError(
-                    f"the resume state does not fit this run ({type(exc).__name__}: "
+                    f"{origin}: does not fit this run ({type(exc).__name__}: "
                     f"{printable(str(exc))[:200]}); it was changed after it was saved, or "
                     "written by another version of torchgraft"
                 ) from exc

@@ -41,6 +41,7 @@ __all__ = [
     "restore_rng",
     "save_state",
     "state_epoch",
+    "state_file",
 ]
 
 STATE_FORMAT = "torchgraft.resume/1"
@@ -153,6 +154,14 @@ def state_epoch(run_dir: Path) -> int | None:
         return _read_pointer(run_dir)["epoch"]
     except CheckpointError:
         return None
+
+
+def state_file(run_dir: Path) -> Path:
+    """The state file ``last.json`` names (or the ``state/`` folder when it names none)."""
+    try:
+        return run_dir / STATE_DIR / _read_pointer(run_dir)["file"]
+    except CheckpointError:
+        return run_dir / STATE_DIR
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ..wording import listing
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_SIDE",
     "SPEC_ATTRIBUTE",
     "LayerGroup",
     "ModelSpec",
@@ -31,6 +32,11 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The largest image side torchgraft prepares: the input, and the resize before the crop
+#: (``side / crop_pct``). Beyond it one image costs gigabytes (a 40,000² input, or a crop of
+#: 1e-9 that asks Pillow for a side of 1.6e10); configs and saved records are held to it.
+MAX_SIDE = 8192
 
 #: The attribute under which :func:`torchgraft.create_model` stores a model's spec.
 SPEC_ATTRIBUTE = "torchgraft_spec"

@@ -110,22 +110,26 @@ def load_optimizer_state_by_name(
         >>> opt = torch.optim.SGD(tg.param_groups(model, lr=1e-2), momentum=0.9)
         >>> tg.load_optimizer_state_by_name(opt, state).fresh  # the newly unfrozen names
     """
-    if not isinstance(saved, Mapping) or saved.get("format") != STATE_FORMAT:
+    if not (
+        isinstance(saved, Mapping)
+        and saved.get("format") == STATE_FORMAT
+        and isinstance(saved.get("state"), Mapping)
+        and isinstance(saved.get("groups"), Mapping)
+    ):
         raise ConfigError("not optimizer state written by torchgraft.optimizer_state_by_name")
     restored, fresh, restored_groups = [], [], []
     for index, group in enumerate(optimizer.param_groups):
         for name, param in zip(_names_of(group, index), group["params"], strict=True):
             if name in saved["state"]:
-                optimizer.state[param] = {
-                    k: _state_value(k, v, param) for k, v in saved["state"][name].items()
-                }
+                entry = _checked_state(name, saved["state"][name], param)
+                optimizer.state[param] = {k: _state_value(k, v, param) for k, v in entry.items()}
                 restored.append(name)
             else:
                 optimizer.state.pop(param, None)
                 fresh.append(name)
         label = _group_name(group, index)
         if settings and label in saved["groups"]:
-            group.update({k: v for k, v in saved["groups"][label].items() if k != "name"})
+            group.update(_checked_settings(label, saved["groups"][label], group))
             restored_groups.append(label)
     unused = sorted(set(saved["state"]) - set(restored))
     if strict and (fresh or unused):
@@ -134,6 +138,55 @@ def load_optimizer_state_by_name(
             f"saved state unused for {_preview(unused)}"
         )
     return StateLoad(tuple(restored), tuple(fresh), tuple(unused), tuple(restored_groups))
+
+
+def _checked_state(name: str, entry: Any, param: torch.Tensor) -> Mapping[str, Any]:
+    """A parameter's saved state, as an optimizer keeps it: named tensors and numbers, its
+    floating buffers (momentum, Adam's moments) of the parameter's shape."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"optimizer state of {name!r} is a {type(entry).__name__}, not a map")
+    for key, value in entry.items():
+        plain = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not isinstance(key, str) or not (isinstance(value, torch.Tensor) or plain):
+            raise ConfigError(f"optimizer state of {name!r} holds {key!r} of the wrong type")
+        buffer = isinstance(value, torch.Tensor) and value.is_floating_point() and key != "step"
+        if buffer and value.shape != param.shape:
+            raise ConfigError(
+                f"optimizer state {name}.{key} has shape {list(value.shape)}, the parameter "
+                f"{list(param.shape)}"
+            )
+    return entry
+
+
+def _checked_settings(label: str, saved: Any, group: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved settings of a group that the group has, each of the kind it has (a number
+    for a number, a pair for betas …); a saved setting the group does not have is ignored
+    (a file cannot add options to the optimizer)."""
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"optimizer settings of group {label!r} are not a map")
+    kept = {}
+    for key, value in saved.items():
+        if key in ("params", "param_names", "name") or key not in group:
+            continue
+        if _kind(value) != _kind(group[key]):
+            raise ConfigError(
+                f"optimizer setting {label}.{key} is {value!r:.60}, not of the kind "
+                f"{group[key]!r:.60} is"
+            )
+        kept[key] = tuple(value) if isinstance(group[key], tuple) else value
+    return kept
+
+
+def _kind(value: Any) -> tuple:
+    """What a setting is, for comparing a saved one with the live one: bool, number, None,
+    text, or a sequence of a length of such (a tensor LR counts as a number)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value).__name__,)
+    if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.dim() == 0):
+        return ("number",)
+    if isinstance(value, (list, tuple)):
+        return ("sequence", len(value), *(_kind(item) for item in value))
+    return (type(value).__name__,)
 
 
 def _state_value(key: str, value: Any, param: torch.Tensor) -> Any:
