@@ -153,12 +153,16 @@ def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
 def _scalar(raw: str) -> Any:
     if not raw.strip():
         return raw
-    try:
+    try:  # too deep or an alias bomb: a ConfigError, raised from here
         check_yaml_bounds(raw, f"the override value {raw[:40]!r}", ConfigError, _LIMITS)
         return yaml.safe_load(raw)
-    except (yaml.YAMLError, *UNBUILDABLE):
-        # a plain string such as a path with a colon, or words YAML cannot make a value of
-        # (2001-02-30, !!int): the option's own type check says what is wrong with it
+    except yaml.YAMLError:
+        return raw  # a plain string such as a path with a colon
+    except UNBUILDABLE as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        # words YAML cannot make a value of (2001-02-30, !!int): the option's own type check
+        # says what is wrong with them
         return raw
 
 
