@@ -51,7 +51,7 @@ def tiny_config(images: Path, out: Path, **sections) -> dict:
 def export_sidecar(path: Path, fmt: str, **changes) -> dict:
     """A valid export sidecar for ``path`` as ``fmt`` (3 classes, 16 px; its sha256 matches
     the file), with ``changes`` applied — what a test writes beside a crafted export."""
-    from torchgraft.grafting.save import sha256_file
+    from torchgraft.checkpoint.write import sha256_file
 
     record = {
         "format": "torchgraft.export/1",

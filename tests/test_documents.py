@@ -1,4 +1,4 @@
-"""torchgraft.documents and torchgraft.regular_files: every JSON/YAML document is read from a
+"""torchgraft.checkpoint.documents and torchgraft.checkpoint.regular_files: every JSON/YAML document is read from a
 regular file within bounds (size, nesting, YAML alias expansion) — a FIFO, a device, an
 alias bomb or a million-deep list is a typed error naming the file, in bounded time."""
 
@@ -11,9 +11,15 @@ import time
 
 import pytest
 
-from torchgraft.documents import DocumentLimits, parse_json, parse_yaml, read_json, read_yaml
+from torchgraft.checkpoint.documents import (
+    DocumentLimits,
+    parse_json,
+    parse_yaml,
+    read_json,
+    read_yaml,
+)
+from torchgraft.checkpoint.regular_files import FileProblem, read_regular
 from torchgraft.errors import ConfigError
-from torchgraft.regular_files import FileProblem, read_regular
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:

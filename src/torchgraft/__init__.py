@@ -45,8 +45,8 @@ _EXPORTS = {
     "graft": ".zoo.grafts",
     "load_rules": ".grafting",
     "plan_graft": ".zoo.grafts",
-    "read_checkpoint": ".grafting",
-    "ReaderLimits": ".grafting",
+    "read_checkpoint": ".checkpoint",
+    "ReaderLimits": ".checkpoint",
     "verify_graft": ".zoo.grafts",
     "Head": ".model.heads",
     "HeadReplacement": ".model.heads",
@@ -90,6 +90,7 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from .checkpoint import ReaderLimits, read_checkpoint
     from .engine.artifacts import load
     from .engine.config import RunConfig, load_config
     from .engine.export import export_run
@@ -100,12 +101,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .grafting import (
         GraftPlan,
         GraftReport,
-        ReaderLimits,
         RenameRules,
         Verification,
         apply_plan,
         load_rules,
-        read_checkpoint,
     )
     from .model.anatomy import spec_of
     from .model.heads import Head, HeadReplacement, find_head, replace_head

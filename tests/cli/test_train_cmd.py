@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from support import run_cli, tiny_config, write_digit_folder
+from torchgraft.checkpoint.write import sha256_file
 from torchgraft.engine.state import load_state
-from torchgraft.grafting.save import sha256_file
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -19,6 +19,7 @@ import torch
 
 import torchgraft as tg
 from support import export_sidecar, tiny_config, write_digit_folder
+from torchgraft.checkpoint.write import sha256_file
 from torchgraft.cli import export_cmd
 from torchgraft.cli.main import main
 from torchgraft.data.transforms import Normalizer
@@ -33,7 +34,6 @@ from torchgraft.engine.export_methods import METHODS
 from torchgraft.engine.exported import FORMATS, load_exported, sidecar_path
 from torchgraft.engine.inference import image_files, predict_files
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.save import sha256_file
 
 HERE = Path(__file__).resolve().parent
 HAS_ONNX = all(

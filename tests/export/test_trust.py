@@ -19,12 +19,12 @@ import torch
 
 from handmade_models import TinyCNN
 from support import export_sidecar, write_digit_folder
+from torchgraft.checkpoint.write import sha256_file
 from torchgraft.cli.main import main
 from torchgraft.engine import exported
 from torchgraft.engine.exported import UntrustedExportError, load_exported, sidecar_path
 from torchgraft.engine.inference import image_files, load_for_prediction, predict_files
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.save import sha256_file
 
 #: The loader each code format would call.
 LOADER = {"torchscript": "torch.jit.load", "pt2": "torch.export.load"}

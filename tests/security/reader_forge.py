@@ -223,7 +223,7 @@ def sandboxed_read(path: Path, timeout: float = 60.0, uid: int | None = None, **
     """
 
     def read() -> dict:
-        from torchgraft.grafting.io import read_checkpoint
+        from torchgraft.checkpoint.read import read_checkpoint
 
         return {"ok": True, "tensors": len(read_checkpoint(path, **options).tensors)}
 

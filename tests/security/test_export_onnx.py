@@ -24,11 +24,11 @@ import pytest
 import torch
 
 from support import export_sidecar, write_digit_folder
+from torchgraft.checkpoint.write import sha256_file
 from torchgraft.cli.main import main
 from torchgraft.engine.exported import load_exported, sidecar_path
 from torchgraft.engine.inference import load_for_prediction
 from torchgraft.errors import CheckpointError, ExportError
-from torchgraft.grafting.save import sha256_file
 
 onnx = pytest.importorskip("onnx", reason='the [onnx] extra is not installed ("torchgraft[onnx]")')
 pytest.importorskip("onnxruntime", reason='the [onnx] extra is not installed ("torchgraft[onnx]")')

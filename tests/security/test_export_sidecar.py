@@ -2,7 +2,7 @@
 or a huge file — as the sidecar or as the exported file itself — is a typed refusal naming the
 file, never an internal error, a hang or a MemoryError.
 
-Sidecars go through ``torchgraft.documents.read_json`` (regular files only, opened without
+Sidecars go through ``torchgraft.checkpoint.documents.read_json`` (regular files only, opened without
 blocking, at most 16 MiB, at most 64 levels deep); the exported file is opened the same way
 before it is hashed.
 """

@@ -175,7 +175,7 @@ WORKER = """
 import json, resource, signal, sys, traceback
 from pathlib import Path
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.io import read_checkpoint
+from torchgraft.checkpoint.read import read_checkpoint
 import torch
 
 def vm_size():

@@ -41,9 +41,9 @@ from reader_forge import (
     with_entry,
 )  # fmt: skip
 
+from torchgraft.checkpoint.limits import ReaderLimits
+from torchgraft.checkpoint.read import read_checkpoint
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.io import read_checkpoint
-from torchgraft.grafting.limits import ReaderLimits
 
 
 def _refused(result: dict, *needles: str) -> None:

@@ -46,8 +46,8 @@ from reader_forge import (
 )
 from torch import nn
 
+from torchgraft.checkpoint.read import read_checkpoint
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.io import read_checkpoint
 
 TORCH_CHECKS_TARGETS = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 10)
 EMPTY_SET = b"\x8f"

@@ -36,8 +36,8 @@ from reader_forge import (
 )  # fmt: skip
 from safetensors.torch import save_file
 
-from torchgraft.grafting.io import read_checkpoint
-from torchgraft.grafting.limits import ReaderLimits
+from torchgraft.checkpoint.limits import ReaderLimits
+from torchgraft.checkpoint.read import read_checkpoint
 
 ROOT = os.geteuid() == 0
 

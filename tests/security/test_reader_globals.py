@@ -29,8 +29,8 @@ from reader_forge import (
     torch_zip,
 )  # fmt: skip
 
+from torchgraft.checkpoint.read import read_checkpoint
 from torchgraft.errors import CheckpointError, UnsafeCheckpointError
-from torchgraft.grafting.io import read_checkpoint
 
 
 def _calling(module: str, name: str, argument: str, legacy_format: bool, folder: Path) -> Path:

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from torchgraft.checkpoint.read import read_checkpoint
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.io import read_checkpoint
 
 STATE = {"a.weight": torch.arange(6.0).reshape(2, 3), "b.bias": torch.ones(3)}
 

@@ -15,11 +15,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from support import run_cli
+from torchgraft.checkpoint.allowed_globals import torch_safe_names
+from torchgraft.checkpoint.limits import ReaderLimits, env_var
+from torchgraft.checkpoint.pickle_scan.scan import scan_pickle
+from torchgraft.checkpoint.read import read_checkpoint
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.allowed_globals import torch_safe_names
-from torchgraft.grafting.io import read_checkpoint
-from torchgraft.grafting.limits import ReaderLimits, env_var
-from torchgraft.grafting.pickle_scan import scan_pickle
 from torchgraft.wording import speaking_cli
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
@@ -247,7 +247,7 @@ def _pickles() -> dict[str, bytes]:
 
 
 def test_the_scans_fast_path_finds_what_the_loop_finds(monkeypatch):
-    from torchgraft.grafting import pickle_fast
+    from torchgraft.checkpoint.pickle_scan import fast as pickle_fast
 
     for name, data in _pickles().items():
         scans = {}

@@ -33,12 +33,12 @@ from zip_forge import (
 )
 
 from support import run_cli
+from torchgraft.checkpoint.allowed_globals import torch_safe_names
+from torchgraft.checkpoint.limits import ReaderLimits
+from torchgraft.checkpoint.read import read_checkpoint
+from torchgraft.checkpoint.torch_files import check_torch_file
+from torchgraft.checkpoint.zip_layout import check_layout
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.allowed_globals import torch_safe_names
-from torchgraft.grafting.io import read_checkpoint
-from torchgraft.grafting.limits import ReaderLimits
-from torchgraft.grafting.torch_files import check_torch_file
-from torchgraft.grafting.zip_layout import check_layout
 
 #: What Python's zipfile is shown: one plain tensor.
 BENIGN = state_dict({"w": a_tensor()})

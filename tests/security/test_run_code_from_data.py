@@ -23,11 +23,11 @@ import torch
 
 import torchgraft as tg
 from support import run_cli, tiny_config
+from torchgraft.checkpoint.write import sha256_file
 from torchgraft.cli.main import main
 from torchgraft.engine.artifacts import save_model
 from torchgraft.engine.console import RunConsole
 from torchgraft.errors import CheckpointError, UntrustedRunError
-from torchgraft.grafting.save import sha256_file
 
 EVIL = """
 import pathlib

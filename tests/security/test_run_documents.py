@@ -25,10 +25,10 @@ from reader_forge import ROUND_ONE, sandboxed_call, torch_zip
 
 import torchgraft as tg
 from support import tiny_config, write_digit_folder
+from torchgraft.checkpoint.write import sha256_file
 from torchgraft.cli.main import main
 from torchgraft.engine.console import RunConsole
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting.save import sha256_file
 
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)

@@ -327,7 +327,7 @@ def _said_plan(path: Path | None, args: argparse.Namespace) -> None:
 
 
 def _read_plan(path: str) -> dict[str, str | None]:
-    from ..documents import read_yaml
+    from ..checkpoint.documents import read_yaml
     from ..grafting.report import GraftPlan
 
     document = read_yaml(path, GraftError)  # bounded: size, nesting, aliases
@@ -364,7 +364,7 @@ def _write_plan(plan, path: Path) -> Path:
 
 
 def _write_output(path: Path, model, report, weights) -> None:
-    from ..grafting.save import save_grafted, sha256_file
+    from ..checkpoint.write import save_grafted, sha256_file
 
     origin = Path(weights.checkpoint.origin)
     sidecar = {

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if path.exists():
         _refuse_for_checkpoint(args, audit_given)  # before torch is imported
 
-        from ..grafting.io import read_checkpoint
+        from ..checkpoint.read import read_checkpoint
 
         checkpoint = read_checkpoint(
             path, ema=args.ema, allow_globals=args.allow_global, trust=args.trust_checkpoint

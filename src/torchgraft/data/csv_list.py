@@ -1,6 +1,6 @@
 """A CSV of ``path,label[,split]`` rows, read as someone else's file: bounded and streamed.
 
-The CSV is opened like every file torchgraft reads (:mod:`torchgraft.regular_files`): a
+The CSV is opened like every file torchgraft reads (:mod:`torchgraft.checkpoint.regular_files`): a
 regular file only (a FIFO named ``labels.csv`` is refused at once, never waited on), at most
 ``max_list_bytes`` long (:class:`~.limits.DataLimits`). It is parsed row by row, keeping only
 what a sample needs (its path as written, a label number, a split code): a million rows cost
@@ -20,8 +20,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint.regular_files import FileProblem, open_regular
 from ..errors import DataError
-from ..regular_files import FileProblem, open_regular
 from .limits import DataLimits, IndexBudget
 
 __all__ = ["SPLIT_NAMES", "CsvRows", "read_csv_rows"]

@@ -14,7 +14,7 @@ The contract of :func:`load_image`:
   here, while loading, and not in the middle of training.
 * Only a regular file is opened: a FIFO, device, socket or folder under an image's name is
   refused from its ``stat`` without being opened, and the file is opened non-blocking and
-  checked again once open (:mod:`torchgraft.regular_files`), so a name swapped for a pipe
+  checked again once open (:mod:`torchgraft.checkpoint.regular_files`), so a name swapped for a pipe
   cannot hang a run. Its size is bounded (:class:`~.limits.DataLimits`).
 * The memory a decode will take is estimated from the header (:func:`~.modes.decode_cost`)
   and refused over ``max_decode_bytes`` before any pixel is decoded; conversions run tile by
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin
 
+from ..checkpoint.regular_files import FileProblem, open_regular
 from ..errors import DataError
-from ..regular_files import FileProblem, open_regular
 from .limits import DataLimits, resolve_data_limits
 from .modes import WHITE_BACKGROUND, convert_decoded, decode_cost
 

@@ -28,11 +28,11 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..documents import parse_json, read_json
+from ..checkpoint.documents import parse_json, read_json
+from ..checkpoint.read import read_checkpoint
+from ..checkpoint.write import sha256_file
 from ..errors import CheckpointError
 from ..grafting.api import graft
-from ..grafting.io import read_checkpoint
-from ..grafting.save import sha256_file
 from ..model.build_record import Trust
 from ..model.heads import replace_head
 from ..model.spec import ModelSpec, Preprocessing, attach_spec

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..documents import UNBUILDABLE, DocumentLimits, check_yaml_bounds, read_yaml
+from ..checkpoint.documents import UNBUILDABLE, DocumentLimits, check_yaml_bounds, read_yaml
 from ..errors import ConfigError
 from .config_checks import describe_errors, reference_problems, semantic_problems, summary
 from .config_model import (

@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_paths
+from ..checkpoint.write import sha256_file
 from ..errors import ConfigError, ExportCheckError, ExportError, OutputError  # Export*: re-exported
-from ..grafting.save import sha256_file
 from ..model.spec import Preprocessing
 from ..text import printable
 from .artifacts import MODEL_FILE, MODEL_JSON, load, read_model_document
@@ -326,7 +326,7 @@ def _not_an_export(target: Path, side: Path, path: Path, run: Path) -> str | Non
 
     if not os.path.lexists(path) or not within(path, run):
         return None
-    from ..documents import DocumentLimits, read_json
+    from ..checkpoint.documents import DocumentLimits, read_json
 
     try:  # a sidecar is a few kB; a FIFO, a device or a deep document is simply not one
         record = read_json(side, ValueError, DocumentLimits(max_bytes=1 << 20))
@@ -340,9 +340,9 @@ def _not_an_export(target: Path, side: Path, path: Path, run: Path) -> str | Non
 
 def _run_images(folder: Path, pre: Preprocessing, count: int) -> list[torch.Tensor]:
     """Up to ``count`` base-transformed uint8 images of the run's validation split."""
+    from ..checkpoint.documents import read_yaml
     from ..data.sources import discover
     from ..data.transforms import base_transform
-    from ..documents import read_yaml
 
     try:
         data = read_yaml(folder / "config.yaml", ValueError)["data"]

@@ -13,7 +13,7 @@ sidecar written before the field existed has none, which predict accepts only fo
 that loads no other file (:func:`check_external_data`). An external file must be a plain
 file name in the model's folder: no folder part, no ``..``, no absolute path, no link leading
 out of the folder. Every file is hashed as a regular file
-(:func:`~torchgraft.grafting.save.sha256_file`): a FIFO would block the read forever,
+(:func:`~torchgraft.checkpoint.write.sha256_file`): a FIFO would block the read forever,
 ``/dev/zero`` would never end it.
 
 This module imports no other part of the export (``onnx`` only inside the functions that
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..checkpoint.write import sha256_file
 from ..errors import CheckpointError, ExportError
-from ..grafting.save import sha256_file
 from ..text import printable
 
 if TYPE_CHECKING:

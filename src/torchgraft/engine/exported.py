@@ -9,7 +9,7 @@ and sha256. :func:`load_exported` checks them *before* the file is handed to its
 was exported is refused instead of run; an ONNX file is also checked against what its sidecar
 says it takes and returns, and its failures while running are typed (:mod:`.onnx_files`).
 
-Everything is read within bounds: the sidecar through :func:`torchgraft.documents.read_json`
+Everything is read within bounds: the sidecar through :func:`torchgraft.checkpoint.documents.read_json`
 (a regular file, at most 16 MiB, 64 levels deep), the exported file as a regular file only
 (a FIFO or a device is refused, not waited on).
 
@@ -38,9 +38,9 @@ from typing import Any
 import torch
 
 # MissingExtraError, UntrustedExportError: defined in errors.py, re-exported where raised
-from ..documents import read_json
+from ..checkpoint.documents import read_json
+from ..checkpoint.write import sha256_file
 from ..errors import CheckpointError, MissingExtraError, TorchgraftError, UntrustedExportError
-from ..grafting.save import sha256_file
 from ..model.spec import Preprocessing
 from ..text import printable
 from ..wording import in_cli, option

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint.documents import DocumentLimits, read_json
 from ..data.prepare import PreparedData, prepare_data
 from ..data.scan import write_bad_list
 from ..data.sources import discover
 from ..data.transforms import resolve_preprocessing
-from ..documents import DocumentLimits, read_json
 from ..errors import CheckpointError, ConfigError, DataError, TorchgraftError, TrainingError
 from ..grafting.api import graft
 from ..model.build_record import Trust, check_recorded_build, check_recorded_builder

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..atomic import atomic_write_text
-from ..documents import parse_yaml, read_document_bytes
+from ..checkpoint.documents import parse_yaml, read_document_bytes
 from ..errors import ConfigError, OutputError
 from ..text import printable
 from ..wording import in_cli, listing, option

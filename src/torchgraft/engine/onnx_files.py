@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
+from ..checkpoint.regular_files import FileProblem, read_regular
 from ..errors import CheckpointError, ExportError
-from ..regular_files import FileProblem, read_regular
 from ..text import printable
 from .export_sidecar import check_external_data, external_locations, sidecar_path
 

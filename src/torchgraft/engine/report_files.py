@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..documents import DocumentLimits, parse_json, parse_yaml, read_document_bytes
+from ..checkpoint.documents import DocumentLimits, parse_json, parse_yaml, read_document_bytes
 
 __all__ = ["RunFiles", "as_list", "as_map", "read_run"]
 
@@ -129,7 +129,7 @@ def read_run(path: str | Path, *, lr_trace: bool = True) -> RunFiles:
 
 
 def _read(files: RunFiles, name: str, parse, kind: type) -> Any:
-    """One file of the run, parsed within the document bounds (:mod:`torchgraft.documents`:
+    """One file of the run, parsed within the document bounds (:mod:`torchgraft.checkpoint.documents`:
     a regular file of at most ``_MAX_BYTES``, nesting and YAML aliases bounded); what stands
     in the way is noted in ``files.problems``, never raised."""
     target = files.path / name

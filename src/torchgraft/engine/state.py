@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, atomic_write_text
-from ..documents import DocumentLimits, read_json
+from ..checkpoint.documents import DocumentLimits, read_json
+from ..checkpoint.read import read_torch_data
+from ..checkpoint.write import sha256_file
 from ..errors import CheckpointError
-from ..grafting.io import read_torch_data
-from ..grafting.save import sha256_file
 from ..values import whole
 
 __all__ = [

@@ -1,9 +1,10 @@
 """Grafting: load weights whose names, order or shapes do not line up, and say exactly how.
 
 Public API: :func:`plan_graft` (the plan, model untouched), :func:`graft` (plan + apply +
-report), :func:`apply_plan` (a plan made earlier, possibly edited), :func:`read_checkpoint`,
-:func:`verify_graft` / :func:`compare_models` (proof that the function was kept). These take
-files, state_dicts and modules; the top-level ``torchgraft.graft`` & co. also take model specs.
+report), :func:`apply_plan` (a plan made earlier, possibly edited), :func:`verify_graft` /
+:func:`compare_models` (proof that the function was kept); :func:`read_checkpoint` is the
+reader's (:mod:`torchgraft.checkpoint`), re-exported. These take files, state_dicts and
+modules; the top-level ``torchgraft.graft`` & co. also take model specs.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ _EXPORTS = {
     "plan_from_mapping": ".planner",
     "SourceWeights": ".source",
     "read_source": ".source",
-    "Checkpoint": ".io",
-    "read_checkpoint": ".io",
-    "ReaderLimits": ".limits",
+    "Checkpoint": "..checkpoint.read",
+    "read_checkpoint": "..checkpoint.read",
+    "ReaderLimits": "..checkpoint.limits",
     "Action": ".report",
     "GraftPlan": ".report",
     "GraftReport": ".report",
@@ -36,10 +37,10 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
+    from ..checkpoint.limits import ReaderLimits
+    from ..checkpoint.read import Checkpoint, read_checkpoint
     from .api import graft, plan_graft
     from .apply import apply_plan
-    from .io import Checkpoint, read_checkpoint
-    from .limits import ReaderLimits
     from .planner import plan_from_mapping
     from .report import Action, GraftPlan, GraftReport, KeyPlan
     from .rules import RenameRules, load_rules

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.limits import ReaderLimits
 from ..errors import GraftError
 from ..wording import in_cli, option
 from .apply import apply_plan
 from .bn_statistics import settle_by_statistics
 from .exactness import AllowPartial, check_exact
-from .limits import ReaderLimits
 from .plan import drop_candidates
 from .planner import check_strategy, head_keys, make_plan, plan_from_mapping, plan_rebuilder
 from .report import GraftPlan, GraftReport, percent
@@ -75,7 +75,7 @@ def plan_graft(
         keep_classes: with class names on both sides, copy the source rows of the classes
             both heads name (True), of only these names (a list), or of none (False).
         ema: take the checkpoint's EMA weights.
-        allow_globals / trust / limits: see :func:`torchgraft.grafting.io.read_checkpoint`
+        allow_globals / trust / limits: see :func:`torchgraft.checkpoint.read.read_checkpoint`
             (``limits``: the reader's bounds, :class:`~.limits.ReaderLimits`).
         source_model: the architecture the source was saved from, as a module: its
             registration order tells apart same-shaped siblings in a name-sorted checkpoint,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..documents import DocumentLimits, read_yaml
+from ..checkpoint.documents import DocumentLimits, read_yaml
 from ..errors import GraftError
 
 __all__ = ["RenameRule", "RenameRules", "load_rules"]

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint.read import Checkpoint, read_checkpoint
 from ..errors import CheckpointError
-from .io import Checkpoint, read_checkpoint
 from .structure import natural_key
 
 __all__ = ["Source", "SourceWeights", "looks_like_spec", "read_options", "read_source"]

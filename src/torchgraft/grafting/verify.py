@@ -27,11 +27,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..checkpoint.read import Checkpoint
 from ..errors import GraftError, VerificationError
 from ..model.anatomy import spec_of
 from ..model.probe import primary_output
 from .apply import apply_plan
-from .io import Checkpoint
 from .plan import drop_candidates
 from .planner import make_plan
 from .report import percent

@@ -15,9 +15,9 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint.read import read_checkpoint
 from ..errors import CheckpointError, HeadError, SpecError
 from ..grafting.api import graft
-from ..grafting.io import read_checkpoint
 from ..grafting.source import SourceWeights
 from ..model.build_record import check_recorded_builder
 from ..model.heads import replace_head, rows_to_keep

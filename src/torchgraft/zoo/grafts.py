@@ -18,10 +18,10 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint.read import Checkpoint
 from ..errors import GraftError, SpecError
 from ..grafting import api
 from ..grafting import verify as verification
-from ..grafting.io import Checkpoint
 from ..grafting.report import GraftPlan, GraftReport
 from ..grafting.source import Source, SourceWeights, looks_like_spec, read_options, read_source
 from ..grafting.verify import Verification

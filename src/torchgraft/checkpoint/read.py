@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .checkpoint import CONTAINER_KEYS, EMA_KEYS, Checkpoint, from_object
+from .containers import CONTAINER_KEYS, EMA_KEYS, Checkpoint, from_object
 from .limits import ReaderLimits, limit_error, resolve_limits
 from .pickles import torch_load
 from .reasons import short_reason
@@ -105,7 +105,7 @@ def read_checkpoint(
         mmap: memory-map torch zip files and safetensors (copy-on-write) instead of reading
             them into memory. The file must then not be truncated or rewritten in place while
             the tensors live (atomic replacement, as torchgraft writes, is fine).
-        limits: what one read may cost (:class:`~torchgraft.grafting.limits.ReaderLimits`);
+        limits: what one read may cost (:class:`~torchgraft.checkpoint.limits.ReaderLimits`);
             default: the defaults, with any ``TORCHGRAFT_MAX_*`` environment variable applied.
 
     Returns:

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import CheckpointError
 from .limits import ReaderLimits, limit_error
-from .pickle_scan import PickleScan, scan_pickle
+from .pickle_scan.scan import PickleScan, scan_pickle
 from .reasons import short_reason
 from .zip_layout import ZipEntry, check_layout
 

@@ -20,7 +20,7 @@ import torch
 
 from ..atomic import atomic_paths
 from ..errors import CheckpointError
-from ..regular_files import open_regular
+from .regular_files import open_regular
 
 __all__ = ["save_grafted", "sha256_file", "sidecar_path"]
 
@@ -37,7 +37,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
     Raises:
         OSError: the file cannot be read, or is not a regular file (a FIFO would block, a
-            device never end: :mod:`torchgraft.regular_files`).
+            device never end: :mod:`torchgraft.checkpoint.regular_files`).
     """
     digest = hashlib.sha256()
     buffer = bytearray(_CHUNK)

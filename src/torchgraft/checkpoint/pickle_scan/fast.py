@@ -14,10 +14,10 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from .pickle_nodes import ITEMS, PARENTED
+from .nodes import ITEMS, PARENTED
 
 if TYPE_CHECKING:
-    from .pickle_scan import Scanner
+    from .scan import Scanner
 
 __all__ = ["FAST_OPS", "FAST_PATH", "REBUILD_V2", "fast_tensor"]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .pickle_nodes import (
+from .nodes import (
     DATA_KINDS,
     HEIGHT,
     ITEMS,
@@ -27,7 +27,7 @@ from .pickle_nodes import (
 )
 
 if TYPE_CHECKING:
-    from .pickle_scan import Scanner
+    from .scan import Scanner
 
 __all__ = [
     "ALLOWED_CODECS",

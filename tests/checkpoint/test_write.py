@@ -11,9 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from torchgraft.checkpoint import write as save_module
+from torchgraft.checkpoint.write import save_grafted, sha256_file, sidecar_path
 from torchgraft.errors import CheckpointError
-from torchgraft.grafting import save as save_module
-from torchgraft.grafting.save import save_grafted, sha256_file, sidecar_path
 
 
 def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
+from torchgraft.checkpoint.read import read_checkpoint, sniff_format
 from torchgraft.errors import CheckpointError, UnsafeCheckpointError
-from torchgraft.grafting.io import read_checkpoint, sniff_format
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "torchgraft"
 
@@ -332,7 +332,7 @@ CHILD = textwrap.dedent(
         sys.modules[name] = types.ModuleType(name)
         sys.modules[name].__path__ = [folder]
     from torchgraft.errors import UnsafeCheckpointError
-    from torchgraft.grafting.io import read_checkpoint
+    from torchgraft.checkpoint.read import read_checkpoint
     results = []
     for path in sys.argv[2:]:
         try:

@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
+from ..text import printable
 from .regular_files import FileProblem, read_regular
-from .text import printable
 
 __all__ = [
     "UNBUILDABLE",

@@ -46,12 +46,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ..errors import CheckpointError
-from ..wording import option
-from .limits import ReaderLimits, limit_error
-from .pickle_calls import KINDS, RULES, construct, constructors, itemsizes, size_numel
-from .pickle_fast import FAST_OPS, REBUILD_V2, fast_tensor
-from .pickle_nodes import (
+from ...errors import CheckpointError
+from ...wording import option
+from ..limits import ReaderLimits, limit_error
+from .calls import KINDS, RULES, construct, constructors, itemsizes, size_numel
+from .fast import FAST_OPS, REBUILD_V2, fast_tensor
+from .nodes import (
     HEIGHT,
     ITEMS,
     ITEMSIZE,
