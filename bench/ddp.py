@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     options = parser.parse_args()
     from torchgraft.data.sources import discover
-    from torchgraft.engine.config import RunConfig
+    from torchgraft.engine.config.load import RunConfig
 
     source = discover(RunConfig().data.source, val_fraction=RunConfig().data.val_fraction)
     train_images = len(source.splits["train"])

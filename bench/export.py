@@ -31,8 +31,8 @@ import torchgraft as tg  # noqa: E402
 from _report import write_section  # noqa: E402
 from torchgraft.data.transforms import Normalizer  # noqa: E402
 from torchgraft.engine.console import RunConsole  # noqa: E402
-from torchgraft.engine.export import export_run  # noqa: E402
-from torchgraft.engine.exported import load_exported  # noqa: E402
+from torchgraft.engine.export.load import load_exported  # noqa: E402
+from torchgraft.engine.export.write import export_run  # noqa: E402
 
 #: name -> (overrides of the embedded default, what the table calls it)
 MODELS = {

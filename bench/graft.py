@@ -76,7 +76,7 @@ def renamed_sorted(state: dict, keep_numbers: bool = True) -> tuple[dict, dict]:
 
 def time_matching() -> list[list[str]]:
     import torchgraft as tg
-    from torchgraft.grafting.report import percent
+    from torchgraft.grafting.graft_plan import percent
 
     rows = []
     for spec in MODELS:

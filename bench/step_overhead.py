@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _report import write_section  # noqa: E402
 from torchgraft.data.transforms import Normalizer, resolve_preprocessing  # noqa: E402
-from torchgraft.engine.config import load_config  # noqa: E402
+from torchgraft.engine.config.load import load_config  # noqa: E402
 from torchgraft.engine.loop import Trainer, train_one_epoch  # noqa: E402
 from torchgraft.engine.runtime import resolve_runtime  # noqa: E402
 from torchgraft.engine.setup import build_run_model  # noqa: E402

@@ -86,3 +86,73 @@ def test_no_import_circles():
         if start not in state:
             visit(start, [start])
     assert not cycles, f"import circles: {cycles}"
+
+
+#: The engine's rooms and what each may not import. The configuration is read by all and reads
+#: no other engine module; the run report and the exports read a run's files (and the
+#: engine's model files, runtime and run directory) but never the training that wrote them;
+#: the LR finder drives a run's session, and nothing in the engine drives the LR finder.
+TRAINING = ("engine.fit", "engine.session", "engine.loop", "engine.stages", "engine.inference")
+ROOMS = ("engine.config", "engine.report", "engine.export", "engine.lr_find")
+MAY_NOT_IMPORT = {
+    "engine.config": ("engine",),
+    "engine.report": (*TRAINING, "engine.export", "engine.lr_find"),
+    "engine.export": (*TRAINING, "engine.report", "engine.lr_find"),
+    "engine.lr_find": (),
+    "engine": ("engine.lr_find",),
+}
+
+
+def _within(name: str, room: str) -> bool:
+    return name == room or name.startswith(f"{room}.")
+
+
+def _room(name: str) -> str | None:
+    if not _within(name, "engine"):
+        return None
+    return next((room for room in ROOMS if _within(name, room)), "engine")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if _room(n)))
+def test_engine_rooms_import_only_what_they_may(name):
+    room = _room(name)
+    wrong = [
+        t
+        for t in GRAPH[name]
+        if _room(t) != room and any(_within(t, f) for f in MAY_NOT_IMPORT[room])
+    ]
+    assert not wrong, f"{name} ({room}) imports what its room may not: {wrong}"
+
+
+#: What a newcomer can hold in their head: a folder is a page of names, a module a sitting.
+MAX_MODULES_PER_FOLDER = 20
+MAX_MODULE_LINES = 450
+
+
+def _folders() -> dict[Path, list[Path]]:
+    folders: dict[Path, list[Path]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        folders.setdefault(path.parent, []).append(path)
+    return folders
+
+
+@pytest.mark.parametrize("folder", sorted(_folders()), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_a_folder_is_a_page_of_names(folder):
+    modules = _folders()[folder]
+    assert len(modules) <= MAX_MODULES_PER_FOLDER, f"{folder}: {len(modules)} modules"
+    prefixes: dict[str, list[str]] = {}
+    for path in modules:
+        if path.stem != "__init__":
+            prefixes.setdefault(path.stem.lstrip("_").split("_")[0], []).append(path.stem)
+    # Three modules named alike are a folder waiting to be made.
+    crowded = {p: names for p, names in prefixes.items() if len(names) >= 3}
+    assert not crowded, f"{folder}: modules sharing a name prefix: {crowded}"
+
+
+def test_no_module_is_longer_than_a_sitting():
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"

@@ -77,14 +77,14 @@ _EXPORTS = {
     "schedule_from_config": ".policies.schedules",
     "Run": ".engine.fit",
     "fit": ".engine.fit",
-    "lr_find": ".engine.lr_find_run",
-    "RunConfig": ".engine.config",
-    "load_config": ".engine.config",
+    "lr_find": ".engine.lr_find.run",
+    "RunConfig": ".engine.config.sections",
+    "load_config": ".engine.config.load",
     "load": ".engine.artifacts",
     "Prediction": ".engine.inference",
     "predict": ".engine.inference",
-    "export_run": ".engine.export",
-    "load_exported": ".engine.exported",
+    "export_run": ".engine.export.write",
+    "load_exported": ".engine.export.load",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -92,12 +92,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from .checkpoint import ReaderLimits, read_checkpoint
     from .engine.artifacts import load
-    from .engine.config import RunConfig, load_config
-    from .engine.export import export_run
-    from .engine.exported import load_exported
+    from .engine.config.load import RunConfig, load_config
+    from .engine.export.load import load_exported
+    from .engine.export.write import export_run
     from .engine.fit import Run, fit
     from .engine.inference import Prediction, predict
-    from .engine.lr_find_run import lr_find
+    from .engine.lr_find.run import lr_find
     from .grafting import (
         GraftPlan,
         GraftReport,

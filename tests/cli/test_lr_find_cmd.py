@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from support import TESTS, run_cli, write_digit_folder
-from torchgraft.engine.config import load_config
+from torchgraft.engine.config.load import load_config
 
 CONFIG = """\
 # a tiny run for the LR finder

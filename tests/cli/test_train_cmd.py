@@ -18,7 +18,7 @@ import yaml
 
 from support import run_cli, tiny_config, write_digit_folder
 from torchgraft.checkpoint.write import sha256_file
-from torchgraft.engine.state import load_state
+from torchgraft.engine.resume import load_state
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from torchgraft.engine import fit as fit_module
-from torchgraft.engine.config import load_config
+from torchgraft.engine.config.load import load_config
 from torchgraft.engine.distributed import Processes, join, launch_arguments
 from torchgraft.engine.replicas import check_replicas_agree, tensor_digests
 from torchgraft.engine.setup import ModelSetup

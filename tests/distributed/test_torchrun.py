@@ -32,7 +32,7 @@ import yaml
 import torchgraft as tg
 from support import tiny_config, write_digit_folder
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.state import load_state
+from torchgraft.engine.resume import load_state
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from typing import get_args
 import pytest
 import yaml
 
-from torchgraft.engine.config import (
+from torchgraft.engine.config.load import (
     DEFAULT_WEIGHTS,
     FreezeConfig,
     ProgressiveConfig,
@@ -412,7 +412,7 @@ def test_validation_imports_no_torch(tmp_path):
     path = write(tmp_path, "train: {epochs: 0}\ndata: {source: missing}\n")
     result = run_python(
         "import sys\n"
-        "from torchgraft.engine.config import load_config\n"
+        "from torchgraft.engine.config.load import load_config\n"
         "from torchgraft.errors import ConfigError\n"
         "try:\n"
         f"    load_config({str(path)!r}, ['--optim.lr', '-1'], check_names=False)\n"

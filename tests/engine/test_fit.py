@@ -14,7 +14,7 @@ import torchgraft as tg
 from support import tiny_config, write_digit_folder
 from torchgraft.engine.artifacts import read_model_document
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.state import load_state
+from torchgraft.engine.resume import load_state
 from torchgraft.errors import CheckpointError, ConfigError, DataError, TrainingError
 
 QUIET = RunConsole(quiet=True)
@@ -253,7 +253,7 @@ class StateWatcher(RunConsole):
         self.run_dir, self.seen = run_dir, []
 
     def end_epoch(self, summary: str) -> None:
-        from torchgraft.engine.state import state_epoch
+        from torchgraft.engine.resume import state_epoch
 
         self.seen.append(state_epoch(self.run_dir))
 

@@ -19,11 +19,11 @@ from torch import nn
 
 from handmade_models import TinyCNN
 from support import tiny_config, write_digit_folder
-from torchgraft.engine.config import load_config
-from torchgraft.engine.lr_find import LRFinderResult, lr_range_test
-from torchgraft.engine.lr_find_outputs import apply_suggestion, rounded
-from torchgraft.engine.lr_find_rules import Suggestion, check_sweep, smooth, suggest, sweep_lrs
-from torchgraft.engine.lr_find_run import lr_find
+from torchgraft.engine.config.load import load_config
+from torchgraft.engine.lr_find.outputs import apply_suggestion, rounded
+from torchgraft.engine.lr_find.rules import Suggestion, check_sweep, smooth, suggest, sweep_lrs
+from torchgraft.engine.lr_find.run import lr_find
+from torchgraft.engine.lr_find.sweep import LRFinderResult, lr_range_test
 from torchgraft.errors import ConfigError, TrainingError
 
 # --------------------------------------------------------------------- fastai, the reference

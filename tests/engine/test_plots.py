@@ -446,7 +446,7 @@ def test_failed_rendering_touches_neither_file_nor_folders(tmp_path, monkeypatch
 
 
 def test_importing_the_module_does_not_import_matplotlib():
-    script = "import sys, torchgraft.engine.plots; print('matplotlib' in sys.modules)"
+    script = "import sys, torchgraft.engine.report.plots; print('matplotlib' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )

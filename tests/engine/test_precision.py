@@ -20,7 +20,7 @@ import torchgraft as tg
 from support import tiny_config
 from torchgraft.engine import runtime
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.state import load_state
+from torchgraft.engine.resume import load_state
 
 KINDS = {
     # bf16 weights differ from fp32 ones by rounding of 8-bit mantissas: 2^-8 relative, which

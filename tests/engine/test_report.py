@@ -22,10 +22,10 @@ from PIL import Image
 import torchgraft as tg
 from support import tiny_config, write_digit_folder
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.report import write_report
-from torchgraft.engine.report_files import read_run
-from torchgraft.engine.report_graft import MAX_ROWS, MEANING, graft_section
-from torchgraft.engine.report_sections import figure
+from torchgraft.engine.report.files import read_run
+from torchgraft.engine.report.graft import MAX_ROWS, MEANING, graft_section
+from torchgraft.engine.report.sections import figure
+from torchgraft.engine.report.write import write_report
 from torchgraft.grafting.correspondence import EVIDENCE
 
 SECTIONS = ["glance", "curves", "confusion", "examples", "graft", "policy"]

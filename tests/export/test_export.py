@@ -24,14 +24,14 @@ from torchgraft.cli import export_cmd
 from torchgraft.cli.main import main
 from torchgraft.data.transforms import Normalizer
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.export import (
+from torchgraft.engine.export.load import FORMATS, load_exported, sidecar_path
+from torchgraft.engine.export.methods import METHODS
+from torchgraft.engine.export.write import (
     CHECK_BATCH_SIZES,
     ExportCheckError,
     check_sample,
     export_run,
 )
-from torchgraft.engine.export_methods import METHODS
-from torchgraft.engine.exported import FORMATS, load_exported, sidecar_path
 from torchgraft.engine.inference import image_files, predict_files
 from torchgraft.errors import CheckpointError
 

@@ -22,7 +22,7 @@ from support import export_sidecar, write_digit_folder
 from torchgraft.checkpoint.write import sha256_file
 from torchgraft.cli.main import main
 from torchgraft.engine import exported
-from torchgraft.engine.exported import UntrustedExportError, load_exported, sidecar_path
+from torchgraft.engine.export.load import UntrustedExportError, load_exported, sidecar_path
 from torchgraft.engine.inference import image_files, load_for_prediction, predict_files
 from torchgraft.errors import CheckpointError
 

@@ -15,8 +15,8 @@ import torchgraft as tg
 from torchgraft.errors import GraftError, GraftWarning, InexactGraftError
 from torchgraft.grafting.api import graft, plan_graft
 from torchgraft.grafting.apply import apply_plan
+from torchgraft.grafting.graft_plan import Action, GraftPlan, KeyPlan
 from torchgraft.grafting.planner import plan_from_mapping
-from torchgraft.grafting.report import Action, GraftPlan, KeyPlan
 
 SOURCE_ARCH = "efficientnet_lite_pytorch:EfficientNet.from_name('efficientnet-lite0')"
 

@@ -15,6 +15,7 @@ from torch import nn
 from torchgraft.errors import GraftError, GraftWarning, InexactGraftError
 from torchgraft.grafting.adapt import AdaptContext
 from torchgraft.grafting.api import graft, plan_graft
+from torchgraft.grafting.graft_plan import Action
 from torchgraft.grafting.match import (
     MatchContext,
     match_auto,
@@ -23,7 +24,6 @@ from torchgraft.grafting.match import (
     match_shape,
     strip_prefixes,
 )
-from torchgraft.grafting.report import Action
 
 F32 = "torch.float32"
 I64 = "torch.int64"

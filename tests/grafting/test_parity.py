@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 
 from torchgraft.errors import InexactGraftError
 from torchgraft.grafting.api import graft, plan_graft
+from torchgraft.grafting.graft_plan import Action
 from torchgraft.grafting.match import MatchContext, match_auto
-from torchgraft.grafting.report import Action
 from torchgraft.grafting.verify import compare_models
 
 TOLERANCE = 1e-5

@@ -12,7 +12,7 @@ from torch import nn
 
 from torchgraft.errors import GraftError
 from torchgraft.grafting.api import graft, plan_graft
-from torchgraft.grafting.report import Action, GraftPlan, GraftReport, KeyPlan, group_keys
+from torchgraft.grafting.graft_plan import Action, GraftPlan, GraftReport, KeyPlan, group_keys
 
 
 def messy_source(helpers, seed: int = 1) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from torchgraft.errors import GraftError
 from torchgraft.grafting.api import graft, plan_graft
 from torchgraft.grafting.apply import apply_plan
-from torchgraft.grafting.report import Action, GraftPlan, KeyPlan
+from torchgraft.grafting.graft_plan import Action, GraftPlan, KeyPlan
 
 MODELS = ("torchvision:resnet18", "timm:tf_efficientnet_lite0", "timm:mobilenetv3_large_100")
 SETTINGS = settings(

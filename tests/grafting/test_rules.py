@@ -12,8 +12,8 @@ import yaml
 
 from torchgraft.errors import GraftError
 from torchgraft.grafting.api import graft, plan_graft
+from torchgraft.grafting.graft_plan import Action
 from torchgraft.grafting.match import MatchContext, match_rules
-from torchgraft.grafting.report import Action
 from torchgraft.grafting.rules import RenameRules, load_rules
 
 F32 = "torch.float32"

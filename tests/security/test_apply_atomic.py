@@ -21,7 +21,7 @@ import torchvision
 import torchgraft as tg
 from torchgraft.errors import GraftError
 from torchgraft.grafting.apply import apply_plan
-from torchgraft.grafting.report import Action
+from torchgraft.grafting.graft_plan import Action
 
 
 def _model() -> torch.nn.Module:

@@ -26,7 +26,7 @@ import torch
 from support import export_sidecar, write_digit_folder
 from torchgraft.checkpoint.write import sha256_file
 from torchgraft.cli.main import main
-from torchgraft.engine.exported import load_exported, sidecar_path
+from torchgraft.engine.export.load import load_exported, sidecar_path
 from torchgraft.engine.inference import load_for_prediction
 from torchgraft.errors import CheckpointError, ExportError
 
@@ -402,7 +402,7 @@ def test_a_missing_external_file_is_refused(tmp_path, onnxruntime_sessions):
 def test_the_export_records_each_external_file(tmp_path):
     """The recorder export_run uses, on forged models (an export that writes external data:
     tests/export/test_export.py::test_an_onnx_export_with_external_data_records_its_files)."""
-    from torchgraft.engine.export_sidecar import external_data_record
+    from torchgraft.engine.export.sidecar import external_data_record
 
     path = write_external(tmp_path, location="weights.bin")
     assert external_data_record(path) == record(path, "weights.bin")

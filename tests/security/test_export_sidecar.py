@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from support import export_sidecar, run_cli, write_digit_folder
-from torchgraft.engine.exported import load_exported, sidecar_path
+from torchgraft.engine.export.load import load_exported, sidecar_path
 from torchgraft.errors import CheckpointError
 
 DEEP = "[" * 200_000 + "]" * 200_000  # json.loads: RecursionError, not a ValueError

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from test_fuzz_reader import collect
 
 from torchgraft.cli.main import main
-from torchgraft.engine.config import load_config
+from torchgraft.engine.config.load import load_config
 from torchgraft.errors import ConfigError
 
 # ---- scalars, keys, tags -----------------------------------------------------------------------
@@ -343,7 +343,7 @@ def test_random_config_text_gives_a_config_or_a_config_error():
 def test_an_escaped_exception_or_a_traceback_on_the_command_line_is_a_finding(monkeypatch):
     # Negative control: the check fails on an untyped error, and on a CLI that prints a
     # traceback or exits 1, each by case.
-    import torchgraft.engine.config as config_module
+    import torchgraft.engine.config.load as config_module
 
     def broken(*args, **kwargs):
         raise KeyError("boom")

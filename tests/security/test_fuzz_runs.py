@@ -56,10 +56,10 @@ import torchgraft as tg
 from support import tiny_config, write_digit_folder
 from torchgraft.engine.artifacts import read_model_document, save_model
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.export import export_run
+from torchgraft.engine.export.write import export_run
 from torchgraft.engine.inference import load_for_prediction, predict_files
-from torchgraft.engine.report import write_report
-from torchgraft.engine.state import load_state
+from torchgraft.engine.report.write import write_report
+from torchgraft.engine.resume import load_state
 from torchgraft.errors import CheckpointError, TorchgraftError
 
 # ---- the run every case starts from ------------------------------------------------------------
@@ -501,7 +501,7 @@ def test_damaged_run_directories_give_a_result_or_a_typed_error(base):
 def test_an_untyped_error_of_a_reader_is_a_finding_naming_the_case(base, monkeypatch):
     # Negative control: a reader that raises KeyError on a damaged pointer (what a missing
     # check would do) is reported, by case; the undamaged case passes.
-    import torchgraft.engine.state as state_module
+    import torchgraft.engine.resume as state_module
 
     original = state_module._read_pointer
 

@@ -1,6 +1,6 @@
 """``export RUN -o …`` never replaces a file of the run it exports.
 
-The rule (torchgraft.engine.export._refuse_overwriting_the_run, run_dir.run_file): inside a run
+The rule (torchgraft.engine.export.write._refuse_overwriting_the_run, run_dir.run_file): inside a run
 directory an export writes only a new top-level name that no run writes, or replaces an
 earlier export; never a name in RUN_FILES (written yet or not), a hidden name, anything in a
 sub-folder (state/), or an existing file that is not an export. RUN_FILES itself is checked
@@ -19,7 +19,7 @@ import pytest
 import torchgraft as tg
 from support import run_cli, tiny_config, write_digit_folder
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.export import export_run
+from torchgraft.engine.export.write import export_run
 from torchgraft.engine.run_dir import RUN_FILES
 from torchgraft.errors import OutputError
 

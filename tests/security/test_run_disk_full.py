@@ -21,7 +21,7 @@ import torchgraft as tg
 from support import tiny_config
 from torchgraft.cli.main import main
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.state import load_state
+from torchgraft.engine.resume import load_state
 
 QUIET = RunConsole(quiet=True)
 

@@ -26,7 +26,7 @@ import torchgraft as tg
 from support import tiny_config
 from torchgraft.engine.artifacts import read_model_document
 from torchgraft.engine.console import RunConsole
-from torchgraft.engine.state import clean_temporaries, load_state
+from torchgraft.engine.resume import clean_temporaries, load_state
 
 #: 8 M floats: 32 MB per file, so that a kill lands inside a write often.
 SAVER = textwrap.dedent(
@@ -34,7 +34,7 @@ SAVER = textwrap.dedent(
     import sys, torch
     from pathlib import Path
     from torchgraft.engine.artifacts import save_model
-    from torchgraft.engine.state import save_state
+    from torchgraft.engine.resume import save_state
     from torchgraft.model.spec import LayerGroup, ModelSpec
     folder, start = Path(sys.argv[1]), int(sys.argv[2])
     spec = ModelSpec("torchvision:resnet18", 2, ("fc",), 512, "conv1", 3,

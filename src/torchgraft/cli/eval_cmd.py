@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.artifacts import load
     from ..engine.inference import evaluate_folder
-    from ..engine.plots import plot_confusion
+    from ..engine.report.plots import plot_confusion
     from .output import print_json, stdout, table
 
     model = load(args.model, trust_run=args.trust_run)

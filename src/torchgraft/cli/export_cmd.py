@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         # Before the model is loaded or converted: a path under a file fails at once.
         check_output_path(args.output, "-o/--output", DEFAULT_FILES[args.format])
 
-    from ..engine.export import DEFAULT_TOLERANCE, export_run
+    from ..engine.export.write import DEFAULT_TOLERANCE, export_run
     from ..text import printable
     from .output import plain, print_json
 

@@ -296,8 +296,8 @@ def _would_refuse(plan, model, acceptance, min_coverage: float) -> None:
 
     from ..errors import InexactGraftError
     from ..grafting.exactness import check_exact
+    from ..grafting.graft_plan import percent
     from ..grafting.planner import head_keys
-    from ..grafting.report import percent
 
     if plan.coverage < min_coverage:
         print(
@@ -328,7 +328,7 @@ def _said_plan(path: Path | None, args: argparse.Namespace) -> None:
 
 def _read_plan(path: str) -> dict[str, str | None]:
     from ..checkpoint.documents import read_yaml
-    from ..grafting.report import GraftPlan
+    from ..grafting.graft_plan import GraftPlan
 
     document = read_yaml(path, GraftError)  # bounded: size, nesting, aliases
     try:

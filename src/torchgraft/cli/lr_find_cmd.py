@@ -23,7 +23,7 @@ ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engine.lr_find_rules import (
+    from ..engine.lr_find.rules import (
         AUTO,
         DEFAULT_END_LR,
         DEFAULT_START_LR,
@@ -75,10 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # The numbers are checked before torch loads: a typo costs nothing.
-    from ..engine.lr_find_rules import check_sweep
+    from ..engine.lr_find.rules import check_sweep
 
     check_sweep(args.start_lr, args.end_lr, args.steps)
-    from ..engine.lr_find_run import lr_find  # torch, timm and torchvision load here
+    from ..engine.lr_find.run import lr_find  # torch, timm and torchvision load here
 
     lr_find(
         args.config,

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.report import REPORT_FILE, require_run_dir, write_report
+    from ..engine.report.write import REPORT_FILE, require_run_dir, write_report
     from ..errors import ConfigError, OutputError
 
     if args.examples < 0:

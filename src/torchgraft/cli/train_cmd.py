@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.config import load_config
+    from ..engine.config.load import load_config
 
     overrides = list(args.overrides)
     if args.nproc and args.nproc > 1 and not args.print_config:

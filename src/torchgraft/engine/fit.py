@@ -44,7 +44,7 @@ from ..model.spec import attach_spec
 from ..wording import in_cli, option, renamed
 from .artifacts import build_architecture, read_model_document, save_model
 from .batch_memory import check_run_batches
-from .config import CONFIG_OPTIONS, RunConfig, load_config, parse_overrides
+from .config.load import CONFIG_OPTIONS, RunConfig, load_config, parse_overrides
 from .console import RunConsole
 from .distributed import (
     Processes,
@@ -54,14 +54,14 @@ from .distributed import (
     torchrun_restart,
     torchrun_run_id,
 )
-from .outputs import final_rows, graft_lines, write_plots
 from .replicas import check_replicas_agree
-from .report import write_report
+from .report.summary import final_rows, graft_lines, write_plots
+from .report.write import write_report
+from .resume import clean_temporaries, load_state, save_state, state_epoch, state_file
 from .run_dir import RunDirectory, writing_into
 from .runtime import resolve_runtime
 from .session import Session
 from .setup import ModelSetup, build_document, build_run_model
-from .state import clean_temporaries, load_state, save_state, state_epoch, state_file
 
 __all__ = ["Run", "discover_run_source", "fit", "prepare_run_data", "seed_everything"]
 

@@ -2,7 +2,7 @@
 
 Both take the model :func:`~torchgraft.engine.artifacts.load` returns and prepare images
 exactly as the run did (its saved preprocessing: size, crop, interpolation, mean, std).
-Prediction also takes an exported model (:func:`~torchgraft.engine.exported.load_exported`:
+Prediction also takes an exported model (:func:`~torchgraft.engine.export.load.load_exported`:
 TorchScript, ``torch.export`` or ONNX, with the classes and preprocessing of its sidecar);
 :func:`load_for_prediction` picks the loader from the path.
 """
@@ -24,7 +24,7 @@ from ..data.sources import DataSource, Split, class_folders, discover
 from ..data.transforms import Normalizer, base_transform
 from ..errors import DataError
 from .artifacts import load
-from .exported import ExportedModel, load_exported
+from .export.load import ExportedModel, load_exported
 from .loop import evaluate
 from .metrics import EvalResult, Evaluator
 from .runtime import resolve_runtime
@@ -86,7 +86,7 @@ def load_for_prediction(
 ) -> nn.Module | ExportedModel:
     """The model at ``path``: a run directory or a ``.safetensors`` model through
     :func:`~torchgraft.engine.artifacts.load`; any other file as an export
-    (:func:`~torchgraft.engine.exported.load_exported`, which needs its sidecar and checks
+    (:func:`~torchgraft.engine.export.load.load_exported`, which needs its sidecar and checks
     the file's sha256 before loading it).
 
     Args:
@@ -119,7 +119,7 @@ def predict(
     """The ``topk`` classes of every image file named or found in the folders named.
 
     ``model`` is what :func:`torchgraft.load` returns (it carries ``classes`` and
-    ``preprocessing``), or an :class:`~torchgraft.engine.exported.ExportedModel`. An
+    ``preprocessing``), or an :class:`~torchgraft.engine.export.load.ExportedModel`. An
     unreadable file gets a :class:`Prediction` with ``error`` set.
 
     Raises:

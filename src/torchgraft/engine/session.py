@@ -4,7 +4,7 @@ metrics history, best model, early stopping — and their capture for an exact r
 :class:`Session` is a plain holder with three verbs: :meth:`~Session.begin` (build the
 optimizer for the first epoch to run, restoring a saved state when resuming),
 :meth:`~Session.run_epoch` (stage change, one training pass, validation) and
-:meth:`~Session.state` (everything :mod:`.state` saves). The loop itself is in :mod:`.loop`.
+:meth:`~Session.state` (everything :mod:`.resume` saves). The loop itself is in :mod:`.loop`.
 
 Several processes (``torchrun``): every process holds a Session; each trains on its part of
 every global batch (:class:`~torchgraft.data.loaders.Shard`) through a
@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.loaders import Shard, batch_count
+from ..data.mixing import BatchMixer
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer, train_augment
 from ..errors import CheckpointError, TrainingError
@@ -36,16 +37,15 @@ from ..model.spec import ModelSpec
 from ..policies.optimizer_groups import audit_optimizer
 from ..policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
 from ..text import printable
-from .config import RunConfig
+from .config.load import RunConfig
 from .distributed import ALONE, Processes
 from .features import FeatureCache, cache_refusal, find_head_entry
 from .loop import Trainer, changing_tensors, evaluate, non_finite, train_one_epoch
 from .metrics import EvalResult, Evaluator
-from .mixing import BatchMixer
 from .replicas import average_buffers
+from .resume import capture_rng, restore_rng
 from .runtime import Runtime
 from .stages import Stages, make_optimizer
-from .state import capture_rng, restore_rng
 
 __all__ = ["EpochResult", "Session"]
 
@@ -140,7 +140,7 @@ class Session:
         """Build optimizer (and, when resuming, everything else) for the first epoch to run.
 
         Args:
-            state: a resume state (:func:`.state.load_state`), or None for a new run.
+            state: a resume state (:func:`.resume.load_state`), or None for a new run.
             origin: the state's file, as an error names it.
 
         Returns:
@@ -170,7 +170,7 @@ class Session:
             try:
                 self._restore(state, first)
             except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-                # The state's types were checked when it was read (engine.state); what is
+                # The state's types were checked when it was read (engine.resume); what is
                 # left is content that does not fit this run: changed, or hand-made.
                 raise CheckpointError(
                     f"{origin}: does not fit this run ({type(exc).__name__}: "
@@ -415,7 +415,7 @@ class Session:
 
     # --- saving --------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
-        """Everything needed to resume after ``epoch`` (see :mod:`.state`). With several
+        """Everything needed to resume after ``epoch`` (see :mod:`.resume`). With several
         processes every one must call it (their random generators are gathered); rank 0's
         is the complete state."""
         trainer = self.trainer

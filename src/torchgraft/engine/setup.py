@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import VerificationError
 from ..grafting.api import graft
-from ..grafting.report import GraftReport
+from ..grafting.graft_plan import GraftReport
 from ..grafting.verify import Verification, verify_graft
 from ..model.anatomy import spec_of
 from ..model.heads import replace_head
@@ -26,7 +26,7 @@ from ..model.stem import replace_input_channels
 from ..policies.initializers import InitSummary, init_new_layers
 from ..zoo import build_model
 from ..zoo.grafts import identified_architecture, resolve_source_model
-from .config import RunConfig
+from .config.load import RunConfig
 
 __all__ = ["ModelSetup", "build_document", "build_run_model"]
 

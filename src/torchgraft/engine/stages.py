@@ -21,7 +21,7 @@ from ..model.spec import ModelSpec
 from ..policies.freezing import FreezeSummary, freeze
 from ..policies.optimizer_groups import param_groups
 from ..policies.schedules import SCHEDULES, Stage, UnfreezeSchedule, apply_stage, start_stage
-from .config import RunConfig
+from .config.load import RunConfig
 from .lr import LrShape, build_scheduler, rebase
 
 __all__ = ["Stages", "make_optimizer"]

@@ -23,10 +23,10 @@ _EXPORTS = {
     "Checkpoint": "..checkpoint.read",
     "read_checkpoint": "..checkpoint.read",
     "ReaderLimits": "..checkpoint.limits",
-    "Action": ".report",
-    "GraftPlan": ".report",
-    "GraftReport": ".report",
-    "KeyPlan": ".report",
+    "Action": ".graft_plan",
+    "GraftPlan": ".graft_plan",
+    "GraftReport": ".graft_plan",
+    "KeyPlan": ".graft_plan",
     "RenameRules": ".rules",
     "load_rules": ".rules",
     "Verification": ".verify",
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from ..checkpoint.read import Checkpoint, read_checkpoint
     from .api import graft, plan_graft
     from .apply import apply_plan
+    from .graft_plan import Action, GraftPlan, GraftReport, KeyPlan
     from .planner import plan_from_mapping
-    from .report import Action, GraftPlan, GraftReport, KeyPlan
     from .rules import RenameRules, load_rules
     from .source import SourceWeights, read_source
     from .verify import Verification, compare_models, verify_graft

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import GraftError
-from .report import Action
+from .graft_plan import Action
 
 __all__ = ["IN_CHANS_MODES", "AdaptContext", "apply_adaptation", "propose"]
 

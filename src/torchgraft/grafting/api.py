@@ -23,9 +23,15 @@ from ..wording import in_cli, option
 from .apply import apply_plan
 from .bn_statistics import settle_by_statistics
 from .exactness import AllowPartial, check_exact
-from .plan import drop_candidates
-from .planner import check_strategy, head_keys, make_plan, plan_from_mapping, plan_rebuilder
-from .report import GraftPlan, GraftReport, percent
+from .graft_plan import GraftPlan, GraftReport, percent
+from .planner import (
+    check_strategy,
+    drop_candidates,
+    head_keys,
+    make_plan,
+    plan_from_mapping,
+    plan_rebuilder,
+)
 from .resolve import resolve_ties
 from .rules import RenameRules
 from .source import Source, SourceWeights, read_options, read_source

@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import GraftError
 from ..text import printable
 from .adapt import apply_adaptation
-from .report import GraftPlan
+from .graft_plan import GraftPlan
 
 __all__ = ["apply_plan"]
 

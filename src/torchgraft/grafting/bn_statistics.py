@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.anatomy import spec_of
-from .report import GraftPlan
+from .graft_plan import GraftPlan
 from .resolve import settle
 
 __all__ = ["MARGIN", "PROBE_SIZE", "has_statistics", "settle_by_statistics", "synthetic_images"]

@@ -23,7 +23,7 @@ from collections.abc import Collection, Sequence
 from ..errors import GraftWarning, InexactGraftError
 from ..wording import in_cli, option
 from .correspondence import EVIDENCE
-from .report import GraftPlan, KeyPlan, group_keys
+from .graft_plan import GraftPlan, KeyPlan, group_keys
 
 __all__ = ["AllowPartial", "check_exact"]
 

@@ -28,7 +28,7 @@ from torch import nn
 from ..model.probe import primary_output
 from .apply import apply_plan
 from .correspondence import Match
-from .report import GraftPlan
+from .graft_plan import GraftPlan
 from .verify import probe_input
 
 __all__ = ["EXACT", "MAX_GROUP", "Judge", "resolve_ties", "settle", "tie_blocks"]

@@ -32,9 +32,8 @@ from ..errors import GraftError, VerificationError
 from ..model.anatomy import spec_of
 from ..model.probe import primary_output
 from .apply import apply_plan
-from .plan import drop_candidates
-from .planner import make_plan
-from .report import percent
+from .graft_plan import percent
+from .planner import drop_candidates, make_plan
 from .source import SourceWeights, read_source
 
 __all__ = [

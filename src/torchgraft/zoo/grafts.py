@@ -22,7 +22,7 @@ from ..checkpoint.read import Checkpoint
 from ..errors import GraftError, SpecError
 from ..grafting import api
 from ..grafting import verify as verification
-from ..grafting.report import GraftPlan, GraftReport
+from ..grafting.graft_plan import GraftPlan, GraftReport
 from ..grafting.source import Source, SourceWeights, looks_like_spec, read_options, read_source
 from ..grafting.verify import Verification
 from ..wording import option

@@ -2,8 +2,8 @@
 
 A call (REDUCE, NEWOBJ) of ``func`` with an argument tuple is where a small file can cost a
 lot: a size becomes an allocation, a codec name chooses an algorithm, an iterable is walked.
-Each rule here gets the scanner (:mod:`.pickle_scan`), the global's name and the arguments
-(as nodes and literals, :mod:`.pickle_nodes`), records what the call claims or builds, refuses
+Each rule here gets the scanner (:mod:`.scan`), the global's name and the arguments
+(as nodes and literals, :mod:`.nodes`), records what the call claims or builds, refuses
 what it must, and returns the node of the call's result (``[]`` items: the caller adds the
 argument tuple). Globals with no rule (ones the caller allowed) return an ``object`` node.
 """

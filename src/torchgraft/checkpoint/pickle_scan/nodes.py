@@ -1,6 +1,6 @@
 """The values of the pickle scan: literals, global names and nodes.
 
-The scan (:mod:`.pickle_scan`) keeps descriptions instead of objects on its stack: literal
+The scan (:mod:`.scan`) keeps descriptions instead of objects on its stack: literal
 values (``bytes`` for text, ``int``, ``float``, ``None``), global names (``str``), and a node
 for everything built. A node is a plain list, the fastest object to build::
 

@@ -32,10 +32,10 @@ container mutated after it was placed inside another can make an ancestor deeper
 recorded. Real pickles never do that; when one does, the heights are recomputed over the whole
 graph at the end.
 
-Speed matters (the scan runs on every read): nodes are plain lists (:mod:`.pickle_nodes`),
+Speed matters (the scan runs on every read): nodes are plain lists (:mod:`.nodes`),
 the loop tests the opcodes of ``torch.save``'s pickles most frequent first, and tensors as
-``torch.save`` writes them are taken whole (:mod:`.pickle_fast`). What calls may do is
-decided in :mod:`.pickle_calls`.
+``torch.save`` writes them are taken whole (:mod:`.fast`). What calls may do is
+decided in :mod:`.calls`.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..wording import option
+from ...errors import ConfigError
+from ...wording import option
 
 __all__ = [
     "AUTO",

@@ -3,8 +3,8 @@ describes, built exactly as ``torchgraft train`` builds it.
 
 The same config, seed, model (graft, head, initialisation), freezing and BatchNorm policy of
 the first epoch, parameter groups and optimizer (:class:`~.session.Session`), runtime and
-training data with its augmentation; then :func:`~.lr_find.sweep` of ``optim.lr`` (every
-group following it by its configured ratio), the files (:mod:`.lr_find_outputs`) and, when
+training data with its augmentation; then :func:`~.sweep.sweep` of ``optim.lr`` (every
+group following it by its configured ratio), the files (:mod:`.outputs`) and, when
 asked, the suggestion written into the config to train with. The model built here is thrown
 away afterwards: nothing of the sweep reaches a later ``train``.
 """
@@ -15,30 +15,30 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, TrainingError
-from ..text import printable
-from ..wording import option, renamed
-from .config import CONFIG_OPTIONS, RunConfig, load_config
-from .console import RunConsole
-from .fit import (  # train's own setup, not a copy
+from ...errors import ConfigError, TrainingError
+from ...text import printable
+from ...wording import option, renamed
+from ..config.load import CONFIG_OPTIONS, RunConfig, load_config
+from ..console import RunConsole
+from ..fit import (  # train's own setup, not a copy
     discover_run_source,
     prepare_run_data,
     seed_everything,
 )
-from .lr_find import LRFinderResult, sweep
-from .lr_find_outputs import apply_suggestion, check_writable, print_result, write_outputs
-from .lr_find_rules import (
+from ..report.summary import graft_lines
+from ..run_dir import make_stamped_folder, writing_into
+from ..runtime import resolve_runtime
+from ..session import Session
+from ..setup import build_run_model
+from .outputs import apply_suggestion, check_writable, print_result, write_outputs
+from .rules import (
     AUTO,
     DEFAULT_END_LR,
     DEFAULT_START_LR,
     DEFAULT_STEPS,
     check_sweep,
 )
-from .outputs import graft_lines
-from .run_dir import make_stamped_folder, writing_into
-from .runtime import resolve_runtime
-from .session import Session
-from .setup import build_run_model
+from .sweep import LRFinderResult, sweep
 
 __all__ = ["lr_find"]
 

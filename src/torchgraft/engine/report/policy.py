@@ -12,8 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .report_files import RunFiles, as_list, as_map
-from .report_html import Html, Section, esc, join, note, table
+from .files import RunFiles, as_list, as_map
+from .html import Html, Section, esc, join, note, table
 
 __all__ = ["MAX_GROUP_ROWS", "policy_section"]
 

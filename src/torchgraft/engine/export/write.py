@@ -23,7 +23,7 @@ onnx           ``torch.onnx.export(dynamo=True)`` (opset 18+), then the legacy
 
 Files are written atomically, the export then its sidecar ``<file>.json`` (classes,
 preprocessing, input shape, sha256 — of ONNX external data files too —, the measured
-difference, format, torch version, method; :mod:`.export_sidecar`): an export that fails, or
+difference, format, torch version, method; :mod:`.sidecar`): an export that fails, or
 fails its check, leaves whatever was there before untouched and no temporary file behind
 (external data files an ONNX exporter wrote beside its file excepted: they are named by the
 exporter, and only models over 2 GB have them).
@@ -46,15 +46,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_paths
-from ..checkpoint.write import sha256_file
-from ..errors import ConfigError, ExportCheckError, ExportError, OutputError  # Export*: re-exported
-from ..model.spec import Preprocessing
-from ..text import printable
-from .artifacts import MODEL_FILE, MODEL_JSON, load, read_model_document
-from .export_methods import EXAMPLE_BATCH, METHODS
-from .export_sidecar import EXPORT_FORMAT, RULE, export_record, sidecar_path
-from .exported import FORMATS, LOADERS, require_onnx
+from ...atomic import atomic_paths
+from ...checkpoint.write import sha256_file
+from ...errors import (  # Export*: re-exported
+    ConfigError,
+    ExportCheckError,
+    ExportError,
+    OutputError,
+)
+from ...model.spec import Preprocessing
+from ...text import printable
+from ..artifacts import MODEL_FILE, MODEL_JSON, load, read_model_document
+from .load import FORMATS, LOADERS, require_onnx
+from .methods import EXAMPLE_BATCH, METHODS
+from .sidecar import EXPORT_FORMAT, RULE, export_record, sidecar_path
 
 __all__ = [
     "CHECK_BATCH_SIZES",
@@ -69,7 +74,7 @@ __all__ = [
 #: Largest logit difference allowed, relative to max(1, the largest eager logit).
 DEFAULT_TOLERANCE = 1e-4
 #: Batch sizes every export is checked at (the converters see a batch of
-#: :data:`~.export_methods.EXAMPLE_BATCH`, 2).
+#: :data:`~.methods.EXAMPLE_BATCH`, 2).
 CHECK_BATCH_SIZES = (1, 3)
 
 
@@ -178,7 +183,7 @@ def check_sample(folder: Path, pre: Preprocessing, count: int = 3) -> tuple[torc
     still be read, spread over the split; seeded random pixels for the rest, so an export of
     a run whose data is gone can still be checked.
     """
-    from ..data.transforms import Normalizer
+    from ...data.transforms import Normalizer
 
     images = _run_images(folder, pre, count)
     real = len(images)
@@ -293,8 +298,8 @@ def _refuse_overwriting_the_run(target: Path, side: Path, weights: Path) -> None
     Raises:
         OutputError: naming the destination and what it would replace.
     """
-    from ..atomic import check_destination, same_file
-    from .run_dir import is_run_directory, run_file
+    from ...atomic import check_destination, same_file
+    from ..run_dir import is_run_directory, run_file
 
     record = (
         weights.with_name(MODEL_JSON)
@@ -322,11 +327,11 @@ def _refuse_overwriting_the_run(target: Path, side: Path, weights: Path) -> None
 def _not_an_export(target: Path, side: Path, path: Path, run: Path) -> str | None:
     """Why ``path``, an existing top-level file of ``run``, is not an earlier export of
     ``target`` (its sidecar ``side`` records it), or None when it is one or is new."""
-    from ..atomic import within
+    from ...atomic import within
 
     if not os.path.lexists(path) or not within(path, run):
         return None
-    from ..checkpoint.documents import DocumentLimits, read_json
+    from ...checkpoint.documents import DocumentLimits, read_json
 
     try:  # a sidecar is a few kB; a FIFO, a device or a deep document is simply not one
         record = read_json(side, ValueError, DocumentLimits(max_bytes=1 << 20))
@@ -340,9 +345,9 @@ def _not_an_export(target: Path, side: Path, path: Path, run: Path) -> str | Non
 
 def _run_images(folder: Path, pre: Preprocessing, count: int) -> list[torch.Tensor]:
     """Up to ``count`` base-transformed uint8 images of the run's validation split."""
-    from ..checkpoint.documents import read_yaml
-    from ..data.sources import discover
-    from ..data.transforms import base_transform
+    from ...checkpoint.documents import read_yaml
+    from ...data.sources import discover
+    from ...data.transforms import base_transform
 
     try:
         data = read_yaml(folder / "config.yaml", ValueError)["data"]

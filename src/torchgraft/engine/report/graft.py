@@ -1,6 +1,6 @@
 """The graft section of ``report.html``: how the pretrained weights entered the model.
 
-From ``graft.json`` (a :class:`~torchgraft.grafting.report.GraftReport` document): coverage,
+From ``graft.json`` (a :class:`~torchgraft.grafting.graft_plan.GraftReport` document): coverage,
 counts per action, the evidence that decided the pairings (with what each rung means and the
 confidence it carries), notes and the verification, what was left new, then every key —
 grouped by module so that a model of hundreds of keys stays readable:
@@ -19,8 +19,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .report_files import RunFiles, as_list, as_map
-from .report_html import Html, Section, details, esc, items, join, note, table
+from .files import RunFiles, as_list, as_map
+from .html import Html, Section, details, esc, items, join, note, table
 
 __all__ = ["MAX_ROWS", "MEANING", "WORDS", "graft_section"]
 
@@ -80,7 +80,7 @@ def graft_section(files: RunFiles) -> Section:
 
 
 def _summary(graft: Mapping[str, Any]) -> Html:
-    from ..grafting.report import percent
+    from ...grafting.graft_plan import percent
 
     coverage = graft.get("coverage")
     share = percent(coverage) if isinstance(coverage, (int, float)) else "?"
@@ -113,7 +113,7 @@ def _evidence(graft: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) ->
     counts = as_map(graft.get("evidence"))
     if not counts:
         return note("No key was loaded, so no evidence decided a pairing.")
-    from ..grafting.correspondence import EVIDENCE
+    from ...grafting.correspondence import EVIDENCE
 
     rows = [
         (kind, count, f"{EVIDENCE[kind]:.2f}" if kind in EVIDENCE else "?", MEANING.get(kind, ""))
@@ -130,7 +130,7 @@ def _evidence(graft: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) ->
 
 
 def _left_new(graft: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> Html:
-    from ..grafting.report import group_keys
+    from ...grafting.graft_plan import group_keys
 
     new = [str(e.get("target")) for e in entries if not _loads(e)]
     unused = [str(k) for k in as_list(graft.get("unexpected"))]

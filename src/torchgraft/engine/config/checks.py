@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .config_model import SCHEDULE_MODELS, DataConfig, ModelConfig, RunConfig, WeightsConfig
+from .sections import SCHEDULE_MODELS, DataConfig, ModelConfig, RunConfig, WeightsConfig
 
 __all__ = ["describe_errors", "reference_problems", "semantic_problems", "summary"]
 
@@ -143,7 +143,7 @@ def reference_problems(data: Mapping[str, Any], check_paths: bool, check_names: 
     name = value("model", "name", ModelConfig().name)
     problem = None
     if check_names and isinstance(name, str):
-        from ..zoo.names import check_spec_name  # imports torch and the model library
+        from ...zoo.names import check_spec_name  # imports torch and the model library
 
         problem = check_spec_name(name)
     if problem:
@@ -163,7 +163,7 @@ def reference_problems(data: Mapping[str, Any], check_paths: bool, check_names: 
     if not isinstance(weights, str):
         return problems
     if weights.startswith("package://"):
-        from ..resources import package_file_problem
+        from ...resources import package_file_problem
 
         problem = package_file_problem(weights)
         if problem:

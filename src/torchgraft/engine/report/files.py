@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint.documents import DocumentLimits, parse_json, parse_yaml, read_document_bytes
+from ...checkpoint.documents import DocumentLimits, parse_json, parse_yaml, read_document_bytes
 
 __all__ = ["RunFiles", "as_list", "as_map", "read_run"]
 
@@ -182,8 +182,8 @@ def _json_lines(text: str, name: str) -> list[dict[str, Any]]:
 
 def _read_state(files: RunFiles) -> None:
     """The per-step LR trace and stage starts, from the resume state (checked by sha256)."""
-    from ..errors import CheckpointError
-    from .state import load_state
+    from ...errors import CheckpointError
+    from ..resume import load_state
 
     try:
         state = load_state(files.path)

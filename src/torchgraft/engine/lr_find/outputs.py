@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..atomic import atomic_write_text
-from ..checkpoint.documents import parse_yaml, read_document_bytes
-from ..errors import ConfigError, OutputError
-from ..text import printable
-from ..wording import in_cli, listing, option
-from .lr_find_rules import SKIP_END
-from .plots import plot_lr_finder
+from ...atomic import atomic_write_text
+from ...checkpoint.documents import parse_yaml, read_document_bytes
+from ...errors import ConfigError, OutputError
+from ...text import printable
+from ...wording import in_cli, listing, option
+from ..report.plots import plot_lr_finder
+from .rules import SKIP_END
 
 if TYPE_CHECKING:
-    from .config import RunConfig
-    from .console import RunConsole
-    from .lr_find import LRFinderResult
+    from ..config.load import RunConfig
+    from ..console import RunConsole
+    from .sweep import LRFinderResult
 
 __all__ = ["apply_suggestion", "check_writable", "print_result", "write_outputs"]
 

@@ -1,12 +1,12 @@
 """The run configuration: one typed, nested document, validated before any tensor exists.
 
 Values come, later ones winning, from the defaults (the embedded default run, see
-:mod:`.config_model`), a YAML file (``--config run.yaml``) and dotted overrides
+:mod:`.sections`), a YAML file (``--config run.yaml``) and dotted overrides
 (``--train.epochs 1``, ``--optim.lr=0.01`` or ``optim.lr=0.01``).
 
 Parsing and type checks are pydantic's; :func:`load_config` adds what pydantic cannot know
 (files that must exist, model names the zoo must know, combinations that contradict each
-other, :mod:`.config_checks`) and reports *every* problem at once in one
+other, :mod:`.checks`) and reports *every* problem at once in one
 :class:`~torchgraft.errors.ConfigError`, each with its dotted key, the value found and, for
 unknown keys, the closest known one. Nothing here imports torch: ``--print-config`` and
 validation errors are instant.
@@ -22,10 +22,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..checkpoint.documents import UNBUILDABLE, DocumentLimits, check_yaml_bounds, read_yaml
-from ..errors import ConfigError
-from .config_checks import describe_errors, reference_problems, semantic_problems, summary
-from .config_model import (
+from ...checkpoint.documents import UNBUILDABLE, DocumentLimits, check_yaml_bounds, read_yaml
+from ...errors import ConfigError
+from .checks import describe_errors, reference_problems, semantic_problems, summary
+from .sections import (
     CONFIG_OPTIONS,
     DEFAULT_SOURCE_MODEL,
     DEFAULT_WEIGHTS,

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..grafting.report import GraftReport, group_keys, percent
-from ..grafting.verify import Verification
+from ...grafting.graft_plan import GraftReport, group_keys, percent
+from ...grafting.verify import Verification
 
 __all__ = ["final_rows", "graft_lines", "lr_series", "write_plots"]
 

@@ -11,10 +11,10 @@ Written atomically (:mod:`torchgraft.atomic`) after every saved epoch of ``train
 no pass over the data, and of the figures only the loss and accuracy curves — and in full at
 the end of ``train`` and by ``torchgraft report RUN_DIR``, which add the worst-classified
 images (a pass of the saved best model over the validation split, see
-:mod:`.report_examples`) and the LR and confusion figures. Figures follow ``output.plots``.
-Both read the same files (:mod:`.report_files`), so they agree. The page has no script and fetches
+:mod:`.examples`) and the LR and confusion figures. Figures follow ``output.plots``.
+Both read the same files (:mod:`.files`), so they agree. The page has no script and fetches
 nothing: figures and thumbnails are ``data:`` URIs, styles are inline, and every name that
-comes from the run (classes, keys, paths) is escaped (:mod:`.report_html`).
+comes from the run (classes, keys, paths) is escaped (:mod:`.html`).
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..model.build_record import Trust
+    from ...model.build_record import Trust
 
-from ..atomic import atomic_write_text
-from ..errors import ConfigError
-from .report_examples import Examples, worst_examples
-from .report_files import RunFiles, read_run
-from .report_graft import graft_section
-from .report_html import Html, Section, esc, join, note, page
-from .report_policy import policy_section
-from .report_sections import (
+from ...atomic import atomic_write_text
+from ...errors import ConfigError
+from .examples import Examples, worst_examples
+from .files import RunFiles, read_run
+from .graft import graft_section
+from .html import Html, Section, esc, join, note, page
+from .policy import policy_section
+from .sections import (
     Figures,
     confusion_section,
     curves_section,

@@ -1,15 +1,15 @@
 """The learning-rate range test on any model and optimizer: :func:`lr_range_test`, and the
-:func:`sweep` that ``torchgraft lr-find`` (:mod:`.lr_find_run`) drives with a run's trainer.
+:func:`sweep` that ``torchgraft lr-find`` (:mod:`.run`) drives with a run's trainer.
 
-The sweep is the training step of :mod:`.loop` (autocast, gradient scaler, accumulation,
+The sweep is the training step of :mod:`..loop` (autocast, gradient scaler, accumulation,
 clipping, mixup, the finite-loss and finite-weight checks) driven by a scheduler that sets
 every optimizer group's LR to *its own* LR times one common factor, so the ratios between
 groups (head and backbone, layer-wise decay, an unfreezing stage's multipliers) hold at every
 step. The factor is chosen so that the *reference* LR (``optim.lr`` for a run, the head's
 LR by default otherwise) takes each value of the sweep; the suggestion is therefore a value
 for the reference LR, and everything else follows it as it would in training. The arithmetic
-(schedule, smoothing, stopping, the rules) is :mod:`.lr_find_rules`; the files it leaves are
-:mod:`.lr_find_outputs`.
+(schedule, smoothing, stopping, the rules) is :mod:`.rules`; the files it leaves are
+:mod:`.outputs`.
 
 :func:`lr_range_test` leaves the model and optimizer it is given exactly as it found them
 (:func:`preserved`): every parameter and buffer bitwise, the optimizer's state and group
@@ -28,10 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, TrainingError
-from ..wording import option
-from .loop import Trainer, train_one_epoch
-from .lr_find_rules import (
+from ...errors import ConfigError, TrainingError
+from ...wording import option
+from ..loop import Trainer, train_one_epoch
+from ..resume import capture_rng, restore_rng
+from ..runtime import Runtime
+from .rules import (
     AUTO,
     DEFAULT_END_LR,
     DEFAULT_START_LR,
@@ -43,8 +45,6 @@ from .lr_find_rules import (
     suggest,
     sweep_lrs,
 )
-from .runtime import Runtime
-from .state import capture_rng, restore_rng
 
 __all__ = ["LRFinderResult", "lr_range_test", "preserved", "sweep"]
 
@@ -93,7 +93,7 @@ class LRFinderResult:
 
     def save(self, folder: str | Path) -> dict[str, Path]:
         """Write ``lr_find.csv``, ``lr_find.json`` and ``lr_find.png`` into ``folder``."""
-        from .lr_find_outputs import write_outputs
+        from .outputs import write_outputs
 
         return write_outputs(self, Path(folder))
 
@@ -111,7 +111,7 @@ class _Diverged(Exception):
 
 
 class _Schedule:
-    """Sets each group's LR to ``scale * lr`` of the sweep's step; :mod:`.loop` calls
+    """Sets each group's LR to ``scale * lr`` of the sweep's step; :mod:`..loop` calls
     :meth:`step` after every optimizer step, like an LR scheduler."""
 
     def __init__(self, groups: list[dict[str, Any]], scales: list[float], lrs: list[float]):
@@ -147,7 +147,7 @@ class _Curve:
         loss = sum(self.pending) / len(self.pending)
         self.pending.clear()
         self.losses.append(loss)
-        # The same arithmetic as lr_find_rules.smooth, one value at a time.
+        # The same arithmetic as rules.smooth, one value at a time.
         self.average = self.beta * self.average + (1 - self.beta) * loss
         smoothed = self.average / (1 - self.beta ** len(self.losses))
         self.best = min(self.best, smoothed)
@@ -182,7 +182,7 @@ def sweep(
     Args:
         trainer: model, optimizer (groups at their configured LRs), criterion, runtime …
         batches: training batches; cycled (iterated again) when the sweep needs more.
-        prepare, forward, module: as for :func:`~.loop.train_one_epoch`.
+        prepare, forward, module: as for :func:`~..loop.train_one_epoch`.
         start_lr, end_lr, steps: the sweep of the reference LR.
         reference_lr: the LR the groups' LRs are relative to (default: the ``head`` group's
             LR, else the largest).
@@ -354,7 +354,7 @@ def lr_range_test(
     Every group's LR is its current LR times a common factor, so their ratios hold; the
     factor makes ``reference_lr`` (default: the ``head`` group's LR, else the largest group
     LR) sweep from ``start_lr`` to ``end_lr`` over ``steps`` steps (see
-    :mod:`.lr_find_rules` for the smoothing, the stop and the rules).
+    :mod:`.rules` for the smoothing, the stop and the rules).
 
     Args:
         model, optimizer: what to test; restored bitwise afterwards (:func:`preserved`).

@@ -3,7 +3,7 @@ checked against the sidecar before they run, their failures typed.
 
 What :func:`load_checked` does, in order (onnxruntime sees the model only after step 3):
 
-1. The caller (:func:`~.exported.load_exported`) read the file once (:func:`read_model_bytes`:
+1. The caller (:func:`~.load.load_exported`) read the file once (:func:`read_model_bytes`:
    a regular file of at most 2 GiB, what one protobuf holds) and checked its sha256. Those
    same bytes are what onnxruntime loads: the file is not read again by name.
 2. The protobuf is parsed from the bytes, and every tensor in it (initializers, node
@@ -12,7 +12,7 @@ What :func:`load_checked` does, in order (onnxruntime sees the model only after 
 3. Each such file must be a plain file name in the model's folder (no folder part, no ``..``,
    no absolute path, no link leading out of the folder), recorded in the sidecar's
    ``external_data`` with its size and sha256, and match them now: the sha256 of the model
-   file alone would not notice its weights changing (:mod:`.export_sidecar`). onnxruntime
+   file alone would not notice its weights changing (:mod:`.sidecar`). onnxruntime
    is then told that folder.
 4. The session's declared interface is checked against the sidecar: one float32 input of
    rank 4 whose batch is not fixed and whose other sizes, where fixed, are the
@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoint.regular_files import FileProblem, read_regular
-from ..errors import CheckpointError, ExportError
-from ..text import printable
-from .export_sidecar import check_external_data, external_locations, sidecar_path
+from ...checkpoint.regular_files import FileProblem, read_regular
+from ...errors import CheckpointError, ExportError
+from ...text import printable
+from .sidecar import check_external_data, external_locations, sidecar_path
 
 __all__ = [
     "Interface",

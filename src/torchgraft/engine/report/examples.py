@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..model.build_record import Trust
+    from ...model.build_record import Trust
 
 __all__ = ["MAX_IMAGES", "THUMBNAIL", "Example", "Examples", "worst_examples"]
 
@@ -69,8 +69,8 @@ def worst_examples(
     changed or a pass torch refuses (out of memory): :attr:`Examples.reason` says what stood
     in the way.
     """
-    from ..errors import TorchgraftError, UntrustedRunError
-    from .artifacts import load
+    from ...errors import TorchgraftError, UntrustedRunError
+    from ..artifacts import load
 
     data = (config or {}).get("data") if isinstance(config, Mapping) else None
     if not isinstance(data, Mapping) or not data.get("source"):
@@ -92,8 +92,8 @@ def worst_examples(
 
 
 def _validation_split(data: Mapping, classes: tuple[str, ...]):
-    from ..data.sources import discover
-    from ..errors import DataError
+    from ...data.sources import discover
+    from ...errors import DataError
 
     source = discover(
         str(data["source"]),
@@ -112,8 +112,8 @@ def _rank(model, split, count: int) -> Examples:
     import torch
     import torch.nn.functional as F
 
-    from ..data.transforms import Normalizer, base_transform
-    from .runtime import resolve_runtime
+    from ...data.transforms import Normalizer, base_transform
+    from ..runtime import resolve_runtime
 
     found = Examples(split_size=len(split))
     indices = _subset(len(split), MAX_IMAGES)

@@ -5,7 +5,7 @@ Sections follow the data flow of a run: ``model``, ``weights``, ``graft``, ``hea
 embedded default run (``torchgraft train`` with no arguments), so a config file only says
 what differs from it; :class:`RunConfig`'s validator keeps those defaults from surprising a
 config that names another model, a fixed policy, or other data. Reading files and overrides
-is :mod:`.config`'s job; telling problems is :mod:`.config_checks`'.
+is :mod:`.load`'s job; telling problems is :mod:`.checks`'.
 """
 
 from __future__ import annotations

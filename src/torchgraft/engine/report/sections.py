@@ -1,7 +1,7 @@
 """The report's sections built from a run's files: at a glance, curves, confusion.
 
-Each function takes :class:`~.report_files.RunFiles` and returns a
-:class:`~.report_html.Section`; a file the section needs that is missing or damaged becomes a
+Each function takes :class:`~.files.RunFiles` and returns a
+:class:`~.html.Section`; a file the section needs that is missing or damaged becomes a
 sentence in the section saying so. The figures are :mod:`.plots`' own, rendered into memory
 (see :func:`figure`). The graft, the worst-classified images and the freeze/groups summary
 have modules of their own.
@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .report_files import RunFiles, as_map
-from .report_html import Html, Section, definitions, details, items, join, note, png, table
+from .files import RunFiles, as_map
+from .html import Html, Section, definitions, details, items, join, note, png, table
 
 __all__ = [
     "Figures",
@@ -95,8 +95,8 @@ def glance_section(files: RunFiles) -> Section:
 
 
 def _graft_line(graft: Mapping[str, Any]) -> str:
-    from ..grafting.report import percent
-    from .report_graft import WORDS
+    from ...grafting.graft_plan import percent
+    from .graft import WORDS
 
     coverage = graft.get("coverage")
     counts = as_map(graft.get("counts"))
@@ -177,7 +177,7 @@ def _figure_or_note(files: RunFiles, name: str, draw, alt: str, figures: Figures
             f"{alt}: not drawn, figures are off for this run (output.plots: false); "
             f"torchgraft report {files.path} --plots draws them."
         )
-    from ..errors import TorchgraftError
+    from ...errors import TorchgraftError
 
     try:
         data = figure(files, name, draw if figures.draws(name) else None)
@@ -197,8 +197,8 @@ def _figure_or_note(files: RunFiles, name: str, draw, alt: str, figures: Figures
 
 def curves_section(files: RunFiles, figures: Figures) -> Section:
     """Loss and accuracy per epoch, the LR schedule per step, and the numbers as a table."""
-    from .outputs import lr_series
     from .plots import plot_curves, plot_lr
+    from .summary import lr_series
 
     parts = [
         _figure_or_note(

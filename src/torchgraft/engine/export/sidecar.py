@@ -1,9 +1,9 @@
 """The record written beside an export — ``<file>.json``, the sidecar (docs/export.md lists
 its fields) — and the files it vouches for.
 
-:func:`export_record` builds it from what :func:`~.export.export_run` measured; the sidecar
+:func:`export_record` builds it from what :func:`~.write.export_run` measured; the sidecar
 vouches for the file, so it is written last, once the file passed its check.
-:func:`~.exported.read_sidecar` reads it back and checks its fields before predict trusts any.
+:func:`~.load.read_sidecar` reads it back and checks its fields before predict trusts any.
 
 It must cover every file the model loads: the exported file's sha256 and, for ONNX, each
 external data file (tensors stored beside the model: torch's exporters write them for models
@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..checkpoint.write import sha256_file
-from ..errors import CheckpointError, ExportError
-from ..text import printable
+from ...checkpoint.write import sha256_file
+from ...errors import CheckpointError, ExportError
+from ...text import printable
 
 if TYPE_CHECKING:
-    from .export import ExportResult
+    from .write import ExportResult
 
 __all__ = [
     "EXPORT_FORMAT",

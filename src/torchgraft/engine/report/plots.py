@@ -35,9 +35,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..atomic import atomic_write_bytes
-from ..errors import DataError
-from ..text import printable
+from ...atomic import atomic_write_bytes
+from ...errors import DataError
+from ...text import printable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -38,16 +38,16 @@ from typing import Any
 import torch
 
 # MissingExtraError, UntrustedExportError: defined in errors.py, re-exported where raised
-from ..checkpoint.documents import read_json
-from ..checkpoint.write import sha256_file
-from ..errors import CheckpointError, MissingExtraError, TorchgraftError, UntrustedExportError
-from ..model.spec import Preprocessing
-from ..text import printable
-from ..wording import in_cli, option
+from ...checkpoint.documents import read_json
+from ...checkpoint.write import sha256_file
+from ...errors import CheckpointError, MissingExtraError, TorchgraftError, UntrustedExportError
+from ...model.spec import Preprocessing
+from ...text import printable
+from ...wording import in_cli, option
 from . import onnx_files
 
 # EXPORT_FORMAT, sidecar_path: defined with the sidecar, re-exported here
-from .export_sidecar import EXPORT_FORMAT, sidecar_path
+from .sidecar import EXPORT_FORMAT, sidecar_path
 
 __all__ = [
     "EXPORT_FORMAT",

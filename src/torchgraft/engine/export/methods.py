@@ -1,4 +1,4 @@
-"""How each export format is made: the methods of :func:`~.export.export_run`, as data.
+"""How each export format is made: the methods of :func:`~.write.export_run`, as data.
 
 Each method is a writer ``(model, example batch, path) -> None`` that converts the model and
 writes the file; :data:`METHODS` lists them per format in the order they are tried. The
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .export_sidecar import INPUT_NAME, OUTPUT_NAME
+from .sidecar import INPUT_NAME, OUTPUT_NAME
 
 __all__ = ["EXAMPLE_BATCH", "METHODS"]
 
@@ -57,7 +57,7 @@ def _onnx_dynamo(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         dynamo=True,
         # One file, so the sha256 and the atomic rename cover all of it. Over 2 GB of weights
         # the exporter writes "<file>.data" beside it anyway (torch 2.14, ONNXProgram.save),
-        # as the legacy one does: the sidecar then records that file too (export_sidecar).
+        # as the legacy one does: the sidecar then records that file too (sidecar).
         external_data=False,
         dynamic_shapes=_batch_dim(),
         input_names=[INPUT_NAME],

@@ -17,7 +17,7 @@ import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..text import printable
+from ...text import printable
 
 __all__ = [
     "Html",
