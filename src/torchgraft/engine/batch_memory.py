@@ -21,6 +21,7 @@ from torch import nn
 from ..data.batch_size import check_batch, clamp_note
 from ..data.loaders import Shard
 from ..data.prepare import PreparedData
+from ..model.passes import evaluating
 from .runtime import Runtime
 
 __all__ = ["check_run_batches", "saved_bytes_per_image"]
@@ -44,19 +45,14 @@ def saved_bytes_per_image(model: nn.Module, input_size: tuple[int, ...], runtime
             total += storage.nbytes()
         return tensor
 
-    training = model.training
-    model.eval()
-    try:
-        sample = torch.zeros((_PROBE_IMAGES, *input_size), device=runtime.device)
-        sample = sample.to(memory_format=runtime.memory_format).requires_grad_(True)
-        with (
-            torch.enable_grad(),
-            runtime.autocast(),
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
-        ):
-            model(sample)
-    finally:
-        model.train(training)
+    sample = torch.zeros((_PROBE_IMAGES, *input_size), device=runtime.device)
+    sample = sample.to(memory_format=runtime.memory_format).requires_grad_(True)
+    with (
+        evaluating(model, grad=True),
+        runtime.autocast(),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+    ):
+        model(sample)
     return total // _PROBE_IMAGES
 
 

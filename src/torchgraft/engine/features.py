@@ -28,6 +28,7 @@ from ..data.loaders import WHOLE, Shard, batch_order
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer
 from ..model.layer_groups import under
+from ..model.passes import evaluating
 from ..model.spec import ModelSpec
 from ..policies.freezing import has_running_stats, pinned_norms
 from .distributed import ALONE, Processes
@@ -142,16 +143,11 @@ class FeatureCache:
         # Pad to the largest batch the loader really gives, never to a configured size larger
         # than the split (data.batch_size 100000 padded 1,438 images to 200,000: 22 GB).
         batch_size = data.largest_batch(split, batch_size, shard)
-        training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode(), runtime.autocast():
-                chunks = [
-                    _padded(extractor, normalizer(images), batch_size)
-                    for images, _ in data.loader(split, batch_size, shard=shard)
-                ]
-        finally:
-            model.train(training)
+        with evaluating(model, grad="inference"), runtime.autocast():
+            chunks = [
+                _padded(extractor, normalizer(images), batch_size)
+                for images, _ in data.loader(split, batch_size, shard=shard)
+            ]
         # inference tensors cannot enter autograd; a clone outside inference mode can.
         return torch.cat(chunks).float().clone()
 

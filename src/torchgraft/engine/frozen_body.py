@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..model.passes import hooked
+
 __all__ = ["TOLERANCE", "BodyFeatures", "FeatureExtractor"]
 
 #: Largest accepted relative difference between traced and eager features (float32).
@@ -46,11 +48,9 @@ class BodyFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
         head = self.model.get_submodule(self.entry)
-        handle = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-        try:
+        # Hooks only: the modes (eval, for the feature cache) and autograd are the caller's.
+        with hooked([(head, "pre", lambda _m, args: captured.append(args[0]))]):
             self.model(images)
-        finally:
-            handle.remove()
         return captured[0]
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.anatomy import spec_of
+from ..model.passes import evaluating
 from .graft_plan import GraftPlan
 from .resolve import settle
 
@@ -141,27 +142,21 @@ def _score(
     per-channel divergence between their input's statistics and their running statistics
     (None: no BatchNorm there)."""
     divergences: list[float] = []
-    handles = []
     root = model.get_submodule(block) if block else model
-    for name, module in root.named_modules(prefix=block):
-        if _is_norm(module) and (watched is None or name in watched):
-            handles.append(module.register_forward_pre_hook(_measure(divergences)))
-    if not handles:
+    hooks = [
+        (module, "pre", _measure(divergences))
+        for name, module in root.named_modules(prefix=block)
+        if _is_norm(module) and (watched is None or name in watched)
+    ]
+    if not hooks:
         return None
     if block:
-        handles.append(root.register_forward_hook(_stop))
-    training = {m: m.training for m in model.modules()}
-    model.eval()
+        hooks.append((root, "forward", _stop))
     try:
-        with torch.no_grad():
+        with evaluating(model, hooks, grad=False):
             model(images)
-    except _Stop:
+    except _Stop:  # raised through evaluating: modes and hooks are back already
         pass
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in training.items():
-            module.training = flag
     return sum(divergences)
 
 

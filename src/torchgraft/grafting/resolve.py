@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from ..model.passes import evaluating
 from ..model.probe import primary_output
 from .apply import apply_plan
 from .correspondence import Match
@@ -225,15 +226,8 @@ def _output_of(model: nn.Module, path: str, example: torch.Tensor) -> torch.Tens
         if tensor is not None:
             captured.setdefault("out", tensor.detach().float())
 
-    handle = module.register_forward_hook(hook)
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        handle.remove()
-        model.train(training)
+    with evaluating(model, [(module, "forward", hook)], grad=False):
+        model(example)
     return captured.get("out")
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from ..checkpoint.read import Checkpoint
 from ..errors import GraftError, VerificationError
 from ..model.anatomy import spec_of
+from ..model.passes import evaluating
 from ..model.probe import primary_output
 from .apply import apply_plan
 from .graft_plan import percent
@@ -285,18 +286,9 @@ def probe_input(model: nn.Module, seed: int = 0, batch: int = 2) -> torch.Tensor
 def _run(model: nn.Module, head_path: str, example: torch.Tensor):
     captured: dict[str, torch.Tensor] = {}
     head = model.get_submodule(head_path)
-    handle = head.register_forward_pre_hook(
-        lambda _m, args: captured.setdefault("features", args[0].detach())
-    )
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = primary_output(model(example.to(next(model.parameters()).device)))
-    finally:
-        handle.remove()
-        for module, flag in training.items():
-            module.training = flag
+    capture = (head, "pre", lambda _m, args: captured.setdefault("features", args[0].detach()))
+    with evaluating(model, [capture], grad=False):
+        output = primary_output(model(example.to(next(model.parameters()).device)))
     return captured["features"].flatten(1).cpu(), output.detach().cpu()
 
 
@@ -330,23 +322,14 @@ def _layer_calls(model: nn.Module, example: torch.Tensor) -> list[_Call]:
 
         return record
 
-    handles = []
+    hooks = []
     for path, module in model.named_modules():
         if any(True for _ in module.parameters(recurse=False)) or any(
             True for _ in module.buffers(recurse=False)
         ):
-            handles.append(module.register_forward_pre_hook(before(path)))
-            handles.append(module.register_forward_hook(after(path)))
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example.to(next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in training.items():
-            module.training = flag
+            hooks += [(module, "pre", before(path)), (module, "forward", after(path))]
+    with evaluating(model, hooks, grad=False):
+        model(example.to(next(model.parameters()).device))
     # A container with weights of its own (a ViT's cls_token) finishes after its children;
     # ordering by when each call began keeps the pairs aligned with the forward pass.
     began = {path: index for index, path in enumerate(inputs)}

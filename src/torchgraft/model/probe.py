@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import SpecError
 from ._modules import is_conv
+from .passes import evaluating
 
 __all__ = ["ForwardTrace", "example_input_for", "primary_output", "trace_forward"]
 
@@ -148,10 +149,8 @@ def _run_with_hooks(model: nn.Module, example_input: torch.Tensor, on_meta: bool
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(p)) for p, m in model.named_modules()]
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    hooks = [(m, "forward", make_hook(p)) for p, m in model.named_modules()]
+    with evaluating(model, hooks, grad=False):
         if on_meta:
             state = {
                 name: torch.empty_like(t, device="meta")
@@ -164,13 +163,7 @@ def _run_with_hooks(model: nn.Module, example_input: torch.Tensor, on_meta: bool
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
             real = torch.zeros(example_input.shape, device=device, dtype=dtype)
-            with torch.no_grad():
-                output = model(real)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in training.items():
-            module.training = flag
+            output = model(real)
     tensor = primary_output(output)
     if tensor is None:
         raise SpecError(f"{type(model).__name__} returned no tensor ({type(output).__name__})")
