@@ -15,6 +15,10 @@ refused (``--tolerance`` without ``--verify-with``, ``--strategy``/``--rules`` w
 rules``, and an output path that cannot be written is named before the graft runs. A dry run
 is a preview of the whole command line: with ``-o`` it checks the path and says what it
 would write (and the verification it would run), and writes nothing. Names from the checkpoint are printed escaped (:mod:`torchgraft.text`).
+
+The command checks its flags, makes one call, :func:`torchgraft.zoo.grafts.graft_into` (which
+tells a model-spec SOURCE from a file once, reads it once, and owns the recipe; the plan file
+is :mod:`torchgraft.grafting.plan_file`'s), and prints what comes back.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..atomic import landing, same_file
-from ..errors import GraftError, VerificationError
+from ..atomic import same_file
+from ..errors import VerificationError
 from ..text import printable, printable_lines
 from .common import (
     OptionError,
@@ -48,6 +52,8 @@ MIN_COVERAGE = 0.5
 DEFAULT_TOLERANCE = 1e-4
 #: What a cut listing says after "… N more".
 MORE_HINT = "--all lists every key"
+#: How library messages name the arguments whose flag is not their name (torchgraft.wording).
+FLAGS = {"plan_file": "--plan"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,63 +107,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_options(args)  # before torch is imported: a mistake in the flags costs nothing
 
-    from ..grafting.api import graft, plan_graft
-    from ..grafting.planner import plan_from_mapping
-    from ..grafting.verify import verify_graft
-    from ..zoo import create_model
-    from ..zoo.grafts import identified_architecture, resolve_source, resolve_source_model
+    from ..zoo.grafts import graft_into
 
-    read_options = {
-        "ema": args.ema,
-        "allow_globals": args.allow_global,
-        "trust": args.trust_checkpoint,
-    }
-    weights = resolve_source(args.source, **read_options)
-    source_model = resolve_source_model(args.verify_with)
-    model = create_model(args.into, num_classes=args.num_classes, in_chans=args.in_chans)
-    options = {"in_chans_mode": args.in_chans_mode}
-    if args.plan:
-        plan = plan_from_mapping(model, weights, _read_plan(args.plan), **options)
-    else:
-        plan = plan_graft(
-            model,
-            weights,
-            strategy=args.strategy or ("rules" if args.rules else "auto"),
-            rules=args.rules,
-            source_model=source_model,
-            identify=identified_architecture,
-            **options,
-        )
-    _check_in_chans_mode_used(plan, args)
-    plan_file = _write_plan(plan, Path(args.plan_out)) if args.plan_out else None
-    acceptance = {
-        "allow_partial": args.allow_partial or False,
-        "allow_uncertain": args.allow_uncertain,
-    }
+    outcome = graft_into(
+        args.source,
+        args.into,
+        num_classes=args.num_classes,
+        in_chans=args.in_chans,
+        strategy=args.strategy,
+        rules=args.rules,
+        in_chans_mode=args.in_chans_mode,
+        plan_file=args.plan,
+        plan_out=args.plan_out,
+        source_model=args.verify_with,
+        tolerance=args.tolerance,
+        output=args.output,
+        min_coverage=args.min_coverage,
+        allow_partial=args.allow_partial or False,
+        allow_uncertain=args.allow_uncertain,
+        dry_run=args.dry_run,
+        ema=args.ema,
+        allow_globals=args.allow_global,
+        trust=args.trust_checkpoint,
+    )
+    _show(outcome.plan, args)
+    _said_plan(outcome.plan_file, args)
     if args.dry_run:
-        _show(plan, args)
-        _said_plan(plan_file, args)
         _said_dry_run(args)
-        _would_refuse(plan, model, acceptance, args.min_coverage)
+        for reason in outcome.refusals:
+            print(
+                printable_lines(f"torchgraft graft: the graft would be refused: {reason}"),
+                file=sys.stderr,
+            )
         return 0
-    report = graft(model, weights, plan=plan, min_coverage=args.min_coverage, **acceptance)
-    result = None
-    if args.verify_with:
-        tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-        result = verify_graft(
-            model, source_model, weights, tolerance=tolerance, source_name=args.verify_with
-        )
-        report.verification = result.to_dict()
-        report.notes.append(str(result))
-    if args.output and (result is None or result.ok):
-        _write_output(Path(args.output), model, report, weights)
-    _show(report, args)
-    _said_plan(plan_file, args)
-    if result is not None and not result.ok:
+    if not outcome.ok:
         # After the report, so the failure is the last thing on the terminal; main turns it
         # into the one error line on stderr and exit status 1.
         unwritten = f"; nothing was written to {printable(args.output)}" if args.output else ""
-        raise VerificationError(f"VERIFICATION FAILED: {result.problem}{unwritten}")
+        raise VerificationError(f"VERIFICATION FAILED: {outcome.verification.problem}{unwritten}")
     return 0
 
 
@@ -183,22 +170,8 @@ def check_options(args: argparse.Namespace) -> None:
             f"--rules is used only by --strategy rules, not --strategy {args.strategy}; drop "
             "--strategy (--rules alone means --strategy rules) or drop --rules"
         )
-    reader = [
-        flag
-        for flag, given in (
-            ("--ema", args.ema),
-            ("--allow-global", args.allow_global),
-            ("--trust-checkpoint", args.trust_checkpoint),
-        )
-        if given
-    ]
-    if reader and _names_a_model(args.source):
-        raise OptionError(
-            f"{' and '.join(reader)} {'apply' if len(reader) > 1 else 'applies'} to a checkpoint "
-            f"file, and SOURCE "
-            f"'{printable(args.source)}' is a model spec (its library loads the weights); drop "
-            f"{'them' if len(reader) > 1 else 'it'} or give a file"
-        )
+    # Reader options with a model-spec SOURCE are refused by graft_into, which tells a
+    # model spec from a file (that needs torch) once for the whole command.
     _check_outputs(args)
 
 
@@ -228,26 +201,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
                     f"{flag} {printable(path)} and {other} {printable(there)} are the same "
                     "file: one would replace the other; give them different names"
                 )
-
-
-def _check_in_chans_mode_used(plan, args: argparse.Namespace) -> None:
-    """--in-chans-mode acts only where the first convolution's input channels differ; when
-    none do, it would be silently ignored: refuse it (before anything is loaded)."""
-    if args.in_chans_mode is None:
-        return
-    if any((e.adapt or {}).get("kind") == "in_chans" for e in plan.entries):
-        return
-    raise OptionError(
-        f"--in-chans-mode {args.in_chans_mode} was not used: the first convolutions of the "
-        "source and the target take the same number of input channels (change the target's "
-        "with --in-chans); drop --in-chans-mode"
-    )
-
-
-def _names_a_model(source: str) -> bool:
-    from ..grafting.source import looks_like_spec  # imports torch: only when needed
-
-    return looks_like_spec(source) and not Path(source).exists()
 
 
 def _show(plan, args: argparse.Namespace) -> None:
@@ -289,33 +242,6 @@ def _said_dry_run(args: argparse.Namespace) -> None:
         )
 
 
-def _would_refuse(plan, model, acceptance, min_coverage: float) -> None:
-    """A dry run says on stderr when the graft itself would be refused (coverage below
-    --min-coverage, or not exact)."""
-    import warnings
-
-    from ..errors import InexactGraftError
-    from ..grafting.exactness import check_exact
-    from ..grafting.graft_plan import percent
-    from ..grafting.planner import head_keys
-
-    if plan.coverage < min_coverage:
-        print(
-            f"torchgraft graft: the graft would be refused: it loads {percent(plan.coverage)} "
-            f"of the target's parameter elements, below --min-coverage {min_coverage}",
-            file=sys.stderr,
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            check_exact(plan, head_keys(model), **acceptance)
-    except InexactGraftError as exc:
-        print(
-            printable_lines(f"torchgraft graft: the graft would be refused: {exc}"),
-            file=sys.stderr,
-        )
-
-
 def _said_plan(path: Path | None, args: argparse.Namespace) -> None:
     """Where ``--plan-out`` wrote, after the table (on stderr under ``--json``)."""
     if path is not None:
@@ -324,59 +250,3 @@ def _said_plan(path: Path | None, args: argparse.Namespace) -> None:
             f"wrote the plan to {printable(path)}; edit it, then apply it with --plan {again}",
             file=sys.stderr if args.json else sys.stdout,
         )
-
-
-def _read_plan(path: str) -> dict[str, str | None]:
-    from ..checkpoint.documents import read_yaml
-    from ..grafting.graft_plan import GraftPlan
-
-    document = read_yaml(path, GraftError)  # bounded: size, nesting, aliases
-    try:
-        plan = GraftPlan.from_dict(document)
-    except GraftError as exc:
-        raise GraftError(f"{path}: {exc}") from None
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        # A hand edit that broke the document's structure (entries not a list, …).
-        raise GraftError(
-            f"{path}: not a plan written by --plan-out ({type(exc).__name__}: {exc})"
-        ) from None
-    mapping = {e.target: e.source if e.action.loads else None for e in plan.entries}
-    odd = [k for k, v in mapping.items() if not isinstance(k, str) or not isinstance(v, str | None)]
-    if odd:
-        raise GraftError(f"{path}: 'target' and 'source' must be key names, got {odd[:3]}")
-    return mapping
-
-
-def _write_plan(plan, path: Path) -> Path:
-    """Write the editable plan; returns its absolute path."""
-    import yaml
-
-    from ..atomic import atomic_write_text
-
-    header = (
-        "# torchgraft graft plan: edit 'source' (or set action: missing) and apply with --plan.\n"
-        "# Actions are recomputed from the shapes when the plan is applied.\n"
-    )
-    path = landing(path)  # a link there is replaced, never written through (torchgraft.atomic)
-    path.parent.mkdir(parents=True, exist_ok=True)  # like -o and the run's plots
-    atomic_write_text(path, header + yaml.safe_dump(plan.to_dict(), sort_keys=False))
-    return path
-
-
-def _write_output(path: Path, model, report, weights) -> None:
-    from ..checkpoint.write import save_grafted, sha256_file
-
-    origin = Path(weights.checkpoint.origin)
-    sidecar = {
-        "source": weights.checkpoint.origin,
-        "source_sha256": sha256_file(origin) if origin.is_file() else None,
-        "target": getattr(model, "torchgraft_spec", None).to_dict()
-        if getattr(model, "torchgraft_spec", None)
-        else None,
-        "mapping": report.mapping,
-        "report": report.to_dict(),
-    }
-    path = landing(path)  # a link there is replaced, never written through (torchgraft.atomic)
-    path.parent.mkdir(parents=True, exist_ok=True)  # checked writable by check_options
-    save_grafted(path, model.state_dict(), sidecar)
-    report.notes.append(f"wrote {path} and {path.with_suffix('.json')}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.limits import ReaderLimits
-from ..errors import GraftError
+from ..errors import GraftError, InexactGraftError
 from ..wording import in_cli, option
 from .apply import apply_plan
 from .bn_statistics import settle_by_statistics
@@ -43,6 +44,7 @@ __all__ = [
     "graft",
     "plan_from_mapping",
     "plan_graft",
+    "refusals",
 ]
 
 #: Default floor on coverage: below it a graft refuses to load (the "strict=False loaded
@@ -232,3 +234,33 @@ def graft(
     report = GraftReport.from_plan(plan)
     report.notes += accepted
     return report
+
+
+def refusals(
+    plan: GraftPlan,
+    model: nn.Module,
+    *,
+    min_coverage: float = MIN_COVERAGE,
+    allow_partial: AllowPartial = False,
+    allow_uncertain: bool = False,
+) -> list[str]:
+    """Why :func:`graft` would refuse ``plan`` (coverage below ``min_coverage``, or not
+    exact), as sentences; empty when it would load. Nothing is loaded: this is what a dry
+    run says about the graft it previews.
+    """
+    check_min_coverage(min_coverage)
+    found = []
+    if plan.coverage < min_coverage:
+        found.append(
+            f"it loads {percent(plan.coverage)} of the target's parameter elements, below "
+            f"{option('min_coverage', min_coverage)}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an accepted suggestion warns when it loads
+            check_exact(
+                plan, head_keys(model), allow_partial=allow_partial, allow_uncertain=allow_uncertain
+            )
+    except InexactGraftError as exc:
+        found.append(str(exc))
+    return found
