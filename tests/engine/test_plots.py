@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from torchgraft.engine import plots
+from torchgraft.engine.report import lr_plots, plots
 from torchgraft.errors import DataError
 
 pytestmark = pytest.mark.skipif(
@@ -154,7 +154,7 @@ def test_lr_log_scale_stage_lines_and_literal_group_names(tmp_path, drawn):
         "_stem": [None] * 10 + [1e-5] * 10,  # not trained before the stage at step 10
     }
     target = tmp_path / "lr.png"
-    assert plots.plot_lr(steps, lrs, target, stage_starts=[10, 15]) == target
+    assert lr_plots.plot_lr(steps, lrs, target, stage_starts=[10, 15]) == target
     assert _png_size(target) == (800, 450)
     axes = drawn[0].axes[0]
     assert axes.get_yscale() == "log"
@@ -168,7 +168,7 @@ def test_lr_log_scale_stage_lines_and_literal_group_names(tmp_path, drawn):
     "lrs", [{"a": [1e-3, 5e-4]}, {"a": [1e-3, 0.0], "b": [1e-5, 1e-5]}], ids=["narrow", "zero"]
 )
 def test_lr_linear_scale_when_narrow_or_not_all_positive(tmp_path, drawn, lrs):
-    plots.plot_lr([0, 1], lrs, tmp_path / "lr.png")
+    lr_plots.plot_lr([0, 1], lrs, tmp_path / "lr.png")
     assert drawn[0].axes[0].get_yscale() == "linear"
 
 
@@ -182,8 +182,8 @@ def test_lr_many_groups_put_the_legend_outside(tmp_path, drawn):
     steps = list(range(5))
     few = {f"group{i}": [1e-3] * 5 for i in range(8)}
     many = {f"layer{i}": [1e-3 * 0.8**i] * 5 for i in range(12)}
-    plots.plot_lr(steps, few, tmp_path / "few.png")
-    plots.plot_lr(steps, many, tmp_path / "many.png")
+    lr_plots.plot_lr(steps, few, tmp_path / "few.png")
+    lr_plots.plot_lr(steps, many, tmp_path / "many.png")
     assert not _legend_outside(drawn[0].axes[0])
     assert _legend_outside(drawn[1].axes[0])
     assert len(_legend_labels(drawn[1].axes[0])) == 12
@@ -193,15 +193,15 @@ def test_lr_many_groups_put_the_legend_outside(tmp_path, drawn):
 
 def test_lr_with_nothing_to_plot_returns_none(tmp_path):
     target = tmp_path / "lr.png"
-    assert plots.plot_lr([], {}, target) is None
-    assert plots.plot_lr([0, 1], {}, target) is None
-    assert plots.plot_lr([0, 1], {"a": [math.nan, None]}, target) is None
+    assert lr_plots.plot_lr([], {}, target) is None
+    assert lr_plots.plot_lr([0, 1], {}, target) is None
+    assert lr_plots.plot_lr([0, 1], {"a": [math.nan, None]}, target) is None
     assert not target.exists()
 
 
 def test_lr_group_of_the_wrong_length_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match=r"'backbone'.*3 values for 2 steps"):
-        plots.plot_lr([0, 1], {"head": [1, 2], "backbone": [1, 2, 3]}, tmp_path / "lr.png")
+        lr_plots.plot_lr([0, 1], {"head": [1, 2], "backbone": [1, 2, 3]}, tmp_path / "lr.png")
 
 
 # ----------------------------------------------------------------------------- confusion
@@ -306,7 +306,7 @@ def test_lr_finder_log_axis_suggestion_and_cropped_explosion(tmp_path, drawn):
     lrs[0], losses[1] = -1.0, math.nan  # points a log axis or a plot cannot show
     target = tmp_path / "finder.png"
     marks = {"steep": 1e-4, "valley": 1e-3}
-    assert plots.plot_lr_finder(lrs, losses, target, marks=marks, suggestion="valley") == target
+    assert lr_plots.plot_lr_finder(lrs, losses, target, marks=marks, suggestion="valley") == target
     assert _png_size(target) == (700, 450)
     axes = drawn[0].axes[0]
     assert axes.get_xscale() == "log"
@@ -328,7 +328,7 @@ def test_lr_finder_raw_and_smoothed_the_smoothed_sets_the_y_axis(tmp_path, drawn
     raw = [loss + (0.8 if k % 2 else -0.4) for k, loss in enumerate(smoothed)]  # noisy
     smoothed[2] = math.inf  # skipped from both curves
     target = tmp_path / "lr_find.png"
-    assert plots.plot_lr_finder(lrs, raw, target, smoothed=smoothed, lr_name="optim.lr")
+    assert lr_plots.plot_lr_finder(lrs, raw, target, smoothed=smoothed, lr_name="optim.lr")
     axes = drawn[0].axes[0]
     raw_line, smooth_line = axes.lines[:2]
     assert len(raw_line.get_xdata()) == len(smooth_line.get_xdata()) == 29
@@ -343,9 +343,11 @@ def test_lr_finder_raw_and_smoothed_the_smoothed_sets_the_y_axis(tmp_path, drawn
 
 def test_lr_finder_without_drawable_points_returns_none(tmp_path):
     target = tmp_path / "finder.png"
-    assert plots.plot_lr_finder([], [], target) is None
-    assert plots.plot_lr_finder([0.0, -1.0, 1e-3], [1.0, 1.0, math.nan], target) is None
-    assert plots.plot_lr_finder([1e-3, 1e-2], [1.0, 0.5], target, smoothed=[math.nan] * 2) is None
+    assert lr_plots.plot_lr_finder([], [], target) is None
+    assert lr_plots.plot_lr_finder([0.0, -1.0, 1e-3], [1.0, 1.0, math.nan], target) is None
+    assert (
+        lr_plots.plot_lr_finder([1e-3, 1e-2], [1.0, 0.5], target, smoothed=[math.nan] * 2) is None
+    )
     assert not target.exists()
 
 
@@ -365,7 +367,7 @@ def test_lr_finder_bad_input_is_a_data_error(
 ):
     target = tmp_path / "f.png"
     with pytest.raises(DataError, match=message):
-        plots.plot_lr_finder(
+        lr_plots.plot_lr_finder(
             lrs, losses, target, smoothed=smoothed, marks=marks, suggestion=suggestion
         )
     assert not target.exists()
@@ -386,7 +388,7 @@ def test_names_mathtext_would_reject_are_drawn_literally(tmp_path, drawn):
             figure.savefig(io.BytesIO(), format="png")
 
     plots.plot_confusion(_diagonal(len(ODD_NAMES)), ODD_NAMES, tmp_path / "c.png", title="$x^$")
-    plots.plot_lr([0, 1], {name: [1e-3, 1e-4] for name in ODD_NAMES}, tmp_path / "lr.png")
+    lr_plots.plot_lr([0, 1], {name: [1e-3, 1e-4] for name in ODD_NAMES}, tmp_path / "lr.png")
     plots.plot_curves([{"epoch": 0, "split": BAD_MATH[0], "loss": 1.0}], tmp_path / "cu.png")
     confusion, schedule, curves = (figure.axes[0] for figure in drawn)
     assert [t.get_text() for t in confusion.get_yticklabels()] == ODD_NAMES
@@ -401,9 +403,9 @@ def test_names_mathtext_would_reject_are_drawn_literally(tmp_path, drawn):
 
 PLOTTERS = {
     "curves": lambda path: plots.plot_curves(_rows(), path),
-    "lr": lambda path: plots.plot_lr([0, 1], {"head": [1e-3, 1e-4]}, path, stage_starts=[1]),
+    "lr": lambda path: lr_plots.plot_lr([0, 1], {"head": [1e-3, 1e-4]}, path, stage_starts=[1]),
     "confusion": lambda path: plots.plot_confusion([[1, 0], [0, 1]], ["a", "b"], path),
-    "finder": lambda path: plots.plot_lr_finder(
+    "finder": lambda path: lr_plots.plot_lr_finder(
         [1e-4, 1e-3], [1.0, 0.5], path, smoothed=[1.0, 0.7], marks={"s": 3e-4}, suggestion="s"
     ),
 }

@@ -21,7 +21,7 @@ from handmade_models import TinyCNN
 from support import export_sidecar, write_digit_folder
 from torchgraft.checkpoint.write import sha256_file
 from torchgraft.cli.main import main
-from torchgraft.engine import exported
+from torchgraft.engine.export import load as exported
 from torchgraft.engine.export.load import UntrustedExportError, load_exported, sidecar_path
 from torchgraft.engine.inference import image_files, load_for_prediction, predict_files
 from torchgraft.errors import CheckpointError

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from support import tiny_config, write_digit_folder
-from torchgraft.engine import plots
+from torchgraft.engine.report import lr_plots, plots
 from torchgraft.text import printable
 
 pytestmark = pytest.mark.skipif(
@@ -50,8 +50,8 @@ def test_every_plot_draws_names_escaped_and_warns_only_in_printable_words(monkey
         warnings.simplefilter("always")
         plots.plot_confusion([[1] * 4] * 4, NAMES, io.BytesIO(), title=NAMES[0])
         plots.plot_curves(rows, io.BytesIO())
-        plots.plot_lr([0, 1], {name: [0.1, 0.2] for name in NAMES}, io.BytesIO())
-        plots.plot_lr_finder(
+        lr_plots.plot_lr([0, 1], {name: [0.1, 0.2] for name in NAMES}, io.BytesIO())
+        lr_plots.plot_lr_finder(
             [1e-3, 1e-2], [1.0, 0.5], io.BytesIO(), marks={NAMES[1]: 1e-3}, lr_name=NAMES[0]
         )
     for figure in figures:

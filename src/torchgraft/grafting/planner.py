@@ -300,7 +300,7 @@ def build_plan(
 
 def drop_candidates(plan: GraftPlan) -> GraftPlan:
     """``plan`` without the ``candidate`` pairings that nothing settled (see
-    :func:`~.structure._break_tie`): their target keys, and the counters of their modules,
+    :func:`~.pairing._break_tie`): their target keys, and the counters of their modules,
     become missing and are reported as ambiguous, naming the candidate sources; those
     sources become unused. A candidate is a trial assignment, never a pairing to load."""
     dropped = [e for e in plan.entries if e.evidence == "candidate"]

@@ -24,11 +24,14 @@ unique at its level and still wrong.
 
 Every pair carries the evidence that decided it — the weakest decision on its path (see
 :data:`~.correspondence.EVIDENCE`) — and the confidence that evidence carries.
+
+This module builds the trees, walks them level by level and lines leftovers up across
+depths; how the items of one level pair (fingerprints, tie evidence, opening, similarity)
+is :mod:`.pairing`'s.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +44,16 @@ from .correspondence import (
     is_float,
     pair_counters,
 )
+from .pairing import (
+    Item,
+    fp_key,
+    natural_key,
+    open_smaller_side,
+    ordinal_names,
+    pair_leftovers,
+    pair_level,
+    role_class,
+)
 from .regrouping import check_regrouping
 
 __all__ = ["match_structure", "natural_key"]
@@ -48,49 +61,6 @@ __all__ = ["match_structure", "natural_key"]
 #: Evidence that only suggests a pairing: such groups are recorded as ties, for
 #: :mod:`.resolve` (the source architecture) or the BatchNorm statistics to settle.
 UNPROVEN = ("registration-order", "numbered-names", "candidate")
-
-#: Role names that mean the same thing in different conventions.
-ROLE_SYNONYMS = (
-    {"weight", "gamma", "scale", "w", "kernel"},
-    {"bias", "beta", "offset", "b"},
-    {"running_mean", "moving_mean", "mean"},
-    {"running_var", "moving_var", "moving_variance", "var"},
-)
-
-#: Leftover pairs need at least this shape-multiset overlap (intersection / union).
-MIN_SIMILARITY = 0.5
-
-
-@dataclass
-class Item:
-    """A module (with children) or a tensor (a leaf) at one level of a tree."""
-
-    path: str
-    position: float
-    key: str | None = None
-    children: list[Item] = field(default_factory=list)
-    fingerprint: Counter = field(default_factory=Counter)
-
-    @property
-    def name(self) -> str:
-        return self.path.rpartition(".")[2]
-
-    @property
-    def is_tensor(self) -> bool:
-        return self.key is not None
-
-
-_NUMBER = re.compile(r"([0-9]+)")
-
-
-def natural_key(key: str) -> tuple:
-    """Sort key that orders numbers as numbers: ``blocks.2`` < ``blocks.10``, ``layer2`` <
-    ``layer10``."""
-    return tuple(
-        # ASCII digits only: "²".isdigit() is True, and int("²") raises
-        tuple((0, int(t)) if t.isdecimal() else (1, t) for t in _NUMBER.split(part) if t)
-        for part in key.split(".")
-    )
 
 
 def canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -123,7 +93,7 @@ def match_structure(
     if trusted:
         _line_up_leftovers(source, target, s_order, match)
     check_regrouping(
-        match, source, target, s_order, canonical_shape, None if trusted else _ordinal_names
+        match, source, target, s_order, canonical_shape, None if trusted else ordinal_names
     )
     pair_counters(source, target, match)
     _explain_unpaired(source, target, match)
@@ -191,9 +161,7 @@ def _line_up(
         if len(keys_s) != len(keys_t):
             return []
         for (s_key, s_shape), (t_key, t_shape) in zip(keys_s, keys_t, strict=True):
-            same_role = _role_class(s_key.rpartition(".")[2]) == _role_class(
-                t_key.rpartition(".")[2]
-            )
+            same_role = role_class(s_key.rpartition(".")[2]) == role_class(t_key.rpartition(".")[2])
             if tuple(s_shape) != tuple(t_shape) or not same_role:
                 return []
             pairs.append((s_key, t_key))
@@ -301,13 +269,13 @@ def _weaker(a: str, b: str) -> str:
 def _match_children(source: Item, target: Item, evidence: str, trusted: bool, state: _State):
     left_s = sorted(source.children, key=lambda i: i.position)
     left_t = sorted(target.children, key=lambda i: i.position)
-    matched, left_s, left_t = _pair_level(left_s, left_t, trusted)
+    matched, left_s, left_t = pair_level(left_s, left_t, trusted)
     while left_s and left_t:
-        opened = _open_smaller_side(left_s, left_t)
+        opened = open_smaller_side(left_s, left_t)
         if opened is None:
             break
         left_s, left_t = opened
-        more, left_s, left_t = _pair_level(left_s, left_t, trusted)
+        more, left_s, left_t = pair_level(left_s, left_t, trusted)
         matched += more
     if trusted and left_s and left_t:
         leaves_t = _leaves(left_t)
@@ -318,7 +286,7 @@ def _match_children(source: Item, target: Item, evidence: str, trusted: bool, st
                 state.pairs[t_key] = (s_key, _weaker(evidence, kinds[t_key]))
             state.ties.extend(ties)
             left_s = left_t = []
-    matched += _pair_leftovers(left_s, left_t)
+    matched += pair_leftovers(left_s, left_t)
     _record_ties(matched, state)
     for s_item, t_item, how in matched:
         _descend(s_item, t_item, _weaker(evidence, how), trusted, state)
@@ -344,7 +312,7 @@ def _record_ties(matched: list[tuple[Item, Item, str]], state: _State) -> None:
     groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
     for s_item, t_item, how in matched:
         if how in UNPROVEN:
-            groups[_fp_key(t_item)].append((s_item.path, t_item.path))
+            groups[fp_key(t_item)].append((s_item.path, t_item.path))
     state.ties.extend(group for group in groups.values() if len(group) > 1)
 
 
@@ -369,211 +337,6 @@ def _single_tensor(item: Item) -> Item | None:
     while not item.is_tensor and len(item.children) == 1:
         item = item.children[0]
     return item if item.is_tensor else None
-
-
-def _pair_level(
-    sources: list[Item], targets: list[Item], trusted: bool
-) -> tuple[list[tuple[Item, Item, str]], list[Item], list[Item]]:
-    """Pair items of equal fingerprint; what cannot be paired with evidence stays left over."""
-    by_fp_s: dict[tuple, list[Item]] = defaultdict(list)
-    by_fp_t: dict[tuple, list[Item]] = defaultdict(list)
-    for item in sources:
-        by_fp_s[_fp_key(item)].append(item)
-    for item in targets:
-        by_fp_t[_fp_key(item)].append(item)
-    matched: list[tuple[Item, Item, str]] = []
-    for fp, t_items in by_fp_t.items():
-        s_items = by_fp_s.get(fp, [])
-        if len(s_items) != len(t_items):
-            continue
-        if len(t_items) == 1:
-            matched.append((s_items[0], t_items[0], "unique"))
-        else:
-            matched += _break_tie(s_items, t_items, trusted)
-    paired = {id(i) for s_item, t_item, _ in matched for i in (s_item, t_item)}
-    left_s = [i for i in sources if id(i) not in paired]
-    left_t = [i for i in targets if id(i) not in paired]
-    return matched, left_s, left_t
-
-
-def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
-    """Identical fingerprints need evidence, strongest first:
-
-    1. tensors: the same (or a synonymous) role name — ``weight`` with ``weight``;
-    2. modules: the same name without a number — ``downsample`` with ``downsample`` (equal
-       *numbers* prove nothing: ``_blocks.1`` and ``blocks.1.1`` are different blocks, and
-       ``bn1`` of a codebase counting from 0 is ``bn2`` of one counting from 1);
-    3. order, when the names on both sides carry one (``_bn0``, ``_bn1`` and ``bn1``, ``bn2``;
-       list indices) and it agrees with the registration order on each side: proven
-       (``order``). In a name-sorted source the natural order of its numbered names is the
-       only order there is: a suggestion (``numbered-names``, 0.75);
-    4. the source's registration order alone (a torch-saved state_dict, a module), or
-       against what the numbered names say: a suggestion (``registration-order``, 0.5),
-       since two libraries can register the same layers in different orders (torchvision's
-       RegNet registers ``proj`` before ``f.a``, timm ``conv1`` before ``downsample``).
-    5. nothing (a name-sorted source with unrelated names): paired in stored order as
-       ``candidate`` (confidence 0), a trial assignment and nothing more.
-    Suggestions and candidates are recorded as ties for the source architecture or the
-    BatchNorm statistics to settle; a graft refuses what stays unproven, and candidates
-    that nothing settled are dropped (:func:`~.resolve.drop_candidates`) and reported as
-    ambiguous.
-    """
-    matched = []
-    remaining_s, remaining_t = list(s_items), list(t_items)
-    for t_item in t_items:
-        same = [s for s in remaining_s if _same_name(s, t_item)]
-        if len(same) == 1:
-            matched.append((same[0], t_item, "role"))
-            remaining_s.remove(same[0])
-            remaining_t.remove(t_item)
-    if not remaining_s:
-        return matched
-    source_names = [i.name for i in remaining_s]
-    target_names = [i.name for i in remaining_t]
-    numbered = _ordinal_names(source_names) and _ordinal_names(target_names)
-    if numbered and not trusted:
-        how = "numbered-names"
-    elif numbered and _names_in_order(remaining_s) and _names_in_order(remaining_t):
-        how = "order"
-    elif trusted:
-        how = "registration-order"
-    else:
-        how = "candidate"
-    matched += [(s, t, how) for s, t in zip(remaining_s, remaining_t, strict=True)]
-    return matched
-
-
-def _names_in_order(items: list[Item]) -> bool:
-    """True when the items' registration order is the natural order of their names."""
-    return [i.name for i in items] == sorted((i.name for i in items), key=natural_key)
-
-
-def _same_name(s_item: Item, t_item: Item) -> bool:
-    if s_item.is_tensor and t_item.is_tensor:
-        return _same_role(s_item.name, t_item.name)
-    if s_item.is_tensor or t_item.is_tensor:
-        return False
-    # A name with a number in it proves nothing across codebases: EfficientNet-PyTorch's
-    # _bn1 is the norm timm calls bn2 (numbered from 0 and from 1), _blocks.1 is blocks.1.0.
-    return not any(c.isdigit() for c in s_item.name) and s_item.name == t_item.name
-
-
-def _ordinal_names(names: list[str]) -> bool:
-    """True when names differ only in a number or a single letter (``_bn0``/``_bn1``,
-    ``ln_1``/``ln_2``, ``norm_a``/``norm_b``, list indices), so their natural sort is their
-    intended order."""
-    if len(names) < 2:
-        return True
-    skeletons = {_ORDINAL.sub("#", name) for name in names}
-    return len(skeletons) == 1 and "#" in next(iter(skeletons))
-
-
-#: A number, or a letter standing alone between separators (``norm_a``, ``f.a``).
-_ORDINAL = re.compile(r"\d+|(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
-
-
-def _open_smaller_side(left_s: list[Item], left_t: list[Item]):
-    """Replace the containers on the side with fewer leftovers by their children."""
-    can_s = any(not i.is_tensor for i in left_s)
-    can_t = any(not i.is_tensor for i in left_t)
-    if len(left_s) < len(left_t) and can_s:
-        return _open(left_s), left_t
-    if len(left_t) < len(left_s) and can_t:
-        return left_s, _open(left_t)
-    if len(left_s) == len(left_t):
-        return None
-    if can_s:
-        return _open(left_s), left_t
-    if can_t:
-        return left_s, _open(left_t)
-    return None
-
-
-def _open(items: list[Item]) -> list[Item]:
-    opened: list[Item] = []
-    for item in items:
-        opened.extend(item.children if not item.is_tensor else [item])
-    return sorted(opened, key=lambda i: i.position)
-
-
-def _pair_leftovers(left_s: list[Item], left_t: list[Item]) -> list[tuple[Item, Item, str]]:
-    """Pair items whose fingerprints differ when each has one clearly best counterpart."""
-    matched = []
-    taken: set[int] = set()
-    for t_item in left_t:
-        scored = sorted(
-            ((_similarity(s, t_item), s) for s in left_s if id(s) not in taken),
-            key=lambda pair: -pair[0],
-        )
-        if not scored or scored[0][0] < MIN_SIMILARITY:
-            if len(left_s) == len(left_t) == 1 and _compatible(left_s[0], t_item):
-                matched.append((left_s[0], t_item, "leftover"))
-                taken.add(id(left_s[0]))
-            continue
-        if len(scored) > 1 and scored[1][0] == scored[0][0]:
-            continue  # two equally good sources: ambiguous, leave it
-        best = scored[0][1]
-        rivals = [t for t in left_t if t is not t_item and _similarity(best, t) >= scored[0][0]]
-        if rivals:
-            continue
-        matched.append((best, t_item, "leftover"))
-        taken.add(id(best))
-    return matched
-
-
-def _similarity(a: Item, b: Item) -> float:
-    """How alike two items are, in [0, 1]: tensors by role and dimensions, modules by the
-    overlap of their (rank, output width) multisets."""
-    if a.is_tensor and b.is_tensor:
-        (shape_a,), (shape_b,) = a.fingerprint, b.fingerprint
-        if len(shape_a) != len(shape_b):
-            return 0.0
-        equal_dims = sum(x == y for x, y in zip(shape_a, shape_b, strict=True))
-        role = 0.5 if _same_role(a.name, b.name) else 0.25
-        return role + 0.5 * equal_dims / max(1, len(shape_a))
-    if a.is_tensor != b.is_tensor:
-        return 0.0
-    shapes_a = _shape_multiset(a)
-    shapes_b = _shape_multiset(b)
-    union = sum((shapes_a | shapes_b).values())
-    return sum((shapes_a & shapes_b).values()) / union if union else 0.0
-
-
-def _shape_multiset(item: Item) -> Counter:
-    """Shapes with the channel counts kept but the first two dimensions sorted away, so a
-    stem conv with another input width still resembles its original."""
-    counts: Counter = Counter()
-    for shape, n in item.fingerprint.items():
-        counts[(len(shape), shape[0] if shape else 0)] += n
-    return counts
-
-
-def _compatible(a: Item, b: Item) -> bool:
-    """Worth pairing as the one counterpart left: tensors of the same role and rank,
-    modules holding tensors of the same roles."""
-    if a.is_tensor or b.is_tensor:
-        return a.is_tensor and b.is_tensor and _similarity(a, b) >= MIN_SIMILARITY
-    return _roles(a) == _roles(b)
-
-
-def _roles(item: Item) -> list[str]:
-    if item.is_tensor:
-        return [_role_class(item.name)]
-    return sorted(r for child in item.children for r in _roles(child))
-
-
-def _role_class(role: str) -> str:
-    return next((min(group) for group in ROLE_SYNONYMS if role in group), role)
-
-
-def _fp_key(item: Item) -> tuple:
-    return tuple(sorted(item.fingerprint.items()))
-
-
-def _same_role(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    return any(a in group and b in group for group in ROLE_SYNONYMS)
 
 
 def _explain_unpaired(source, target, match: Match) -> None:

@@ -26,7 +26,7 @@ from ...checkpoint.documents import parse_yaml, read_document_bytes
 from ...errors import ConfigError, OutputError
 from ...text import printable
 from ...wording import in_cli, listing, option
-from ..report.plots import plot_lr_finder
+from ..report.lr_plots import plot_lr_finder
 from .rules import SKIP_END
 
 if TYPE_CHECKING:

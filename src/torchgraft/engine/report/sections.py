@@ -197,7 +197,8 @@ def _figure_or_note(files: RunFiles, name: str, draw, alt: str, figures: Figures
 
 def curves_section(files: RunFiles, figures: Figures) -> Section:
     """Loss and accuracy per epoch, the LR schedule per step, and the numbers as a table."""
-    from .plots import plot_curves, plot_lr
+    from .lr_plots import plot_lr
+    from .plots import plot_curves
     from .summary import lr_series
 
     parts = [

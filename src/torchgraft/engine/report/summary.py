@@ -75,7 +75,8 @@ def lr_series(trace) -> tuple[list[int], dict[str, list[float]]]:
 
 def write_plots(run_dir: Path, session) -> list[Path]:
     """curves.png, lr.png and confusion.png (the best epoch's validation confusion matrix)."""
-    from .plots import plot_confusion, plot_curves, plot_lr
+    from .lr_plots import plot_lr
+    from .plots import plot_confusion, plot_curves
 
     written = [plot_curves(session.history, run_dir / "curves.png")]
     steps, series = lr_series(session.trainer.lr_trace)
