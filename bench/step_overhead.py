@@ -33,7 +33,7 @@ from torchgraft.engine.config.load import load_config  # noqa: E402
 from torchgraft.engine.loop import Trainer, train_one_epoch  # noqa: E402
 from torchgraft.engine.runtime import resolve_runtime  # noqa: E402
 from torchgraft.engine.setup import build_run_model  # noqa: E402
-from torchgraft.engine.stages import Stages, make_optimizer  # noqa: E402
+from torchgraft.engine.stages import Stages  # noqa: E402
 
 
 def main() -> None:
@@ -57,8 +57,7 @@ def main() -> None:
     labels = torch.randint(0, 10, (32,), generator=generator)
 
     stages = Stages(config, model, setup.spec)
-    groups, _ = stages.start(0)
-    optimizer = make_optimizer(config, groups)
+    optimizer, _ = stages.start(0)
     trainer = Trainer(
         model,
         optimizer,

@@ -156,3 +156,20 @@ def test_no_module_is_longer_than_a_sitting():
         if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_a_run_reads_its_optimizer_settings_in_one_place():
+    """``optim.lr`` walks one way: command line → config (load, sections) → stages → the
+    policies' groups → the optimizer. No other module of a run reads the ``optim`` section
+    (the LR finder reads ``optim.lr`` as its reference and writes it back with --apply)."""
+    readers = set()
+    for path in PACKAGE.rglob("*.py"):
+        name = str(path.relative_to(PACKAGE))
+        if name.startswith(("engine/config/", "engine/lr_find/")):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            torch_optim = isinstance(node, ast.Attribute) and ast.unparse(node) == "torch.optim"
+            if isinstance(node, ast.Attribute) and node.attr == "optim" and not torch_optim:
+                readers.add(name)
+    assert readers == {"engine/stages.py"}

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchgraft.engine import fit as fit_module
+from torchgraft.engine import distributed
+from torchgraft.engine import setup as run_setup
 from torchgraft.engine.config.load import load_config
 from torchgraft.engine.distributed import Processes, join, launch_arguments
 from torchgraft.engine.replicas import check_replicas_agree, tensor_digests
@@ -28,15 +29,15 @@ def test_the_global_batch_must_split_evenly():
     with pytest.raises(
         ConfigError, match=r"data.batch_size: 30 is the global batch.*multiple of 4"
     ):
-        fit_module._check_processes(config, dataclasses.replace(TWO_CPUS, world=4))
-    fit_module._check_processes(config, TWO_CPUS)  # 30 = 2 x 15
+        distributed.check_processes(config, dataclasses.replace(TWO_CPUS, world=4))
+    distributed.check_processes(config, TWO_CPUS)  # 30 = 2 x 15
 
 
 def test_sync_batchnorm_is_refused_on_cpus():
     config = load_config({"train": {"sync_bn": True}}, check_paths=False, check_names=False)
     with pytest.raises(ConfigError, match=r"train\.sync_bn: SyncBatchNorm runs on GPUs only"):
-        fit_module._check_processes(config, TWO_CPUS)
-    fit_module._check_processes(config, TWO_GPUS)
+        distributed.check_processes(config, TWO_CPUS)
+    distributed.check_processes(config, TWO_GPUS)
 
 
 def test_sync_batchnorm_keeps_timm_activations_and_the_freezing_policy_holds():
@@ -49,7 +50,7 @@ def test_sync_batchnorm_keeps_timm_activations_and_the_freezing_policy_holds():
     assert activations
     config = load_config({"train": {"sync_bn": True}}, check_paths=False, check_names=False)
     setup = ModelSetup(model, model.torchgraft_spec, {}, None)
-    fit_module._synchronise_batchnorm(config, setup, TWO_GPUS)
+    run_setup._synchronise_batchnorm(config, setup, TWO_GPUS)
     converted = dict(setup.model.named_modules())
     for name, activation in activations.items():
         assert type(converted[name]).__name__ == "SyncBatchNormAct"
@@ -108,5 +109,5 @@ def test_nproc_runs_torchs_own_launcher_on_this_machine():
 
 def test_a_lost_peer_is_named_as_such_not_as_an_internal_error():
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")
-    assert fit_module._lost_peer(gone)
-    assert not fit_module._lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert distributed._lost_peer(gone)
+    assert not distributed._lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -44,6 +44,7 @@ __all__ = [
     "MODEL_FORMAT",
     "MODEL_JSON",
     "build_architecture",
+    "build_document",
     "content_sha256",
     "load",
     "read_model_document",
@@ -137,6 +138,18 @@ def read_model_document(
     origin = str(sidecar if document is not embedded else weights)
     checked = check_model_record(document, origin, trust_run=trust_run, model_format=MODEL_FORMAT)
     return checked, weights
+
+
+def build_document(config: Any, num_classes: int) -> dict[str, Any]:
+    """The ``build`` record of model.json from a run's configuration (a
+    :class:`~.config.sections.RunConfig`): enough to rebuild the architecture."""
+    return {
+        "model": config.model.name,
+        "kwargs": dict(config.model.kwargs),
+        "in_chans": config.model.in_chans,
+        "num_classes": num_classes,
+        "head": {"dropout": config.head.dropout, "hidden": config.head.hidden},
+    }
 
 
 def build_architecture(

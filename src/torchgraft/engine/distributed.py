@@ -20,18 +20,33 @@ Rules the engine keeps, so that nothing assumes one machine:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..checkpoint.documents import DocumentLimits, read_json
+from ..errors import CheckpointError, ConfigError, TrainingError
 
-__all__ = ["ALONE", "Processes", "join", "launched_by_torchrun"]
+__all__ = [
+    "ALONE",
+    "Processes",
+    "check_processes",
+    "earlier_attempt",
+    "join",
+    "joined",
+    "launched_by_torchrun",
+    "torchrun_record",
+]
+
+#: torchrun.json is a few lines.
+_RECORD_LIMITS = DocumentLimits(max_bytes=64 * 1024, max_depth=4)
 
 #: How long a process waits for the others at a collective before the run fails. Long
 #: enough for rank 0 to write a large checkpoint (and the others to compute a feature cache).
@@ -197,3 +212,78 @@ def torchrun_run_id() -> str | None:
 def launch_arguments(nproc: int, command: Sequence[str]) -> list[str]:
     """torchrun's arguments for ``torchgraft train --nproc N``: one machine, N processes."""
     return ["--standalone", f"--nproc-per-node={nproc}", "-m", "torchgraft", *command]
+
+
+@contextlib.contextmanager
+def joined(device: str) -> Iterator[Processes]:
+    """:func:`join` for the length of a run, and the process group left after it. A
+    collective that fails because another process is gone becomes a :class:`TrainingError`
+    saying how to continue (that process's own error is the one to read)."""
+    processes = join(device)
+    try:
+        yield processes
+    except RuntimeError as exc:
+        if processes.alone or not _lost_peer(exc):
+            raise
+        raise TrainingError(
+            f"lost contact with another process of the run ({_first_line(exc)}); it failed or "
+            "was stopped (its own error is above). torchrun --max-restarts N resumes the run "
+            "from its last complete epoch; otherwise continue it with "
+            "torchrun … -m torchgraft train --resume RUN_DIR"
+        ) from exc
+    finally:
+        processes.leave()
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    """A collective failed because a peer process is gone (not a bug of this process)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(
+        marker in text
+        for marker in ("Connection reset", "Connection closed", "Connection refused", "gloo/")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def check_processes(config: Any, processes: Processes) -> None:
+    """What several processes need of a run's configuration (a ``RunConfig``)."""
+    if processes.alone:
+        return
+    batch = config.data.batch_size
+    if batch % processes.world:
+        raise ConfigError(
+            f"data.batch_size: {batch} is the global batch; with {processes.world} processes it "
+            f"must be a multiple of {processes.world} (each process takes an equal part)"
+        )
+    if config.train.sync_bn and processes.backend != "nccl":
+        raise ConfigError(
+            "train.sync_bn: SyncBatchNorm runs on GPUs only (torch has no CPU implementation); "
+            "drop it for a CPU run"
+        )
+
+
+def torchrun_record(processes: Processes) -> dict[str, Any]:
+    """``torchrun.json``: which launch made a run folder (how a restart finds it again)."""
+    return {"run_id": torchrun_run_id(), "world": processes.world, "restart": torchrun_restart()}
+
+
+def earlier_attempt(output_dir: str | Path) -> Path | None:
+    """After a torchrun restart: the run folder the failed attempt of this launch created
+    in ``output_dir`` (the newest whose torchrun.json has this rendezvous id), or None."""
+    run_id = torchrun_run_id()
+    if torchrun_restart() == 0 or not run_id:
+        return None
+    found = []
+    for record in Path(output_dir).glob("*/torchrun.json"):
+        try:
+            same = read_json(record, CheckpointError, _RECORD_LIMITS).get("run_id") == run_id
+        except (CheckpointError, AttributeError):
+            continue
+        if same:
+            found.append(record.parent)
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None

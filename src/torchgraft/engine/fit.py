@@ -20,53 +20,40 @@ workers (``--max-restarts``), the run continues from its last complete epoch by 
 from __future__ import annotations
 
 import dataclasses
-import os
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint.documents import DocumentLimits, read_json
-from ..data.prepare import PreparedData, prepare_data
+from ..data.prepare import PreparedData
 from ..data.scan import write_bad_list
-from ..data.sources import discover
-from ..data.transforms import resolve_preprocessing
-from ..errors import CheckpointError, ConfigError, DataError, TorchgraftError, TrainingError
-from ..grafting.api import graft
-from ..model.build_record import Trust, check_recorded_build, check_recorded_builder
-from ..model.spec import attach_spec
+from ..errors import ConfigError, TorchgraftError
+from ..model.build_record import Trust
 from ..wording import in_cli, option, renamed
-from .artifacts import build_architecture, read_model_document, save_model
-from .batch_memory import check_run_batches
+from .artifacts import save_model
 from .config.load import CONFIG_OPTIONS, RunConfig, load_config, parse_overrides
 from .console import RunConsole
 from .distributed import (
     Processes,
-    join,
+    check_processes,
+    earlier_attempt,
+    joined,
     launched_by_torchrun,
-    rank_device,
-    torchrun_restart,
-    torchrun_run_id,
+    torchrun_record,
 )
 from .replicas import check_replicas_agree
 from .report.summary import final_rows, graft_lines, write_plots
 from .report.write import write_report
-from .resume import clean_temporaries, load_state, save_state, state_epoch, state_file
+from .resume import check_same_run, read_run, run_fingerprint, save_state, state_epoch, state_file
 from .run_dir import RunDirectory, writing_into
-from .runtime import resolve_runtime
 from .session import Session
-from .setup import ModelSetup, build_document, build_run_model
+from .setup import ModelSetup, start_run
 
-__all__ = ["Run", "discover_run_source", "fit", "prepare_run_data", "seed_everything"]
-
-#: torchrun.json is a few lines.
-_RECORD_LIMITS = DocumentLimits(max_bytes=64 * 1024, max_depth=4)
+__all__ = ["Run", "fit"]
 
 
 @dataclass(repr=False)
@@ -151,37 +138,8 @@ def _fit(config, overrides, resume, console: RunConsole, trust_run: bool) -> Run
                 f"{option('resume')} continues a run with its own config.yaml; pass overrides only"
             )
         device = _overridden(overrides, "train.device") or "auto"
-    processes = join(device)
-    try:
+    with joined(device) as processes:
         return _fit_process(config, overrides, resume, console, processes, trust_run)
-    except RuntimeError as exc:
-        if processes.alone or not _lost_peer(exc):
-            raise
-        raise TrainingError(
-            f"lost contact with another process of the run ({_first_line(exc)}); it failed or "
-            "was stopped (its own error is above). torchrun --max-restarts N resumes the run "
-            "from its last complete epoch; otherwise continue it with "
-            "torchrun … -m torchgraft train --resume RUN_DIR"
-        ) from exc
-    finally:
-        processes.leave()
-
-
-def _lost_peer(exc: RuntimeError) -> bool:
-    """A collective failed because a peer process is gone (not a bug of this process)."""
-    import torch.distributed as dist
-
-    if isinstance(exc, getattr(dist, "DistError", ())):
-        return True
-    text = str(exc)
-    return any(
-        marker in text
-        for marker in ("Connection reset", "Connection closed", "Connection refused", "gloo/")
-    )
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def _fit_process(
@@ -193,39 +151,22 @@ def _fit_process(
     # with the opt-in (torchgraft.model.build_record).
     trusted = True if trust_run else ({config.model.name} if config is not None else set())
     if config is not None:
-        _check_processes(config, processes)  # before a run folder is made
+        check_processes(config, processes)  # before a run folder is made
     config, run_dir, state = _open(config, overrides, resume, processes, trusted)
-    _check_processes(config, processes)  # a resumed run's own configuration
-    seed_everything(config.train.seed)
-    source = discover_run_source(config)
-    setup = _model(config, source.classes, state, run_dir, trusted)
-    _synchronise_batchnorm(config, setup, processes)
-    runtime = resolve_runtime(
-        setup.model,
-        device=rank_device(config.train.device, processes),
-        precision=config.train.precision,
-        threads=config.train.threads,
-        channels_last=config.model.channels_last,
-    )
-    setup.model.to(runtime.device, memory_format=runtime.memory_format)
-    if processes.rank:
-        # Same model on every process (the seed above); from here on each process draws
-        # its own augmentations and dropout. Rank 0 continues the one-process stream.
-        seed_everything(config.train.seed + 1_000_003 * processes.rank)
-    data = prepare_run_data(config, setup, source)
-    # Before a batch exists: clamped to the split (said), refused when it cannot fit.
-    notes = check_run_batches(config, setup.model, data, runtime, processes)
+    check_processes(config, processes)  # a resumed run's own configuration
+    start = start_run(config, processes, state=state, run_dir=run_dir.path, trusted=trusted)
+    setup, data, session = start.setup, start.data, start.session
     if state is not None:
-        _check_same_run(state, config, setup, data)
+        check_same_run(state, config, setup, data)
     if processes.main:
         with writing_into(run_dir.path, resumable=state is not None):
             _write_start(
-                run_dir, config, setup, data, source.summary(), console, resumed=bool(state)
+                run_dir, config, setup, data, start.source.summary(), console, resumed=bool(state)
             )
-    for note in notes:
+    for note in start.notes:
         console.line(note)
-    session = Session(config, setup.model, setup.spec, runtime, data, processes)
     first = session.begin(state, origin=str(state_file(run_dir.path)))
+    runtime = session.runtime
     console.line(
         f"runtime: {runtime.describe()}; data {'in memory' if data.in_memory else 'streamed'}"
         + (
@@ -269,7 +210,7 @@ def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, consol
                         document = _model_document(config, setup, data, session)
                         save_model(run_dir.path, best, document)
                         best = None
-                    fingerprint = _fingerprint(setup, data)
+                    fingerprint = run_fingerprint(setup, data)
                     save_state(run_dir.path, epoch, {**state, "fingerprint": fingerprint})
                     run_dir.write_metrics(session.history)
                     run_dir.write_json("policy.json", session.policies)
@@ -321,7 +262,7 @@ def _open(
         earlier = processes.broadcast(_earlier_attempt(config) if processes.main else None)
         if earlier is not None and earlier[1]:
             resume, config = earlier[0], None
-        elif earlier is not None:
+        elif earlier is not None:  # it failed before its first epoch: start afresh in it
             return config, RunDirectory(Path(earlier[0])), None
     if resume is None:
         path = None
@@ -331,13 +272,13 @@ def _open(
                     config.output.dir, config.output.name, config.model.name
                 )
                 if launched_by_torchrun():
-                    directory.write_json("torchrun.json", _torchrun_record(processes))
+                    directory.write_json("torchrun.json", torchrun_record(processes))
             path = directory.path
         return config, RunDirectory(processes.broadcast(path)), None
     if processes.alone:
-        return _read_run(resume, overrides, trusted)
+        return read_run(resume, overrides, trusted)
     result = processes.broadcast(
-        _attempt(_read_run, resume, overrides, trusted) if processes.main else None
+        _attempt(read_run, resume, overrides, trusted) if processes.main else None
     )
     if isinstance(result, BaseException):
         raise result
@@ -352,178 +293,11 @@ def _attempt(function, *args):
         return exc
 
 
-def _torchrun_record(processes: Processes) -> dict[str, Any]:
-    return {"run_id": torchrun_run_id(), "world": processes.world, "restart": torchrun_restart()}
-
-
 def _earlier_attempt(config: RunConfig) -> tuple[str, bool] | None:
-    """After a torchrun restart: the run folder the failed attempt of this launch created
-    (the newest whose torchrun.json has this rendezvous id) and whether it holds a complete
-    epoch to resume from."""
-    run_id = torchrun_run_id()
-    if torchrun_restart() == 0 or not run_id:
-        return None
-    found = []
-    for record in Path(config.output.dir).glob("*/torchrun.json"):
-        try:
-            same = read_json(record, CheckpointError, _RECORD_LIMITS).get("run_id") == run_id
-        except (CheckpointError, AttributeError):
-            continue
-        if same:
-            found.append(record.parent)
-    if not found:
-        return None
-    folder = max(found, key=lambda path: path.stat().st_mtime)
-    return str(folder), state_epoch(folder) is not None
-
-
-def _read_run(resume, overrides, trusted: Trust) -> tuple[RunConfig, RunDirectory, dict[str, Any]]:
-    """A run directory to continue: its config.yaml (with ``overrides``), its resume state and
-    its best model's record, each read as data (the files may be a stranger's): the model is
-    named by a file, so it must be a torchvision/timm model or ``trusted``."""
-    directory = RunDirectory(Path(resume))
-    saved = directory.file("config.yaml")
-    if not os.path.lexists(saved):
-        raise ConfigError(
-            f"{resume}: not a run directory (no config.yaml); give the folder train created"
-        )
-    clean_temporaries(directory.path)
-    # Model names are checked against the saved state below, not imported to be checked.
-    config = load_config(saved, overrides, check_names=False)
-    check_recorded_builder(config.model.name, f"{saved}: model.name", trust_run=trusted)
-    state = load_state(directory.path)
-    if os.path.lexists(directory.path / "model.safetensors"):
-        # The best model is kept unless the resumed epochs beat it: a damaged file would
-        # otherwise end the run as its result, unread and unchecked.
-        read_model_document(directory.path, trust_run=trusted)
-    return config, directory, state
-
-
-def _check_processes(config: RunConfig, processes: Processes) -> None:
-    """What several processes need of the configuration."""
-    if processes.alone:
-        return
-    batch = config.data.batch_size
-    if batch % processes.world:
-        raise ConfigError(
-            f"data.batch_size: {batch} is the global batch; with {processes.world} processes it "
-            f"must be a multiple of {processes.world} (each process takes an equal part)"
-        )
-    if config.train.sync_bn and processes.backend != "nccl":
-        raise ConfigError(
-            "train.sync_bn: SyncBatchNorm runs on GPUs only (torch has no CPU implementation); "
-            "drop it for a CPU run"
-        )
-
-
-def _synchronise_batchnorm(config: RunConfig, setup: ModelSetup, processes: Processes) -> None:
-    """``train.sync_bn``: BatchNorm layers become SyncBatchNorm before any freezing policy
-    pins them (the conversion builds new modules; see torchgraft.policies.freezing).
-    timm's converter also keeps the activation of its BatchNormAct layers, which torch's
-    own ``convert_sync_batchnorm`` silently drops."""
-    if processes.alone or not config.train.sync_bn:
-        return
-    from timm.layers import convert_sync_batchnorm
-
-    spec = setup.model.torchgraft_spec
-    setup.model = convert_sync_batchnorm(setup.model)
-    attach_spec(setup.model, spec)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (what a run does before building its model)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _model(config: RunConfig, classes, state, run_dir: RunDirectory, trusted: Trust) -> ModelSetup:
-    if state is None:
-        return build_run_model(config, classes)
-    # Resuming: the architecture from the saved record, the weights from the saved state —
-    # the pretrained source is not needed any more.
-    origin = f"{run_dir.path}/state: fingerprint"
-    build = check_recorded_build(state["fingerprint"]["build"], origin, trust_run=trusted)
-    expected = {k: tuple(v.shape) for k, v in state["model"].items()}
-    model = build_architecture(build, tuple(classes), expected=expected)
-    report = graft(model, state["model"], strategy="exact", source_name=f"{run_dir.path}/state")
-    return ModelSetup(model, model.torchgraft_spec, build, report)
-
-
-def discover_run_source(config: RunConfig):
-    """The run's dataset as ``data.*`` names it; its index within ``data.memory_limit_mb``."""
-    data = config.data
-    source = discover(
-        data.source,
-        val_fraction=data.val_fraction,
-        split_seed=data.split_seed,
-        memory_limit_mb=data.memory_limit_mb,
-    )
-    for split in ("train", "val"):
-        if not len(source.splits.get(split, ())):
-            raise DataError(
-                f"{data.source}: the {split} split holds no images ({source.summary()}); a run "
-                "needs images to train on and to validate with: add images (two or more per "
-                "class when the validation split is taken from them, data.val_fraction)"
-            )
-    return source
-
-
-def prepare_run_data(config: RunConfig, setup: ModelSetup, source) -> PreparedData:
-    """The run's data: ``data.*`` settings over the model's preprocessing (which is attached
-    to the model), decoded or scanned as ``data.in_memory`` says."""
-    settings = config.data
-    pre = resolve_preprocessing(
-        setup.spec.preprocessing,
-        image_size=settings.image_size,
-        crop_pct=settings.crop_pct,
-        interpolation=settings.interpolation,
-        mean=settings.mean,
-        std=settings.std,
-    )
-    attach_spec(setup.model, dataclasses.replace(setup.spec, preprocessing=pre))
-    setup.spec = setup.model.torchgraft_spec
-    return prepare_data(
-        source,
-        pre,
-        in_memory=settings.in_memory,
-        memory_limit_mb=settings.memory_limit_mb,
-        on_bad_image=settings.on_bad_image,
-        workers=2 if settings.workers == "auto" else settings.workers,
-    )
-
-
-def _fingerprint(setup: ModelSetup, data: PreparedData) -> dict[str, Any]:
-    return {
-        "build": setup.build,
-        "classes": list(data.classes),
-        "data": data.source.fingerprint(),
-        "keys": {k: list(v.shape) for k, v in setup.model.state_dict().items()},
-    }
-
-
-def _check_same_run(
-    state: dict[str, Any], config: RunConfig, setup: ModelSetup, data: PreparedData
-) -> None:
-    """Refuse to resume when the model, the classes or the data differ from the saved run."""
-    saved, now = state["fingerprint"], _fingerprint(setup, data)
-    differences = []
-    asked = build_document(config, config.head.num_classes or len(data.classes))
-    changed = [k for k in asked if asked[k] != saved["build"].get(k)]
-    if changed:
-        differences += [
-            f"model {k} was {saved['build'].get(k)!r}, now {asked[k]!r}" for k in changed
-        ]
-    if saved["classes"] != now["classes"]:
-        differences.append(f"classes were {saved['classes']}, now {now['classes']}")
-    if saved["data"] != now["data"]:
-        differences.append("the dataset changed (files added, removed, relabelled or resized)")
-    if saved["keys"] != now["keys"]:
-        differences.append("the model's tensors changed")
-    if differences:
-        raise ConfigError(
-            "cannot resume exactly: " + "; ".join(differences) + "; start a new run instead"
-        )
+    """After a torchrun restart: the failed attempt's run folder, and whether it holds a
+    complete epoch to resume from (:func:`.distributed.earlier_attempt`)."""
+    folder = earlier_attempt(config.output.dir)
+    return None if folder is None else (str(folder), state_epoch(folder) is not None)
 
 
 def _write_start(run_dir, config, setup, data, summary, console, *, resumed) -> None:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TrainingError
+from ..model.passes import evaluating
 from .distributed import ALONE, Processes
 from .metrics import Evaluator, RunningMetrics
 from .runtime import Runtime
@@ -203,20 +204,16 @@ def evaluate(
 ) -> Any:
     """Metrics of ``forward`` over ``batches`` (the ``modules`` are put in eval mode and
     restored after); returns the evaluator's :class:`~torchgraft.engine.metrics.EvalResult`."""
-    modes = [(m, m.training) for m in modules]
-    for module, _ in modes:
-        module.eval()
     started = time.perf_counter()
-    try:
+    with contextlib.ExitStack() as modes:
+        for module in modules:  # every module's own mode comes back (frozen norms stay eval)
+            modes.enter_context(evaluating(module, grad="inference"))
         with torch.inference_mode(), runtime.autocast():
             for inputs, targets in batches:
                 targets = targets.to(runtime.device, non_blocking=True)
                 logits = forward(prepare(inputs)).float()
                 loss = F.cross_entropy(logits, targets, reduction="sum")
                 evaluator.update(logits, targets, loss)
-    finally:
-        for module, mode in modes:
-            module.train(mode)
     result = evaluator.compute()
     result.seconds = time.perf_counter() - started
     return result

@@ -32,20 +32,18 @@ from ..data.loaders import Shard, batch_count
 from ..data.mixing import BatchMixer
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer, train_augment
-from ..errors import CheckpointError, TrainingError
+from ..errors import TrainingError
 from ..model.spec import ModelSpec
 from ..policies.optimizer_groups import audit_optimizer
-from ..policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
-from ..text import printable
 from .config.load import RunConfig
 from .distributed import ALONE, Processes
 from .features import FeatureCache, cache_refusal, find_head_entry
 from .loop import Trainer, changing_tensors, evaluate, non_finite, train_one_epoch
 from .metrics import EvalResult, Evaluator
 from .replicas import average_buffers
-from .resume import capture_rng, restore_rng
+from .resume import restore_session, session_state
 from .runtime import Runtime
-from .stages import Stages, make_optimizer
+from .stages import Stages
 
 __all__ = ["EpochResult", "Session"]
 
@@ -147,8 +145,7 @@ class Session:
             that epoch (0, or the one after the saved state's).
         """
         first = 0 if state is None else state["epoch"] + 1
-        groups, summary = self.stages.start(max(0, first - 1))
-        optimizer = make_optimizer(self.config, groups)
+        optimizer, summary = self.stages.start(max(0, first - 1))
         train = self.config.train
         ema = ModelEmaV3(self.model, decay=train.ema) if train.ema else None
         self.trainer = Trainer(
@@ -167,52 +164,10 @@ class Session:
             max_steps=train.max_steps,
         )
         if state is not None:
-            try:
-                self._restore(state, first)
-            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-                # The state's types were checked when it was read (engine.resume); what is
-                # left is content that does not fit this run: changed, or hand-made.
-                raise CheckpointError(
-                    f"{origin}: does not fit this run ({type(exc).__name__}: "
-                    f"{printable(str(exc))[:200]}); it was changed after it was saved, or "
-                    "written by another version of torchgraft"
-                ) from exc
+            restore_session(self, state, first, origin)
         elif summary is not None:
             self._log_policy(0, summary)
         return first
-
-    def _restore(self, state: dict[str, Any], first: int) -> None:
-        trainer = self.trainer
-        trainer.scheduler = self.stages.scheduler(
-            trainer.optimizer, first - 1, trainer.steps_per_epoch(self.train_batches)
-        )
-        trainer.scheduler.load_state_dict(state["scheduler"])
-        # After the scheduler: building it set each group's LR from its first step; the
-        # saved group settings (lr, initial_lr) put back the rates of the moment of saving.
-        load_optimizer_state_by_name(trainer.optimizer, state["optimizer"])
-        if trainer.ema is not None and state.get("ema") is not None:
-            trainer.ema.load_state_dict(state["ema"])
-        trainer.step = state["step"]
-        trainer.lr_trace = [tuple(item) for item in state["lr_trace"]]
-        trainer.processes = self.processes
-        self.history, self.policies = list(state["history"]), list(state["policies"])
-        self.stage_steps, self.best, self.stale = (
-            list(state["stage_steps"]),
-            dict(state["best"]),
-            state["stale"],
-        )
-        ranks = state.get("rng_ranks")
-        if ranks is not None and len(ranks) == self.processes.world:
-            restore_rng(ranks[self.processes.rank], self.generator)
-        else:
-            restore_rng(state["rng"], self.generator)
-            saved = len(ranks) if ranks is not None else 1
-            if saved != self.processes.world:
-                self.notes.append(
-                    f"resumed with {self.processes.describe()} where the run had {saved}: it "
-                    "continues from the saved epoch, but not bitwise as an uninterrupted run "
-                    "(the data shares and random streams differ)"
-                )
 
     # --- one epoch -----------------------------------------------------------------------
     def run_epoch(self, epoch: int, progress=None) -> EpochResult:
@@ -415,27 +370,8 @@ class Session:
 
     # --- saving --------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
-        """Everything needed to resume after ``epoch`` (see :mod:`.resume`). With several
-        processes every one must call it (their random generators are gathered); rank 0's
-        is the complete state."""
-        trainer = self.trainer
-        rng = capture_rng(self.generator)
-        ranks = self.processes.gather(rng)
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": optimizer_state_by_name(trainer.optimizer),
-            "scheduler": trainer.scheduler.state_dict(),
-            "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
-            "step": trainer.step,
-            "lr_trace": [list(item) for item in trainer.lr_trace],
-            "history": self.history,
-            "policies": self.policies,
-            "stage_steps": self.stage_steps,
-            "best": self.best,
-            "stale": self.stale,
-            "rng": rng,
-            "rng_ranks": ranks if not self.processes.alone else None,
-        }
+        """Everything needed to resume after ``epoch`` (:func:`.resume.session_state`)."""
+        return session_state(self, epoch)
 
 
 def _check_weights(model: nn.Module, epoch: int) -> None:

@@ -1,34 +1,61 @@
-"""The model of a run: build, stem, head, graft (and verify), initialise what is new.
+"""A run set up to its first epoch — what ``train`` and ``lr-find`` share, in one place:
+seed, data source, model, runtime, data, the batches checked, the session (:func:`start_run`).
 
-The same road as :func:`torchgraft.create_model`, with the run's head options and the proof
+The model (:func:`build_run_model`) takes the same road as :func:`torchgraft.create_model`, with the run's head options and the proof
 the config asks for: the architecture is built with its native head, the head replaced for
 the run's classes, and the pretrained weights grafted in — so the old head shows up in the
 report as shape-mismatched, never hidden. With ``graft.verify_with``, the source architecture
 holding the source weights and the grafted model run side by side; a difference beyond the
-tolerance stops the run (:class:`~torchgraft.errors.VerificationError`).
+tolerance stops the run (:class:`~torchgraft.errors.VerificationError`). A resumed run
+rebuilds the architecture from its saved record and takes the weights of its resume state
+(:func:`rebuilt_model`): the pretrained source is not needed any more.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
-from ..errors import VerificationError
+from ..data.prepare import PreparedData, prepare_data
+from ..data.sources import discover
+from ..data.transforms import resolve_preprocessing
+from ..errors import DataError, VerificationError
 from ..grafting.api import graft
 from ..grafting.graft_plan import GraftReport
 from ..grafting.verify import Verification, verify_graft
 from ..model.anatomy import spec_of
+from ..model.build_record import Trust, check_recorded_build
 from ..model.heads import replace_head
-from ..model.spec import ModelSpec
+from ..model.spec import ModelSpec, attach_spec
 from ..model.stem import replace_input_channels
 from ..policies.initializers import InitSummary, init_new_layers
 from ..zoo import build_model
 from ..zoo.grafts import identified_architecture, resolve_source_model
+from .artifacts import build_architecture, build_document
+from .batch_memory import check_run_batches
 from .config.load import RunConfig
+from .distributed import ALONE, Processes, rank_device
+from .runtime import resolve_runtime
+from .session import Session
 
-__all__ = ["ModelSetup", "build_document", "build_run_model"]
+__all__ = [
+    "ModelSetup",
+    "RunStart",
+    "build_document",
+    "build_run_model",
+    "discover_run_source",
+    "prepare_run_data",
+    "rebuilt_model",
+    "seed_everything",
+    "start_run",
+]
 
 
 @dataclass
@@ -52,15 +79,137 @@ class ModelSetup:
     init: InitSummary | None = None
 
 
-def build_document(config: RunConfig, num_classes: int) -> dict[str, Any]:
-    """The ``build`` record of model.json: enough to rebuild the architecture."""
-    return {
-        "model": config.model.name,
-        "kwargs": dict(config.model.kwargs),
-        "in_chans": config.model.in_chans,
-        "num_classes": num_classes,
-        "head": {"dropout": config.head.dropout, "hidden": config.head.hidden},
-    }
+@dataclass
+class RunStart:
+    """A run at its first epoch: the data source, the model and how it came to be, the
+    prepared data, the session (not begun: a resume state is restored by its
+    :meth:`~.session.Session.begin`), and the notes to print (batches clamped)."""
+
+    source: Any
+    setup: ModelSetup
+    data: PreparedData
+    session: Session
+    notes: list[str]
+
+
+def start_run(
+    config: RunConfig,
+    processes: Processes = ALONE,
+    *,
+    state: dict[str, Any] | None = None,
+    run_dir: Path | None = None,
+    trusted: Trust = True,
+) -> RunStart:
+    """Set a run up to its first epoch, in the order every run takes: seed, data source
+    (classes), model (built, or rebuilt from ``state`` of ``run_dir``), BatchNorm
+    synchronised across ``processes``, runtime, data, batches checked, session.
+
+    Raises:
+        ConfigError, DataError, SpecError, GraftError, CheckpointError: bad input.
+        UntrustedRunError: ``state`` names a builder that is not ``trusted``.
+        VerificationError: the graft changed the function of the source model.
+    """
+    seed_everything(config.train.seed)
+    source = discover_run_source(config)
+    if state is None:
+        setup = build_run_model(config, source.classes)
+    else:
+        setup = rebuilt_model(state, source.classes, run_dir, trusted)
+    _synchronise_batchnorm(config, setup, processes)
+    runtime = resolve_runtime(
+        setup.model,
+        device=rank_device(config.train.device, processes),
+        precision=config.train.precision,
+        threads=config.train.threads,
+        channels_last=config.model.channels_last,
+    )
+    setup.model.to(runtime.device, memory_format=runtime.memory_format)
+    if processes.rank:
+        # Same model on every process (the seed above); from here on each process draws
+        # its own augmentations and dropout. Rank 0 continues the one-process stream.
+        seed_everything(config.train.seed + 1_000_003 * processes.rank)
+    data = prepare_run_data(config, setup, source)
+    # Before a batch exists: clamped to the split (said), refused when it cannot fit.
+    notes = check_run_batches(config, setup.model, data, runtime, processes)
+    session = Session(config, setup.model, setup.spec, runtime, data, processes)
+    return RunStart(source, setup, data, session, notes)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (what a run does before building its model)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def discover_run_source(config: RunConfig):
+    """The run's dataset as ``data.*`` names it; its index within ``data.memory_limit_mb``."""
+    data = config.data
+    source = discover(
+        data.source,
+        val_fraction=data.val_fraction,
+        split_seed=data.split_seed,
+        memory_limit_mb=data.memory_limit_mb,
+    )
+    for split in ("train", "val"):
+        if not len(source.splits.get(split, ())):
+            raise DataError(
+                f"{data.source}: the {split} split holds no images ({source.summary()}); a run "
+                "needs images to train on and to validate with: add images (two or more per "
+                "class when the validation split is taken from them, data.val_fraction)"
+            )
+    return source
+
+
+def prepare_run_data(config: RunConfig, setup: ModelSetup, source) -> PreparedData:
+    """The run's data: ``data.*`` settings over the model's preprocessing (which is attached
+    to the model), decoded or scanned as ``data.in_memory`` says."""
+    settings = config.data
+    pre = resolve_preprocessing(
+        setup.spec.preprocessing,
+        image_size=settings.image_size,
+        crop_pct=settings.crop_pct,
+        interpolation=settings.interpolation,
+        mean=settings.mean,
+        std=settings.std,
+    )
+    attach_spec(setup.model, dataclasses.replace(setup.spec, preprocessing=pre))
+    setup.spec = setup.model.torchgraft_spec
+    return prepare_data(
+        source,
+        pre,
+        in_memory=settings.in_memory,
+        memory_limit_mb=settings.memory_limit_mb,
+        on_bad_image=settings.on_bad_image,
+        workers=2 if settings.workers == "auto" else settings.workers,
+    )
+
+
+def rebuilt_model(
+    state: dict[str, Any], classes: tuple[str, ...], run_dir: Path | None, trusted: Trust
+) -> ModelSetup:
+    """A resumed run's model: the architecture from the state's saved record (a builder read
+    from a file: torchvision/timm, or ``trusted``), the weights from the state."""
+    origin = f"{run_dir}/state: fingerprint"
+    build = check_recorded_build(state["fingerprint"]["build"], origin, trust_run=trusted)
+    expected = {k: tuple(v.shape) for k, v in state["model"].items()}
+    model = build_architecture(build, tuple(classes), expected=expected)
+    report = graft(model, state["model"], strategy="exact", source_name=f"{run_dir}/state")
+    return ModelSetup(model, model.torchgraft_spec, build, report)
+
+
+def _synchronise_batchnorm(config: RunConfig, setup: ModelSetup, processes: Processes) -> None:
+    """``train.sync_bn``: BatchNorm layers become SyncBatchNorm before any freezing policy
+    pins them (the conversion builds new modules; see torchgraft.policies.freezing).
+    timm's converter also keeps the activation of its BatchNormAct layers, which torch's
+    own ``convert_sync_batchnorm`` silently drops."""
+    if processes.alone or not config.train.sync_bn:
+        return
+    from timm.layers import convert_sync_batchnorm
+
+    spec = setup.model.torchgraft_spec
+    setup.model = convert_sync_batchnorm(setup.model)
+    attach_spec(setup.model, spec)
 
 
 def build_run_model(config: RunConfig, classes: tuple[str, ...]) -> ModelSetup:

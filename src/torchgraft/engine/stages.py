@@ -24,7 +24,7 @@ from ..policies.schedules import SCHEDULES, Stage, UnfreezeSchedule, apply_stage
 from .config.load import RunConfig
 from .lr import LrShape, build_scheduler, rebase
 
-__all__ = ["Stages", "make_optimizer"]
+__all__ = ["Stages"]
 
 
 @dataclass
@@ -64,11 +64,16 @@ class Stages:
         return start, end
 
     # --- model and optimizer -------------------------------------------------------------
-    def start(self, epoch: int) -> tuple[list[dict[str, Any]], FreezeSummary | None]:
-        """Freeze the model for ``epoch``'s stage; the optimizer groups to build from."""
+    def start(self, epoch: int) -> tuple[torch.optim.Optimizer, FreezeSummary | None]:
+        """Freeze the model for ``epoch``'s stage; the optimizer over its parameter groups.
+
+        The run's ``optim`` section is read here and nowhere else in a run: ``optim.lr``
+        goes from this method into the groups (:func:`~torchgraft.param_groups` directly, or
+        through the unfreezing schedule) and the optimizer, and does not come back.
+        """
         if self.schedule is not None:
             groups = start_stage(self.schedule, self.model, epoch, spec=self.spec)
-            return groups, None
+            return _optimizer(self.config, groups), None
         freeze_config = self.config.freeze
         summary = freeze(
             self.model,
@@ -87,7 +92,7 @@ class Stages:
             layer_decay=optim.layer_decay,
             spec=self.spec,
         )
-        return groups, summary
+        return _optimizer(self.config, groups), summary
 
     def enter(self, optimizer: torch.optim.Optimizer, epoch: int) -> tuple[StageEntry, bool]:
         """Bring model and optimizer to ``epoch``'s stage.
@@ -141,7 +146,7 @@ class Stages:
         return f"{len(stage.trainable)} of {len(self.spec.group_names)} groups"
 
 
-def make_optimizer(config: RunConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+def _optimizer(config: RunConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov) or AdamW over named groups (each carries its LR and decay)."""
     optim = config.optim
     if optim.name == "sgd":

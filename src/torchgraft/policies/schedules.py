@@ -35,19 +35,22 @@ import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import ConfigError
-from ..model.anatomy import spec_of
-from ..model.spec import ModelSpec
-from .freezing import BN_POLICIES, FreezeSummary, freeze
-from .optimizer_groups import param_groups
+
+# A schedule is data, validated where a run's configuration is (before torch is imported):
+# torch and the functions that act on a model are imported by the functions that use them.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..model.spec import ModelSpec
+    from .freezing import FreezeSummary
 
 __all__ = [
     "SCHEDULES",
+    "SET_BY_THE_RUN",
     "Progressive",
     "Stage",
     "StageChange",
@@ -55,6 +58,7 @@ __all__ = [
     "UnfreezeAt",
     "UnfreezeSchedule",
     "apply_stage",
+    "bound_of",
     "schedule_from_config",
     "start_stage",
 ]
@@ -167,22 +171,41 @@ class _ScheduleMethods:
         return {"kind": self.kind, **asdict(self)}
 
 
+#: A field's bound, as metadata: the one definition both this module's check and the run
+#: configuration's section (torchgraft.engine.config.sections) read. ``("gt", 0)``: a finite
+#: number > 0; ``("ge", n)``: >= n; with ``whole``, a whole number.
+_POSITIVE = {"bound": ("gt", 0)}
+_NON_NEGATIVE = {"bound": ("ge", 0)}
+
+
+def _positive(default: float | None) -> Any:
+    return field(default=default, metadata=_POSITIVE)
+
+
+def _count(default: int, *, minimum: int) -> Any:
+    return field(default=default, metadata={"bound": ("ge", minimum), "whole": True})
+
+
+#: Fields a run fills from other sections (``optim.lr``, ``optim.weight_decay``,
+#: ``freeze.bn``): the config's ``freeze.schedule`` section names only the others.
+SET_BY_THE_RUN = ("lr", "weight_decay", "bn")
+
+
 @dataclass(frozen=True)
 class TwoPhase(_ScheduleMethods):
     """fastai's ``fine_tune``: head only, then all groups with discriminative LRs."""
 
-    lr: float
-    freeze_epochs: int = 1
-    lr_mult: float = 100.0
-    unfrozen_scale: float = 0.5
-    frozen_body_scale: float = 0.1
-    weight_decay: float = 0.0
+    lr: float = field(metadata=_POSITIVE)
+    freeze_epochs: int = _count(1, minimum=0)
+    lr_mult: float = _positive(100.0)
+    unfrozen_scale: float = _positive(0.5)
+    frozen_body_scale: float = _positive(0.1)
+    weight_decay: float = field(default=0.0, metadata=_NON_NEGATIVE)
     bn: str = "frozen"
     kind: ClassVar[str] = "two_phase"
 
     def __post_init__(self) -> None:
-        _validate(self, positive=("lr", "lr_mult", "unfrozen_scale", "frozen_body_scale"))
-        _check_count(self, "freeze_epochs", minimum=0)
+        _check_fields(self)
 
     def plan(self, epoch: int, groups: Sequence[str]) -> Stage:
         """Epochs ``< freeze_epochs``: the head (the body's scale is fastai's ``slice(lr)``)."""
@@ -201,17 +224,16 @@ class TwoPhase(_ScheduleMethods):
 class UnfreezeAt(_ScheduleMethods):
     """Lightning's ``BackboneFinetuning``: unfreeze the backbone at ``epoch`` with an LR ratio."""
 
-    lr: float
-    epoch: int = 10
-    backbone_ratio: float = 0.1
-    growth: float = 1.5
-    weight_decay: float = 0.0
+    lr: float = field(metadata=_POSITIVE)
+    epoch: int = _count(10, minimum=0)
+    backbone_ratio: float = _positive(0.1)
+    growth: float = _positive(1.5)
+    weight_decay: float = field(default=0.0, metadata=_NON_NEGATIVE)
     bn: str = "frozen"
     kind: ClassVar[str] = "unfreeze_at"
 
     def __post_init__(self) -> None:
-        _validate(self, positive=("lr", "backbone_ratio", "growth"))
-        _check_count(self, "epoch", minimum=0)
+        _check_fields(self)
 
     def plan(self, epoch: int, groups: Sequence[str]) -> Stage:
         """Head only before ``epoch``; then ratio x growth^(epochs since), at most 1."""
@@ -225,16 +247,15 @@ class UnfreezeAt(_ScheduleMethods):
 class Progressive(_ScheduleMethods):
     """ULMFiT's gradual unfreezing: one more layer group every ``every`` epochs."""
 
-    lr: float
-    every: int = 1
-    layer_decay: float | None = None
-    weight_decay: float = 0.0
+    lr: float = field(metadata=_POSITIVE)
+    every: int = _count(1, minimum=1)
+    layer_decay: float | None = _positive(None)
+    weight_decay: float = field(default=0.0, metadata=_NON_NEGATIVE)
     bn: str = "frozen"
     kind: ClassVar[str] = "progressive"
 
     def __post_init__(self) -> None:
-        _validate(self, positive=("lr", "layer_decay"))
-        _check_count(self, "every", minimum=1)
+        _check_fields(self)
 
     def plan(self, epoch: int, groups: Sequence[str]) -> Stage:
         """Epoch ``e`` trains the head and the last ``e // every`` groups before it."""
@@ -283,6 +304,9 @@ def start_stage(
         >>> schedule = TwoPhase(lr=1e-3, freeze_epochs=1)
         >>> opt = torch.optim.SGD(schedule.start(model), momentum=0.9)
     """
+    from ..model.anatomy import spec_of
+    from .freezing import freeze
+
     spec = spec or spec_of(model)
     stage = schedule.plan(epoch, spec.group_names)
     freeze(model, list(stage.trainable), bn=schedule.bn, spec=spec)
@@ -305,6 +329,9 @@ def apply_stage(
     Raises:
         ConfigError: an optimizer group without ``param_names`` (build it from ``start``).
     """
+    from ..model.anatomy import spec_of
+    from .freezing import freeze
+
     spec = spec or spec_of(model)
     stage = schedule.plan(epoch, spec.group_names)
     summary = freeze(model, list(stage.trainable), bn=schedule.bn, spec=spec)
@@ -316,6 +343,8 @@ def apply_stage(
 
 
 def _wanted(schedule, model, stage: Stage, spec: ModelSpec) -> list[dict[str, Any]]:
+    from .optimizer_groups import param_groups
+
     return param_groups(
         model,
         schedule.lr,
@@ -362,27 +391,30 @@ def _set_rate(group: dict[str, Any], lr: float, weight_decay: float) -> None:
         group["initial_lr"] = lr  # a rebuilt LR scheduler starts from the stage's rate
 
 
-def _validate(schedule: Any, positive: Sequence[str]) -> None:
+def bound_of(spec: Any) -> tuple[str, float] | None:
+    """A schedule field's bound (``("gt", 0)``, ``("ge", n)``) from its metadata, or None."""
+    return spec.metadata.get("bound")
+
+
+def _check_fields(schedule: Any) -> None:
+    """Every bounded field within its bound (None where None is the default), and ``bn``
+    a BatchNorm policy; every problem at once."""
     problems = []
-    for name in ("lr", "weight_decay", *positive):
-        value = getattr(schedule, name)
-        if value is None and name != "lr":
+    for spec in fields(schedule):
+        bound, value = bound_of(spec), getattr(schedule, spec.name)
+        if bound is None or (value is None and spec.default is None):
             continue
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and (value > 0 if name in positive else value >= 0)
+        kind, limit = bound
+        whole = spec.metadata.get("whole", False)
+        ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > limit if kind == "gt" else value >= limit)
         if not ok:
-            problems.append(
-                f"{name} must be a finite number {'> 0' if name in positive else '>= 0'}, got {value!r}"
-            )
+            what = "a whole number" if whole else "a finite number"
+            sign = ">" if kind == "gt" else ">="
+            problems.append(f"{spec.name} must be {what} {sign} {limit}, got {value!r}")
+    from .freezing import BN_POLICIES
+
     if schedule.bn not in BN_POLICIES:
         problems.append(f"bn must be one of {', '.join(BN_POLICIES)}, got {schedule.bn!r}")
     if problems:
         raise ConfigError(f"{type(schedule).__name__}: " + "; ".join(problems))
-
-
-def _check_count(schedule: Any, name: str, minimum: int) -> None:
-    value = getattr(schedule, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(
-            f"{type(schedule).__name__}: {name} must be a whole number >= {minimum}, got {value!r}"
-        )

@@ -10,10 +10,14 @@ is :mod:`.load`'s job; telling problems is :mod:`.checks`'.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from ...policies.schedules import SET_BY_THE_RUN, Progressive, TwoPhase, UnfreezeAt, bound_of
 
 __all__ = [
     "CONFIG_OPTIONS",
@@ -124,31 +128,26 @@ class HeadConfig(Section):
     init: Literal["tutorial", "kaiming", "xavier", "trunc_normal", "zero", "keep"] = "keep"
 
 
-class TwoPhaseConfig(Section):
-    """fastai's ``fine_tune``: head only, then everything with discriminative LRs."""
-
-    kind: Literal["two_phase"]
-    freeze_epochs: Annotated[int, Field(ge=0)] = 1
-    lr_mult: PositiveFloat = 100.0
-    unfrozen_scale: PositiveFloat = 0.5
-    frozen_body_scale: PositiveFloat = 0.1
-
-
-class UnfreezeAtConfig(Section):
-    """Lightning's ``BackboneFinetuning``."""
-
-    kind: Literal["unfreeze_at"]
-    epoch: Annotated[int, Field(ge=0)] = 10
-    backbone_ratio: PositiveFloat = 0.1
-    growth: PositiveFloat = 1.5
+def _schedule_section(schedule: type) -> type[BaseModel]:
+    """The ``freeze.schedule`` section of one unfreezing schedule, derived from its class
+    (:mod:`torchgraft.policies.schedules`: fields, defaults and bounds are defined there
+    once); ``kind`` names it, and the fields a run fills from other sections are left out."""
+    hints = typing.get_type_hints(schedule)
+    fields: dict[str, Any] = {"kind": (Literal[schedule.kind], ...)}
+    for spec in dataclasses.fields(schedule):
+        if spec.name in SET_BY_THE_RUN:
+            continue
+        bound = bound_of(spec)
+        limits = {bound[0]: bound[1]} if bound else {}
+        fields[spec.name] = (hints[spec.name], Field(default=spec.default, **limits))
+    return create_model(
+        f"{schedule.__name__}Config", __base__=Section, __doc__=schedule.__doc__, **fields
+    )
 
 
-class ProgressiveConfig(Section):
-    """ULMFiT's gradual unfreezing."""
-
-    kind: Literal["progressive"]
-    every: PositiveInt = 1
-    layer_decay: PositiveFloat | None = None
+TwoPhaseConfig = _schedule_section(TwoPhase)
+UnfreezeAtConfig = _schedule_section(UnfreezeAt)
+ProgressiveConfig = _schedule_section(Progressive)
 
 
 #: ``kind`` -> config model (pydantic names the kind in an error's location).

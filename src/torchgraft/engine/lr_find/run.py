@@ -20,16 +20,9 @@ from ...text import printable
 from ...wording import option, renamed
 from ..config.load import CONFIG_OPTIONS, RunConfig, load_config
 from ..console import RunConsole
-from ..fit import (  # train's own setup, not a copy
-    discover_run_source,
-    prepare_run_data,
-    seed_everything,
-)
 from ..report.summary import graft_lines
 from ..run_dir import make_stamped_folder, writing_into
-from ..runtime import resolve_runtime
-from ..session import Session
-from ..setup import build_run_model
+from ..setup import start_run
 from .outputs import apply_suggestion, check_writable, print_result, write_outputs
 from .rules import (
     AUTO,
@@ -102,11 +95,13 @@ def _lr_find(source, overrides, settings, output, apply, console: RunConsole) ->
     if target is not None:
         check_writable(target)  # before minutes of work, not after
     folder = _folder(config, output)
-    session, setup, found = _session(config)
+    session, start = _session(config)
     console.rule(f"torchgraft lr-find → {printable(folder)}")
-    console.line(f"model: {config.model.name} · data {found.summary()}")
-    for line in graft_lines(setup.report, setup.verification):
+    console.line(f"model: {config.model.name} · data {start.source.summary()}")
+    for line in graft_lines(start.setup.report, start.setup.verification):
         console.line(line)
+    for note in start.notes:
+        console.line(note)
     start_lr, end_lr, steps, rule = settings
     console.line(
         f"runtime: {session.runtime.describe()}; first epoch's setup: "
@@ -149,25 +144,14 @@ def _lr_find(source, overrides, settings, output, apply, console: RunConsole) ->
 
 
 def _session(config: RunConfig):
-    """The run's first epoch, set up as :func:`~torchgraft.fit` sets it up: seed, data
-    source, model, runtime, data, then the session's optimizer and the stage of epoch 0."""
-    seed_everything(config.train.seed)
-    found = discover_run_source(config)
-    setup = build_run_model(config, found.classes)
-    runtime = resolve_runtime(
-        setup.model,
-        device=config.train.device,
-        precision=config.train.precision,
-        threads=config.train.threads,
-        channels_last=config.model.channels_last,
-    )
-    setup.model.to(runtime.device, memory_format=runtime.memory_format)
-    data = prepare_run_data(config, setup, found)
-    session = Session(config, setup.model, setup.spec, runtime, data)
+    """The run's first epoch, set up as :func:`~torchgraft.fit` sets it up (one function,
+    :func:`~..setup.start_run`), then the optimizer and the stage of epoch 0."""
+    start = start_run(config)
+    session = start.session
     session.begin()
     session.stages.enter(session.trainer.optimizer, 0)  # what run_epoch(0) does first
     session.trainer.ema = None  # nobody keeps the average of a sweep's weights
-    return session, setup, found
+    return session, start
 
 
 def _no_suggestion(result: LRFinderResult, folder: Path) -> str:
