@@ -92,3 +92,30 @@ def test_the_check_sees_a_moved_module(tmp_path):
         "tests/engine/test_fit.py::test_no_such_test",
         "torchgraft.engine.plots.plot_lr",
     ]
+
+
+MOD_ROLE = re.compile(r":mod:`~?([.\w]+)`")
+
+
+def _module_exists(dotted: str) -> bool:
+    base = ROOT / "src" / Path(*dotted.split("."))
+    return base.with_suffix(".py").is_file() or base.is_dir()
+
+
+def test_docstrings_name_modules_that_exist():
+    """``:mod:`` references in the package's docstrings, relative ones resolved as imports."""
+    broken = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT / "src").with_suffix("").parts)
+        package = parts[:-1]
+        for match in MOD_ROLE.finditer(path.read_text()):
+            ref = match.group(1)
+            if not ref.startswith("."):
+                target = ref
+            else:
+                level = len(ref) - len(ref.lstrip("."))
+                base = package[: len(package) - (level - 1)]
+                target = ".".join([*base, ref.lstrip(".")]).rstrip(".")
+            if target.startswith("torchgraft") and not _module_exists(target):
+                broken.append(f"{path.relative_to(PACKAGE)}: {ref}")
+    assert not broken, broken
