@@ -30,8 +30,8 @@ def write_digit_folder(root: Path, classes=(0, 1, 2), per_class: int = 12, size:
 def tiny_config(images: Path, out: Path, **sections) -> dict:
     """A fast run of the hand-written TinyCNN (tests/handmade_models.py) on ``images``.
 
-    Precision is pinned to fp32: tests compare numbers at fp32 tolerances, and ``auto``
-    picks bf16 on CPUs with AVX512-BF16 (tests/engine/test_precision.py runs ``auto``)."""
+    Precision is pinned to fp32: tests compare numbers at fp32 tolerances, whatever ``auto``
+    picks on the machine (tests/engine/test_precision.py runs ``auto`` and ``bf16``)."""
     config = {
         "model": {"name": "handmade_models:TinyCNN", "channels_last": False},
         "weights": {"source": None},

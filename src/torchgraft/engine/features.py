@@ -35,7 +35,7 @@ from .distributed import ALONE, Processes
 from .frozen_body import FeatureExtractor
 from .runtime import Runtime
 
-__all__ = ["FeatureCache", "HeadEntry", "cache_refusal", "find_head_entry"]
+__all__ = ["FeatureCache", "HeadEntry", "cache_refusal", "find_head_entry", "trace_allowed"]
 
 _PASSIVE = (nn.Dropout, nn.Identity, nn.Flatten, nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh)
 
@@ -94,6 +94,17 @@ def cache_refusal(
     return None
 
 
+def trace_allowed(runtime: Runtime) -> tuple[bool, str | None]:
+    """Whether the frozen body may be traced for the cache, and why not: TorchScript pays off
+    on a CPU (Python overhead, BatchNorm folding; on a GPU the eager pass is already fast),
+    and only in fp32 (a traced bf16 body differs from eager beyond the tolerance)."""
+    if runtime.device.type != "cpu":
+        return False, "on a GPU the eager pass is fast already"
+    if runtime.precision != "fp32":
+        return False, f"a traced {runtime.precision} body differs from the eager one"
+    return True, None
+
+
 def _is_random(module: nn.Module) -> bool:
     if isinstance(module, nn.modules.dropout._DropoutNd):
         return module.p > 0
@@ -121,12 +132,11 @@ class FeatureCache:
     ):
         self.entry = entry
         self.head = model.get_submodule(entry.path)
-        # TorchScript pays off on a CPU (Python overhead, BatchNorm folding); on a GPU the
-        # eager pass is already fast.
         total = sum(len(data.source.splits[name]) for name in splits)
-        extractor = FeatureExtractor(
-            model, entry.path, trace=runtime.device.type == "cpu", total=total
-        )
+        trace, why_not = trace_allowed(runtime)
+        extractor = FeatureExtractor(model, entry.path, trace=trace, total=total)
+        if why_not:
+            extractor.note = f"eager ({why_not})"
         shard = Shard(processes.rank, processes.world)
         self.features = {
             name: processes.concatenate(

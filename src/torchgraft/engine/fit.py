@@ -163,6 +163,7 @@ def _fit_process(
             _write_start(
                 run_dir, config, setup, data, start.source.summary(), console, resumed=bool(state)
             )
+            run_dir.write_json("decisions.json", session.decisions)
     for note in start.notes:
         console.line(note)
     first = session.begin(state, origin=str(state_file(run_dir.path)))
@@ -175,6 +176,8 @@ def _fit_process(
             else f"; {processes.describe()}, global batch {config.data.batch_size}"
         )
     )
+    precision = next(d for d in session.decisions if d["what"] == "precision")
+    console.line(f"precision {precision['chosen']}: {precision['why']}")
     started = time.perf_counter()
     try:
         _epochs(config, setup, data, session, run_dir, console, first)
@@ -214,6 +217,7 @@ def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, consol
                     save_state(run_dir.path, epoch, {**state, "fingerprint": fingerprint})
                     run_dir.write_metrics(session.history)
                     run_dir.write_json("policy.json", session.policies)
+                    run_dir.write_json("decisions.json", session.decisions)
                     write_report(run_dir.path, final=False)  # cheap: no pass over the data
             processes.barrier()  # a process killed from here on resumes after this epoch
         console.end_epoch(_epoch_line(result))

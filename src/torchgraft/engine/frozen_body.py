@@ -6,36 +6,42 @@ folds every BatchNorm into the convolution before it and fuses the activations: 
 about 2× faster than eager mode for EfficientNet-Lite0 at 64 px on the reference CPU, with
 TorchScript's simple executor (the default profiling executor spends its first runs
 profiling; the setting is switched only around these calls and restored). Tracing and
-freezing cost about a second there, so the extractor traces only when the eager pass over
-the images still to come is expected to take longer than :data:`TRACE_WORTH_SECONDS`
-(estimated from the first batch, which always runs eagerly). ``torch.compile`` would fuse
-too, but its compile time (tens of seconds on a CPU) is longer than most passes.
+freezing cost about a second there, so the extractor traces only when the whole pass does at
+least :data:`TRACE_WORTH_FLOPS` of arithmetic: the forward FLOPs of one image (counted by
+torch's FLOP counter on the first image, not timed) times the images of the pass. The
+decision is a function of the model, the image size and the number of images — never of how
+long something took, which would make a run's path depend on how busy the machine is.
+``torch.compile`` would fuse too, but its compile time (tens of seconds on a CPU) is longer
+than most passes.
 
 Exact, or not used: the traced extractor is checked against the eager one on the first batch
 of every input shape it meets (largest relative difference ≤ :data:`TOLERANCE`); a model that
 cannot be traced, or whose traced features differ, is run eagerly — the note says why.
+The caller traces in fp32 only: a traced bf16 body differs from the eager one far beyond the
+tolerance (0.14–0.17 measured), so trying would only cost the trace.
 TorchScript is deprecated in recent torch; when it goes, this falls back to eager by itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..model.passes import hooked
 
-__all__ = ["TOLERANCE", "BodyFeatures", "FeatureExtractor"]
+__all__ = ["TOLERANCE", "TRACE_WORTH_FLOPS", "BodyFeatures", "FeatureExtractor", "forward_flops"]
 
 #: Largest accepted relative difference between traced and eager features (float32).
 TOLERANCE = 1e-4
-#: Trace only when the eager pass still to come would take longer than this (seconds):
-#: tracing and freezing cost about a second on the reference CPU.
-TRACE_WORTH_SECONDS = 2.0
+#: Trace only when the whole pass does at least this much arithmetic (forward FLOPs):
+#: tracing and freezing cost about a second on the reference CPU, where the eager body runs
+#: at roughly 25 GFLOP/s — below ~2 s of eager work the trace does not pay for itself.
+TRACE_WORTH_FLOPS = 50e9
 
 
 class BodyFeatures(nn.Module):
@@ -63,7 +69,7 @@ class FeatureExtractor:
         self.traced: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.checked: set[tuple[int, ...]] = set()
         self.note = "eager"
-        self.left = total  # images still to extract (0: unknown, trace when allowed)
+        self.total = total  # images of the whole pass (0: unknown, trace when allowed)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not self.trace:
@@ -72,14 +78,15 @@ class FeatureExtractor:
         if shape in self.checked:
             with _simple_executor():
                 return self.traced(images)
-        started = time.perf_counter()
         want = self.eager(images)
         if self.traced is None:
-            per_image = (time.perf_counter() - started) / len(images)
-            self.left -= len(images)
-            if self.left > 0 and per_image * self.left < TRACE_WORTH_SECONDS:
+            work = forward_flops(self.eager, images[:1]) * self.total
+            if self.total and work < TRACE_WORTH_FLOPS:
                 self.trace = False
-                self.note = "eager (too few images for tracing to pay off)"
+                self.note = (
+                    f"eager ({work / 1e9:.3g} GFLOP for the whole pass, under "
+                    f"{TRACE_WORTH_FLOPS / 1e9:.0f}: too little for tracing to pay off)"
+                )
                 return want
             # Traced on two images (tracing cost grows with the batch), checked on the full one.
             self.traced = self._build(images[:2])
@@ -128,3 +135,11 @@ def _simple_executor():
     finally:
         torch._C._jit_set_profiling_executor(executor)
         torch._C._jit_set_profiling_mode(profiling)
+
+
+def forward_flops(function: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> int:
+    """The floating-point operations of ``function`` on ``image`` (a batch of one), as
+    torch's FLOP counter counts them (matrix products and convolutions)."""
+    with FlopCounterMode(display=False) as counter:
+        function(image)
+    return counter.get_total_flops()

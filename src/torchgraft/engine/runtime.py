@@ -4,9 +4,11 @@
 
 * device: the first CUDA device when there is one, else the CPU;
 * precision: on a GPU, bf16 autocast where the GPU supports it (Ampere and newer), else fp16
-  with a gradient scaler; on a CPU, bf16 only when the CPU has native bf16 arithmetic
-  (AVX512-BF16 or AMX) — without it bf16 autocast is many times *slower* than fp32
-  (measured 3–34× on an AVX2 machine), so fp32;
+  with a gradient scaler; on a CPU, fp32. bf16 autocast on a CPU without native bf16
+  arithmetic is many times *slower* than fp32 (measured 3–34× on an AVX2 machine), and on
+  one with AVX512-BF16 it was not faster either (the main job: full epochs 7.6–8.5 s in bf16
+  against 5.8–6.7 s in fp32), so no CPU is known where it pays; ``train.precision: bf16``
+  asks for it explicitly;
 * threads: torch's default (one per physical core), which ``bench/main_job.py`` measured as
   the faster choice for training on the 2-core reference machine;
 * channels-last: on for models with 2-D convolutions (measured 1.57× faster training of
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +35,9 @@ __all__ = [
     "auto_precision",
     "cpu_flags",
     "cpu_has_fast_bf16",
+    "precision_reason",
     "resolve_runtime",
+    "runtime_decisions",
 ]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -117,7 +122,45 @@ def auto_precision(device: torch.device) -> str:
     """What ``precision: auto`` means on ``device`` (see the module docstring)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
+def runtime_decisions(runtime: Runtime, train: Any, channels_last: bool | str) -> list[dict]:
+    """The run's runtime choices with their reasons, for ``decisions.json``: each a function
+    of the device, the model and the settings (``train``: the ``train`` config section)."""
+    return [
+        {
+            "what": "precision",
+            "chosen": runtime.precision,
+            "why": precision_reason(runtime.device, runtime.precision, train.precision),
+        },
+        {
+            "what": "channels_last",
+            "chosen": runtime.channels_last,
+            "why": "asked for (model.channels_last)"
+            if channels_last != "auto"
+            else "the model has 2-D convolutions"
+            if runtime.channels_last
+            else "the model has no 2-D convolutions",
+        },
+        {
+            "what": "threads",
+            "chosen": runtime.threads,
+            "why": "asked for (train.threads)"
+            if train.threads != "auto"
+            else "torch's default: one per physical core",
+        },
+    ]
+
+
+def precision_reason(device: torch.device, precision: str, asked: str) -> str:
+    """Why a run computes in ``precision`` (for the run header and decisions.json)."""
+    if asked != "auto":
+        return "asked for (train.precision)"
+    if device.type == "cuda":
+        return "the GPU computes bf16" if precision == "bf16" else "the GPU has no bf16: fp16"
+    kind = "with" if cpu_has_fast_bf16() else "without"
+    return f"a CPU ({kind} native bf16): bf16 autocast measured no faster than fp32 here"
 
 
 def _precision(precision: str, device: torch.device) -> str:

@@ -102,6 +102,9 @@ class Session:
         self.best: dict[str, Any] = {}
         self.stale = 0
         self.notes: list[str] = []  # said once to the user (the engine prints them)
+        # What the engine chose and why (decisions.json): functions of the model, the data,
+        # the dtype and the device — never of a time measured during the run.
+        self.decisions: list[dict[str, Any]] = []
         self._evaluators: dict[tuple[str, bool], Evaluator] = {}
         self._cache_note: str | None = None
         self._refusal: tuple[tuple[str, ...], str | None] | None = None  # (stage, refusal)
@@ -227,6 +230,15 @@ class Session:
             count = sum(len(f) for f in self.cache.features.values())
             self.notes.append(
                 f"feature cache: {count:,} images through the frozen body, {self.cache.note}"
+            )
+            traced = self.cache.note.startswith("traced")
+            self.decisions.append(
+                {
+                    "what": "feature cache body",
+                    "chosen": "traced" if traced else "eager",
+                    "why": self.cache.note,
+                    "images": count,
+                }
             )
         return True
 

@@ -42,7 +42,7 @@ from .artifacts import build_architecture, build_document
 from .batch_memory import check_run_batches
 from .config.load import RunConfig
 from .distributed import ALONE, Processes, rank_device
-from .runtime import resolve_runtime
+from .runtime import resolve_runtime, runtime_decisions
 from .session import Session
 
 __all__ = [
@@ -132,6 +132,7 @@ def start_run(
     # Before a batch exists: clamped to the split (said), refused when it cannot fit.
     notes = check_run_batches(config, setup.model, data, runtime, processes)
     session = Session(config, setup.model, setup.spec, runtime, data, processes)
+    session.decisions += runtime_decisions(runtime, config.train, config.model.channels_last)
     return RunStart(source, setup, data, session, notes)
 
 
