@@ -45,31 +45,21 @@ def cpu_kind(request, monkeypatch):
     runtime.cpu_has_fast_bf16.cache_clear()
 
 
-def test_auto_precision_is_fp32_on_either_kind_of_cpu(cpu_kind):
+def _resolved(precision: str) -> str:
     chosen = runtime.resolve_runtime(
-        torch.nn.Linear(2, 2), device="cpu", precision="auto", threads="auto", channels_last=False
+        torch.nn.Linear(2, 2),
+        device="cpu",
+        precision=precision,
+        threads="auto",
+        channels_last=False,
     )
-    assert chosen.precision == KINDS[cpu_kind][0]
-    assert (
-        runtime.resolve_runtime(
-            torch.nn.Linear(2, 2),
-            device="cpu",
-            precision="fp32",
-            threads="auto",
-            channels_last=False,
-        ).precision
-        == "fp32"
-    )
-    assert (
-        runtime.resolve_runtime(
-            torch.nn.Linear(2, 2),
-            device="cpu",
-            precision="bf16",
-            threads="auto",
-            channels_last=False,
-        ).precision
-        == "bf16"
-    )  # an explicit choice is kept on either kind
+    return chosen.precision
+
+
+def test_auto_precision_is_fp32_on_either_kind_of_cpu(cpu_kind):
+    assert _resolved("auto") == KINDS[cpu_kind][0]
+    assert _resolved("fp32") == "fp32"  # an explicit choice is kept on either kind
+    assert _resolved("bf16") == "bf16"
 
 
 def _probe_against_fp32(precision, digit_folder, tmp_path):
