@@ -5,7 +5,9 @@ or streamed from disk:
 
 1. *base* (deterministic, PIL → uint8 tensor): resize the short side to
    ``size / crop_pct`` with the model's interpolation and take the centre ``size × size``
-   crop — the evaluation preprocessing of timm and torchvision;
+   crop — the evaluation preprocessing of timm and torchvision, done by Pillow exactly as
+   torchvision's ``v2.Resize`` and ``v2.CenterCrop`` do it on a PIL image (the same sizes,
+   filters and anchors), so that predicting and evaluating do not import torchvision;
 2. *augment* (training only, uint8 tensor → uint8 tensor): a preset made of torchvision's
    ``transforms.v2`` (``none``, ``light``, ``strong``), applied to the base image.
 
@@ -20,10 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode, v2
 
 from ..errors import ConfigError
 from ..model.spec import MAX_SIDE, Preprocessing
@@ -37,14 +39,26 @@ __all__ = [
     "train_augment",
 ]
 
+if TYPE_CHECKING:
+    from torchvision.transforms import InterpolationMode
+
 AUGMENT_PRESETS = ("none", "light", "strong")
 
-_INTERPOLATIONS = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-    "lanczos": InterpolationMode.LANCZOS,
+#: Interpolation names torchgraft knows; any other is bilinear. The Pillow filter of each is
+#: the one torchvision uses for its ``InterpolationMode`` of that name on a PIL image.
+_PIL_FILTERS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
 }
+
+
+def _interpolation_mode(name: str) -> InterpolationMode:
+    """torchvision's ``InterpolationMode`` for ``name`` (bilinear for names not known)."""
+    from torchvision.transforms import InterpolationMode  # seconds: only for augmentation
+
+    return InterpolationMode(name) if name in _PIL_FILTERS else InterpolationMode.BILINEAR
 
 
 def resolve_preprocessing(
@@ -92,18 +106,45 @@ def _check_sides(pre: Preprocessing) -> None:
 
 
 def base_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image → uint8 tensor (C, H, W): resize the short side, centre crop."""
+    """PIL image → uint8 tensor (C, H, W): resize the short side, centre crop.
+
+    The pixels of torchvision's ``v2.Compose([v2.Resize(short, interpolation),
+    v2.CenterCrop((height, width))])`` on a PIL image, computed by Pillow the way those
+    transforms compute them (torchvision itself takes seconds to import)."""
     height, width = pre.input_size[1:]
-    mode = _INTERPOLATIONS.get(pre.interpolation, InterpolationMode.BILINEAR)
+    resample = _PIL_FILTERS.get(pre.interpolation, Image.Resampling.BILINEAR)
     resize = max(height, width) if pre.crop_pct >= 1 else round(max(height, width) / pre.crop_pct)
-    pipeline = v2.Compose(
-        [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop((height, width))]
-    )
 
     def transform(image: Image.Image) -> torch.Tensor:
-        return to_uint8_tensor(pipeline(image))
+        return to_uint8_tensor(
+            _center_crop(_resize_short_side(image, resize, resample), height, width)
+        )
 
     return transform
+
+
+def _resize_short_side(image: Image.Image, size: int, resample: int) -> Image.Image:
+    """``image`` with its short side ``size`` and its long side scaled in proportion,
+    truncated (torchvision's ``_compute_resized_output_size`` for one size); unchanged when
+    it has those sides already (Pillow filters antialias when they shrink)."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_width, new_height) == (width, height):
+        return image
+    return image.resize((new_width, new_height), resample=resample)
+
+
+def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    """The centre ``height × width`` of ``image``, anchored where torchvision anchors it
+    (``round((side - crop) / 2)``, halves to even). The resized image always covers the
+    crop (its short side is at least the crop's longer one); were it smaller, Pillow's crop
+    would fill the outside with zeros, as torchvision's padding does."""
+    image_width, image_height = image.size
+    top = round((image_height - height) / 2.0)
+    left = round((image_width - width) / 2.0)
+    return image.crop((left, top, left + width, top + height))
 
 
 def train_augment(
@@ -119,8 +160,10 @@ def train_augment(
     """
     if preset == "none":
         return None
+    from torchvision.transforms import v2  # seconds to import: only when a run trains
+
     size = tuple(pre.input_size[1:])
-    mode = _INTERPOLATIONS.get(pre.interpolation, InterpolationMode.BILINEAR)
+    mode = _interpolation_mode(pre.interpolation)
     flip = [v2.RandomHorizontalFlip()] if hflip else []
     if preset == "light":
         steps = [

@@ -177,7 +177,7 @@ def build_architecture(
 
 
 def _assemble(build: Mapping[str, Any], classes: tuple[str, ...] | None) -> nn.Module:
-    from ..zoo import build_model  # timm and torchvision load here, not for saving or reading
+    from ..zoo import build_model  # its library (timm, torchvision) loads to build, only then
 
     built = build_model(build["model"], **dict(build.get("kwargs") or {}))
     model = built.model

@@ -6,6 +6,7 @@
       config.yaml          the resolved configuration (what --resume reads back)
       graft.json           how the pretrained weights entered the model (GraftReport)
       policy.json          freeze summary and optimizer groups of each unfreezing stage
+      decisions.json       what the engine chose (precision, cache, ...) and why
       bad_images.txt       files left out with --data.on_bad_image skip (only then)
       metrics.csv          one row per epoch and split (scalars)
       metrics.jsonl        the same rows with per-class metrics and confusion matrices
@@ -68,6 +69,7 @@ RUN_FILES = frozenset(
         "config.yaml",
         "graft.json",
         "policy.json",
+        "decisions.json",
         "bad_images.txt",
         "metrics.csv",
         "metrics.jsonl",

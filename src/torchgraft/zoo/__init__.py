@@ -2,37 +2,39 @@
 
 :func:`create_model` is the one-call API; :func:`build_model` is the first stage of the
 ``train`` recipe (architecture + spec + source weights, nothing grafted yet).
+
+The library adapters are named in :data:`ADAPTERS` and imported on first use: importing
+this package (``torchgraft inspect``, ``report`` and ``predict`` do) costs neither timm nor
+torchvision, which take seconds to import; a command pays for them only when it builds or
+lists one of their models.
 """
 
 from __future__ import annotations
 
+import importlib
 import numbers
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from ..checkpoint.read import read_checkpoint
 from ..errors import CheckpointError, HeadError, SpecError
-from ..grafting.api import graft
-from ..grafting.source import SourceWeights
-from ..model.build_record import check_recorded_builder
-from ..model.heads import replace_head, rows_to_keep
-from ..model.spec import attach_spec
-from ..model.stem import replace_input_channels
 from ..resources import is_package_uri, resolve_package_file
 from ..wording import option
-from . import local as local_zoo
-from . import timm as timm_zoo
-from . import torchvision as torchvision_zoo
 from ._base import BuiltModel, ZooEntry, did_you_mean
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..grafting.source import SourceWeights
+
 __all__ = [
+    "ADAPTERS",
     "BuiltModel",
     "ZooEntry",
+    "adapter",
     "build_model",
     "create_model",
     "identified_architecture",
@@ -41,16 +43,24 @@ __all__ = [
     "parse_spec",
 ]
 
-#: Library prefix -> builder. Explicit, small, no registration by import side effect.
-BUILDERS: dict[str, Callable[..., BuiltModel]] = {
-    torchvision_zoo.PREFIX: torchvision_zoo.build,
-    timm_zoo.PREFIX: timm_zoo.build,
-}
-LISTERS: dict[str, Callable[[], list[ZooEntry]]] = {
-    torchvision_zoo.PREFIX: torchvision_zoo.entries,
-    timm_zoo.PREFIX: timm_zoo.entries,
+#: Library prefix -> the adapter module that builds and lists its models (``build``,
+#: ``entries``, ``names``). Explicit and small, no registration by import side effect; a
+#: module is imported on first use only (:func:`adapter`).
+ADAPTERS: dict[str, str] = {
+    "torchvision": f"{__name__}.torchvision",
+    "timm": f"{__name__}.timm",
 }
 LOCAL = "module"
+
+
+def adapter(library: str) -> ModuleType:
+    """The adapter module of ``library`` (a key of :data:`ADAPTERS`), imported now if it was
+    not yet: this is where timm or torchvision is first imported.
+
+    Raises:
+        KeyError: ``library`` has no adapter.
+    """
+    return importlib.import_module(ADAPTERS[library])
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -66,27 +76,20 @@ def parse_spec(spec: str) -> tuple[str, str]:
         raise SpecError(f"a model spec is a string like 'torchvision:resnet50', got {spec!r}")
     library, sep, name = spec.strip().partition(":")
     if not sep:
-        found = [
-            f"'{prefix}:{spec}'"
-            for prefix, names in (
-                (torchvision_zoo.PREFIX, torchvision_zoo.names()),
-                (timm_zoo.PREFIX, timm_zoo.names()),
-            )
-            if spec in names
-        ]
+        found = [f"'{prefix}:{spec}'" for prefix in ADAPTERS if spec in adapter(prefix).names()]
         hint = (
             f"; did you mean {' or '.join(found)}?"
             if found
             else ("; write torchvision:NAME, timm:NAME or package.module:callable")
         )
         raise SpecError(f"model spec '{spec}' names no library{hint}")
-    if library in BUILDERS:
+    if library in ADAPTERS:
         return library, name
     if "." in library or library.isidentifier():
         if library.isidentifier() and not _importable(library):
             raise SpecError(
                 f"unknown library '{library}' in '{spec}'"
-                + (did_you_mean(library, BUILDERS) or f"; known: {', '.join(BUILDERS)}")
+                + (did_you_mean(library, ADAPTERS) or f"; known: {', '.join(ADAPTERS)}")
             )
         return LOCAL, spec
     raise SpecError(f"model spec '{spec}' is not library:name or package.module:callable")
@@ -107,6 +110,8 @@ def build_model(
     and grafts); without weights, ``num_classes``/``in_chans`` go to the builder when it takes
     them. ``read_options`` (``ema``, ``allow_globals``, ``trust``) apply to a weights file.
     """
+    from ..model.spec import attach_spec
+
     library, name = parse_spec(spec)
     # Checked here, not by the builder: torch's "negative dimension" would blame the head.
     _check_count("num_classes", num_classes, HeadError, "classes of the new head")
@@ -115,10 +120,14 @@ def build_model(
         weights = resolve_package_file(weights)
     named = None if is_weights_file(weights) else weights
     if library == LOCAL:
+        from . import local as local_zoo
+
         built = local_zoo.build(name, named, num_classes, in_chans, **builder_kwargs)
     else:
-        built = BUILDERS[library](name, named, num_classes, in_chans, **builder_kwargs)
+        built = adapter(library).build(name, named, num_classes, in_chans, **builder_kwargs)
     if named is None and weights is not None:
+        from ..checkpoint.read import read_checkpoint
+
         checkpoint = read_checkpoint(weights, **dict(read_options or {}))
         built.source, built.source_name = checkpoint.tensors, checkpoint.origin
     attach_spec(built.model, built.spec)
@@ -161,6 +170,11 @@ def create_model(
         >>> model.torchgraft_spec.head_path
         'fc'
     """
+    from ..grafting.api import graft
+    from ..model.heads import replace_head, rows_to_keep
+    from ..model.spec import attach_spec
+    from ..model.stem import replace_input_channels
+
     if classes is not None and num_classes is None:
         num_classes = len(classes)
     built = build_model(
@@ -195,6 +209,7 @@ def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | N
     """The one architecture whose state_dict has exactly the source's names and shapes
     (``torchgraft.zoo.identify``), built without weights, and a note saying so; None when
     no single builder fits (equal tables of several builders are not guessed between)."""
+    from ..model.build_record import check_recorded_builder
     from .identify import identify  # the index is loaded on first use only
 
     table = {k: tuple(v.shape) for k, v in weights.checkpoint.tensors.items()}
@@ -230,11 +245,11 @@ def _say_building(library: str, count: int) -> None:
 
 def list_models(filter: str | None = None, library: str | None = None) -> list[ZooEntry]:
     """Zoo entries whose spec contains ``filter`` (case-insensitive)."""
-    if library is not None and library not in LISTERS:
-        raise SpecError(f"unknown library '{library}'; known: {', '.join(LISTERS)}")
-    chosen = [library] if library else list(LISTERS)
+    if library is not None and library not in ADAPTERS:
+        raise SpecError(f"unknown library '{library}'; known: {', '.join(ADAPTERS)}")
+    chosen = [library] if library else list(ADAPTERS)
     needle = (filter or "").lower()
-    return [e for lib in chosen for e in LISTERS[lib]() if needle in e.spec.lower()]
+    return [e for lib in chosen for e in adapter(lib).entries() if needle in e.spec.lower()]
 
 
 #: File suffixes that mark a ``weights=`` string as a path even before it exists.

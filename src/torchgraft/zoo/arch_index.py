@@ -21,16 +21,26 @@ that cannot be read is rebuilt. Builders that fail on ``meta`` are retried with 
 moved to ``meta`` as they are registered (torchvision's RegNets compute widths with tensors),
 and recorded with the reason when that fails too, so they are not retried until the next
 version. An architecture that takes longer than :data:`BUILD_SECONDS` is skipped the same way.
+
+Reading an index imports neither library (seconds each; ``torchgraft inspect`` identifies a
+checkpoint on every call): the version is read from the library's ``version.py`` as a
+literal when the library is not imported yet, and an index completed for *every*
+architecture records that (``complete``), so that the library need not be asked for its list
+again until an import could have changed it (a process that imported the library may have
+registered models of its own; then the list is asked for, as before).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
 import importlib
+import importlib.util
 import json
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -80,8 +90,47 @@ Table = Mapping[str, tuple[int, ...]]
 
 
 def library_version(library: str) -> str:
-    """``__version__`` of ``library``, the key of its index file."""
-    return str(importlib.import_module(library).__version__)
+    """``__version__`` of ``library``, the key of its index file.
+
+    Read from the imported module when the library is imported; otherwise from the literal
+    in its ``version.py`` (what timm's and torchvision's ``__init__`` re-export), so that
+    finding the index does not import the library; imported when there is no such literal.
+    """
+    module = sys.modules.get(library)
+    if module is None:
+        declared = _declared_version(library)
+        if declared is not None:
+            return declared
+        module = importlib.import_module(library)
+    return str(module.__version__)
+
+
+def _declared_version(library: str) -> str | None:
+    """The string literal assigned to ``__version__`` in ``library/version.py``, read
+    without importing the package (none of its code runs); None when there is no single
+    such assignment."""
+    try:
+        spec = importlib.util.find_spec(library)
+        folders = [f for f in (spec.submodule_search_locations or []) if f] if spec else []
+        if not folders:
+            return None
+        tree = ast.parse(Path(folders[0], "version.py").read_text(encoding="utf-8"))
+    except (ImportError, ValueError, OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    values = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+        and any(
+            isinstance(name, ast.Name) and name.id == "__version__"
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            for name in ast.walk(target)
+        )
+    ]
+    if len(values) == 1 and isinstance(values[0], ast.Constant):
+        value = values[0].value
+        return value if isinstance(value, str) else None
+    return None
 
 
 def digest(lines: Iterable[str]) -> str:
@@ -138,6 +187,7 @@ class ArchIndex:
             default build), ``keys`` (count), ``counters``, ``head`` ({key: shape} of the
             declared classifier), digests ``weights``, ``names``, ``shapes``, ``body``.
         failed: architecture -> why it could not be indexed.
+        complete: every architecture the library listed was indexed or recorded as failed.
         stored: the code arrays as read or last concatenated; use :attr:`arrays`.
     """
 
@@ -145,6 +195,7 @@ class ArchIndex:
     version: str
     entries: list[dict[str, Any]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    complete: bool = False
     stored: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _pending: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
 
@@ -223,10 +274,17 @@ def load_index(
     version = library_version(library)
     path = index_path(library, version)
     index = _read(path, library, version) or ArchIndex(library, version)
+    if names is None and index.complete and library not in sys.modules:
+        # Not imported in this process: nothing registered models beyond the version's own
+        # list, and the index covers that list (without importing the library to ask).
+        return index
     wanted = all_names(library) if names is None else list(dict.fromkeys(names))
     known = index.known()
     missing = [n for n in wanted if n not in known]
     if not missing:
+        if names is None and not index.complete:
+            index.complete = True  # said once in the file: later calls need not ask the library
+            _save(path, index)
         return index
     if on_build is not None:
         on_build(library, len(missing))
@@ -239,6 +297,7 @@ def load_index(
                 # An interrupted first build (minutes for timm) keeps what it has done.
                 _save(path, index)
                 saved = time.monotonic()
+        index.complete = index.complete or names is None  # the whole list, done
     finally:
         _save(path, index)
     return index
@@ -331,7 +390,8 @@ def _load(path: Path, library: str, version: str) -> ArchIndex | None:
         )
         if not consistent:
             return None
-        return ArchIndex(library, version, entries, dict(summary["failed"]), arrays)
+        complete = summary.get("complete") is True  # absent from files of earlier releases
+        return ArchIndex(library, version, entries, dict(summary["failed"]), complete, arrays)
     except Exception:  # missing, truncated, corrupt or foreign: rebuilt by the caller
         return None
 
@@ -343,6 +403,7 @@ def _write(path: Path, index: ArchIndex) -> None:
         "version": index.version,
         "entries": index.entries,
         "failed": index.failed,
+        "complete": index.complete,
     }
     raw = np.frombuffer(json.dumps(summary, separators=(",", ":")).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
