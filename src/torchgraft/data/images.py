@@ -52,6 +52,7 @@ __all__ = [
     "UnreadableImageError",
     "is_image_file",
     "load_image",
+    "read_size",
     "to_uint8_tensor",
 ]
 
@@ -170,6 +171,34 @@ def load_image(
     try:
         with _bomb_warnings_as_errors():
             return _decode(Path(path), channels, draft_size, limits)
+    except UnreadableImageError:
+        raise
+    except Exception as exc:  # Pillow raises many types on bad files; all are "unreadable"
+        raise _unreadable(path, exc) from exc
+
+
+def read_size(path: str | os.PathLike, *, limits: DataLimits | None = None) -> tuple[int, int]:
+    """``(width, height)`` of an image file as stored, from its header: no pixel is decoded.
+
+    The file goes through the checks of :func:`load_image` that need no decode (a regular
+    file, its size, an image format torchgraft decodes, Pillow's pixel limit); a file that
+    passes may still fail to decode (a truncated JPEG), which only :func:`load_image` finds.
+    The EXIF orientation is not applied: it swaps the sides, never changes the short one.
+
+    Raises:
+        UnreadableImageError: the file fails one of those checks, or has no image header.
+    """
+    path = Path(path)
+    limits = resolve_data_limits(limits)
+    try:
+        _check_file(path, limits)
+        with open_regular(path) as (handle, size):
+            _check_file_size(path, size, limits)
+            with _bomb_warnings_as_errors(), Image.open(handle, formats=_FORMATS) as img:
+                _check_pixel_limit(path, img.size)
+                return img.size
+    except FileProblem as problem:
+        raise _file_problem(path, problem) from None
     except UnreadableImageError:
         raise
     except Exception as exc:  # Pillow raises many types on bad files; all are "unreadable"

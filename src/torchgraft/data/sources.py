@@ -146,12 +146,15 @@ class DataSource:
         splits: ``train`` and ``val`` always, ``test`` when the data has one.
         origin: ``digits`` or the folder/CSV given.
         layout: ``digits``, ``split-folders``, ``class-folders`` or ``csv``.
+        val_held_out: the data has no validation split of its own: ``val`` was taken from
+            the training images (``val_fraction`` of each class).
     """
 
     classes: tuple[str, ...]
     splits: dict[str, Split] = field(default_factory=dict)
     origin: str = ""
     layout: str = ""
+    val_held_out: bool = False
 
     def fingerprint(self) -> str:
         """sha256 of classes and every split's samples (resume refuses other data): of
@@ -234,7 +237,7 @@ def _digits(val_fraction: float, seed: int) -> DataSource:
         name: Split(name, labels[rows].tolist(), arrays=images[rows])
         for name, rows in (("train", train), ("val", val))
     }
-    return DataSource(DIGIT_CLASSES, splits, "digits", "digits")
+    return DataSource(DIGIT_CLASSES, splits, "digits", "digits", val_held_out=True)
 
 
 def _class_folders(root: Path, val_fraction: float, seed: int, budget) -> DataSource:
@@ -244,7 +247,7 @@ def _class_folders(root: Path, val_fraction: float, seed: int, budget) -> DataSo
         name: _split(name, listing.paths, listing.labels, rows, root)
         for name, rows in (("train", train), ("val", val))
     }
-    return DataSource(listing.classes, splits, str(root), "class-folders")
+    return DataSource(listing.classes, splits, str(root), "class-folders", val_held_out=True)
 
 
 def _split_folders(root: Path, val_fraction: float, seed: int, budget) -> DataSource:
@@ -260,7 +263,8 @@ def _split_folders(root: Path, val_fraction: float, seed: int, budget) -> DataSo
         splits["val"] = _split("val", paths, labels, val, root)
     if (root / "test").is_dir():
         splits["test"] = _other_split(root, "test", classes, budget)
-    return DataSource(classes, splits, str(root), "split-folders")
+    held_out = not (root / "val").is_dir()
+    return DataSource(classes, splits, str(root), "split-folders", val_held_out=held_out)
 
 
 def _other_split(root: Path, name: str, classes: tuple[str, ...], budget) -> Split:
@@ -302,7 +306,7 @@ def _csv(path: Path, val_fraction: float, seed: int, budget, limits: DataLimits)
             "train": _split("train", paths, labels, train, path.parent),
             "val": _split("val", paths, labels, val, path.parent),
         }
-    return DataSource(classes, splits, str(path), "csv")
+    return DataSource(classes, splits, str(path), "csv", val_held_out=not any(rows.splits))
 
 
 def _rows_of(rows: CsvRows, name: str) -> np.ndarray:

@@ -254,8 +254,8 @@ def check_processes(config: Any, processes: Processes) -> None:
     """What several processes need of a run's configuration (a ``RunConfig``)."""
     if processes.alone:
         return
-    batch = config.data.batch_size
-    if batch % processes.world:
+    batch = config.data.batch_size  # None: chosen later, a multiple of the processes
+    if batch is not None and batch % processes.world:
         raise ConfigError(
             f"data.batch_size: {batch} is the global batch; with {processes.world} processes it "
             f"must be a multiple of {processes.world} (each process takes an equal part)"

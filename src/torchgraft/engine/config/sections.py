@@ -212,14 +212,15 @@ class DataConfig(Section):
     source: str = "digits"
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     split_seed: int = 0
-    image_size: PositiveInt | None = 64
-    crop_pct: Annotated[float, Field(gt=0, le=1)] | None = 1.0
+    #: None: chosen from the training images and the model (torchgraft.data.defaults).
+    image_size: PositiveInt | None = None
+    crop_pct: Annotated[float, Field(gt=0, le=1)] | None = None
     interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] | None = None
     mean: list[float] | None = None
     std: list[PositiveFloat] | None = None
     augment: Literal["none", "light", "strong"] = "none"
     hflip: bool = True
-    batch_size: PositiveInt = 32
+    batch_size: PositiveInt | None = None  # None: 32, less for a tiny training split
     eval_batch_size: PositiveInt | None = None  # None: twice batch_size
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     in_memory: bool | Literal["auto"] = "auto"
@@ -301,13 +302,6 @@ class RunConfig(Section):
                 self.weights.source = "DEFAULT"
             if "verify_with" not in self.graft.model_fields_set:
                 self.graft.verify_with = None
-        # 64 px without a crop suits the 8x8 digits, not photographs: other data gets the
-        # model's own input size and crop unless the config says otherwise.
-        data = self.data
-        if "source" in data.model_fields_set and data.source != DataConfig().source:
-            for key in ("image_size", "crop_pct"):
-                if key not in data.model_fields_set:
-                    setattr(data, key, None)
         return self
 
     def to_dict(self) -> dict[str, Any]:
