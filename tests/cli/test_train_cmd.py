@@ -1,14 +1,18 @@
 """The installed console script, run as users run it: train (the embedded default reduced to
-a few steps, image folders, CSV, bad configs), resume after a real SIGKILL, eval, predict."""
+a few steps, image folders, CSV, bad configs), resume after a real SIGKILL and after Ctrl-C
+(SIGINT), eval, predict."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import yaml
 
 from support import run_cli, tiny_config, write_digit_folder
 from torchgraft.checkpoint.write import sha256_file
-from torchgraft.engine.resume import load_state
+from torchgraft.engine.resume import load_state, state_epoch
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -212,6 +216,61 @@ def test_resume_after_sigkill_is_bitwise_equal_and_the_data_order_state_matters(
     assert again.returncode == 0, again.stderr
     other = _final_weights(control)
     assert any(not torch.equal(other[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_run_that_the_printed_command_resumes(subprocess_env, tmp_path):
+    """SIGINT (Ctrl-C) to a real ``python -m torchgraft train`` once its first epoch is saved:
+    exit status 130, and the line it prints is a command that, run as printed, ends the run
+    with the weights of an uninterrupted one."""
+    data = write_digit_folder(tmp_path / "images")
+    epochs = 40  # ~0.1 s each: the signal lands well before the end
+    whole = write_config(
+        tmp_path / "whole.yaml", tiny_config(data, tmp_path / "whole", train={"epochs": epochs})
+    )
+    cut = write_config(
+        tmp_path / "cut.yaml", tiny_config(data, tmp_path / "cut", train={"epochs": epochs})
+    )
+    python = [sys.executable, "-m", "torchgraft"]
+    assert run_cli(python, "train", "--config", whole, env=subprocess_env).returncode == 0
+    run_dir = tmp_path / "cut" / "run"
+    process = subprocess.Popen(
+        [*python, "train", "--config", str(cut)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while state_epoch(run_dir) is None and process.poll() is None:
+            if time.monotonic() > deadline:
+                pytest.fail("no epoch was saved in 300 s")
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)  # during epoch 2 or a little later
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, (out, err)
+    assert err.strip().endswith("torchgraft train: interrupted")
+    assert "Traceback" not in err
+    saved = load_state(run_dir)["epoch"]
+    assert 0 <= saved < epochs - 1  # interrupted, and its last complete epoch is on disk
+    said = out.strip().splitlines()[-1]
+    told = re.fullmatch(r"interrupted; continue with: (.+) \(epoch (\d+) is the last saved\)", said)
+    assert told, said
+    assert int(told[2]) == saved + 1
+    command = shlex.split(told[1])
+    # handmade_models:TinyCNN is code of one's own: rebuilding it needs --trust-run
+    assert command == ["torchgraft", "train", "--resume", str(run_dir), "--trust-run"]
+    resumed = run_cli(python, *command[1:], env=subprocess_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"epoch {saved + 2}:" in resumed.stdout
+    assert f"epoch {epochs}:" in resumed.stdout
+    expected, got = _final_weights(tmp_path / "whole" / "run"), _final_weights(run_dir)
+    assert load_state(run_dir)["epoch"] == epochs - 1
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
 
 
 def _replace_data_order_state(run_dir: Path) -> None:

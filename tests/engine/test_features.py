@@ -1,7 +1,9 @@
-"""The feature cache's pieces: where features are taken, when caching is refused, and the
-traced extractor that is used only when it is exact."""
+"""The feature cache's pieces: where features are taken, when caching is refused, the
+traced extractor that is used only when it is exact, and the pass's progress."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import timm
@@ -11,8 +13,12 @@ from torch import nn
 
 import torchgraft as tg
 from handmade_models import TinyCNN
-from torchgraft.engine.features import cache_refusal, find_head_entry
+from torchgraft.data.prepare import prepare_data
+from torchgraft.data.sources import discover
+from torchgraft.engine.features import FeatureCache, cache_refusal, find_head_entry
 from torchgraft.engine.frozen_body import BodyFeatures, FeatureExtractor
+from torchgraft.engine.runtime import Runtime
+from torchgraft.model.spec import Preprocessing
 
 
 def test_head_entry_climbs_to_a_container_of_dropout_and_linear():
@@ -112,3 +118,23 @@ def test_a_trace_that_would_be_wrong_is_not_used():
     assert torch.equal(got, want)
     assert not extractor.trace
     assert extractor.note.startswith("eager")
+
+
+def test_the_cache_pass_reports_its_images_and_computes_the_same_features(digit_folder):
+    model = torchvision.models.resnet18(num_classes=3).eval()  # weights=None: random
+    data = prepare_data(discover(str(digit_folder)), Preprocessing(input_size=(3, 16, 16)))
+    entry = find_head_entry(model, tg.spec_of(model))
+    cpu = Runtime(torch.device("cpu"), "fp32", 1, False)
+    calls = []
+    watched = FeatureCache(
+        model, entry, data, cpu, batch_size=8, on_step=lambda *call: calls.append(call)
+    )
+    plain = FeatureCache(model, entry, data, cpu, batch_size=8)
+    train, val = (len(data.source.splits[name]) for name in ("train", "val"))
+    assert {total for _, total in calls} == {train + val}
+    done = [d for d, _ in calls]
+    assert (done[0], done[-1]) == (0, train + val)  # before the first batch, after the last
+    assert done == sorted(set(done))  # rising at every call
+    assert len(calls) == 1 + math.ceil(train / 8) + math.ceil(val / 8)  # one call a batch
+    for split in ("train", "val"):  # watching changes nothing
+        assert torch.equal(watched.features[split], plain.features[split])

@@ -1,9 +1,11 @@
 """tg.fit end to end on a hand-written CNN and real PNG files: the run directory, the saved
-model, determinism, the feature cache, stages, non-finite losses, resume (in process; the
-SIGKILL test is in tests/cli/test_train_cmd.py)."""
+model, determinism, the feature cache, stages, non-finite losses, resume and Ctrl-C (in
+process; the SIGKILL and SIGINT tests are in tests/cli/test_train_cmd.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -410,3 +412,66 @@ def test_the_weight_check_covers_what_an_epoch_can_change():
     model[0].weight.requires_grad_(True)
     with pytest.raises(TrainingError, match=r"\(0\.weight\)"):
         _check_weights(model, 0)
+
+
+class CtrlC(RunConsole):
+    """Presses Ctrl-C as epoch ``at`` (1-based) starts; records the passes shown with
+    :meth:`RunConsole.task` and keeps what the run printed."""
+
+    def __init__(self, at: int):
+        self.out = io.StringIO()
+        super().__init__(self.out)
+        self.at, self.started, self.passes = at, 0, []
+
+    @contextlib.contextmanager
+    def task(self, description, total=None, *, unit="steps"):
+        calls = []
+        self.passes.append((description, unit, calls))
+        yield lambda done, total: calls.append((done, total))
+
+    def start_epoch(self, description: str, steps: int) -> None:
+        self.started += 1
+        if self.started == self.at:
+            raise KeyboardInterrupt
+
+
+def two_phase(digit_folder, out):
+    config = tiny_config(
+        digit_folder,
+        out,
+        freeze={"schedule": {"kind": "two_phase", "freeze_epochs": 3}},
+        train={"epochs": 4},
+    )
+    config["freeze"].pop("policy")
+    return config
+
+
+def test_ctrl_c_before_a_saved_epoch_says_there_is_nothing_to_resume(digit_folder, tmp_path):
+    console = CtrlC(at=2)  # epochs 1-3 are cached: the first state is saved after epoch 3
+    with pytest.raises(KeyboardInterrupt):
+        tg.fit(two_phase(digit_folder, tmp_path), console=console)
+    run_dir = tmp_path / "run"
+    assert console.out.getvalue().splitlines()[-1] == (
+        f"interrupted before an epoch was saved: nothing to resume in {run_dir}"
+    )
+    # the feature cache's pass was shown as it went: every image, train and val, once
+    [(description, unit, calls)] = console.passes
+    assert (description, unit) == ("feature cache", "images")
+    assert calls[0] == (0, 36)
+    assert calls[-1] == (36, 36)
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls})
+
+
+def test_ctrl_c_prints_the_call_that_continues_the_run_and_it_does(digit_folder, tmp_path):
+    console = CtrlC(at=4)
+    with pytest.raises(KeyboardInterrupt):
+        tg.fit(two_phase(digit_folder, tmp_path), console=console)
+    run_dir = tmp_path / "run"
+    # a model of one's own is rebuilt from the run's files only with trust_run
+    assert console.out.getvalue().splitlines()[-1] == (
+        f'interrupted; continue with: tg.fit(resume="{run_dir}", trust_run=True) '
+        "(epoch 3 is the last saved)"
+    )
+    resumed = tg.fit(resume=str(run_dir), trust_run=True, console=QUIET)
+    assert load_state(resumed.dir)["epoch"] == 3
+    assert [r["epoch"] for r in resumed.history if r["split"] == "val"] == [0, 1, 2, 3]

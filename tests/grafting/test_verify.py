@@ -1,5 +1,6 @@
 """compare_models / verify_graft: a changed function is flagged, an unchanged one passes,
-heads of other widths are compared through their inputs, and nothing is left changed."""
+heads of other widths are compared through their inputs, nothing is left changed, and the
+steps are reported to a progress callback."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import copy
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from torchgraft.errors import GraftError, VerificationError
-from torchgraft.grafting.verify import DEFAULT_TOLERANCE, compare_models, verify_graft
+from torchgraft.grafting.verify import (
+    DEFAULT_TOLERANCE,
+    VERIFY_STEPS,
+    compare_models,
+    verify_graft,
+)
 
 INPUT = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -204,3 +211,24 @@ def test_verify_graft_refuses_weights_that_do_not_fit_the_source_architecture(he
     half = {k: v for k, v in source.state_dict().items() if k.startswith(("conv1", "fc"))}
     with pytest.raises(GraftError, match="do not load into TinyNet as they are"):
         verify_graft(target, helpers.TinyNet(num_classes=3), half)
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["same-function", "changed-function"])
+def test_verification_reports_each_step_and_gives_the_same_result(broken):
+    source = torchvision.models.squeezenet1_1(weights=None)  # a real model, random weights
+    target = copy.deepcopy(source)
+    if broken:
+        with torch.no_grad():
+            target.features[3].expand1x1.bias += 1.0  # the second pass looks for where
+    calls = []
+    watched = verify_graft(
+        target,
+        torchvision.models.squeezenet1_1(),
+        source.state_dict(),
+        on_step=lambda *call: calls.append(call),
+    )
+    plain = verify_graft(target, torchvision.models.squeezenet1_1(), source.state_dict())
+    assert calls == [(done, VERIFY_STEPS) for done in range(VERIFY_STEPS + 1)]
+    assert watched == plain  # watching changes nothing, the numbers included
+    assert watched.ok is not broken
+    assert (watched.diverges_at is not None) is broken

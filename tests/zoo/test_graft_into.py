@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from torchgraft.errors import GraftError
 from torchgraft.grafting.plan_file import read_plan_file
+from torchgraft.grafting.verify import VERIFY_STEPS
 from torchgraft.zoo.grafts import graft_into
 
 INTO = "torchvision:squeezenet1_1"
@@ -91,3 +92,12 @@ def test_reader_options_with_a_model_spec_source_are_refused():
         "ema and trust apply to a checkpoint file, and source 'torchvision:squeezenet1_1' is "
         "a model spec (its library loads the weights); drop them or give a file"
     )
+
+
+def test_the_verification_reports_its_steps_to_on_step(source_file):
+    calls = []
+    outcome = graft_into(
+        str(source_file), INTO, source_model=INTO, on_step=lambda *call: calls.append(call)
+    )
+    assert outcome.verification.ok
+    assert calls == [(done, VERIFY_STEPS) for done in range(VERIFY_STEPS + 1)]

@@ -107,29 +107,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_options(args)  # before torch is imported: a mistake in the flags costs nothing
 
+    from ..engine.console import RunConsole
     from ..zoo.grafts import graft_into
 
-    outcome = graft_into(
-        args.source,
-        args.into,
-        num_classes=args.num_classes,
-        in_chans=args.in_chans,
-        strategy=args.strategy,
-        rules=args.rules,
-        in_chans_mode=args.in_chans_mode,
-        plan_file=args.plan,
-        plan_out=args.plan_out,
-        source_model=args.verify_with,
-        tolerance=args.tolerance,
-        output=args.output,
-        min_coverage=args.min_coverage,
-        allow_partial=args.allow_partial or False,
-        allow_uncertain=args.allow_uncertain,
-        dry_run=args.dry_run,
-        ema=args.ema,
-        allow_globals=args.allow_global,
-        trust=args.trust_checkpoint,
-    )
+    # The verification's bar goes to stderr (on a terminal only): stdout stays the report.
+    verifying = RunConsole(sys.stderr).task(f"verify against {printable(args.verify_with)}")
+    with verifying as on_step:
+        outcome = graft_into(
+            args.source,
+            args.into,
+            num_classes=args.num_classes,
+            in_chans=args.in_chans,
+            strategy=args.strategy,
+            rules=args.rules,
+            in_chans_mode=args.in_chans_mode,
+            plan_file=args.plan,
+            plan_out=args.plan_out,
+            source_model=args.verify_with,
+            tolerance=args.tolerance,
+            output=args.output,
+            min_coverage=args.min_coverage,
+            allow_partial=args.allow_partial or False,
+            allow_uncertain=args.allow_uncertain,
+            dry_run=args.dry_run,
+            ema=args.ema,
+            allow_globals=args.allow_global,
+            trust=args.trust_checkpoint,
+            on_step=on_step,
+        )
     _show(outcome.plan, args)
     _said_plan(outcome.plan_file, args)
     if args.dry_run:

@@ -1,24 +1,42 @@
 """What a run prints: a progress bar on a terminal, one plain line per epoch otherwise.
 
-On a terminal (stdout is a TTY) each epoch shows a rich progress bar that is replaced by the
-epoch's summary line when the epoch ends. In a log file or a pipe there are no bars and no
-carriage returns — only the same summary lines, one per epoch, flushed as they happen.
+On a terminal (stdout is a TTY) each epoch shows a rich progress bar — steps done, rate,
+elapsed time and the time remaining — that is replaced by the epoch's summary line when the
+epoch ends. Other passes that take a while (the feature cache's pass over the images, a
+graft's verification) get the same bar through :meth:`RunConsole.task`, which hands the
+library code a plain ``on_step(done, total)`` callback: the code that reports progress knows
+nothing of rich. In a log file or a pipe there are no bars and no carriage returns — only the
+same summary lines, one per epoch, flushed as they happen.
 Names that come from files (class names, paths) are printed as text, never as rich markup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column, Table
+from rich.text import Text
 
 from ..terminal import PipeConsole
 
-__all__ = ["RunConsole"]
+__all__ = ["OnStep", "RateColumn", "RunConsole"]
+
+#: What a pass calls as it goes: ``on_step(done, total)``, ``done`` rising to ``total``.
+OnStep = Callable[[int, int], None]
 
 
 class RunConsole:
@@ -45,17 +63,9 @@ class RunConsole:
         """Begin an epoch's progress bar (on a terminal only)."""
         if self.quiet or not self.interactive:
             return
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=self.console,
-            transient=True,
-        )
+        self._progress = self._bar()
         self._progress.start()
-        self._task = self._progress.add_task(escape(description), total=steps, status="")
+        self._task = self._progress.add_task(description, total=steps, status="", unit="steps")
 
     def advance(self, done: int, total: int, status: str = "") -> None:
         if self._progress is not None:
@@ -71,6 +81,62 @@ class RunConsole:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    @contextlib.contextmanager
+    def task(
+        self, description: str, total: int | None = None, *, unit: str = "steps"
+    ) -> Iterator[OnStep]:
+        """A progress bar for one pass, closed when the block ends (also by an exception).
+
+        Yields the pass's ``on_step(done, total)``: the bar appears at its first call and
+        follows it (``total`` may be learnt on the way: the call's own wins over this one's).
+        On a terminal only; elsewhere, or ``quiet``, the callback does nothing.
+
+        Args:
+            description: what the bar is labelled with (shown as text, never as markup).
+            total: how many units the pass does, when known before it starts.
+            unit: what the rate counts (``"images"`` gives ``… images/s``).
+
+        Example:
+            >>> with console.task("feature cache", unit="images") as on_step:
+            ...     cache = FeatureCache(model, entry, data, runtime, batch_size=64, on_step=on_step)
+        """
+        if self.quiet or not self.interactive:
+            yield _ignore
+            return
+        progress: Progress | None = None
+        task = None
+
+        def on_step(done: int, steps: int | None = None) -> None:
+            nonlocal progress, task
+            steps = total if steps is None else steps
+            if progress is None:
+                progress = self._bar()
+                task = progress.add_task(description, total=steps, status="", unit=unit)
+                progress.start()
+            progress.update(task, completed=done, total=steps)
+
+        try:
+            yield on_step
+        finally:
+            if progress is not None:
+                progress.stop()
+
+    def _bar(self) -> Progress:
+        """What a bar shows: label, bar, done/total, rate, elapsed, ETA, status."""
+        # On a narrow terminal the label and the status are cut short (…), never the numbers.
+        return Progress(
+            _Label("description"),
+            BarColumn(bar_width=10, table_column=_fixed()),
+            MofNCompleteColumn(table_column=_fixed()),
+            RateColumn(table_column=_fixed()),
+            TimeElapsedColumn(table_column=_fixed()),
+            TextColumn("eta", table_column=_fixed()),
+            TimeRemainingColumn(table_column=_fixed()),
+            _Label("status"),
+            console=self.console,
+            transient=True,
+        )
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.quiet:
@@ -90,6 +156,43 @@ class RunConsole:
 
     def mapping(self, title: str, values: Mapping[str, Any]) -> None:
         self.table(title, ("", ""), [(k, v) for k, v in values.items()])
+
+
+class RateColumn(ProgressColumn):
+    """The rate of a task, in its ``unit`` field per second (``12.4 steps/s``); ``?`` until
+    rich has two samples to measure it from."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "steps")
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text(f"? {unit}/s", style="progress.data.speed")
+        shown = (
+            f"{speed:,.0f}" if speed >= 100 else f"{speed:.1f}" if speed >= 10 else f"{speed:.2f}"
+        )
+        return Text(f"{shown} {unit}/s", style="progress.data.speed")
+
+
+class _Label(ProgressColumn):
+    """A task's description (or another text field) as plain text — a name from a file is
+    never markup — that gives way first on a narrow terminal: cut short with …, on one line."""
+
+    def __init__(self, field: str):
+        super().__init__(table_column=Column(no_wrap=False))  # the columns a table narrows
+        self.field = field
+
+    def render(self, task: Task) -> Text:
+        text = task.description if self.field == "description" else task.fields[self.field]
+        return Text(text, no_wrap=True, overflow="ellipsis")
+
+
+def _fixed() -> Column:
+    """A column of numbers: never wrapped, kept whole while the labels give way."""
+    return Column(no_wrap=True)
+
+
+def _ignore(done: int, total: int | None = None) -> None:
+    """The ``on_step`` of a pass nobody watches."""
 
 
 def _cell(value: Any) -> str:

@@ -17,14 +17,14 @@ head trains. timm models apply ``drop_rate`` dropout just before their classifie
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.loaders import WHOLE, Shard, batch_order
+from ..data.loaders import WHOLE, Shard, batch_order, shard_slice
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer
 from ..model.layer_groups import under
@@ -117,6 +117,10 @@ class FeatureCache:
 
     With several processes each computes the features of its slice of every split and all
     of them gather the whole (every process then holds every feature, in the split's order).
+
+    ``on_step(done, total)``, when given, is called once before the pass and after every
+    batch with the images this process has run through the body and its share of them all
+    (train and val together): what :meth:`~torchgraft.engine.console.RunConsole.task` shows.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class FeatureCache:
         batch_size: int,
         splits: tuple[str, ...] = ("train", "val"),
         processes: Processes = ALONE,
+        on_step: Callable[[int, int], None] | None = None,
     ):
         self.entry = entry
         self.head = model.get_submodule(entry.path)
@@ -138,9 +143,10 @@ class FeatureCache:
         if why_not:
             extractor.note = f"eager ({why_not})"
         shard = Shard(processes.rank, processes.world)
+        counter = _Counter(on_step, _share(data, splits, shard))
         self.features = {
             name: processes.concatenate(
-                self._compute(extractor, model, data, runtime, name, batch_size, shard)
+                self._compute(extractor, model, data, runtime, name, batch_size, shard, counter)
             )
             for name in splits
         }
@@ -148,16 +154,18 @@ class FeatureCache:
         self.note = extractor.note
 
     @staticmethod
-    def _compute(extractor, model, data: PreparedData, runtime: Runtime, split, batch_size, shard):
+    def _compute(
+        extractor, model, data: PreparedData, runtime: Runtime, split, batch_size, shard, counter
+    ):
         normalizer = Normalizer(data.preprocessing, runtime.device, runtime.memory_format)
         # Pad to the largest batch the loader really gives, never to a configured size larger
         # than the split (data.batch_size 100000 padded 1,438 images to 200,000: 22 GB).
         batch_size = data.largest_batch(split, batch_size, shard)
+        chunks = []
         with evaluating(model, grad="inference"), runtime.autocast():
-            chunks = [
-                _padded(extractor, normalizer(images), batch_size)
-                for images, _ in data.loader(split, batch_size, shard=shard)
-            ]
+            for images, _ in data.loader(split, batch_size, shard=shard):
+                chunks.append(_padded(extractor, normalizer(images), batch_size))
+                counter.add(len(images))
         # inference tensors cannot enter autograd; a clone outside inference mode can.
         return torch.cat(chunks).float().clone()
 
@@ -185,6 +193,28 @@ class FeatureCache:
         if self.entry.dropout and self.head.training:
             features = F.dropout(features, p=self.entry.dropout, training=True)
         return (head if head is not None else self.head)(features)
+
+
+class _Counter:
+    """Images through the body so far, reported to ``on_step`` (first at 0, before any)."""
+
+    def __init__(self, on_step: Callable[[int, int], None] | None, total: int):
+        self.on_step, self.done, self.total = on_step, 0, total
+        self.add(0)
+
+    def add(self, images: int) -> None:
+        self.done += images
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+
+
+def _share(data: PreparedData, splits: tuple[str, ...], shard: Shard) -> int:
+    """The images of ``splits`` this process runs through the body."""
+    total = 0
+    for name in splits:
+        start, stop = shard_slice(len(data.source.splits[name]), shard)
+        total += stop - start
+    return total
 
 
 def _padded(extractor, images: torch.Tensor, batch_size: int) -> torch.Tensor:

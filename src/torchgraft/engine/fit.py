@@ -32,7 +32,7 @@ from torch import nn
 from ..data.prepare import PreparedData
 from ..data.scan import write_bad_list
 from ..errors import ConfigError, TorchgraftError
-from ..model.build_record import Trust
+from ..model.build_record import FILE_LIBRARIES, Trust
 from ..wording import in_cli, option, renamed
 from .artifacts import save_model
 from .config.load import CONFIG_OPTIONS, RunConfig, load_config, parse_overrides
@@ -154,7 +154,9 @@ def _fit_process(
         check_processes(config, processes)  # before a run folder is made
     config, run_dir, state = _open(config, overrides, resume, processes, trusted)
     check_processes(config, processes)  # a resumed run's own configuration
-    start = start_run(config, processes, state=state, run_dir=run_dir.path, trusted=trusted)
+    start = start_run(
+        config, processes, state=state, run_dir=run_dir.path, trusted=trusted, progress=console
+    )
     setup, data, session = start.setup, start.data, start.session
     if state is not None:
         check_same_run(state, config, setup, data)
@@ -183,11 +185,7 @@ def _fit_process(
         _epochs(config, setup, data, session, run_dir, console, first)
     except KeyboardInterrupt:
         console.stop_progress()
-        again = option("resume", str(run_dir.path))
-        console.line(
-            "interrupted; continue with: "
-            + (f"torchgraft train {again}" if in_cli() else f"tg.fit({again})")
-        )
+        console.line(_how_to_continue(config, run_dir.path))
         raise
     # The run's own builder, which this process built and trained: its record may be read back.
     own = trusted if trusted is True else {*trusted, setup.build["model"]}
@@ -228,6 +226,20 @@ def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, consol
                 f"early stopping: no improvement of {config.train.monitor} for {session.stale} epochs"
             )
             break
+
+
+def _how_to_continue(config: RunConfig, folder: Path) -> str:
+    """What an interrupted run says: the command that continues it from the last epoch whose
+    state is on disk (with the opt-in its builder needs), or that no epoch was saved."""
+    saved = state_epoch(folder)
+    if saved is None:
+        return f"interrupted before an epoch was saved: nothing to resume in {folder}"
+    words = [option("resume", str(folder))]
+    library, colon, _ = config.model.name.partition(":")
+    if not (colon and library in FILE_LIBRARIES):
+        words.append(option("trust_run", True))  # resume rebuilds the model from the files
+    command = f"torchgraft train {' '.join(words)}" if in_cli() else f"tg.fit({', '.join(words)})"
+    return f"interrupted; continue with: {command} (epoch {saved + 1} is the last saved)"
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

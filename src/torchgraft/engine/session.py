@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,7 +188,7 @@ class Session:
                 self._log_policy(epoch, entry.summary)
         elif rescale:
             self.stages.rebase(trainer.scheduler)
-        cached = self._use_cache(entry.trainable)
+        cached = self._use_cache(entry.trainable, progress)
         if progress is not None:
             progress.start_epoch(self._title(epoch, cached), steps)
         train_row = self._train(epoch, cached, progress)
@@ -201,7 +202,7 @@ class Session:
         notes, self.notes = self.notes, []
         return EpochResult(epoch, rows, val, improved, cached, seconds, notes)
 
-    def _use_cache(self, stage: tuple[str, ...]) -> bool:
+    def _use_cache(self, stage: tuple[str, ...], progress=None) -> bool:
         """Train on cached features when allowed and possible; compute them on first use.
         Whether they can be used depends only on the stage (what is frozen): asked once each."""
         setting = self.config.train.feature_cache
@@ -219,6 +220,14 @@ class Session:
             self.cache = None
             return False
         if self.cache is None:
+            self._fill_cache(progress)
+        return True
+
+    def _fill_cache(self, progress) -> None:
+        """Run the frozen body over the images once (with a bar of ``progress``, a
+        :class:`~.console.RunConsole`, when given) and note how."""
+        bar = nullcontext() if progress is None else progress.task("feature cache", unit="images")
+        with bar as on_step:
             self.cache = FeatureCache(
                 self.model,
                 self.entry,
@@ -226,21 +235,21 @@ class Session:
                 self.runtime,
                 batch_size=self.config.data.eval_batch,
                 processes=self.processes,
+                on_step=on_step,
             )
-            count = sum(len(f) for f in self.cache.features.values())
-            self.notes.append(
-                f"feature cache: {count:,} images through the frozen body, {self.cache.note}"
-            )
-            traced = self.cache.note.startswith("traced")
-            self.decisions.append(
-                {
-                    "what": "feature cache body",
-                    "chosen": "traced" if traced else "eager",
-                    "why": self.cache.note,
-                    "images": count,
-                }
-            )
-        return True
+        count = sum(len(f) for f in self.cache.features.values())
+        self.notes.append(
+            f"feature cache: {count:,} images through the frozen body, {self.cache.note}"
+        )
+        traced = self.cache.note.startswith("traced")
+        self.decisions.append(
+            {
+                "what": "feature cache body",
+                "chosen": "traced" if traced else "eager",
+                "why": self.cache.note,
+                "images": count,
+            }
+        )
 
     def _train(self, epoch: int, cached: bool, progress) -> dict[str, float]:
         trainer, batch_size = self.trainer, self.config.data.batch_size

@@ -13,7 +13,9 @@ rebuilds the architecture from its saved record and takes the weights of its res
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.defaults import (
+    DataChoice,
+    choose_batch_size,
+    choose_image_size,
+    held_out_note,
+    measure_sides,
+)
 from ..data.prepare import PreparedData, prepare_data
 from ..data.sources import discover
 from ..data.transforms import resolve_preprocessing
@@ -33,6 +42,7 @@ from ..grafting.verify import Verification, verify_graft
 from ..model.anatomy import spec_of
 from ..model.build_record import Trust, check_recorded_build
 from ..model.heads import replace_head
+from ..model.passes import evaluating
 from ..model.spec import ModelSpec, attach_spec
 from ..model.stem import replace_input_channels
 from ..policies.initializers import InitSummary, init_new_layers
@@ -50,6 +60,7 @@ __all__ = [
     "RunStart",
     "build_document",
     "build_run_model",
+    "choose_data_settings",
     "discover_run_source",
     "prepare_run_data",
     "rebuilt_model",
@@ -99,6 +110,7 @@ def start_run(
     state: dict[str, Any] | None = None,
     run_dir: Path | None = None,
     trusted: Trust = True,
+    progress: Any = None,
 ) -> RunStart:
     """Set a run up to its first epoch, in the order every run takes: seed, data source
     (classes), model (built, or rebuilt from ``state`` of ``run_dir``), BatchNorm
@@ -112,7 +124,7 @@ def start_run(
     seed_everything(config.train.seed)
     source = discover_run_source(config)
     if state is None:
-        setup = build_run_model(config, source.classes)
+        setup = build_run_model(config, source.classes, progress)
     else:
         setup = rebuilt_model(state, source.classes, run_dir, trusted)
     _synchronise_batchnorm(config, setup, processes)
@@ -128,12 +140,62 @@ def start_run(
         # Same model on every process (the seed above); from here on each process draws
         # its own augmentations and dropout. Rank 0 continues the one-process stream.
         seed_everything(config.train.seed + 1_000_003 * processes.rank)
+    chosen = choose_data_settings(config, setup, source, processes)
     data = prepare_run_data(config, setup, source)
     # Before a batch exists: clamped to the split (said), refused when it cannot fit.
-    notes = check_run_batches(config, setup.model, data, runtime, processes)
+    notes = [f"{c.setting} {c.value}: {c.why}" for c in chosen if not c.given]
+    notes += check_run_batches(config, setup.model, data, runtime, processes)
     session = Session(config, setup.model, setup.spec, runtime, data, processes)
+    session.decisions += [choice.to_dict() for choice in chosen]
     session.decisions += runtime_decisions(runtime, config.train, config.model.channels_last)
     return RunStart(source, setup, data, session, notes)
+
+
+def choose_data_settings(
+    config: RunConfig, setup: ModelSetup, source, processes: Processes = ALONE
+) -> list[DataChoice]:
+    """The ``data`` settings the config leaves unset (None), chosen from the training images
+    and the model (:mod:`torchgraft.data.defaults`) and written into ``config`` (so that
+    ``config.yaml`` records them); the ones it sets, kept. Each with its reason."""
+    settings = config.data
+    train = source.splits["train"]
+    model_pre = setup.spec.preprocessing
+    if settings.image_size is None:
+        runs_at = functools.partial(_runs_at, setup.model, model_pre.input_size[0])
+        size, crop = choose_image_size(measure_sides(train), model_pre, runs_at=runs_at)
+        if settings.crop_pct is not None:
+            crop = DataChoice("data.crop_pct", settings.crop_pct, "given", given=True)
+    else:
+        size = DataChoice("data.image_size", settings.image_size, "given", given=True)
+        crop = DataChoice(
+            "data.crop_pct",
+            model_pre.crop_pct if settings.crop_pct is None else settings.crop_pct,
+            "the model's own crop" if settings.crop_pct is None else "given",
+            given=True,
+        )
+    if settings.batch_size is None:
+        batch = choose_batch_size(len(train), processes.world)
+    else:
+        batch = DataChoice("data.batch_size", settings.batch_size, "given", given=True)
+    settings.image_size, settings.crop_pct = size.value, crop.value
+    settings.batch_size = batch.value
+    chosen = [size, crop, batch]
+    if source.val_held_out:
+        chosen.append(held_out_note(settings.val_fraction, settings.split_seed, source.origin))
+    return chosen
+
+
+def _runs_at(model: nn.Module, channels: int, side: int) -> bool:
+    """Whether ``model`` takes one ``side × side`` image (a forward pass in eval mode, no
+    gradient, modes and RNG untouched); a model built for one size fails here."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    try:
+        with evaluating(model):
+            model(torch.zeros(1, channels, side, side, device=device))
+    except (RuntimeError, ValueError, AssertionError, IndexError):
+        return False
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -213,8 +275,9 @@ def _synchronise_batchnorm(config: RunConfig, setup: ModelSetup, processes: Proc
     attach_spec(setup.model, spec)
 
 
-def build_run_model(config: RunConfig, classes: tuple[str, ...]) -> ModelSetup:
-    """Build the run's model for ``classes`` as the config says.
+def build_run_model(config: RunConfig, classes: tuple[str, ...], progress=None) -> ModelSetup:
+    """Build the run's model for ``classes`` as the config says; the verification of its
+    graft shows a progress bar on ``progress`` (a :class:`~.console.RunConsole`), if given.
 
     Raises:
         SpecError / GraftError / CheckpointError: the model or weights cannot be had as asked.
@@ -241,14 +304,14 @@ def build_run_model(config: RunConfig, classes: tuple[str, ...]) -> ModelSetup:
     )
     setup = ModelSetup(model, spec_of(model), build_document(config, num_classes))
     if built.source is not None:
-        setup.report, setup.verification = _graft(config, model, built, source_classes)
+        setup.report, setup.verification = _graft(config, model, built, source_classes, progress)
     missing = setup.report.missing if setup.report is not None else []
     if missing and config.head.init != "keep":
         setup.init = init_new_layers(model, missing, config.head.init)
     return setup
 
 
-def _graft(config: RunConfig, model: nn.Module, built, source_classes):
+def _graft(config: RunConfig, model: nn.Module, built, source_classes, progress=None):
     source_model = resolve_source_model(config.graft.verify_with)
     report = graft(
         model,
@@ -266,13 +329,20 @@ def _graft(config: RunConfig, model: nn.Module, built, source_classes):
     )
     verification = None
     if source_model is not None:
-        verification = verify_graft(
-            model,
-            source_model,
-            built.source,
-            tolerance=config.graft.tolerance,
-            source_name=config.graft.verify_with,
+        shown = (
+            contextlib.nullcontext()
+            if progress is None
+            else progress.task(f"verify against {config.graft.verify_with}")
         )
+        with shown as on_step:
+            verification = verify_graft(
+                model,
+                source_model,
+                built.source,
+                tolerance=config.graft.tolerance,
+                source_name=config.graft.verify_with,
+                on_step=on_step,
+            )
         report.verification = verification.to_dict()
         report.notes.append(str(verification))
         if not verification.ok:

@@ -20,7 +20,7 @@ value before it), while what the next weighted layer receives is the same in a f
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -40,6 +40,7 @@ from .source import SourceWeights, read_source
 __all__ = [
     "BEFORE_FIRST_LAYER",
     "DEFAULT_TOLERANCE",
+    "VERIFY_STEPS",
     "Verification",
     "compare_models",
     "first_divergence",
@@ -54,6 +55,9 @@ DEFAULT_TOLERANCE = 1e-4
 REFERENCE_COVERAGE = 0.999
 #: ``Verification.diverges_at`` when the models differ before any layer with weights runs.
 BEFORE_FIRST_LAYER = "(input)"
+#: The steps :func:`verify_graft` reports to ``on_step``: the reference built, the target
+#: run, the reference run, the place where they part looked for (done at once when they agree).
+VERIFY_STEPS = 4
 
 
 @dataclass(frozen=True, repr=False)
@@ -142,16 +146,22 @@ def compare_models(
     tolerance: float = DEFAULT_TOLERANCE,
     dtype: torch.dtype | None = None,
     source: str = "source model",
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Verification:
     """Run both models in eval mode on ``example_input`` and compare.
 
     Neither model is changed (copies are made when ``dtype`` asks for another precision;
     train/eval flags are restored). When they differ, a second pass finds where they part
-    (:attr:`Verification.diverges_at`).
+    (:attr:`Verification.diverges_at`). ``on_step(done, 3)``, when given, is called after
+    each model has run and after the second pass (at once when there is none).
     """
+    step = on_step or _ignore
     runners = [copy.deepcopy(m).to(dtype) if dtype is not None else m for m in (target, reference)]
     example = example_input.to(dtype or example_input.dtype)
-    results = [_run(runner, spec_of(runner).head_path, example) for runner in runners]
+    results = []
+    for done, runner in enumerate(runners, 1):
+        results.append(_run(runner, spec_of(runner).head_path, example))
+        step(done, 3)
     (t_feat, t_out), (r_feat, r_out) = results
     feature = _relative(t_feat, r_feat)
     output_rel = output_abs = None
@@ -160,6 +170,7 @@ def compare_models(
         output_abs = float((t_out - r_out).abs().max())
     ok = feature <= tolerance and (output_rel is None or output_rel <= tolerance)
     where = None if ok else first_divergence(*runners, example[:1], tolerance=tolerance)
+    step(3, 3)
     return Verification(
         ok, feature, output_rel, output_abs, tolerance, tuple(example_input.shape), source, where
     )
@@ -208,6 +219,7 @@ def verify_graft(
     raise_on_failure: bool = False,
     seed: int = 0,
     source_name: str | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Verification:
     """Load the source weights into the source architecture, compare it with ``model``.
 
@@ -225,6 +237,9 @@ def verify_graft(
             layers after which the models part. Without it, check ``result.ok``.
         seed: seed of the random probe input.
         source_name: how the result names the source architecture.
+        on_step: called as ``on_step(done, VERIFY_STEPS)`` before the first step and after
+            each (see :data:`VERIFY_STEPS`), for a progress bar
+            (:meth:`torchgraft.engine.console.RunConsole.task`); None reports nothing.
 
     Returns:
         A :class:`Verification`; ``ok`` is False when the graft changed the function.
@@ -237,8 +252,11 @@ def verify_graft(
         >>> tg.verify_graft(model, "timm:resnet50", "colleague.ckpt", raise_on_failure=True)
         <Verification OK against timm:resnet50: 2.1e-07 ≤ 1e-04>
     """
+    step = on_step or _ignore
+    step(0, VERIFY_STEPS)
     weights = read_source(source_weights)
     reference = reference_model(source_model, weights.checkpoint.tensors)
+    step(1, VERIFY_STEPS)
     example = probe_input(model, seed)
     result = compare_models(
         model,
@@ -247,6 +265,7 @@ def verify_graft(
         tolerance=tolerance,
         dtype=dtype,
         source=source_name or type(source_model).__name__,
+        on_step=lambda done, _: step(1 + done, VERIFY_STEPS),
     )
     if raise_on_failure and not result.ok:
         raise VerificationError(f"verification FAILED: {result.problem}")
@@ -334,6 +353,10 @@ def _layer_calls(model: nn.Module, example: torch.Tensor) -> list[_Call]:
     # ordering by when each call began keeps the pairs aligned with the forward pass.
     began = {path: index for index, path in enumerate(inputs)}
     return sorted(calls, key=lambda call: began[call.path])
+
+
+def _ignore(done: int, total: int) -> None:
+    """The ``on_step`` of a verification nobody watches."""
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ written; the command parses its flags, makes this call and prints what comes bac
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,7 @@ def graft_into(
     ema: bool = False,
     allow_globals: Sequence[str] = (),
     trust: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> GraftOutcome:
     """Graft ``source`` into a new ``into`` model: plan, apply, verify, write (``torchgraft
     graft``). ``source`` is told apart once (a model spec, or a file) and read once.
@@ -239,6 +240,8 @@ def graft_into(
         min_coverage / allow_partial / allow_uncertain: see :func:`torchgraft.graft`.
         dry_run: plan (and write ``plan_out``), say what the graft would refuse; load nothing.
         ema / allow_globals / trust: the checkpoint reader's (a file ``source`` only).
+        on_step: the verification's progress, ``on_step(done, total)``
+            (:func:`torchgraft.grafting.verify_graft`); None reports nothing.
 
     Returns:
         A :class:`GraftOutcome`; a failed verification is ``outcome.ok`` False, not raised.
@@ -281,7 +284,7 @@ def graft_into(
     if reference is not None:
         limit = verification.DEFAULT_TOLERANCE if tolerance is None else tolerance
         result = verification.verify_graft(
-            model, reference, weights, tolerance=limit, source_name=source_model
+            model, reference, weights, tolerance=limit, source_name=source_model, on_step=on_step
         )
         report.verification = result.to_dict()
         report.notes.append(str(result))

@@ -95,7 +95,7 @@ def _lr_find(source, overrides, settings, output, apply, console: RunConsole) ->
     if target is not None:
         check_writable(target)  # before minutes of work, not after
     folder = _folder(config, output)
-    session, start = _session(config)
+    session, start = _session(config, console)
     console.rule(f"torchgraft lr-find → {printable(folder)}")
     console.line(f"model: {config.model.name} · data {start.source.summary()}")
     for line in graft_lines(start.setup.report, start.setup.verification):
@@ -143,10 +143,10 @@ def _lr_find(source, overrides, settings, output, apply, console: RunConsole) ->
     return result
 
 
-def _session(config: RunConfig):
+def _session(config: RunConfig, console: RunConsole | None = None):
     """The run's first epoch, set up as :func:`~torchgraft.fit` sets it up (one function,
     :func:`~..setup.start_run`), then the optimizer and the stage of epoch 0."""
-    start = start_run(config)
+    start = start_run(config, progress=console)
     session = start.session
     session.begin()
     session.stages.enter(session.trainer.optimizer, 0)  # what run_epoch(0) does first
