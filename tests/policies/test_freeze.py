@@ -153,6 +153,28 @@ def test_stats_policy_trains_affine_with_fixed_statistics(build, batch, train_st
     assert torch.equal(after["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
 
 
+def test_fixed_policy_keeps_statistics_of_the_training_layers_too(
+    build, batch, train_step, snapshot
+):
+    model = build["resnet18"]()
+    summary = freeze(model, "last:1", bn="fixed")
+    assert summary.fixed_norms == tuple(stat_norms(model))  # layer4's norms included
+    assert model.layer4[0].bn1.weight.requires_grad  # a training layer's affine trains
+    assert not model.layer1[0].bn1.weight.requires_grad  # a frozen layer's stays frozen
+    before = snapshot(model)
+    optimizer = torch.optim.SGD(param_groups(model, lr=0.1), momentum=0.9)
+    train_step(model, optimizer, batch)
+    after = model.state_dict()
+    assert not torch.equal(after["layer4.0.bn1.weight"], before["layer4.0.bn1.weight"])
+    assert not torch.equal(after["layer4.0.conv1.weight"], before["layer4.0.conv1.weight"])
+    for name in ("layer4.0.bn1", "layer1.0.bn1"):
+        assert torch.equal(after[f"{name}.running_mean"], before[f"{name}.running_mean"])
+        assert torch.equal(after[f"{name}.running_var"], before[f"{name}.running_var"])
+    assert torch.equal(after["layer1.0.bn1.weight"], before["layer1.0.bn1.weight"])
+    unfreeze(model)
+    assert pinned_norms(model) == []
+
+
 def test_train_policy_lets_statistics_move(build, batch, snapshot):
     model = build["resnet18"]()
     summary = freeze(model, "head", bn="train")

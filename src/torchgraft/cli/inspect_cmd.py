@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     audit.add_argument("--freeze", metavar="POLICY", help="head, none, last:N, … (default: none)")
     audit.add_argument(
-        "--bn", choices=("frozen", "stats", "train"), help="BatchNorm policy (default: frozen)"
+        "--bn",
+        choices=("frozen", "stats", "train", "fixed"),
+        help="BatchNorm policy (default: frozen)",
     )
     audit.add_argument(
         "--lr", type=positive_float, help="learning rate of the head (default: 0.001)"

@@ -11,6 +11,10 @@ the frozen part of the model:
   eval behaviour even after ``model.train()``. A frozen backbone is then bitwise frozen.
 * ``"stats"`` — statistics fixed, affine parameters trainable (fastai's ``train_bn``).
 * ``"train"`` — statistics update and affine parameters train, as in plain PyTorch.
+* ``"fixed"`` — statistics fixed in *every* layer, the trainable ones too (their affine
+  parameters train; the frozen ones' stay frozen): what detectron2's ``FrozenBatchNorm``
+  does for fine-tuning with small batches, whose batch statistics are noise. It also keeps
+  a head trained on cached features seeing the same features once the body trains.
 
 How statistics are fixed: a forward pre-hook on the layer sets ``module.training = False``
 before each call. Unlike swapping in timm's ``FrozenBatchNorm2d`` this changes no module type,
@@ -52,7 +56,7 @@ __all__ = [
     "unfreeze",
 ]
 
-BN_POLICIES = ("frozen", "stats", "train")
+BN_POLICIES = ("frozen", "stats", "train", "fixed")
 _NAMED_POLICIES = ("head", "none", "all", "last:N")
 
 
@@ -166,7 +170,7 @@ def freeze(
             ``"last:N"`` (the last N layer groups before the head, plus the head; ``last:0``
             is the head alone, and N above the model's number of groups is refused), one
             layer group name, or a list of them.
-        bn: ``"frozen"``, ``"stats"`` or ``"train"`` (see the module docstring).
+        bn: ``"frozen"``, ``"stats"``, ``"train"`` or ``"fixed"`` (see the module docstring).
         include: glob patterns on parameter names (``"layer4.*"``) that train too.
         exclude: glob patterns on parameter names that stay frozen whatever else says.
         modules: module paths or module objects whose parameters train too.
@@ -272,12 +276,12 @@ def _apply_norm_policy(model, bn, selected, excluded) -> list[str]:
         if not has_running_stats(module):
             continue
         prefix = f"{path}." if path else ""
-        if selected(prefix + "weight"):
+        if selected(prefix + "weight") and bn != "fixed":
             continue  # a trainable region: the layer behaves like its parent
         if bn in ("stats", "train"):
             for role, param in module.named_parameters(recurse=False):
                 param.requires_grad_(not excluded(prefix + role))
-        if bn in ("frozen", "stats"):
+        if bn in ("frozen", "stats", "fixed"):
             _pin(module)
             fixed.append(path)
     return fixed

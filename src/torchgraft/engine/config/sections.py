@@ -166,7 +166,7 @@ class FreezeConfig(Section):
     otherwise ``policy`` holds for the whole run."""
 
     policy: str | list[str] = "none"
-    bn: Literal["frozen", "stats", "train"] = "frozen"
+    bn: Literal["frozen", "stats", "train", "fixed"] = "frozen"
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     # The embedded default: 3 epochs of the head alone on cached features (lr), then every
