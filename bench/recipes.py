@@ -1,0 +1,104 @@
+"""Validation accuracy around the stage change, for candidate default recipes.
+
+Run: ``python bench/recipes.py [--recipes NAME ...] [--datasets NAME ...] [--seeds 0 1 2]
+[--no-write]`` (writes the "Recipes at the stage change" section of docs/benchmarks.md).
+
+The default recipe trains the head alone on cached features, then every layer. Where the
+second stage starts, validation accuracy may fall before it recovers; the bar (issue 19) is
+that no epoch after the change loses more than 2 points against the last head-only epoch,
+on every dataset of bench/peers.py (bench/peer_data.py builds them) and on the built-in
+digits, and that the built-in main job stays at or above 99 %. Each candidate is a set of
+config overrides over the embedded default; each run is ``tg.fit`` in this process, fp32
+(the default on a CPU), with the data settings chosen from the data as usual. The table
+gives every epoch's validation top-1, the largest fall after the change (``fall``) and the
+last epoch's accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import peer_data  # noqa: E402
+import torchgraft as tg  # noqa: E402
+from _report import write_section  # noqa: E402
+
+
+def two_phase(freeze_epochs: int, unfrozen_scale: float, lr_mult: float, bn: str) -> dict:
+    schedule = {
+        "kind": "two_phase",
+        "freeze_epochs": freeze_epochs,
+        "unfrozen_scale": unfrozen_scale,
+        "lr_mult": lr_mult,
+    }
+    return {"freeze": {"bn": bn, "schedule": schedule}}
+
+
+#: Candidates: name -> config overrides. "default" is the embedded default as it is.
+RECIPES = {
+    "default": {},
+    "f3-s1-m100-fixed": two_phase(3, 1.0, 100.0, "fixed"),
+    "f1-s1-m100-fixed": two_phase(1, 1.0, 100.0, "fixed"),
+    "f1-s0.5-m100-fixed": two_phase(1, 0.5, 100.0, "fixed"),
+}
+DATASETS = ("builtin-digits", *peer_data.DATASETS)
+
+
+def run(dataset: str, overrides: dict, seed: int, cache: Path, out: Path) -> tuple[list, int]:
+    """Validation top-1 of every epoch, and the epoch the stage changed at."""
+    source = (
+        "digits" if dataset == "builtin-digits" else str(peer_data.build(dataset, cache, False))
+    )
+    config = {
+        "data": {"source": source},
+        "train": {"seed": seed, "precision": "fp32"},
+        "output": {"dir": str(out), "name": f"{dataset}-{seed}-{time.time_ns()}", "plots": False},
+    }
+    for section, values in overrides.items():
+        config.setdefault(section, {}).update(values)
+    result = tg.fit(config)
+    with open(result.dir / "metrics.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "val"]
+    accuracy = [100 * float(r["acc1"]) for r in rows]
+    schedule = overrides.get("freeze", {}).get("schedule", {})
+    return accuracy, schedule.get("freeze_epochs", 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "tgpeers")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="tgrecipes-"))
+    rows = [
+        "| recipe | dataset | seed | validation top-1 by epoch | fall after the change | last |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in args.recipes:
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                accuracy, change = run(dataset, RECIPES[name], seed, args.cache, out)
+                fall = max(0.0, accuracy[change - 1] - min(accuracy[change:]))
+                epochs = " ".join(f"{a:.1f}" for a in accuracy)
+                rows.append(
+                    f"| {name} | {dataset} | {seed} | {epochs} | {fall:.1f} | {accuracy[-1]:.1f} |"
+                )
+                print(rows[-1], flush=True)
+    if not args.no_write:
+        command = "python bench/recipes.py " + " ".join(sys.argv[1:])
+        body = [__doc__.split("\n\n")[1].replace("\n", " "), "", *rows]
+        write_section("Recipes at the stage change", command.strip(), body)
+
+
+if __name__ == "__main__":
+    main()
