@@ -57,6 +57,15 @@ def test_the_median_decides_not_an_outlier():
     assert choose_image_size(mixed, MODEL)[0].value == 64
 
 
+def test_a_model_with_a_non_square_input_keeps_its_height_and_width():
+    wide = Preprocessing(input_size=(3, 224, 320), crop_pct=0.9)
+    image_size, crop = choose_image_size(sides(500), wide)
+    assert image_size.value is None  # unset: the model's own 224x320, not squared
+    assert crop.value == 0.9
+    assert "224×320 px" in crop.why
+    assert image_size.line().startswith("data.image_size unset (the model's own): ")
+
+
 def test_a_fixed_size_model_keeps_its_size():
     fixed = Preprocessing(input_size=(3, 224, 224), crop_pct=0.9, fixed_input_size=True)
     image_size, crop = choose_image_size(sides(8), fixed)

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 import torchgraft as tg
@@ -475,3 +476,27 @@ def test_ctrl_c_prints_the_call_that_continues_the_run_and_it_does(digit_folder,
     resumed = tg.fit(resume=str(run_dir), trust_run=True, console=QUIET)
     assert load_state(resumed.dir)["epoch"] == 3
     assert [r["epoch"] for r in resumed.history if r["split"] == "val"] == [0, 1, 2, 3]
+
+
+def test_the_default_recipe_keeps_batchnorm_statistics_when_the_body_trains(digit_folder, tmp_path):
+    # freeze.bn left unset under two_phase is "fixed": the body's norms keep their running
+    # statistics through the all-layers stage (a freshly built TinyCNN's: mean 0, var 1),
+    # while their affine weights train.
+    config = tiny_config(
+        digit_folder,
+        tmp_path / "runs",
+        freeze={"schedule": {"kind": "two_phase", "freeze_epochs": 1}},
+        train={"epochs": 2},
+    )
+    config["freeze"].pop("policy")
+    run = fit(config)
+    assert yaml.safe_load((run.dir / "config.yaml").read_text())["freeze"]["bn"] == "fixed"
+    state = load_state(run.dir)["model"]
+    means = [k for k in state if k.endswith("running_mean")]
+    assert means
+    for key in means:
+        assert torch.equal(state[key], torch.zeros_like(state[key])), key
+        var = key.replace("running_mean", "running_var")
+        assert torch.equal(state[var], torch.ones_like(state[var])), var
+    weights = [k.replace("running_mean", "weight") for k in means]
+    assert any(not torch.equal(state[k], torch.ones_like(state[k])) for k in weights)

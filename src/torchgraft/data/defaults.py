@@ -21,6 +21,7 @@ time (evenly spaced over the split in its sorted order), never a function of tim
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable
@@ -67,7 +68,7 @@ class DataChoice:
 
     Attributes:
         setting: the config key, e.g. ``"data.image_size"``.
-        value: the value used.
+        value: the value used (None: left to the model, whose own value it is).
         why: one line for people: what in the data or the model led to it.
         given: the user set it (``why`` says so; nothing was chosen).
     """
@@ -80,6 +81,11 @@ class DataChoice:
     def to_dict(self) -> dict:
         """The ``decisions.json`` entry."""
         return {"what": self.setting, "chosen": self.value, "why": self.why}
+
+    def line(self) -> str:
+        """The run header's line: ``data.image_size 64: why``."""
+        shown = "unset (the model's own)" if self.value is None else self.value
+        return f"{self.setting} {shown}: {self.why}"
 
 
 def measure_sides(split: Split, sample: int = SAMPLE) -> list[tuple[int, int]]:
@@ -118,8 +124,8 @@ def choose_image_size(
         runs_at: whether the model runs on square images of a side (one forward pass, asked
             only for a side below the model's own); False keeps the model's size.
     """
-    default, crop = max(model.input_size[1:]), model.crop_pct
-    keep = _model_size(default, crop)
+    default = max(model.input_size[1:])
+    keep = functools.partial(_model_own, model)
     if model.fixed_input_size:
         return keep(f"the model takes {default} px images only")
     if not sides:
@@ -142,14 +148,16 @@ def choose_image_size(
     )
 
 
-def _model_size(default: int, crop: float) -> Callable[[str], tuple[DataChoice, DataChoice]]:
-    def keep(why: str) -> tuple[DataChoice, DataChoice]:
-        return (
-            DataChoice("data.image_size", default, why),
-            DataChoice("data.crop_pct", crop, f"the model's own crop at {default} px"),
-        )
-
-    return keep
+def _model_own(model: Preprocessing, why: str) -> tuple[DataChoice, DataChoice]:
+    """The model's own size and crop. A model whose input is not square keeps its height and
+    width: the size is then left unset (None), which the preprocessing reads as the model's."""
+    height, width = model.input_size[1:]
+    size = height if height == width else None
+    shown = f"{height} px" if size is not None else f"{height}×{width} px"
+    return (
+        DataChoice("data.image_size", size, why),
+        DataChoice("data.crop_pct", model.crop_pct, f"the model's own crop at {shown}"),
+    )
 
 
 def held_out_note(fraction: float, seed: int, origin: str) -> DataChoice:

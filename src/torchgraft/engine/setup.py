@@ -143,7 +143,7 @@ def start_run(
     chosen = choose_data_settings(config, setup, source, processes)
     data = prepare_run_data(config, setup, source)
     # Before a batch exists: clamped to the split (said), refused when it cannot fit.
-    notes = [f"{c.setting} {c.value}: {c.why}" for c in chosen if not c.given]
+    notes = [choice.line() for choice in chosen if not choice.given]
     notes += check_run_batches(config, setup.model, data, runtime, processes)
     session = Session(config, setup.model, setup.spec, runtime, data, processes)
     session.decisions += [choice.to_dict() for choice in chosen]
