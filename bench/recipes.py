@@ -41,12 +41,17 @@ def two_phase(freeze_epochs: int, unfrozen_scale: float, lr_mult: float, bn: str
     return {"freeze": {"bn": bn, "schedule": schedule}}
 
 
-#: Candidates: name -> config overrides. "default" is the embedded default as it is.
+def with_sgd(recipe: dict, lr: float = 0.01) -> dict:
+    return {**recipe, "optim": {"name": "sgd", "lr": lr}}
+
+
+#: Candidates: name -> config overrides. "default" is the embedded default as it is (AdamW,
+#: fastai's fine_tune rates); the others are the defaults it replaced, with SGD.
 RECIPES = {
     "default": {},
-    "f3-s1-m100-fixed": two_phase(3, 1.0, 100.0, "fixed"),
-    "f1-s1-m100-fixed": two_phase(1, 1.0, 100.0, "fixed"),
-    "f1-s0.5-m100-fixed": two_phase(1, 0.5, 100.0, "fixed"),
+    "sgd-f1-s1-m100-fixed": with_sgd(two_phase(1, 1.0, 100.0, "fixed")),
+    "sgd-f1-s0.5-m100-fixed": with_sgd(two_phase(1, 0.5, 100.0, "fixed")),
+    "sgd-f3-s10-m10-frozen": with_sgd(two_phase(3, 10.0, 10.0, "frozen")),
 }
 DATASETS = ("builtin-digits", *peer_data.DATASETS)
 
@@ -67,8 +72,8 @@ def run(dataset: str, overrides: dict, seed: int, cache: Path, out: Path) -> tup
     with open(result.dir / "metrics.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["split"] == "val"]
     accuracy = [100 * float(r["acc1"]) for r in rows]
-    schedule = overrides.get("freeze", {}).get("schedule", {})
-    return accuracy, schedule.get("freeze_epochs", 3)
+    head_only = sum(r["stage"] == "head only" for r in rows)
+    return accuracy, head_only
 
 
 def main() -> None:

@@ -82,9 +82,26 @@ def test_no_arguments_is_the_embedded_default():
     assert config.data.source == "digits"
     assert config.freeze.policy == "none"
     assert config.freeze.schedule == TwoPhaseConfig(
-        kind="two_phase", freeze_epochs=1, lr_mult=100.0, unfrozen_scale=1.0
+        kind="two_phase", freeze_epochs=1, lr_mult=100.0, unfrozen_scale=0.5
     )
     assert config.freeze.bn == "fixed"  # the default recipe's BatchNorm statistics
+    assert (config.optim.name, config.optim.lr) == ("adamw", 2e-3)  # fastai's fine_tune
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lr"),
+    [
+        ([], 2e-3),
+        (["--optim.name", "sgd"], 1e-2),  # SGD's own default, not AdamW's
+        (["--optim.name", "sgd", "--optim.lr", "0.05"], 0.05),  # given: kept
+        (["--optim.lr", "3e-4"], 3e-4),
+    ],
+)
+def test_an_unset_learning_rate_is_the_optimizers_own(overrides, lr):
+    config = load_config(None, overrides, check_names=False)
+
+    assert config.optim.lr == lr
+    assert yaml.safe_load(config.to_yaml())["optim"]["lr"] == lr  # config.yaml records it
 
 
 @pytest.mark.parametrize(
@@ -367,8 +384,8 @@ def test_an_override_into_the_default_schedule_keeps_its_kind_and_other_fields()
 
     default = RunConfig().freeze.schedule
     assert config.freeze.schedule == default.model_copy(update={"freeze_epochs": 2})
-    assert config.freeze.schedule.lr_mult == 100.0  # the default instance's
-    assert config.freeze.schedule.unfrozen_scale == 1.0  # not the class's 0.5
+    assert config.freeze.schedule.lr_mult == 100.0
+    assert config.freeze.schedule.unfrozen_scale == 0.5
 
 
 @pytest.mark.parametrize(
@@ -415,12 +432,6 @@ def test_schedule_configs_mirror_the_schedules(model, class_name):
     assert built.to_dict() == {**section, "lr": 0.1, "weight_decay": 0.0, "bn": "frozen"}
 
 
-def test_only_the_embedded_default_instance_differs_from_the_two_phase_defaults():
-    embedded = RunConfig().freeze.schedule
-    assert embedded != TwoPhaseConfig(kind="two_phase")
-    assert embedded.frozen_body_scale == TwoPhaseConfig.model_fields["frozen_body_scale"].default
-
-
 # --- validation before any tensor, and the command line ------------------------------------------
 
 
@@ -454,18 +465,25 @@ def test_print_config_prints_the_resolved_yaml(tmp_path, console_script):
     assert RunConfig.model_validate(document) == RunConfig(train={"epochs": 2})
 
 
-def test_print_config_imports_no_torch(tmp_path):
+def test_print_config_imports_torch_only_to_name_the_planned_stages(tmp_path):
+    # Without an unfreezing schedule nothing imports torch; with one (the default), the
+    # YAML is out (flushed) before torch loads to build the model for its layer groups.
     result = run_python(
         "import contextlib, io, sys\n"
         "from torchgraft.cli.main import main\n"
-        "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    status = main(['train', '--print-config', '--train.epochs', '2'])\n"
-        "print(status, 'torch' in sys.modules)\n",
+        "class Out(io.StringIO):\n"
+        "    def flush(self):\n"
+        "        flushes.append('torch' in sys.modules)\n"
+        "for words in (['--freeze.schedule', 'null'], []):\n"
+        "    flushes = []\n"
+        "    with contextlib.redirect_stdout(Out()):\n"
+        "        status = main(['train', '--print-config', '--train.epochs', '2', *words])\n"
+        "    print(status, flushes[0], 'torch' in sys.modules)\n",
         cwd=tmp_path,
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["0", "False"]
+    assert result.stdout.splitlines() == ["0 False False", "0 False True"]
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 The configuration is the embedded default, then ``--config run.yaml``, then dotted
 overrides in any of these forms: ``--train.epochs 1``, ``--optim.lr=0.01``,
 ``data.source=photos/`` (``-`` and ``_`` are the same in keys: ``--data.on-bad-image skip``).
-``--print-config`` shows the resolved configuration and stops; ``--resume RUN_DIR``
-continues a run from its last complete epoch, exactly.
+``--print-config`` shows the resolved configuration and the stages it plans, and stops
+(it reads neither the data nor the weights); ``--resume RUN_DIR`` continues a run from its
+last complete epoch, exactly.
 
 Several processes: ``torchrun --nproc_per_node N -m torchgraft train …`` (any torchrun
 options, several machines), or ``--nproc N``, which runs torchrun itself
@@ -26,7 +27,10 @@ ACCEPTS_OVERRIDES = True
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="RUN.yaml", help="run configuration (YAML)")
     parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved configuration and stop"
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration and its planned stages, and stop "
+        "(reads neither the data nor the weights)",
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run exactly")
     add_trust_run_argument(parser, "resume a run whose model is built by package.module:callable")
@@ -41,26 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.config.load import load_config
-
     overrides = list(args.overrides)
     if args.nproc and args.nproc > 1 and not args.print_config:
         return _launch(args, overrides)
-    if args.print_config:
-        if args.resume:
-            from pathlib import Path
-
-            config = load_config(Path(args.resume) / "config.yaml", overrides, check_names=False)
-        else:
-            config = load_config(args.config, overrides, check_names=False)
-        print(config.to_yaml(), end="")
-        return 0
     if args.resume and args.config:
         from ..errors import ConfigError
 
         raise ConfigError(
             "--resume uses the run's own config.yaml; drop --config (overrides are fine)"
         )
+    if args.print_config:
+        return _print_config(args, overrides)
     from ..engine.fit import fit  # torch, timm and torchvision load here, not for --print-config
 
     if args.trust_run and not args.resume:
@@ -68,6 +63,25 @@ def run(args: argparse.Namespace) -> int:
 
         raise OptionError("--trust-run is for --resume RUN_DIR (a config you pass is yours)")
     fit(args.config, overrides, resume=args.resume, trust_run=args.trust_run)
+    return 0
+
+
+def _print_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``--print-config``: the resolved configuration and its planned stages on stdout.
+
+    Neither the data nor the weights are read, so a ``data.source`` that does not exist yet
+    is fine (the files are checked when a run starts); see
+    :func:`~torchgraft.engine.config.show.show_config`."""
+    import sys
+    from pathlib import Path
+
+    from ..engine.config.load import load_config
+    from ..engine.config.show import show_config
+
+    source = Path(args.resume) / "config.yaml" if args.resume else args.config
+    config = load_config(source, overrides, check_paths=False, check_names=False)
+    origin = [str(source)] if source else []
+    show_config(config, sys.stdout, origin=[*origin, *(["the overrides"] if overrides else [])])
     return 0
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from .sections import SCHEDULE_MODELS, DataConfig, ModelConfig, RunConfig, WeightsConfig
 
-__all__ = ["describe_errors", "reference_problems", "semantic_problems", "summary"]
+__all__ = ["describe_errors", "exists", "reference_problems", "semantic_problems", "summary"]
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -151,13 +151,13 @@ def reference_problems(data: Mapping[str, Any], check_paths: bool, check_names: 
     if not check_paths:
         return problems
     source = value("data", "source", DataConfig().source)
-    if isinstance(source, str) and source != "digits" and not Path(source).exists():
+    if isinstance(source, str) and source != "digits" and not exists(source):
         problems.append(
             f"data.source: no such file or folder {source!r} (use a folder of class "
             "subfolders, a folder with train/ and val/, a .csv of path,label, or digits)"
         )
     rules = value("graft", "rules", None)
-    if isinstance(rules, str) and not Path(rules).is_file():
+    if isinstance(rules, str) and not exists(rules, file=True):
         problems.append(f"graft.rules: no such file {rules!r}")
     weights = value("weights", "source", WeightsConfig().source)
     if not isinstance(weights, str):
@@ -168,9 +168,19 @@ def reference_problems(data: Mapping[str, Any], check_paths: bool, check_names: 
         problem = package_file_problem(weights)
         if problem:
             problems.append(f"weights.source: {problem}")
-    elif _looks_like_path(weights) and not Path(weights).exists():
+    elif _looks_like_path(weights) and not exists(weights):
         problems.append(f"weights.source: no such file or folder {weights!r}")
     return problems
+
+
+def exists(path: str, *, file: bool = False) -> bool:
+    """Whether a path a config names exists (a regular file, with ``file``). A name the
+    system cannot even look up (too long, a NUL byte) does not: the config names the path
+    at fault instead of the lookup failing."""
+    try:
+        return Path(path).is_file() if file else Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _looks_like_path(text: str) -> bool:

@@ -8,8 +8,9 @@ Parsing and type checks are pydantic's; :func:`load_config` adds what pydantic c
 (files that must exist, model names the zoo must know, combinations that contradict each
 other, :mod:`.checks`) and reports *every* problem at once in one
 :class:`~torchgraft.errors.ConfigError`, each with its dotted key, the value found and, for
-unknown keys, the closest known one. Nothing here imports torch: ``--print-config`` and
-validation errors are instant.
+unknown keys, the closest known one. Nothing here imports torch unless the model name is
+checked (``check_names``): validation errors are instant, and so is ``--print-config`` of
+a config without an unfreezing schedule (:mod:`.show`).
 """
 
 from __future__ import annotations
