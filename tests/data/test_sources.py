@@ -275,7 +275,7 @@ def test_file_that_is_not_a_csv(tmp_path):
 # --- what a class folder holds -------------------------------------------------------------
 
 
-def test_hidden_entries_ignored_stray_files_kept(tmp_path):
+def test_hidden_entries_ignored_stray_files_set_aside(tmp_path):
     _class_tree(tmp_path, {"cat": 2, "dog": 2})
     (tmp_path / ".git").mkdir()
     _png(tmp_path / ".git" / "objects" / "x.png")  # not a class, though it holds an image
@@ -283,6 +283,7 @@ def test_hidden_entries_ignored_stray_files_kept(tmp_path):
     (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0")
     _png(tmp_path / "cat" / ".cache" / "thumb.png")
     (tmp_path / "dog" / "notes.txt").write_text("taken on Tuesday")
+    (tmp_path / "dog" / "notes.jpg").write_text("taken on Tuesday")  # an image's name: kept
     _png(tmp_path / "dog" / "more" / "deep.png")  # subfolders of a class belong to it
     classes, samples = class_folders(tmp_path)
     assert classes == ("cat", "dog")
@@ -293,8 +294,11 @@ def test_hidden_entries_ignored_stray_files_kept(tmp_path):
         ("dog/dog_0.png", 1),
         ("dog/dog_1.png", 1),
         ("dog/more/deep.png", 1),
-        ("dog/notes.txt", 1),  # kept, so that the scan reports it by path
+        ("dog/notes.jpg", 1),  # kept, so that the scan reports it by path
     ]
+    strays = discover(str(tmp_path)).strays  # set aside and named, hidden ones unseen
+    assert strays.not_images == ("dog/notes.txt",)
+    assert strays.outside == ()
 
 
 def test_class_folders_allow_single(tmp_path):

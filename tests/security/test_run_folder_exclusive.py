@@ -227,7 +227,8 @@ def test_a_start_that_fails_removes_the_folder_it_made_so_the_command_can_be_rer
     failed = run_cli(console_script, "train", "--config", config, env=subprocess_env)
     assert failed.returncode == 2
     assert "notes.png" in failed.stderr
-    assert list((tmp_path / "runs").iterdir()) == []  # no empty runs/run left behind
+    # No empty runs/run left behind, nor the runs/ folder the failed start made for it.
+    assert not (tmp_path / "runs").exists()
     broken.unlink()
     again = run_cli(console_script, "train", "--config", config, env=subprocess_env)
     assert again.returncode == 0, again.stderr

@@ -14,9 +14,12 @@ or a device. The rules:
 * **A folder is never entered twice on one path**: a link back to a folder the walk is
   already inside (a loop) is a ``DataError`` naming both.
 * **An unreadable folder is a ``DataError``** naming it (never skipped in silence).
-* **Every other entry is a sample**: regular files, but also FIFOs, sockets, devices and
-  broken links, so that the scan reports each by path as a bad file rather than leaving it
-  out unseen. Hidden entries (``.git``, ``.DS_Store``) are ignored, at any depth.
+* **Every other entry is a sample**, except stray files (:mod:`.strays`): a regular file
+  whose name has no image suffix and whose content is no image (``README.txt``,
+  ``Thumbs.db``) is set aside and named, and so is every file beside the class folders.
+  FIFOs, sockets, devices and broken links stay samples, so that the scan reports each by
+  path as a bad file rather than leaving it out unseen. Hidden entries (``.git``,
+  ``.DS_Store``) are ignored, at any depth.
 * **The walk is bounded**: each file and folder counts towards the index's memory
   (:class:`~.limits.IndexBudget`), so a tree of millions of entries stops with a
   ``DataError`` at the limit instead of exhausting memory.
@@ -28,24 +31,27 @@ files component by component.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
 from ..text import printable
 from .limits import IndexBudget
 from .sample_paths import SamplePaths
+from .strays import StrayFiles, has_image_name, holds_image, needs_a_look, sort_by_content
 
 __all__ = ["ClassListing", "class_folders", "list_class_folders"]
 
 
 @dataclass(frozen=True)
 class ClassListing:
-    """Class names (sorted), and every sample's name below ``root`` with its label."""
+    """Class names (sorted), every sample's name below ``root`` with its label, and the
+    files left out (:class:`~.strays.StrayFiles`, names below ``root``, sorted)."""
 
     classes: tuple[str, ...]
     paths: SamplePaths
     labels: list[int]
+    strays: StrayFiles = field(default_factory=StrayFiles)
 
 
 def list_class_folders(
@@ -72,27 +78,32 @@ def list_class_folders(
     root = Path(root or folder)
     walk = _Walk(Path(os.path.realpath(root)), budget or IndexBudget())
     prefix = _relative(folder, root)
-    subfolders = [e for e in walk.entries(folder) if walk.enters(e)]
+    entries = walk.entries(folder)
+    subfolders = [e for e in entries if walk.enters(e)]
     if not subfolders:
         _no_class_folders(folder, walk)
     classes = tuple(sorted(e.name for e in subfolders))
     by_name = {e.name: e for e in subfolders}
     names: list[str] = []
     labels: list[int] = []
+    strays = _beside_classes(root, prefix, [e for e in entries if e not in subfolders])
     for label, name in enumerate(classes):
         entry = by_name[name]
-        found = walk.files_below(entry, _join(prefix, name), walk.ancestors_of(folder))
+        found, unnamed = walk.files_below(entry, _join(prefix, name), walk.ancestors_of(folder))
+        images, not_images = sort_by_content(root, unnamed)
+        found += images
         if not found:
-            raise DataError(f"{entry.path}: the class folder '{name}' holds no images")
-        found.sort(key=lambda n: n.split("/"))  # the order sorted(Path) gives
+            _no_images(entry, name, not_images)
+        found.sort(key=_components)  # the order sorted(Path) gives
         names += found
         labels += [label] * len(found)
+        strays += StrayFiles(tuple(sorted(not_images, key=_components)))
     if len(classes) < 2 and not allow_single:
         raise DataError(
             f"{folder}: only one class ('{classes[0]}'); a classifier needs at least two "
             "class folders"
         )
-    return ClassListing(classes, SamplePaths(root, names), labels)
+    return ClassListing(classes, SamplePaths(root, names), labels, strays)
 
 
 def class_folders(folder: Path, allow_single: bool = False, **options):
@@ -145,16 +156,20 @@ class _Walk:
         info = os.stat(folder)
         return frozenset({(info.st_dev, info.st_ino)})
 
-    def files_below(self, top: os.DirEntry, name: str, above: frozenset) -> list[str]:
-        """Names (below the root) of every sample under the folder ``top``."""
+    def files_below(
+        self, top: os.DirEntry, name: str, above: frozenset
+    ) -> tuple[list[str], list[str]]:
+        """Names (below the root) of every file under the folder ``top``: the samples, and
+        the files whose content decides (:func:`~.strays.needs_a_look`)."""
         found: list[str] = []
+        unnamed: list[str] = []
         stack = [(top.path, name, above | {_identity(top)})]
         while stack:
             folder, prefix, ancestors = stack.pop()
             for entry in self.entries(folder):
                 child = _join(prefix, entry.name)
                 if not self.enters(entry):
-                    found.append(child)
+                    (unnamed if needs_a_look(entry) else found).append(child)
                     continue
                 identity = _identity(entry)
                 if identity in ancestors:
@@ -164,12 +179,39 @@ class _Walk:
                         "(a loop); remove the link"
                     )
                 stack.append((entry.path, child, ancestors | {identity}))
-        return found
+        return found, unnamed
 
 
 def _identity(entry: os.DirEntry) -> tuple[int, int]:
     info = entry.stat()  # follows links: the folder itself
     return info.st_dev, info.st_ino
+
+
+def _beside_classes(root: Path, prefix: str, loose: list[os.DirEntry]) -> StrayFiles:
+    """The entries beside the class folders, in no class: images (by name or content)
+    and the rest, names below ``root``, sorted."""
+    images: list[str] = []
+    others: list[str] = []
+    for entry in sorted(loose, key=lambda e: e.name):
+        is_image = has_image_name(entry.name) or (needs_a_look(entry) and holds_image(entry.path))
+        (images if is_image else others).append(_join(prefix, entry.name))
+    return StrayFiles(tuple(others), tuple(images))
+
+
+def _no_images(entry: os.DirEntry, name: str, not_images: list[str]) -> None:
+    """A class folder without a sample: say so, and what it holds instead."""
+    held = ""
+    if not_images:
+        shown = ", ".join(printable(n) for n in sorted(not_images, key=_components)[:3])
+        held = f" (only {len(not_images)} file(s) that are not images: {shown})"
+    raise DataError(
+        f"{printable(entry.path)}: the class folder '{printable(name)}' holds no images{held}; "
+        "put the class's images in it, or remove the folder"
+    )
+
+
+def _components(name: str) -> list[str]:
+    return name.split("/")
 
 
 def _no_class_folders(folder: Path, walk: _Walk) -> None:

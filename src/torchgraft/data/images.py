@@ -47,9 +47,11 @@ from .limits import DataLimits, resolve_data_limits
 from .modes import WHITE_BACKGROUND, convert_decoded, decode_cost
 
 __all__ = [
+    "IMAGE_FORMATS",
     "IMAGE_SUFFIXES",
     "WHITE_BACKGROUND",
     "UnreadableImageError",
+    "bomb_warnings_as_errors",
     "is_image_file",
     "load_image",
     "read_size",
@@ -75,7 +77,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
 #: The Pillow formats decoded: those of IMAGE_SUFFIXES (camera JPEGs that Pillow reads as
 #: MPO come through JPEG). Image.open identifies a file by its bytes, so without this list a
 #: ".jpg" could reach any plugin Pillow has, EPS (which runs Ghostscript) included.
-_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
+IMAGE_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # width and height swap on display
 _ORIENTATION_TRANSPOSE = {
@@ -169,7 +171,7 @@ def load_image(
         )
     limits = resolve_data_limits(limits)
     try:
-        with _bomb_warnings_as_errors():
+        with bomb_warnings_as_errors():
             return _decode(Path(path), channels, draft_size, limits)
     except UnreadableImageError:
         raise
@@ -194,7 +196,7 @@ def read_size(path: str | os.PathLike, *, limits: DataLimits | None = None) -> t
         _check_file(path, limits)
         with open_regular(path) as (handle, size):
             _check_file_size(path, size, limits)
-            with _bomb_warnings_as_errors(), Image.open(handle, formats=_FORMATS) as img:
+            with bomb_warnings_as_errors(), Image.open(handle, formats=IMAGE_FORMATS) as img:
                 _check_pixel_limit(path, img.size)
                 return img.size
     except FileProblem as problem:
@@ -234,7 +236,7 @@ def _decode(path: Path, channels: int, draft: tuple[int, int] | None, limits: Da
     try:
         with open_regular(path) as (handle, size):
             _check_file_size(path, size, limits)  # again: the name may now be another file
-            img = Image.open(handle, formats=_FORMATS)
+            img = Image.open(handle, formats=IMAGE_FORMATS)
             _check_pixel_limit(path, img.size)
             if draft is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
                 img.draft("RGB", _stored_draft_size(img, draft))
@@ -332,7 +334,7 @@ def _stored_draft_size(img: Image.Image, draft_size: tuple[int, int]) -> tuple[i
 def _check_pixel_limit(path: Path, size: tuple[int, int]) -> None:
     """Refuse an image over ``PIL.Image.MAX_IMAGE_PIXELS``, like Pillow's own check."""
     # Pillow checks in Image.open, but only warns up to twice the limit, and the warning is
-    # an error only while _bomb_warnings_as_errors holds; this check does not depend on the
+    # an error only while bomb_warnings_as_errors holds; this check does not depend on the
     # process-wide warning filters, which other threads can change.
     limit = Image.MAX_IMAGE_PIXELS
     pixels = max(1, size[0]) * max(1, size[1])
@@ -438,4 +440,5 @@ class _SharedWarningFilter:
                     self._block = None
 
 
-_bomb_warnings_as_errors = _SharedWarningFilter().active
+#: ``with bomb_warnings_as_errors():`` around any Pillow open or decode (thread-safe).
+bomb_warnings_as_errors = _SharedWarningFilter().active

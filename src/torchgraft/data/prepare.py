@@ -20,6 +20,7 @@ at most a few thousand decodes are queued at a time.
 
 from __future__ import annotations
 
+import dataclasses
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -292,5 +293,5 @@ def _without_bad(source: DataSource, images, bad) -> tuple[DataSource, dict[str,
         raise DataError(
             f"class(es) {empty} have no readable training image left after skipping bad files"
         )
-    pruned = DataSource(source.classes, splits, source.origin, source.layout)
-    return pruned, images
+    # Everything else stays as discovered (how val was made, the stray files named).
+    return dataclasses.replace(source, splits=splits), images

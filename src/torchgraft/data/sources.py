@@ -10,8 +10,11 @@
   ``train``/``val``/``test``); paths are relative to the CSV's folder.
 
 Class names are the folder names or CSV labels, sorted. Hidden files and folders (``.git``,
-``.DS_Store``) are ignored; any other entry that is not an image (a stray file, a FIFO, a
-broken link) is kept in the split so the scan reports it by path (never silently skipped).
+``.DS_Store``) are ignored. In a folder, a file whose name and content are no image's
+(``README.txt``, ``Thumbs.db``) and every file beside the class folders is left out of the
+splits and named (:attr:`DataSource.strays`, :mod:`.strays`); any other entry that is not an
+image (a ``.jpg`` of text, a FIFO, a broken link) is kept in the split so the scan reports it
+by path (never silently skipped). A CSV names its files itself: every row is a sample.
 Folders are walked by the link rules of :mod:`.folders` (links to folders only inside the
 data folder, no loops, unreadable folders named), CSVs read bounded (:mod:`.csv_list`). The
 split is stratified: each class gives ``round(n * val_fraction)`` of its images to ``val``
@@ -44,6 +47,7 @@ from .folders import class_folders, list_class_folders
 from .images import load_image
 from .limits import DataLimits, IndexBudget, resolve_data_limits
 from .sample_paths import SamplePaths, relative_name
+from .strays import StrayFiles
 
 __all__ = ["DataSource", "Split", "class_folders", "discover", "stratified_split"]
 
@@ -148,6 +152,8 @@ class DataSource:
         layout: ``digits``, ``split-folders``, ``class-folders`` or ``csv``.
         val_held_out: the data has no validation split of its own: ``val`` was taken from
             the training images (``val_fraction`` of each class).
+        strays: the folder's files left out of every split (not images, or beside the
+            class folders); :meth:`~.strays.StrayFiles.lines` says what they are.
     """
 
     classes: tuple[str, ...]
@@ -155,6 +161,7 @@ class DataSource:
     origin: str = ""
     layout: str = ""
     val_held_out: bool = False
+    strays: StrayFiles = field(default_factory=StrayFiles)
 
     def fingerprint(self) -> str:
         """sha256 of classes and every split's samples (resume refuses other data): of
@@ -247,27 +254,33 @@ def _class_folders(root: Path, val_fraction: float, seed: int, budget) -> DataSo
         name: _split(name, listing.paths, listing.labels, rows, root)
         for name, rows in (("train", train), ("val", val))
     }
-    return DataSource(listing.classes, splits, str(root), "class-folders", val_held_out=True)
+    return DataSource(
+        listing.classes, splits, str(root), "class-folders", True, strays=listing.strays
+    )
 
 
 def _split_folders(root: Path, val_fraction: float, seed: int, budget) -> DataSource:
     listing = list_class_folders(root / "train", root=root, budget=budget)
     paths, labels, classes = listing.paths, listing.labels, listing.classes
-    splits = {}
+    splits, strays = {}, listing.strays
     if (root / "val").is_dir():
         splits["train"] = Split("train", labels, paths, root=root)
-        splits["val"] = _other_split(root, "val", classes, budget)
+        splits["val"], more = _other_split(root, "val", classes, budget)
+        strays += more
     else:
         train, val = stratified_split(labels, val_fraction, seed)
         splits["train"] = _split("train", paths, labels, train, root)
         splits["val"] = _split("val", paths, labels, val, root)
     if (root / "test").is_dir():
-        splits["test"] = _other_split(root, "test", classes, budget)
+        splits["test"], more = _other_split(root, "test", classes, budget)
+        strays += more
     held_out = not (root / "val").is_dir()
-    return DataSource(classes, splits, str(root), "split-folders", val_held_out=held_out)
+    return DataSource(classes, splits, str(root), "split-folders", held_out, strays=strays)
 
 
-def _other_split(root: Path, name: str, classes: tuple[str, ...], budget) -> Split:
+def _other_split(
+    root: Path, name: str, classes: tuple[str, ...], budget
+) -> tuple[Split, StrayFiles]:
     listing = list_class_folders(root / name, root=root, allow_single=True, budget=budget)
     unknown = sorted(set(listing.classes) - set(classes))
     if unknown:
@@ -277,7 +290,8 @@ def _other_split(root: Path, name: str, classes: tuple[str, ...], budget) -> Spl
         )
     position = {name: index for index, name in enumerate(classes)}
     index = [position[found] for found in listing.classes]
-    return Split(name, [index[label] for label in listing.labels], listing.paths, root=root)
+    split = Split(name, [index[label] for label in listing.labels], listing.paths, root=root)
+    return split, listing.strays
 
 
 def _csv(path: Path, val_fraction: float, seed: int, budget, limits: DataLimits) -> DataSource:

@@ -15,6 +15,7 @@
       model.json           … how to rebuild it, its classes, preprocessing, metrics, sha256
       state/               the resume state of the last complete epoch
       report.html          one self-contained page of all the above (refreshed each epoch)
+      phases.json          the wall time of the last train command that ran, by phase
       torchrun.json        under torchrun: the rendezvous id and the number of processes
 
 Metrics files are rewritten whole (they are small) after the epoch's resume state is on
@@ -24,8 +25,10 @@ A run owns its folder alone. :meth:`RunDirectory.create` makes it with one ``mkd
 final name, which fails when anything is there, so two runs started together never share
 one: with ``output.name`` the second is refused (:class:`~torchgraft.errors.ConfigError`,
 naming the folder); a stamped default name takes the next free ``-2``, ``-3``, … A folder
-this process made and left empty (a start that failed) is removed when the process exits,
-and the thread that made it may use it again before then (``tg.fit`` tried again).
+this process made and left empty (a start that failed: train's run folder, lr-find's, and
+``output.dir`` itself when this process made it) is removed when the process exits, and the
+thread that made a run folder may use it again before then (``tg.fit`` tried again). A
+folder that holds anything — a resumed run's, another run's — is never removed.
 :func:`run_file` says which paths are the run's own (:data:`RUN_FILES`, anything in a
 sub-folder, hidden temporaries), for writers that must never replace them (``export -o``).
 """
@@ -36,6 +39,7 @@ import atexit
 import contextlib
 import csv
 import datetime
+import errno
 import io
 import json
 import os
@@ -55,6 +59,7 @@ __all__ = [
     "RUN_FILES",
     "RunDirectory",
     "is_run_directory",
+    "make_folder",
     "make_stamped_folder",
     "run_file",
     "writing_into",
@@ -80,6 +85,7 @@ RUN_FILES = frozenset(
         "model.json",
         "state",
         "report.html",
+        "phases.json",
         "test_metrics.json",
         "torchrun.json",
         "eval_confusion.png",
@@ -130,17 +136,13 @@ class RunDirectory:
         """
         parent = Path(parent)
         if name is None:
-            folder = make_stamped_folder(parent, model_name)
-        else:
-            folder = parent / name
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.mkdir(folder)  # exclusive: checking first and creating then would race
-            except FileExistsError:
-                if not _failed_here(folder):
-                    raise ConfigError(_taken(folder)) from None
-                return cls(folder)
-        _remove_at_exit_if_empty(folder)
+            return cls(make_stamped_folder(parent, model_name))
+        folder = parent / name
+        try:
+            _make_alone(folder)  # exclusive: checking first and creating then would race
+        except FileExistsError:
+            if not _failed_here(folder):
+                raise ConfigError(_taken(folder)) from None
         return cls(folder)
 
     def file(self, name: str) -> Path:
@@ -241,7 +243,7 @@ def _same_folder(one: Path, other: Path) -> bool:
 def make_stamped_folder(parent: Path, model_name: str, kind: str = "") -> Path:
     """``parent/<time stamp>-<model>[-kind]``, or the first of ``…-2``, ``…-3`` nobody made
     yet: each name is taken by one ``mkdir``, so two runs (or sweeps) started in the same
-    second never share a folder.
+    second never share a folder. Removed at exit if it is still empty (a start that failed).
 
     Raises:
         OutputError: every suffix is taken. OSError: ``parent`` cannot be made.
@@ -249,11 +251,10 @@ def make_stamped_folder(parent: Path, model_name: str, kind: str = "") -> Path:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
     short = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name.split(":")[-1])[:40]
     base = f"{stamp}-{short}" + (f"-{kind}" if kind else "")
-    parent.mkdir(parents=True, exist_ok=True)
     for suffix in range(1, _MAX_SUFFIX + 1):
         folder = parent / (base if suffix == 1 else f"{base}-{suffix}")
         try:
-            os.mkdir(folder)  # the name is ours only if this call made it
+            _make_alone(folder)  # the name is ours only if this call made it
         except FileExistsError:
             continue
         return folder
@@ -280,8 +281,48 @@ def _taken(folder: Path) -> str:
     )
 
 
-#: Run folders this process made: (path, device, inode, thread), removed at exit if empty.
+#: Folders this process made: (path, device, inode, thread), removed at exit if empty.
 _MADE_HERE: list[tuple[Path, int, int, int]] = []
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` and its missing parents, like ``mkdir -p``; those this call made are
+    removed at exit if still empty (a start that failed leaves nothing behind).
+
+    Raises:
+        OSError: a parent cannot be made (no permission); NotADirectoryError: a file is
+            in the way.
+    """
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    for path in missing:  # outermost first; each one only if nobody made it meanwhile
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        _remove_at_exit_if_empty(path)
+    if not folder.is_dir():  # a file in the way (FileExistsError would read "name taken")
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", str(folder))
+    return folder
+
+
+def _make_alone(folder: Path) -> None:
+    """Make ``folder`` with one exclusive ``mkdir`` (its parents as :func:`make_folder`),
+    removed at exit if left empty.
+
+    Raises:
+        FileExistsError: something is there already (the name is not ours).
+    """
+    for _ in range(3):
+        make_folder(folder.parent)
+        try:
+            os.mkdir(folder)
+            break
+        except FileNotFoundError:
+            continue  # the parent was removed in between (a failed run that made it exited)
+    else:
+        os.mkdir(folder)  # the parent keeps vanishing: let the OSError say so
+    _remove_at_exit_if_empty(folder)
 
 
 def _remove_at_exit_if_empty(folder: Path) -> None:
@@ -303,7 +344,8 @@ def _failed_here(folder: Path) -> bool:
 
 
 def _remove_empty_folders() -> None:
-    for folder, device, inode, _ in _MADE_HERE:
+    # Innermost first: a run folder, then the output.dir it emptied by going.
+    for folder, device, inode, _ in reversed(_MADE_HERE):
         with contextlib.suppress(OSError):
             info = folder.stat()
             if (info.st_dev, info.st_ino) == (device, inode):  # still the folder we made

@@ -35,7 +35,7 @@ from ..data.defaults import (
 from ..data.prepare import PreparedData, prepare_data
 from ..data.sources import discover
 from ..data.transforms import resolve_preprocessing
-from ..errors import DataError, VerificationError
+from ..errors import ConfigError, DataError, VerificationError
 from ..grafting.api import graft
 from ..grafting.graft_plan import GraftReport
 from ..grafting.verify import Verification, verify_graft
@@ -92,9 +92,11 @@ class ModelSetup:
 
 @dataclass
 class RunStart:
-    """A run at its first epoch: the data source, the model and how it came to be, the
+    """A run at its first epoch: the data source as trained on (bad files left out when
+    skipped, so its counts are the images used), the model and how it came to be, the
     prepared data, the session (not begun: a resume state is restored by its
-    :meth:`~.session.Session.begin`), and the notes to print (batches clamped)."""
+    :meth:`~.session.Session.begin`), and the notes to print (stray files skipped, settings
+    chosen, batches clamped)."""
 
     source: Any
     setup: ModelSetup
@@ -143,12 +145,13 @@ def start_run(
     chosen = choose_data_settings(config, setup, source, processes)
     data = prepare_run_data(config, setup, source)
     # Before a batch exists: clamped to the split (said), refused when it cannot fit.
-    notes = [choice.line() for choice in chosen if not choice.given]
+    notes = source.strays.lines()
+    notes += [choice.line() for choice in chosen if not choice.given]
     notes += check_run_batches(config, setup.model, data, runtime, processes)
     session = Session(config, setup.model, setup.spec, runtime, data, processes)
     session.decisions += [choice.to_dict() for choice in chosen]
     session.decisions += runtime_decisions(runtime, config.train, config.model.channels_last)
-    return RunStart(source, setup, data, session, notes)
+    return RunStart(data.source, setup, data, session, notes)
 
 
 def choose_data_settings(
@@ -280,10 +283,16 @@ def build_run_model(config: RunConfig, classes: tuple[str, ...], progress=None) 
     graft shows a progress bar on ``progress`` (a :class:`~.console.RunConsole`), if given.
 
     Raises:
+        ConfigError: ``head.num_classes`` is below the number of ``classes``.
         SpecError / GraftError / CheckpointError: the model or weights cannot be had as asked.
         VerificationError: the graft changed the function of the source model.
     """
     num_classes = config.head.num_classes or len(classes)
+    if num_classes < len(classes):  # else the first batch fails on a label past the head
+        raise ConfigError(
+            f"head.num_classes {num_classes}: the data has {len(classes)} classes; set it to "
+            f"at least {len(classes)}, or leave it out to count them"
+        )
     read_options = {"ema": config.weights.ema, "allow_globals": config.weights.allow_globals}
     built = build_model(
         config.model.name,

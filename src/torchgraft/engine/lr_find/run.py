@@ -21,7 +21,7 @@ from ...wording import option, renamed
 from ..config.load import CONFIG_OPTIONS, RunConfig, load_config
 from ..console import RunConsole
 from ..report.summary import graft_lines
-from ..run_dir import make_stamped_folder, writing_into
+from ..run_dir import make_folder, make_stamped_folder, writing_into
 from ..setup import start_run
 from .outputs import apply_suggestion, check_writable, print_result, write_outputs
 from .rules import (
@@ -175,7 +175,7 @@ def _folder(config: RunConfig, output: str | Path | None) -> Path:
                 f"{option('output', str(folder))}: a file is in the way; give a folder"
             )
         with writing_into(folder.parent, resumable=False):
-            folder.mkdir(parents=True, exist_ok=True)  # the folder you named: yours to reuse
+            make_folder(folder)  # the folder you named: yours to reuse (removed if left empty)
         return folder
     parent = Path(config.output.dir)
     with writing_into(parent, resumable=False):
