@@ -44,11 +44,11 @@ def test_round_trip_is_bitwise_and_sidecar_holds_the_sha256(tmp_path):
     assert all(_bitwise_equal(loaded[k], v) for k, v in tensors.items())
     with safe_open(str(out), framework="pt") as handle:
         assert handle.metadata() == {"format": "pt"}
-    sidecar = json.loads((tmp_path / "out.json").read_text())
+    sidecar = json.loads((tmp_path / "out.safetensors.json").read_text())
     assert sidecar["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert sidecar["file"] == "out.safetensors"
     assert (sidecar["source"], sidecar["n"]) == ("a.ckpt", 3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "out.safetensors.json"]
 
 
 def test_sha256_file_streams_and_matches_hashlib(tmp_path):
@@ -122,5 +122,5 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, name, tensors
 
 def test_paths_in_the_sidecar_are_strings_and_sidecar_path_is_beside(tmp_path):
     out = save_grafted(tmp_path / "m.v1.safetensors", {"w": torch.ones(1)}, {"src": tmp_path})
-    assert sidecar_path(out) == tmp_path / "m.v1.json"
+    assert sidecar_path(out) == tmp_path / "m.v1.safetensors.json"  # FILE + .json
     assert json.loads(sidecar_path(out).read_text())["src"] == str(tmp_path)

@@ -180,7 +180,9 @@ def test_report_of_a_run_imports_no_model_library(tmp_path, subprocess_env, run_
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(page)
     text = page.read_text(encoding="utf-8")
-    assert text.count("<figure>") == 4  # the worst images: the model ran over the data
+    # the image sections: the model ran over the data; each of the 6 validation images is
+    # misclassified or correct, at most 4 shown in each section
+    assert 4 <= text.count("<figure>") <= 6
     assert not imported & MODEL_LIBRARIES
 
 

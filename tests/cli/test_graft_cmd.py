@@ -135,7 +135,7 @@ def test_json_verify_and_output(console_script, workdir, source_file, source_sta
     assert sorted(written) == sorted(k.removeprefix("module.") for k in source_state)
     for key, value in source_state.items():
         assert torch.equal(written[key.removeprefix("module.")], value), key
-    sidecar = json.loads((workdir / "out.json").read_text())
+    sidecar = json.loads((workdir / "out.safetensors.json").read_text())
     assert sidecar["mapping"]["bn2.running_var"] == "module.bn2.running_var"
 
 
@@ -196,7 +196,7 @@ def test_failed_verification_exits_1_with_one_line_and_writes_nothing(
     assert lines[0].endswith("nothing was written to out.safetensors")
     assert "FAILED: the graft changed the function" in result.stdout  # the report, above
     assert not (workdir / "out.safetensors").exists()
-    assert not (workdir / "out.json").exists()
+    assert not (workdir / "out.safetensors.json").exists()
 
 
 @pytest.mark.slow

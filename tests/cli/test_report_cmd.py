@@ -11,7 +11,7 @@ import torchgraft as tg
 from support import tiny_config, write_digit_folder
 from torchgraft.engine.console import RunConsole
 
-SECTIONS = ["glance", "curves", "confusion", "examples", "graft", "policy"]
+SECTIONS = ["glance", "curves", "confusion", "misclassified", "least-confident", "graft", "policy"]
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,21 @@ def test_report_regenerates_the_page(run_dir, console_script, subprocess_env):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(page)
     text = page.read_text(encoding="utf-8")
-    assert re.findall(r'<section id="(\w+)">', text) == SECTIONS
+    assert re.findall(r'<section id="([\w-]+)">', text) == SECTIONS
     assert "<script" not in text
     sources = re.findall(r'src="([^"]*)"', text)
     assert all(s.startswith("data:image/png;base64,") for s in sources)
-    # the three figures (--plots, although the run had them off) and 4 worst images
-    assert len(sources) == 3 + 4
-    assert text.count("<figure>") == 4
+    # the three figures (--plots, although the run had them off), then at most 4 images in
+    # each image section; each of the 6 validation images is either wrong or right
+    counts = {}
+    for key, verdict in (("misclassified", "wrongly"), ("least-confident", "correctly")):
+        start = text.index(f'<section id="{key}">')
+        body = text[start : text.index("</section>", start)]
+        said = re.search(rf"(\d+) of the 6 validation images were classified {verdict}", body)
+        counts[key] = int(said[1]) if said else 0
+        assert body.count("<figure>") == min(4, counts[key]), key
+    assert sum(counts.values()) == 6
+    assert len(sources) == 3 + text.count("<figure>")
     assert "No graft" in text  # the tiny run started from random weights
 
 

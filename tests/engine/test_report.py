@@ -9,7 +9,6 @@ import html.parser
 import io
 import itertools
 import json
-import math
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ from torchgraft.engine.report.sections import figure
 from torchgraft.engine.report.write import write_report
 from torchgraft.grafting.correspondence import EVIDENCE
 
-SECTIONS = ["glance", "curves", "confusion", "examples", "graft", "policy"]
+SECTIONS = ["glance", "curves", "confusion", "misclassified", "least-confident", "graft", "policy"]
 VOID = {"img", "meta", "br", "hr", "link", "input", "source", "wbr", "col", "area", "base"}
 HOSTILE = "<script>"  # a class folder name: must show as text, never become a tag
 
@@ -168,14 +167,19 @@ def test_names_from_the_run_are_escaped(run_dir):
     assert "script" not in page.tags
     assert "&lt;script&gt;" in text
     assert HOSTILE in " ".join(page.text)  # shown, as text
-    assert "&lt;script&gt;" in section(text, "examples")  # in the captions too
+    # in the captions too (the class is shown, right or wrong, in one of the two sections)
+    images = section(text, "misclassified") + section(text, "least-confident")
+    assert "&lt;script&gt;" in images
 
 
-def test_the_worst_images_are_the_highest_loss_ones(run_dir, tmp_path):
+def test_the_image_sections_hold_the_wrong_and_the_unsure_right_ones(run_dir, tmp_path):
     work = copy_run(run_dir, tmp_path)
     write_report(work, count=3, trust_run=True)
-    examples = section((work / "report.html").read_text(encoding="utf-8"), "examples")
-    shown = re.findall(r"<br>([^<]+)</figcaption>", examples)
+    text = (work / "report.html").read_text(encoding="utf-8")
+    names = {
+        key: [html.unescape(n) for n in re.findall(r"<br>([^<]+)</figcaption>", section(text, key))]
+        for key in ("misclassified", "least-confident")
+    }
     # an independent oracle: tg.predict's probabilities of the same validation files
     model = tg.load(run_dir, trust_run=True)
     validation = tg.load_config(run_dir / "config.yaml").data
@@ -183,16 +187,21 @@ def test_the_worst_images_are_the_highest_loss_ones(run_dir, tmp_path):
 
     split = discover(validation.source).splits["val"]
     predictions = tg.predict(model, split.paths, topk=len(model.classes))
-    losses = {}
+    wrong, right = {}, {}
     for path, label, prediction in zip(split.paths, split.labels, predictions, strict=True):
         p_true = dict(prediction.top)[model.classes[label]]
-        losses[path.relative_to(split.root).as_posix()] = -math.log(p_true)
-    assert len(shown) == 3
-    shown = [html.unescape(name) for name in shown]
-    rest = [losses[name] for name in losses if name not in shown]
-    ranked = [losses[name] for name in shown]
-    assert min(ranked) >= max(rest) - 1e-5  # the three highest losses …
-    assert all(a >= b - 1e-5 for a, b in itertools.pairwise(ranked))  # … in order
+        correct = prediction.top[0][0] == model.classes[label]
+        (right if correct else wrong)[path.relative_to(split.root).as_posix()] = p_true
+    for key, pool in (("misclassified", wrong), ("least-confident", right)):
+        shown = names[key]
+        assert len(shown) == min(3, len(pool)), key
+        assert set(shown) <= set(pool), f"{key} shows images of the other kind"
+        ranked = [pool[name] for name in shown]
+        rest = [pool[name] for name in pool if name not in shown]
+        assert max(ranked, default=0) <= min(rest, default=1) + 1e-5  # the lowest p(true) …
+        assert all(a <= b + 1e-5 for a, b in itertools.pairwise(ranked))  # … in order
+    if not wrong:
+        assert "classified every one of the 6 validation images correctly" in text
 
 
 def test_missing_and_damaged_files_become_sentences(run_dir, tmp_path):
@@ -206,7 +215,8 @@ def test_missing_and_damaged_files_become_sentences(run_dir, tmp_path):
     page = Page(text)
     assert page.sections == SECTIONS
     assert "graft.json not found" in section(text, "graft")
-    assert "no saved model" in section(text, "examples")
+    assert "no saved model" in section(text, "misclassified")
+    assert "no saved model" in section(text, "least-confident")
     assert "policy.json cannot be read" in section(text, "policy")
     glance = section(text, "glance")
     for name in ("graft.json", "model.json", "policy.json", "state/"):
@@ -219,9 +229,10 @@ def test_moved_data_is_said_instead_of_failing(run_dir, tmp_path):
     config["data"]["source"] = str(tmp_path / "gone")
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     write_report(work, trust_run=True)
-    examples = section((work / "report.html").read_text(encoding="utf-8"), "examples")
-    assert "cannot be read now" in examples
-    assert "gone" in examples
+    text = (work / "report.html").read_text(encoding="utf-8")
+    for key in ("misclassified", "least-confident"):
+        assert "cannot be read now" in section(text, key)
+        assert "gone" in section(text, key)
 
 
 def test_the_cheap_refresh_adds_no_data_pass_and_plots_follow_the_config(run_dir, tmp_path):
@@ -229,7 +240,8 @@ def test_the_cheap_refresh_adds_no_data_pass_and_plots_follow_the_config(run_dir
     write_report(work, final=False, plots=False)
     text = (work / "report.html").read_text(encoding="utf-8")
     assert Page(text).images == []
-    assert "end of training" in section(text, "examples")
+    assert "end of training" in section(text, "misclassified")
+    assert "end of training" in section(text, "least-confident")
     assert "output.plots: false" in section(text, "curves")
 
 
@@ -326,4 +338,4 @@ def test_documents_of_the_wrong_shape_give_a_page_not_a_crash(run_dir, tmp_path)
     assert "&lt;b&gt;" in text
     assert "verification" in section(text, "graft")
     assert "FAILED" in section(text, "graft")  # "ok": "maybe" is not a pass
-    assert "config.yaml does not say where the data is" in section(text, "examples")
+    assert "config.yaml does not say where the data is" in section(text, "misclassified")

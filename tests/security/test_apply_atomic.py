@@ -181,4 +181,4 @@ def test_cli_complex_checkpoint_exits_2_naming_the_key_and_writes_nothing(
     assert "imaginary part" in lines[0]
     assert "internal error" not in result.stderr
     assert not out.exists()
-    assert not out.with_suffix(".json").exists()
+    assert not out.with_name(out.name + ".json").exists()  # its sidecar

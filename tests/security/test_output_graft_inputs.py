@@ -1,10 +1,10 @@
 """``torchgraft graft -o`` / ``--plan-out`` never replace what the same command reads.
 
 The checkpoint being grafted (a file, or anything in a checkpoint folder), ``--rules`` and
-``--plan`` are inputs; ``-o``, its sidecar ``OUT.json`` and ``--plan-out`` are outputs, and no
-output may land on an input or on another output, however the path is spelled (``..``, a
-link to the folder). Refused in the command line's checks, before torch is imported or a
-file read: exit 2, one line, the input untouched.
+``--plan`` are inputs; ``-o``, its sidecar ``OUT.safetensors.json`` and ``--plan-out`` are
+outputs, and no output may land on an input or on another output, however the path is
+spelled (``..``, a link to the folder). Refused in the command line's checks, before torch is
+imported or a file read: exit 2, one line, the input untouched.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ CASES = {
         "--plan-out rules.yaml is --rules itself",
     ),
     "-o sidecar onto --plan-out": (
-        ["w.safetensors", "-o", "out.safetensors", "--plan-out", "out.json"],
-        "-o/--output (its sidecar) out.json and --plan-out out.json are the same file",
+        ["w.safetensors", "-o", "out.safetensors", "--plan-out", "out.safetensors.json"],
+        "-o/--output (its sidecar) out.safetensors.json and --plan-out out.safetensors.json "
+        "are the same file",
     ),
 }
 
@@ -91,7 +92,7 @@ def test_a_link_given_as_output_is_replaced_and_the_file_it_points_to_kept(
     torch.save(TinyCNN().state_dict(), tmp_path / "tiny.pt")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    for name in ("plan.yaml", "out.safetensors", "out.json"):
+    for name in ("plan.yaml", "out.safetensors", "out.safetensors.json"):
         (elsewhere / name).write_text("someone else's file")
         (tmp_path / name).symlink_to(elsewhere / name)
     result = run_cli(
@@ -100,7 +101,7 @@ def test_a_link_given_as_output_is_replaced_and_the_file_it_points_to_kept(
         env=subprocess_env, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for name in ("plan.yaml", "out.safetensors", "out.json"):
+    for name in ("plan.yaml", "out.safetensors", "out.safetensors.json"):
         assert not (tmp_path / name).is_symlink()
         assert (elsewhere / name).read_text() == "someone else's file"
     assert "torchgraft graft plan" in (tmp_path / "plan.yaml").read_text()

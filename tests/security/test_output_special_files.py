@@ -87,7 +87,7 @@ COMMANDS = {
     "graft -o sidecar": (
         ["graft", "src.pt", "--into", "m:Net", "-o", "{dir}/w.safetensors"],
         "-o/--output (its sidecar)",
-        "w.json",
+        "w.safetensors.json",
     ),
     "graft --plan-out": (
         ["graft", "src.pt", "--into", "m:Net", "--plan-out", "{out}"],

@@ -429,7 +429,7 @@ def test_cli_rules_alone_mean_strategy_rules_and_dry_run_says_what_it_would_writ
     assert "evidence: rules 52" in lines
     assert lines[-1] == (
         "dry run: nothing was loaded or written; without --dry-run this would also write "
-        "new/dir/out.safetensors and new/dir/out.json"
+        "new/dir/out.safetensors and new/dir/out.safetensors.json"
     )
     assert not (tmp_path / "new").exists()
 

@@ -54,7 +54,7 @@ def test_the_plan_file_applied_writes_the_grafted_weights(tmp_path, source_file,
     assert sorted(written) == sorted(k.removeprefix("net.") for k in source_state)
     for key, value in source_state.items():
         assert torch.equal(written[key.removeprefix("net.")], value), key
-    assert (tmp_path / "out" / "grafted.json").is_file()
+    assert (tmp_path / "out" / "grafted.safetensors.json").is_file()
 
 
 def test_a_dry_run_says_what_the_graft_would_refuse(tmp_path, source_state):

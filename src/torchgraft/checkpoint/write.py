@@ -1,4 +1,5 @@
-"""Write grafted weights: ``OUT.safetensors`` plus a JSON sidecar ``OUT.json``, atomically.
+"""Write grafted weights: ``OUT.safetensors`` plus a JSON sidecar ``OUT.safetensors.json``
+(:func:`torchgraft.sidecars.sidecar_path`, the one naming rule), atomically.
 
 The sidecar says where the weights came from (source, mapping, report — whatever the caller
 passes) and carries the sha256 of the safetensors file it sits beside, so a reader can tell
@@ -20,16 +21,12 @@ import torch
 
 from ..atomic import atomic_paths
 from ..errors import CheckpointError
+from ..sidecars import legacy_sidecar_path, sidecar_path  # sidecar_path re-exported
 from .regular_files import open_regular
 
-__all__ = ["save_grafted", "sha256_file", "sidecar_path"]
+__all__ = ["legacy_graft_sidecar", "save_grafted", "sha256_file", "sidecar_path"]
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for full disk speed, small enough to stay in cache
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """The JSON sidecar that belongs to ``path`` (``OUT.safetensors`` → ``OUT.json``)."""
-    return Path(path).with_suffix(".json")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -51,7 +48,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 def save_grafted(
     path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], sidecar: Mapping[str, Any]
 ) -> Path:
-    """Write ``tensors`` to ``path`` (safetensors) and ``sidecar`` to ``path`` with ``.json``.
+    """Write ``tensors`` to ``path`` (safetensors) and ``sidecar`` to ``path`` + ``.json``.
 
     Tensors that share storage (tied weights) are stored as separate copies and
     non-contiguous ones are made contiguous, since safetensors refuses both; every key is
@@ -94,6 +91,27 @@ def save_grafted(
         document.update(sha256=sha256_file(weights_tmp), file=path.name)
         sidecar_tmp.write_text(_to_json(path, document), encoding="utf-8")
     return path
+
+
+def legacy_graft_sidecar(path: str | os.PathLike) -> Path | None:
+    """The sidecar an earlier torchgraft wrote for the grafted weights at ``path`` under the
+    old name (``out.safetensors`` → ``out.json``), or None when there is none.
+
+    Only a file that is such a sidecar counts: a JSON mapping whose ``file`` names ``path``
+    and that records a ``sha256`` (a user's own ``out.json`` is none of torchgraft's
+    business). Read within the document limits; anything unreadable is not one.
+    """
+    from .documents import read_json
+
+    old = legacy_sidecar_path(path)
+    if old == sidecar_path(path) or not os.path.lexists(old):
+        return None
+    try:
+        record = read_json(old, ValueError)
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(record, dict) and record.get("file") == Path(path).name
+    return old if ours and isinstance(record.get("sha256"), str) else None
 
 
 def _storable(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -7,13 +7,16 @@ max |difference| <= tolerance x max(1, largest logit). The file gets a JSON side
 FILE.json (classes, preprocessing, input shape, sha256, the measured difference, method,
 torch version), which `torchgraft predict FILE` reads. Default FILE: model.ts.pt, model.pt2
 or model.onnx in the run directory. Files are written atomically: a failed export or check
-(exit status 1) leaves any previous export as it was. ONNX needs the optional extra:
+(exit status 1) leaves any previous export as it was. A run stopped before its last epoch is
+exported all the same (its best model so far), with a line on stderr saying it is unfinished
+and how to finish it, and "finished": false in the sidecar. ONNX needs the optional extra:
 pip install "torchgraft[onnx]".
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import add_trust_run_argument, check_output_path, non_negative_float
 
@@ -61,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     result = export_run(
         args.run_dir, args.format, args.output, tolerance=tolerance, trust_run=args.trust_run
     )
+    unfinished = result.progress.unfinished(args.run_dir)
+    if unfinished:
+        # On stderr, so it shows with --json too (stdout holds only the JSON document).
+        print(f"torchgraft export: warning: {unfinished}", file=sys.stderr)
     if args.json:
         print_json(result.to_dict())
         return 0

@@ -6,8 +6,9 @@ source tensor feeds which target tensor, and prints the plan (``--dry-run``) or 
 Nothing is loaded below ``--min-coverage``. ``--verify-with`` builds the source architecture,
 runs both models on one input and fails loudly if the function changed (exit status 1 and a
 ``VERIFICATION FAILED`` line: the difference, the tolerance, where the models part). ``-o``
-writes the grafted weights as safetensors with a JSON sidecar (source, sha256 of both files,
-mapping, report); its folder is created if missing.
+writes the grafted weights as safetensors with a JSON sidecar named by the one rule for every
+file torchgraft writes, ``OUT.safetensors.json`` (source, sha256 of both files, mapping,
+report); its folder is created if missing.
 
 Options are checked together before anything is read: an option this run would ignore is
 refused (``--tolerance`` without ``--verify-with``, ``--strategy``/``--rules`` with
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from ..atomic import same_file
 from ..errors import VerificationError
+from ..sidecars import sidecar_path
 from ..text import printable, printable_lines
 from .common import (
     OptionError,
@@ -187,8 +189,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     outputs = {}
     if args.output:
         outputs["-o/--output"] = (args.output, "model.safetensors")
-        sidecar = str(Path(args.output).with_suffix(".json"))
-        outputs["-o/--output (its sidecar)"] = (sidecar, "model.json")
+        sidecar = str(sidecar_path(args.output))
+        outputs["-o/--output (its sidecar)"] = (sidecar, "model.safetensors.json")
     if args.plan_out:
         outputs["--plan-out"] = (args.plan_out, "plan.yaml")
     read = {"SOURCE": args.source, "--rules": args.rules, "--plan": args.plan}
@@ -206,6 +208,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
                     f"{flag} {printable(path)} and {other} {printable(there)} are the same "
                     "file: one would replace the other; give them different names"
                 )
+    # After the checks of the path itself: a folder or a device given as -o is named as such.
+    if args.output and Path(args.output).suffix != ".safetensors":
+        raise OptionError(
+            f"-o/--output {printable(args.output)}: grafted weights are written as "
+            f"safetensors; give a file name ending in .safetensors (e.g. "
+            f"{printable(Path(args.output).with_suffix('.safetensors').name)})"
+        )
 
 
 def _show(plan, args: argparse.Namespace) -> None:
@@ -238,7 +247,7 @@ def _said_dry_run(args: argparse.Namespace) -> None:
         later.append(f"verify the outputs against {printable(args.verify_with)}")
     if args.output:
         out = Path(args.output)
-        later.append(f"write {printable(out)} and {printable(out.with_suffix('.json'))}")
+        later.append(f"write {printable(out)} and {printable(sidecar_path(out))}")
     if later:
         print(
             f"dry run: nothing was loaded or written; without --dry-run this would also "

@@ -1,9 +1,10 @@
 """(Re)write a run directory's report.html: one self-contained page describing the run.
 
 The page holds the run at a glance, the loss/accuracy and LR curves, the confusion matrix,
-the worst-classified validation images (the saved best model run over the validation split
-again), the graft with the evidence for each pairing, and the freeze summary and parameter
-groups of each stage. It is built from the run's files only, embeds its images and fetches
+the misclassified validation images (worst first: the lowest probability of the true class)
+and, apart, the least confident correct ones (the saved best model run over the validation
+split again), the graft with the evidence for each pairing, and the freeze summary and
+parameter groups of each stage. It is built from the run's files only, embeds its images and fetches
 nothing. train writes it too (after every saved epoch, and in full at the end); this command
 regenerates it, e.g. for a run that was stopped before the end.
 """
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=16,
         metavar="K",
-        help="how many worst-classified validation images to show (0: none, no data pass)",
+        help="the most images each image section shows: the K worst misclassified validation "
+        "images and the K least confident correct ones (default: 16; 0: neither, no pass over "
+        "the data)",
     )
     parser.add_argument(
         "--plots",
@@ -43,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, OutputError
 
     if args.examples < 0:
-        raise ConfigError(f"--examples {args.examples}: give 0 or more images")
+        raise ConfigError(
+            f"--examples {args.examples}: give 0 or more images per section (0: no images, "
+            "no pass over the data)"
+        )
     folder = require_run_dir(args.run_dir)
     if args.examples:
         _say_when_the_model_is_not_trusted(folder, args.trust_run)
@@ -71,8 +77,8 @@ def _say_when_the_model_is_not_trusted(folder, trust_run: bool) -> None:
         read_model_document(folder, trust_run=trust_run)
     except UntrustedRunError as exc:
         print(
-            f"torchgraft report: note: the worst-classified images are left out: "
-            f"{printable(str(exc))}",
+            "torchgraft report: note: the misclassified and least confident images are left "
+            f"out: {printable(str(exc))}",
             file=sys.stderr,
         )
     except TorchgraftError:

@@ -268,9 +268,15 @@ def _locate(path: Path) -> tuple[Path, Path]:
             )
         return weights, path / MODEL_JSON
     if not _exists(path):
-        raise CheckpointError(f"{path}: no such run directory or model file")
+        raise CheckpointError(
+            f"{path}: no such run directory or model file; give a run directory that "
+            "torchgraft train created (runs/…) or its model.safetensors"
+        )
     if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path}: expected a run directory or a .safetensors model file")
+        raise CheckpointError(
+            f"{path}: not a run directory or a .safetensors model file; give a run directory "
+            "that torchgraft train created (runs/…) or its model.safetensors"
+        )
     return path, path.with_name(MODEL_JSON) if path.name == MODEL_FILE else path.with_suffix(
         ".json"
     )

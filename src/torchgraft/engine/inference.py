@@ -243,26 +243,52 @@ def evaluate_folder(
     return result, data
 
 
+#: The second half of what to do about classes the model never saw (_unknown_classes).
+_RENAME_FOLDER = "a folder that holds one of the model's classes under another name: rename it"
+_RENAME_LABEL = "a label that names one of the model's classes another way: change it"
+
+
 def _labelled(path: Path, classes: tuple[str, ...]) -> DataSource:
     """One split called ``eval`` whose labels index the model's classes."""
     if path.is_dir() and (path / "train").is_dir():
         found = discover(str(path))
         names, split = found.classes, found.splits.get("test") or found.splits["val"]
         labels, paths, root = split.labels, split.paths, split.root
+        remedy = f"move those class folders out of the split folders of {path}", _RENAME_FOLDER
     elif path.is_dir():
         names, samples = class_folders(path, allow_single=True)
         labels, paths, root = [s[1] for s in samples], [s[0] for s in samples], path
+        remedy = f"move those class folders out of {path}", _RENAME_FOLDER
     elif path.suffix.lower() == ".csv" and path.is_file():
         found = discover(str(path))
         names, parts = found.classes, list(found.splits.values())
         labels = [label for s in parts for label in s.labels]
         paths, root = [p for s in parts for p in s.paths], path.parent
+        remedy = f"remove their rows from {path}", _RENAME_LABEL
     else:
-        raise DataError(f"{path}: give a folder of class subfolders or a .csv of path,label")
+        what = "no such file or folder" if not path.exists() else "not a folder or a .csv file"
+        raise DataError(
+            f"{path}: {what}; give a folder of class subfolders (or one with train/ and test/ "
+            "or val/ split folders) or a .csv of path,label"
+        )
     unknown = sorted(set(names) - set(classes))
     if unknown:
-        shown = ", ".join(classes[:10]) + (", …" if len(classes) > 10 else "")
-        raise DataError(f"{path}: class(es) {unknown[:5]} are not classes of the model ({shown})")
+        raise _unknown_classes(path, unknown, classes, remedy)
     index = {c: i for i, c in enumerate(classes)}
     mapped = [index[names[label]] for label in labels]
     return DataSource(classes, {"eval": Split("eval", mapped, paths, root=root)}, str(path), "eval")
+
+
+def _unknown_classes(
+    path: Path, unknown: Sequence[str], classes: Sequence[str], remedy: tuple[str, str]
+) -> DataError:
+    """The data holds classes the model never saw: which, which ones it knows, and what to do
+    (``remedy``: leave them out, or rename the ones that are model classes by another name)."""
+    from ..wording import listing
+
+    leave_out, rename = remedy
+    return DataError(
+        f"{path}: {len(unknown)} class(es) the model was not trained on: "
+        f"{listing(map(repr, unknown), 5)}; the model knows {listing(map(repr, classes), 10)}. "
+        f"To evaluate on the model's classes only, {leave_out}; {rename} to that class's name"
+    )

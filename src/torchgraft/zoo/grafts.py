@@ -28,8 +28,8 @@ from torch import nn
 
 from ..atomic import landing
 from ..checkpoint.read import Checkpoint
-from ..checkpoint.write import save_grafted, sha256_file
-from ..errors import GraftError, SpecError
+from ..checkpoint.write import legacy_graft_sidecar, save_grafted, sha256_file
+from ..errors import CheckpointError, GraftError, SpecError
 from ..grafting import api
 from ..grafting import verify as verification
 from ..grafting.exactness import AllowPartial
@@ -37,6 +37,7 @@ from ..grafting.graft_plan import GraftPlan, GraftReport
 from ..grafting.plan_file import plan_from_file, write_plan_file
 from ..grafting.source import Source, SourceWeights, looks_like_spec, read_options, read_source
 from ..grafting.verify import Verification
+from ..sidecars import sidecar_path
 from ..text import printable
 from ..wording import in_cli, option
 from . import build_model, create_model, identified_architecture
@@ -64,6 +65,12 @@ def resolve_source(source: Source | SourceWeights, **options: Any) -> SourceWeig
     """
     if names_a_model(source):
         return _spec_weights(source)
+    if isinstance(source, (str, Path)) and not os.path.lexists(source):
+        raise CheckpointError(
+            f"{printable(source)}: no such file or folder; give a checkpoint file (.pt, .pth, "
+            ".bin, .ckpt, .safetensors) or folder, or a model spec with weights "
+            "(torchvision:resnet50, timm:resnet50.a1_in1k)"
+        )
     return read_source(source, **options)
 
 
@@ -235,8 +242,9 @@ def graft_into(
         source_model: the source architecture's spec: it settles ties while planning, and
             the graft is verified against it (``tolerance``, default
             :data:`~torchgraft.grafting.verify.DEFAULT_TOLERANCE`).
-        output: write the grafted weights there (safetensors, with a JSON sidecar: source,
-            sha256 of both files, mapping, report), unless the verification failed.
+        output: write the grafted weights there (safetensors, with a JSON sidecar at
+            ``<output>.json``: source, sha256 of both files, mapping, report), unless the
+            verification failed.
         min_coverage / allow_partial / allow_uncertain: see :func:`torchgraft.graft`.
         dry_run: plan (and write ``plan_out``), say what the graft would refuse; load nothing.
         ema / allow_globals / trust: the checkpoint reader's (a file ``source`` only).
@@ -344,8 +352,9 @@ def _check_in_chans_mode_used(plan: GraftPlan, in_chans_mode: str | None) -> Non
 def _write_output(
     path: str | os.PathLike, model: nn.Module, report: GraftReport, weights: SourceWeights
 ) -> Path:
-    """The grafted weights as safetensors, with a JSON sidecar (source and its sha256, the
-    target's spec, mapping, report); its folder is created. Noted in the report."""
+    """The grafted weights as safetensors, with a JSON sidecar at ``<path>.json`` (source and
+    its sha256, the target's spec, mapping, report); its folder is created. Noted in the
+    report."""
     origin = Path(weights.checkpoint.origin)
     spec = getattr(model, "torchgraft_spec", None)
     sidecar = {
@@ -358,5 +367,12 @@ def _write_output(
     path = landing(path)  # a link there is replaced, never written through (torchgraft.atomic)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_grafted(path, model.state_dict(), sidecar)
-    report.notes.append(f"wrote {path} and {path.with_suffix('.json')}")
+    report.notes.append(f"wrote {path} and {sidecar_path(path)}")
+    old = legacy_graft_sidecar(path)
+    if old is not None:  # an older torchgraft's name for it: left alone, but never silently
+        report.notes.append(
+            f"{old} is the sidecar an earlier torchgraft wrote for {path.name} under the old "
+            f"name; it describes the weights that were there before: delete it (the sidecar "
+            f"is {sidecar_path(path).name} now)"
+        )
     return path

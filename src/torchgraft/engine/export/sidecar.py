@@ -35,6 +35,7 @@ from torch import nn
 
 from ...checkpoint.write import sha256_file
 from ...errors import CheckpointError, ExportError
+from ...sidecars import sidecar_path  # the one naming rule (FILE.json), re-exported here
 from ...text import printable
 
 if TYPE_CHECKING:
@@ -59,12 +60,6 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 #: The check every export passed, in words (recorded, and quoted when one fails).
 RULE = "max |exported - eager| <= tolerance * max(1, max |eager|), over every logit"
 _AGAIN = "export the run again"
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """Where the sidecar of an exported file lives: ``<file>.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
 
 
 def export_record(
@@ -123,6 +118,8 @@ def export_record(
             "model_sha256": document.get("sha256"),
             "epoch": document.get("epoch"),
         },
+        # False for a run killed before its last epoch (an export of its best model so far)
+        **result.progress.record(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

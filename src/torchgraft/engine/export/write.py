@@ -23,10 +23,14 @@ onnx           ``torch.onnx.export(dynamo=True)`` (opset 18+), then the legacy
 
 Files are written atomically, the export then its sidecar ``<file>.json`` (classes,
 preprocessing, input shape, sha256 — of ONNX external data files too —, the measured
-difference, format, torch version, method; :mod:`.sidecar`): an export that fails, or
-fails its check, leaves whatever was there before untouched and no temporary file behind
+difference, format, torch version, method, whether the run was finished; :mod:`.sidecar`):
+an export that fails, or fails its check, leaves whatever was there before untouched and no
+temporary file behind
 (external data files an ONNX exporter wrote beside its file excepted: they are named by the
 exporter, and only models over 2 GB have them).
+
+A run that is not finished (killed at epoch 3 of 6) is exported all the same — its best
+model so far — and :attr:`ExportResult.progress` says so (:mod:`.progress`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from ...text import printable
 from ..artifacts import MODEL_FILE, MODEL_JSON, load, read_model_document
 from .load import FORMATS, LOADERS, require_onnx
 from .methods import EXAMPLE_BATCH, METHODS
+from .progress import RunProgress, run_progress
 from .sidecar import EXPORT_FORMAT, RULE, export_record, sidecar_path
 
 __all__ = [
@@ -95,11 +100,16 @@ class ExportResult:
     sha256: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    #: how far the run got (epochs done of planned); ``progress.unfinished(run)`` says it
+    progress: RunProgress = field(default_factory=RunProgress)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.update(
-            path=str(self.path), sidecar=str(self.sidecar), batch_sizes=list(self.batch_sizes)
+            path=str(self.path),
+            sidecar=str(self.sidecar),
+            batch_sizes=list(self.batch_sizes),
+            progress={**self.progress.record(), "finish": self.progress.finish},
         )
         return out
 
@@ -124,7 +134,9 @@ def export_run(
             (that code runs; :func:`~torchgraft.engine.artifacts.load`).
 
     Returns:
-        an :class:`ExportResult` (path, method, measured difference, sha256, …).
+        an :class:`ExportResult` (path, method, measured difference, sha256, …, and
+        ``progress``: a run killed before its last epoch is exported, its best model so far,
+        and ``progress.finished`` is False).
 
     Raises:
         ConfigError: an unknown format or a negative tolerance.
@@ -150,6 +162,7 @@ def export_run(
     model = load(run_dir, trust_run=trust_run)
     document, weights = read_model_document(run_dir, trust_run=trust_run)
     folder = weights.parent
+    progress = run_progress(folder, document)
     target = Path(output) if output is not None else folder / FORMATS[format].default_file
     side = sidecar_path(target)
     _refuse_overwriting_the_run(target, side, weights)
@@ -166,7 +179,7 @@ def export_run(
             )
             result = ExportResult(
                 target, side, format, method, diff, allowed, tolerance, CHECK_BATCH_SIZES,
-                described, _runtime(format), sha256_file(temp), 0.0, notes,
+                described, _runtime(format), sha256_file(temp), 0.0, notes, progress,
             )  # fmt: skip
             record = export_record(result, model, document, weights, temp)
             temp_side.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

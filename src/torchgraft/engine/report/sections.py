@@ -3,8 +3,8 @@
 Each function takes :class:`~.files.RunFiles` and returns a
 :class:`~.html.Section`; a file the section needs that is missing or damaged becomes a
 sentence in the section saying so. The figures are :mod:`.plots`' own, rendered into memory
-(see :func:`figure`). The graft, the worst-classified images and the freeze/groups summary
-have modules of their own.
+(see :func:`figure`). The graft, the image sections (misclassified and least confident
+correct validation images) and the freeze/groups summary have modules of their own.
 """
 
 from __future__ import annotations

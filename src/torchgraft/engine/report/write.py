@@ -3,15 +3,16 @@
 Sections, in order (their ``id`` is stable): ``glance`` (model, weights, data, classes,
 best and last metrics, time), ``curves`` (loss and accuracy, the LR schedule, every epoch in
 numbers), ``confusion`` (the best epoch's validation confusion matrix, the largest confusions,
-per-class scores), ``examples`` (the worst-classified validation images), ``graft`` (coverage,
-what was copied, renamed, adapted or left new, and the evidence for each pairing, by module)
-and ``policy`` (the freeze summary and optimizer groups of each unfreezing stage).
+per-class scores), ``misclassified`` (the validation images the model got wrong, worst
+first), ``least-confident`` (the ones it got right but was least sure of), ``graft``
+(coverage, what was copied, renamed, adapted or left new, and the evidence for each pairing,
+by module) and ``policy`` (the freeze summary and optimizer groups of each unfreezing stage).
 
 Written atomically (:mod:`torchgraft.atomic`) after every saved epoch of ``train`` — cheaply:
 no pass over the data, and of the figures only the loss and accuracy curves — and in full at
-the end of ``train`` and by ``torchgraft report RUN_DIR``, which add the worst-classified
-images (a pass of the saved best model over the validation split, see
-:mod:`.examples`) and the LR and confusion figures. Figures follow ``output.plots``.
+the end of ``train`` and by ``torchgraft report RUN_DIR``, which add the two image sections
+(a pass of the saved best model over the validation split, see :mod:`.examples` and
+:mod:`.gallery`) and the LR and confusion figures. Figures follow ``output.plots``.
 Both read the same files (:mod:`.files`), so they agree. The page has no script and fetches
 nothing: figures and thumbnails are ``data:`` URIs, styles are inline, and every name that
 comes from the run (classes, keys, paths) is escaped (:mod:`.html`).
@@ -19,19 +20,21 @@ comes from the run (classes, keys, paths) is escaped (:mod:`.html`).
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ...model.build_record import Trust
 
 from ...atomic import atomic_write_text
 from ...errors import ConfigError
-from .examples import Examples, worst_examples
-from .files import RunFiles, read_run
+from .examples import Examples, find_examples
+from .files import read_run
+from .gallery import image_sections
 from .graft import graft_section
-from .html import Html, Section, esc, join, note, page
+from .html import page
 from .policy import policy_section
 from .sections import (
     Figures,
@@ -52,20 +55,26 @@ def write_report(
     plots: bool | None = None,
     count: int = 16,
     trust_run: Trust = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Path:
     """(Re)write ``run_dir/report.html`` from the run's files.
 
     Args:
         run_dir: the run directory.
-        final: the full report: the ``count`` worst-classified validation images (a pass of
-            the saved best model over the validation split) and every figure. False: the
+        final: the full report: the image sections (a pass of the saved best model over
+            the validation split) and every figure. False: the
             cheap refresh after an epoch — no pass over the data, no resume state read, and
             of the figures only the loss and accuracy curves are drawn.
         plots: draw the figures; None follows the run's ``output.plots``.
-        count: how many worst-classified images to show (0: none, no pass over the data).
+        count: the most images each image section shows: the ``count`` worst misclassified
+            and the ``count`` least confident correct ones (0: none, no pass over the data).
         trust_run: build the saved model for the examples even when its record names a
             ``package.module:callable`` builder (that code runs); without it such a model is
             not built and the examples section says why.
+        on_step: the pass over the validation images (``final`` only) calls
+            ``on_step(done, total)`` with the images looked at so far: at 0 before the first
+            batch and after each — a progress bar's callback (:meth:`RunConsole.task
+            <torchgraft.engine.console.RunConsole.task>`). Nothing else reports to it.
 
     Returns:
         the path of ``report.html``.
@@ -83,15 +92,17 @@ def write_report(
     found = None
     if final:
         found = (
-            worst_examples(files.path, files.config, count=count, trust_run=trust_run)
+            find_examples(
+                files.path, files.config, count=count, trust_run=trust_run, on_step=on_step
+            )
             if count > 0
-            else Examples(reason="not asked for (no images to show)")
+            else Examples(reason="not asked for (0 images per section)")
         )
     sections = [
         glance_section(files),
         curves_section(files, figures),
         confusion_section(files, figures),
-        examples_section(files, found),
+        *image_sections(files, found),
         graft_section(files),
         policy_section(files),
     ]
@@ -113,53 +124,3 @@ def require_run_dir(path: str | Path) -> Path:
             "torchgraft train created (runs/…)"
         )
     return folder
-
-
-def examples_section(files: RunFiles, found: Examples | None) -> Section:
-    """The grid of worst-classified images, or why there is none."""
-    title = "Worst-classified validation images"
-    if found is None:
-        text = (
-            "Chosen at the end of training with the saved best model (a pass over the "
-            f"validation split); until then, torchgraft report {files.path} adds them."
-        )
-        return Section("examples", title, note(text))
-    if found.reason is not None:
-        return Section("examples", title, note(f"Not shown: {found.reason}.", "warn"))
-    epoch = files.best_epoch()
-    subset = (
-        f" (an evenly spaced {found.looked_at:,} of {found.split_size:,})"
-        if found.looked_at < found.split_size
-        else ""
-    )
-    parts = [
-        note(
-            f"The {len(found.items)} highest-loss of {found.split_size:,} validation images"
-            f"{subset}, by the saved best model"
-            + (f" (epoch {epoch + 1})" if epoch is not None else "")
-            + ", as the model saw them (resized and cropped), highest loss first."
-        )
-    ]
-    recorded = [r.get("count") for r in files.val_rows() if r.get("epoch") == epoch]
-    if recorded and isinstance(recorded[0], int) and recorded[0] != found.split_size:
-        parts.append(
-            note(
-                f"The run validated on {recorded[0]:,} images; the validation split now holds "
-                f"{found.split_size:,}: the data changed since training (or files were left out).",
-                "warn",
-            )
-        )
-    parts += [note(text, "warn") for text in found.notes]
-    cells = []
-    for item in found.items:
-        verdict = "good" if item.true == item.predicted else "bad"
-        caption = (
-            f'<figcaption><span class="{verdict}">predicted {esc(item.predicted)}</span> '
-            f"{esc(f'{item.confidence:.0%}')}<br>true {esc(item.true)} "
-            f"{esc(f'{item.p_true:.0%}')}<br>{esc(item.name)}</figcaption>"
-        )
-        uri = "data:image/png;base64," + base64.b64encode(item.png).decode("ascii")
-        alt = f"true {item.true}, predicted {item.predicted}"
-        cells.append(Html(f'<figure><img alt="{esc(alt)}" src="{uri}">{caption}</figure>'))
-    parts.append(Html('<div class="grid">' + "".join(cells) + "</div>"))
-    return Section("examples", title, join(parts))
