@@ -100,7 +100,7 @@ def _csv(config: RunConfig, out: str) -> None:
     assert config.data.on_bad_image == "skip"
     lines = stage_lines(out)
     assert re.search(r"#   epoch 1 +head × 1$", "\n".join(lines), re.M)
-    assert any("epochs 2–8  all 9 groups: stem × 0.01" in line for line in lines)
+    assert any("epochs 2–8  all 9 groups: stem × 0.005" in line for line in lines)
 
 
 def _gradual(config: RunConfig, out: str) -> None:
@@ -144,8 +144,8 @@ def _torchvision_resnet(config: RunConfig, out: str) -> None:
     text = "\n".join(stage_lines(out))
     assert "for the 6 layer groups of torchvision:resnet18;" in flat(stage_lines(out))
     assert re.search(r"#   epoch 1 +head × 1$", text, re.M)
-    assert "epochs 2–8  all 6 groups: stem × 0.01," in text
-    assert "head × 1" in text
+    assert "epochs 2–8  all 6 groups: stem × 0.005," in text
+    assert "head × 0.5" in text  # a hundredth: 0.005 of optim.lr against the head's 0.5
 
 
 #: file name -> a check of its comments' promises on (resolved config, --print-config output).

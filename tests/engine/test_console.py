@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 import pytest
 
-from torchgraft.engine.console import RunConsole
+from torchgraft.engine.console import PHASES, PhaseClock, RunConsole, phase_line
 
 
 class Terminal(io.StringIO):
@@ -130,3 +131,56 @@ def test_a_quiet_terminal_gets_nothing_from_a_task():
     with RunConsole(stream, quiet=True).task("verify", 4) as on_step:
         on_step(1, 4)
     assert stream.getvalue() == ""
+
+
+def test_phases_add_up_to_the_wall_time_and_a_nested_phase_counts_once():
+    clock = Clock()
+    phases = PhaseClock(now=clock)
+    clock.now = 4.0  # building the model, reading the data
+    phases.settle("start")
+    with phases.phase("training"):
+        clock.now += 10.0
+        with phases.phase("validation"):  # inside another phase: the outer one pauses
+            clock.now += 3.0
+        clock.now += 1.0
+    clock.now += 0.5  # between phases: printing, bookkeeping
+    with phases.phase("training"):  # a phase timed again adds up
+        clock.now += 2.0
+    record = phases.record()
+    assert record["phases"] == {"start": 4.0, "training": 13.0, "validation": 3.0, "other": 0.5}
+    assert record["wall_seconds"] == 20.5
+    assert record["from"] == "fit call"
+
+
+def test_the_phase_line_adds_up_to_the_total_it_shows():
+    # Seven phases of 0.14 s: each rounds to 0.1 s on its own (0.7 s), the total to 1.0 s.
+    record = {
+        "wall_seconds": 0.98,
+        "from": "fit call",
+        "phases": {name: 0.14 for name in PHASES[:-1]},
+    }
+    line = phase_line(record)
+    assert line.startswith("wall 1.0 s: start 0.")
+    assert "s (model, graft, data) · " in line  # the start's note: no imports in a fit call
+    shown = [float(part) for part in re.findall(r"(\d+\.\d) s", line)]
+    assert sum(shown[1:]) == pytest.approx(shown[0])  # the parts add up to the wall shown
+    assert "\r" not in line
+
+
+def test_a_phase_that_rounds_to_nothing_is_left_out_but_start_stays():
+    record = {
+        "wall_seconds": 12.34,
+        "from": "process start",
+        "phases": {"start": 0.01, "training": 12.3, "test": 0.0, "other": 0.03},
+    }
+    assert (
+        phase_line(record)
+        == "wall 12.3 s: start 0.0 s (imports, model, graft, data) · training 12.3 s"
+    )
+
+
+def test_python_calling_the_library_is_timed_from_the_call_not_from_its_process_start():
+    before = time.perf_counter()
+    clock = PhaseClock.for_command()  # pytest is not the torchgraft command
+    assert clock.since == "fit call"
+    assert clock.origin >= before

@@ -501,7 +501,7 @@ def test_damaged_run_directories_give_a_result_or_a_typed_error(base):
 def test_an_untyped_error_of_a_reader_is_a_finding_naming_the_case(base, monkeypatch):
     # Negative control: a reader that raises KeyError on a damaged pointer (what a missing
     # check would do) is reported, by case; the undamaged case passes.
-    import torchgraft.engine.resume as state_module
+    import torchgraft.engine.resume.state as state_module
 
     original = state_module._read_pointer
 

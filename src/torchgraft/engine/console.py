@@ -2,19 +2,27 @@
 
 On a terminal (stdout is a TTY) each epoch shows a rich progress bar — steps done, rate,
 elapsed time and the time remaining — that is replaced by the epoch's summary line when the
-epoch ends. Other passes that take a while (the feature cache's pass over the images, a
-graft's verification) get the same bar through :meth:`RunConsole.task`, which hands the
+epoch ends. Other passes that take a while (a graft's verification, the feature cache's pass
+over the images, each epoch's validation, the test split, the report's pass over the
+validation images) get the same bar through :meth:`RunConsole.task`, which hands the
 library code a plain ``on_step(done, total)`` callback: the code that reports progress knows
 nothing of rich. In a log file or a pipe there are no bars and no carriage returns — only the
 same summary lines, one per epoch, flushed as they happen.
 Names that come from files (class names, paths) are printed as text, never as rich markup.
+
+Where the time went: :class:`PhaseClock` (``RunConsole.clock``) adds up the wall time of a
+run's phases — start, feature cache, training, validation, checkpoints, test, report — and
+:func:`phase_line` prints them as one line whose parts add up to the total shown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from rich.markup import escape
@@ -33,7 +41,16 @@ from rich.text import Text
 
 from ..terminal import PipeConsole
 
-__all__ = ["OnStep", "RateColumn", "RunConsole"]
+__all__ = [
+    "PHASES",
+    "OnStep",
+    "PhaseClock",
+    "RateColumn",
+    "RunConsole",
+    "counting",
+    "phase_line",
+    "timed",
+]
 
 #: What a pass calls as it goes: ``on_step(done, total)``, ``done`` rising to ``total``.
 OnStep = Callable[[int, int], None]
@@ -49,6 +66,7 @@ class RunConsole:
         self.interactive = self.console.is_terminal
         self._progress: Progress | None = None
         self._task = None
+        self.clock = PhaseClock()  # tg.fit restarts it (PhaseClock.for_command) as it begins
 
     def line(self, text: str = "") -> None:
         """A line of plain text (escaped: never interpreted as markup)."""
@@ -171,6 +189,173 @@ class RateColumn(ProgressColumn):
             f"{speed:,.0f}" if speed >= 100 else f"{speed:.1f}" if speed >= 10 else f"{speed:.2f}"
         )
         return Text(f"{shown} {unit}/s", style="progress.data.speed")
+
+
+#: The phases of a run, in the order :func:`phase_line` shows them; ``other`` is the time
+#: no phase holds (printing, the bookkeeping between phases).
+PHASES = (
+    "start",
+    "feature cache",
+    "training",
+    "validation",
+    "checkpoints",
+    "test",
+    "report",
+    "other",
+)
+
+
+class PhaseClock:
+    """Wall time split by phase, on :func:`time.perf_counter`'s clock, from ``origin``.
+
+    A block timed with :meth:`phase` adds its seconds to that phase (a phase inside another
+    stops the outer one's count while it runs: no second is counted twice); :meth:`settle`
+    gives a phase everything since the origin that no phase holds yet (the start of a run),
+    and :meth:`record` the rest to ``other`` — so the parts always add up to the total.
+
+    Example:
+        >>> clock = PhaseClock()
+        >>> with clock.phase("training"):
+        ...     train()
+        >>> clock.record()["phases"]["training"]
+        12.5
+    """
+
+    def __init__(
+        self,
+        origin: float | None = None,
+        *,
+        since: str = "fit call",
+        now: Callable[[], float] = time.perf_counter,
+    ):
+        self.now = now  # the clock read (a test's own, to move by hand)
+        self.origin = now() if origin is None else origin
+        self.since = since  # what the origin is: "process start" or "fit call"
+        self.seconds: dict[str, float] = {}
+        self._open: list[str] = []
+        self._mark = self.origin
+
+    @classmethod
+    def for_command(cls) -> PhaseClock:
+        """A clock from the start of this process when the process is the ``torchgraft``
+        command (loading torch is part of the command's wall time: often seconds), else from
+        now (``tg.fit`` called from Python, whose process may be hours old)."""
+        age = _process_age() if _runs_the_command() else None
+        if age is None:
+            return cls()
+        return cls(time.perf_counter() - age, since="process start")
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as ``name`` (added to what earlier blocks of that name took)."""
+        self._charge()
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._open.pop()
+
+    def settle(self, name: str) -> None:
+        """Give ``name`` all the time since the origin that no phase holds yet."""
+        self._charge()
+        counted = sum(self.seconds.values())
+        self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, self.elapsed() - counted)
+
+    def elapsed(self) -> float:
+        """Seconds since the origin."""
+        return self.now() - self.origin
+
+    def record(self) -> dict[str, Any]:
+        """``{"wall_seconds", "from", "phases": {name: seconds}}`` up to now: every phase
+        timed, in :data:`PHASES` order, and ``other`` (what none holds); the phases add up
+        to ``wall_seconds``."""
+        self._charge()
+        wall = self.elapsed()
+        parts = dict(self.seconds)
+        parts["other"] = parts.get("other", 0.0) + max(0.0, wall - sum(parts.values()))
+        order = [*(p for p in PHASES if p in parts), *(p for p in parts if p not in PHASES)]
+        return {
+            "wall_seconds": round(wall, 3),
+            "from": self.since,
+            "phases": {name: round(parts[name], 3) for name in order},
+        }
+
+    def _charge(self) -> None:
+        """The time since the last change goes to the innermost open phase, if any."""
+        now = self.now()
+        if self._open:
+            name = self._open[-1]
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
+        self._mark = now
+
+
+def phase_line(record: Mapping[str, Any]) -> str:
+    """The one line of a :meth:`PhaseClock.record`: ``wall 48.2 s: start 6.1 s (model,
+    graft, data) · training 30.5 s · …``.
+
+    Each part is rounded to a tenth of a second so that the parts shown add up exactly to
+    the total shown (largest remainders round up); a part that rounds to nothing is left out.
+    """
+    phases = record["phases"]
+    wall = float(record["wall_seconds"])
+    tenths = _apportioned({name: float(v) * 10 for name, v in phases.items()}, round(wall * 10))
+    what = "imports, model, graft, data" if record.get("from") == "process start" else None
+    notes = {"start": what or "model, graft, data"}
+    parts = [
+        f"{name} {count / 10:.1f} s" + (f" ({notes[name]})" if name in notes else "")
+        for name, count in tenths.items()
+        if count > 0 or name == "start"
+    ]
+    return f"wall {round(wall * 10) / 10:.1f} s: " + " · ".join(parts)
+
+
+def timed(console: RunConsole | None, phase: str) -> contextlib.AbstractContextManager:
+    """Time the block as ``phase`` on the clock of ``console`` (None: untimed)."""
+    return contextlib.nullcontext() if console is None else console.clock.phase(phase)
+
+
+def counting(batches: Iterable[tuple[Any, Any]], total: int, on_step: OnStep) -> Iterator:
+    """``batches`` (``(inputs, targets)`` pairs) as they are, telling ``on_step(done, total)``
+    the samples done: 0 before the first, then each time the next batch is asked for (the
+    one before it is done by then)."""
+    done = 0
+    on_step(done, total)
+    for inputs, targets in batches:
+        yield inputs, targets
+        done += len(targets)
+        on_step(done, total)
+
+
+def _apportioned(exact: Mapping[str, float], total: int) -> dict[str, int]:
+    """Whole units for each of ``exact`` (non-negative) that add up to ``total`` when the
+    values add up to it within rounding: each rounded down, then the largest remainders up."""
+    units = {name: math.floor(value) for name, value in exact.items()}
+    short = total - sum(units.values())
+    by_remainder = sorted(exact, key=lambda n: exact[n] - units[n], reverse=True)
+    for name in by_remainder[: max(0, short)]:
+        units[name] += 1
+    return units
+
+
+def _runs_the_command() -> bool:
+    """Whether this process is the ``torchgraft`` command (the console script, ``python -m
+    torchgraft``, ``torchrun … -m torchgraft``), not Python that calls the library."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return getattr(spec, "name", None) == "torchgraft.__main__" or script == "torchgraft"
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started, where the system says (Linux); else None."""
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the name may hold spaces
+        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return age if age >= 0 else None
 
 
 class _Label(ProgressColumn):

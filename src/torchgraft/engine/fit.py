@@ -5,10 +5,12 @@ runtime (device, precision, threads) → data (decoded or scanned, preprocessing
 model's spec) → session (stages, optimizer, scheduler) → epochs (train, validate, save the
 best model, save the resume state, then the metrics rows) → test split, plots, final table.
 
-``resume=RUN_DIR`` reads the run's own ``config.yaml`` (overrides may extend it, e.g. more
-epochs), rebuilds the architecture from the saved record, restores the last complete epoch's
-state and continues: the final weights are bitwise those of an uninterrupted run (CPU).
-A changed model, class list or dataset is refused with the difference.
+``resume=RUN_DIR`` reads the run's own ``config.yaml`` (overrides may change only what leaves
+it the same run, :mod:`.resume.changes`; more epochs extend it, :mod:`.resume.budget`),
+rebuilds the architecture from the saved record, restores the last complete epoch's state
+and continues: the final weights are bitwise those of an uninterrupted run (CPU). A changed
+model, class list or dataset is refused with the difference; a run with nothing left to
+train says so and touches nothing.
 
 Under ``torchrun`` every process runs this same function (:mod:`.distributed`): rank 0
 creates the run directory, reads what a resume needs and hands it to the others, writes every
@@ -32,11 +34,11 @@ from torch import nn
 from ..data.prepare import PreparedData
 from ..data.scan import write_bad_list
 from ..errors import ConfigError, TorchgraftError
-from ..model.build_record import FILE_LIBRARIES, Trust
-from ..wording import in_cli, option, renamed
+from ..model.build_record import Trust
+from ..wording import option, renamed
 from .artifacts import save_model
 from .config.load import CONFIG_OPTIONS, RunConfig, load_config, parse_overrides
-from .console import RunConsole
+from .console import PhaseClock, RunConsole, phase_line
 from .distributed import (
     Processes,
     check_processes,
@@ -48,7 +50,18 @@ from .distributed import (
 from .replicas import check_replicas_agree
 from .report.summary import final_rows, graft_lines, write_plots
 from .report.write import write_report
-from .resume import check_same_run, read_run, run_fingerprint, save_state, state_epoch, state_file
+from .resume import (
+    check_same_run,
+    extension_lines,
+    finished_line,
+    interrupted_line,
+    read_run,
+    record_resume,
+    run_fingerprint,
+    save_state,
+    state_epoch,
+    state_file,
+)
 from .run_dir import RunDirectory, writing_into
 from .session import Session
 from .setup import ModelSetup, start_run
@@ -123,9 +136,11 @@ def fit(
         >>> run = tg.fit({"data": {"source": "photos/"}, "train": {"epochs": 5}})
         >>> model = tg.load(run.dir)
     """
+    console = console or RunConsole()
+    console.clock = PhaseClock.for_command()  # the run's wall time, split by phase at its end
     # Inside a run, options are config keys: a graft that falls short says graft.min_coverage.
     with renamed(CONFIG_OPTIONS):
-        return _fit(config, overrides, resume, console or RunConsole(), trust_run)
+        return _fit(config, overrides, resume, console, trust_run)
 
 
 def _fit(config, overrides, resume, console: RunConsole, trust_run: bool) -> Run:
@@ -153,6 +168,11 @@ def _fit_process(
     if config is not None:
         check_processes(config, processes)  # before a run folder is made
     config, run_dir, state = _open(config, overrides, resume, processes, trusted)
+    # (A torchrun restart, resume None, after the last epoch: its finishing is what is left.)
+    finished = finished_line(run_dir.path, state, config) if state and resume else None
+    if finished is not None:  # nothing to train: nothing is built, written or timed
+        console.line(finished)
+        return _finished_run(run_dir, state)
     check_processes(config, processes)  # a resumed run's own configuration
     start = start_run(
         config, processes, state=state, run_dir=run_dir.path, trusted=trusted, progress=console
@@ -162,13 +182,18 @@ def _fit_process(
         check_same_run(state, config, setup, data)
     if processes.main:
         with writing_into(run_dir.path, resumable=state is not None):
+            if state is not None:  # before config.yaml takes the new values
+                record_resume(run_dir, config, state["epoch"] + 1)
             _write_start(
                 run_dir, config, setup, data, start.source.summary(), console, resumed=bool(state)
             )
             run_dir.write_json("decisions.json", session.decisions)
-    for note in start.notes:
-        console.line(note)
+    for note in [*start.notes, session.stages.budget_note()]:
+        if note:
+            console.line(note)
     first = session.begin(state, origin=str(state_file(run_dir.path)))
+    for note in extension_lines(session.stages, state, first) if state is not None else ():
+        console.line(note)
     runtime = session.runtime
     console.line(
         f"runtime: {runtime.describe()}; data {'in memory' if data.in_memory else 'streamed'}"
@@ -180,12 +205,13 @@ def _fit_process(
     )
     precision = next(d for d in session.decisions if d["what"] == "precision")
     console.line(f"precision {precision['chosen']}: {precision['why']}")
+    console.clock.settle("start")  # everything so far: model, graft, data, runtime
     started = time.perf_counter()
     try:
         _epochs(config, setup, data, session, run_dir, console, first)
     except KeyboardInterrupt:
         console.stop_progress()
-        console.line(_how_to_continue(config, run_dir.path))
+        console.line(interrupted_line(config, run_dir.path))
         raise
     # The run's own builder, which this process built and trained: its record may be read back.
     own = trusted if trusted is True else {*trusted, setup.build["model"]}
@@ -206,7 +232,7 @@ def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, consol
             state = session.state(epoch)  # every process: their random streams are gathered
             check_replicas_agree(session.model, processes, epoch)
             if processes.main:
-                with writing_into(run_dir.path, resumable=True):
+                with console.clock.phase("checkpoints"), writing_into(run_dir.path, resumable=True):
                     if best is not None:
                         document = _model_document(config, setup, data, session)
                         save_model(run_dir.path, best, document)
@@ -228,18 +254,13 @@ def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, consol
             break
 
 
-def _how_to_continue(config: RunConfig, folder: Path) -> str:
-    """What an interrupted run says: the command that continues it from the last epoch whose
-    state is on disk (with the opt-in its builder needs), or that no epoch was saved."""
-    saved = state_epoch(folder)
-    if saved is None:
-        return f"interrupted before an epoch was saved: nothing to resume in {folder}"
-    words = [option("resume", str(folder))]
-    library, colon, _ = config.model.name.partition(":")
-    if not (colon and library in FILE_LIBRARIES):
-        words.append(option("trust_run", True))  # resume rebuilds the model from the files
-    command = f"torchgraft train {' '.join(words)}" if in_cli() else f"tg.fit({', '.join(words)})"
-    return f"interrupted; continue with: {command} (epoch {saved + 1} is the last saved)"
+def _finished_run(run_dir: RunDirectory, state: dict[str, Any]) -> Run:
+    """A resumed run with nothing left to train, as its resume state records it (no model in
+    memory, no test metrics: see the run directory)."""
+    best = state["best"]
+    return Run(
+        run_dir.path, {**best.get("metrics", {}), "epoch": best.get("epoch")}, state["history"]
+    )
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -254,7 +275,7 @@ def _checkpoint_after(session: Session, result, epoch: int) -> bool:
     their stage.
     """
     last = epoch + 1 >= session.config.train.epochs
-    stage_ends = last or session.stages.trainable(epoch + 1) != session.stages.trainable(epoch)
+    stage_ends = last or session.stages.starts_stage(epoch + 1)
     return not result.cached or stage_ends
 
 
@@ -348,7 +369,11 @@ def _model_document(
     }
 
 
-def _test_metrics(run_dir: RunDirectory, session: Session, own: Trust) -> dict[str, Any] | None:
+def _test_metrics(
+    run_dir: RunDirectory, session: Session, own: Trust, on_step=None
+) -> dict[str, Any] | None:
+    """The saved best model's metrics on the test split (``on_step``: its progress), or
+    None when the data has no test split or no model was saved."""
     if "test" not in session.data.source.splits or not run_dir.file("model.safetensors").exists():
         return None
     from .artifacts import load
@@ -356,7 +381,7 @@ def _test_metrics(run_dir: RunDirectory, session: Session, own: Trust) -> dict[s
     best = load(run_dir.path, trust_run=own).to(
         session.runtime.device, memory_format=session.runtime.memory_format
     )
-    return session.evaluate("test", model=best, alone=True).to_dict()
+    return session.evaluate("test", model=best, alone=True, on_step=on_step).to_dict()
 
 
 def _epoch_line(result) -> str:
@@ -373,19 +398,29 @@ def _finish(
     config, run_dir: RunDirectory, session: Session, console, seconds: float, own: Trust
 ) -> Run:
     """The test split, plots, report and final table: rank 0's work (it alone reads the
-    saved best model); the others wait for it."""
+    saved best model); the others wait for it. Then rank 0's last line: the wall time by
+    phase, also written to ``phases.json``. The passes over images show bars with the time
+    left (on a terminal)."""
     test = None
     processes = session.processes
+    clock = console.clock
     if processes.main:
-        test = _test_metrics(run_dir, session, own)
-        with writing_into(run_dir.path):
+        with clock.phase("test"), console.task("test split", unit="images") as on_step:
+            test = _test_metrics(run_dir, session, own, on_step)
+        with clock.phase("report"), writing_into(run_dir.path):
             if test is not None:
                 run_dir.write_json("test_metrics.json", test)
             if config.output.plots:
                 write_plots(run_dir.path, session)
-            write_report(run_dir.path, trust_run=own)  # with the worst-classified images
+            with console.task("report: validation images", unit="images") as on_step:
+                write_report(run_dir.path, trust_run=own, on_step=on_step)
         console.table("result", ("", ""), final_rows(session, test, seconds, run_dir.path))
     processes.barrier()
+    if processes.main:
+        record = clock.record()  # up to here: what is left is printing this line
+        with writing_into(run_dir.path):
+            run_dir.write_json("phases.json", record)
+        console.line(phase_line(record))
     return Run(
         run_dir.path,
         {**session.best.get("metrics", {}), "epoch": session.best.get("epoch")},

@@ -29,7 +29,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.loaders import Shard, batch_count
+from ..data.loaders import Shard, batch_count, shard_slice
 from ..data.mixing import BatchMixer
 from ..data.prepare import PreparedData
 from ..data.transforms import Normalizer, train_augment
@@ -37,6 +37,7 @@ from ..errors import TrainingError
 from ..model.spec import ModelSpec
 from ..policies.optimizer_groups import audit_optimizer
 from .config.load import RunConfig
+from .console import OnStep, counting, timed
 from .distributed import ALONE, Processes
 from .features import FeatureCache, cache_refusal, find_head_entry
 from .loop import Trainer, changing_tensors, evaluate, non_finite, train_one_epoch
@@ -191,10 +192,11 @@ class Session:
         cached = self._use_cache(entry.trainable, progress)
         if progress is not None:
             progress.start_epoch(self._title(epoch, cached), steps)
-        train_row = self._train(epoch, cached, progress)
-        average_buffers(self.model, self.processes)  # DDP leaves each its own statistics
-        _check_weights(self.model, epoch)
-        val = self._validate(cached)
+        with timed(progress, "training"):
+            train_row = self._train(epoch, cached, progress)
+            average_buffers(self.model, self.processes)  # DDP leaves each its own statistics
+            _check_weights(self.model, epoch)
+        val = self._validate(epoch, cached, progress)
         improved = self._update_best(epoch, val)
         seconds = time.perf_counter() - started
         rows = self._rows(epoch, train_row, val, cached, seconds)
@@ -227,7 +229,7 @@ class Session:
         """Run the frozen body over the images once (with a bar of ``progress``, a
         :class:`~.console.RunConsole`, when given) and note how."""
         bar = nullcontext() if progress is None else progress.task("feature cache", unit="images")
-        with bar as on_step:
+        with timed(progress, "feature cache"), bar as on_step:
             self.cache = FeatureCache(
                 self.model,
                 self.entry,
@@ -292,8 +294,16 @@ class Session:
         """The weights that are evaluated and saved: the EMA's when EMA is on."""
         return self.trainer.ema.module if self.trainer.ema is not None else self.model
 
-    def _validate(self, cached: bool) -> EvalResult:
-        return self.evaluate("val", cached)
+    def _validate(self, epoch: int, cached: bool, progress=None) -> EvalResult:
+        """The epoch's pass over the validation split. With ``progress`` (a
+        :class:`~.console.RunConsole`) it is timed as ``validation`` and shows a bar of its
+        own, with the time left: the epoch's training bar is closed first (one at a time)."""
+        if progress is None:
+            return self.evaluate("val", cached)
+        progress.stop_progress()
+        label = f"epoch {epoch + 1}/{self.config.train.epochs} validation"
+        with progress.clock.phase("validation"), progress.task(label, unit="images") as on_step:
+            return self.evaluate("val", cached, on_step=on_step)
 
     def evaluate(
         self,
@@ -302,11 +312,14 @@ class Session:
         model: nn.Module | None = None,
         *,
         alone: bool = False,
+        on_step: OnStep | None = None,
     ) -> EvalResult:
         """Metrics on ``split`` of ``model`` (default: the evaluation model), from cached
         features when ``cached`` and the cache holds the split. Every process evaluates its
         share and all get the totals (each must call this), unless ``alone``: then this
-        process evaluates the whole split by itself."""
+        process evaluates the whole split by itself. ``on_step(done, total)``, when given, is
+        called before the first batch and after each with the images this process has
+        evaluated and its share of the split (a progress bar's callback)."""
         model = model if model is not None else self.evaluation_model()
         processes = ALONE if alone else self.processes
         shard = Shard(processes.rank, processes.world)
@@ -325,6 +338,9 @@ class Session:
         else:
             batches = self.data.loader(split, batch_size, shard=shard)
             prepare, forward = self.normalize, model
+        if on_step is not None:
+            start, stop = shard_slice(len(self.data.source.splits[split]), shard)
+            batches = counting(batches, stop - start, on_step)
         return evaluate(
             batches,
             evaluator,

@@ -7,6 +7,13 @@ start of every epoch :meth:`Stages.enter` brings model and optimizer to the epoc
 (:func:`~torchgraft.policies.schedules.apply_stage`); when a new stage begins the per-step LR
 scheduler is rebuilt over the stage's length, and when only the multipliers move within a
 stage (``UnfreezeAt``'s growth) it is rebased on the new rates.
+
+A run extended on resume (``--resume RUN --train.epochs N`` past its plan) has a stage
+boundary where its old plan ended (:attr:`Stages.extended`, kept in the resume state): the
+added epochs train what the schedule trains at them, from the schedule's learning rates
+again, under a new LR cycle over them; the stage before keeps its cycle as it was.
+:meth:`Stages.budget_note` says when ``train.epochs`` ends a run before its schedule trains
+some layer groups.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from torch import nn
 from ..model.spec import ModelSpec
 from ..policies.freezing import FreezeSummary, freeze
 from ..policies.optimizer_groups import param_groups
-from ..policies.schedules import SCHEDULES, Stage, UnfreezeSchedule, apply_stage, start_stage
+from ..policies.schedules import Stage, apply_stage, start_stage
+from ..wording import listing, option
 from .config.load import RunConfig
+from .config.show import never_trained, run_schedule
 from .lr import LrShape, build_scheduler, rebase
 
 __all__ = ["Stages"]
@@ -43,7 +52,9 @@ class Stages:
     def __init__(self, config: RunConfig, model: nn.Module, spec: ModelSpec):
         self.config, self.model, self.spec = config, model, spec
         self.epochs = config.train.epochs
-        self.schedule = _schedule(config)
+        self.schedule = run_schedule(config)
+        #: Epochs at which the run was extended on resume: each starts a new stage.
+        self.extended: list[int] = []
         self._entered = False  # apply_stage ran in this process (a resumed run applies again)
 
     # --- which groups train when ---------------------------------------------------------
@@ -52,16 +63,54 @@ class Stages:
             return ("(policy)",)
         return self.schedule.plan(epoch, self.spec.group_names).trainable
 
-    def stage_bounds(self, epoch: int) -> tuple[int, int]:
-        """First and one-past-last epoch of the stage holding ``epoch``."""
-        key = self.trainable(epoch)
+    def starts_stage(self, epoch: int) -> bool:
+        """Whether ``epoch`` begins a stage: the first, one where what trains changes, or
+        one at which the run was extended."""
+        return (
+            epoch == 0
+            or epoch in self.extended
+            or self.trainable(epoch) != self.trainable(epoch - 1)
+        )
+
+    def stage_bounds(self, epoch: int, *, epochs: int | None = None) -> tuple[int, int]:
+        """First and one-past-last epoch of the stage holding ``epoch`` in a run of
+        ``epochs`` (default: the run's ``train.epochs``)."""
+        epochs = self.epochs if epochs is None else epochs
         start = epoch
-        while start > 0 and self.trainable(start - 1) == key:
+        while not self.starts_stage(start):
             start -= 1
         end = epoch + 1
-        while end < self.epochs and self.trainable(end) == key:
+        while end < epochs and not self.starts_stage(end):
             end += 1
         return start, end
+
+    def budget_note(self) -> str | None:
+        """A line when ``train.epochs`` ends the run before its unfreezing schedule trains
+        some layer groups: which, from which epoch the schedule trains them, and the
+        ``train.epochs`` that trains them all; None when every group trains."""
+        if self.schedule is None:
+            return None
+        groups = self.spec.group_names
+        never = never_trained(self.schedule, groups, self.epochs)
+        if not never:
+            return None
+        starts = [epoch for epoch in never.values() if epoch is not None]
+        trained = [g for g in groups if g not in never]
+        line = (
+            f"train.epochs {self.epochs} ends the run before freeze.schedule "
+            f"({self.schedule.kind}) trains {len(never)} of its {len(groups)} layer groups: "
+            f"{listing(never)} never train, only {', '.join(trained)}"
+        )
+        if not starts:
+            return line
+        first, last = min(starts), max(starts)
+        since = f"from epoch {first + 1}" + (
+            f" (the last from epoch {last + 1})" if last > first else ""
+        )
+        return (
+            f"{line}; the schedule would train them {since}: to train them, give "
+            f"{option('train.epochs', last + 1)} or more"
+        )
 
     # --- model and optimizer -------------------------------------------------------------
     def start(self, epoch: int) -> tuple[torch.optim.Optimizer, FreezeSummary | None]:
@@ -100,7 +149,9 @@ class Stages:
         Returns:
             the entry, and whether the LR multipliers changed within the stage (rebase).
         """
-        new_stage = epoch == 0 or self.trainable(epoch) != self.trainable(epoch - 1)
+        new_stage = self.starts_stage(epoch)
+        if epoch in self.extended:
+            _restart_rates(optimizer)
         if self.schedule is None:
             return StageEntry(new_stage, self.trainable(epoch), None), False
         groups = self.spec.group_names
@@ -146,6 +197,15 @@ class Stages:
         return f"{len(stage.trainable)} of {len(self.spec.group_names)} groups"
 
 
+def _restart_rates(optimizer: torch.optim.Optimizer) -> None:
+    """Every group back at its stage's LR (the base its LR scheduler started the stage
+    from): a run extended here starts a new LR cycle from the schedule's rates, not from
+    where the old cycle annealed to. (A change of stage sets them anyway.)"""
+    for group in optimizer.param_groups:
+        if "initial_lr" in group:
+            group["lr"] = group["initial_lr"]
+
+
 def _optimizer(config: RunConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov) or AdamW over named groups (each carries its LR and decay)."""
     optim = config.optim
@@ -159,18 +219,4 @@ def _optimizer(config: RunConfig, groups: list[dict[str, Any]]) -> torch.optim.O
         )
     return torch.optim.AdamW(
         groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-    )
-
-
-def _schedule(config: RunConfig) -> UnfreezeSchedule | None:
-    chosen = config.freeze.schedule
-    if chosen is None:
-        return None
-    fields = chosen.model_dump()
-    kind = fields.pop("kind")
-    return SCHEDULES[kind](
-        lr=config.optim.lr,
-        weight_decay=config.optim.weight_decay,
-        bn=config.freeze.bn,
-        **fields,
     )

@@ -149,18 +149,18 @@ def never_trained(
 ) -> dict[str, int | None]:
     """The layer groups ``schedule`` trains in none of a run's ``epochs`` epochs, stem first,
     each with the first epoch (0-based) at which it would train them in a longer run — None
-    when not within ``horizon`` more epochs. Empty when every group trains."""
-    runs = planned_stages(schedule, groups, epochs)
-    trained = {g for _, _, stage in runs for g in stage.trainable}
-    waiting: dict[str, int | None] = {g: None for g in groups if g not in trained}
-    missing = set(waiting)
-    epoch = epochs
+    when not within ``horizon`` more epochs. Empty when every group trains.
+
+    Epochs are walked from the first until every group has trained (a few, for the
+    schedules there are), not over the whole run."""
+    first: dict[str, int | None] = dict.fromkeys(groups)
+    missing, epoch = set(groups), 0
     while missing and epoch < epochs + horizon:
         for group in missing.intersection(schedule.plan(epoch, groups).trainable):
-            waiting[group] = epoch
+            first[group] = epoch
             missing.discard(group)
         epoch += 1
-    return waiting
+    return {g: e for g, e in first.items() if e is None or e >= epochs}
 
 
 def layer_group_names(config: RunConfig) -> tuple[tuple[str, ...] | None, str]:

@@ -1,15 +1,10 @@
-"""Resuming a run: the state saved after every epoch, and continuing from it exactly.
-
-Everything of resume is here: what a session saves (:func:`session_state`) and how it is put
-back (:func:`restore_session`), the state file (:func:`save_state`, :func:`load_state`),
-reading a run directory to continue (:func:`read_run`) and the refusal of a run whose model,
-classes or data changed (:func:`check_same_run`). A torchrun restart finds its earlier
-attempt's folder in :mod:`.distributed`; the model is rebuilt by :func:`.setup.rebuilt_model`.
+"""The resume state file: what a run saves after every epoch, and reading it back.
 
 At the end of every epoch the engine saves model weights, optimizer state (by parameter
 name, so it survives an unfreeze), LR scheduler, EMA weights, every random generator (torch,
-CUDA, NumPy, Python, and the data-order generator), the metrics so far and the early-stopping
-counters, as ``state/epoch-NNNN.pt``; then ``state/last.json`` names that file with its
+CUDA, NumPy, Python, and the data-order generator), the metrics so far, the early-stopping
+counters and the run's epoch plan (its ``train.epochs`` and the epochs at which it was
+extended), as ``state/epoch-NNNN.pt``; then ``state/last.json`` names that file with its
 sha256; then older state files are removed. Each write is atomic, so at every instant
 ``last.json`` names a complete file. Temporary files a killed process left behind are never
 read, and :func:`clean_temporaries` removes them at the next start.
@@ -27,41 +22,27 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write_text
-from ..checkpoint.documents import DocumentLimits, read_json
-from ..checkpoint.read import read_torch_data
-from ..checkpoint.write import sha256_file
-from ..errors import CheckpointError, ConfigError
-from ..model.build_record import Trust, check_recorded_builder
-from ..policies.optimizer_state import load_optimizer_state_by_name, optimizer_state_by_name
-from ..text import printable
-from ..values import whole
-from .artifacts import build_document, read_model_document
-from .config.load import RunConfig, load_config
-from .run_dir import RunDirectory
-
-if TYPE_CHECKING:
-    from ..data.prepare import PreparedData
-    from .session import Session
-    from .setup import ModelSetup
+from ...atomic import atomic_path, atomic_write_text
+from ...checkpoint.documents import DocumentLimits, read_json
+from ...checkpoint.read import read_torch_data
+from ...checkpoint.write import sha256_file
+from ...errors import CheckpointError
+from ...values import whole
 
 __all__ = [
+    "POINTER",
+    "STATE_DIR",
     "STATE_FORMAT",
     "capture_rng",
-    "check_same_run",
     "clean_temporaries",
     "load_state",
-    "read_run",
     "restore_rng",
-    "restore_session",
-    "run_fingerprint",
     "save_state",
-    "session_state",
     "state_epoch",
     "state_file",
 ]
@@ -74,143 +55,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POINTER_LIMITS = DocumentLimits(max_bytes=64 * 1024, max_depth=4)
 
 
-# --- continuing a run ----------------------------------------------------------------------
-def read_run(
-    resume: str | Path, overrides, trusted: Trust
-) -> tuple[RunConfig, RunDirectory, dict[str, Any]]:
-    """A run directory to continue: its config.yaml (with ``overrides``), its resume state and
-    its best model's record, each read as data (the files may be a stranger's): the model is
-    named by a file, so it must be a torchvision/timm model or ``trusted``."""
-    directory = RunDirectory(Path(resume))
-    saved = directory.file("config.yaml")
-    if not os.path.lexists(saved):
-        raise ConfigError(
-            f"{resume}: not a run directory (no config.yaml); give the folder train created"
-        )
-    clean_temporaries(directory.path)
-    # Model names are checked against the saved state below, not imported to be checked.
-    config = load_config(saved, overrides, check_names=False)
-    check_recorded_builder(config.model.name, f"{saved}: model.name", trust_run=trusted)
-    state = load_state(directory.path)
-    if os.path.lexists(directory.path / "model.safetensors"):
-        # The best model is kept unless the resumed epochs beat it: a damaged file would
-        # otherwise end the run as its result, unread and unchecked.
-        read_model_document(directory.path, trust_run=trusted)
-    return config, directory, state
-
-
-def run_fingerprint(setup: ModelSetup, data: PreparedData) -> dict[str, Any]:
-    """What must not change for a run to be resumed: model build, classes, data, tensors."""
-    return {
-        "build": setup.build,
-        "classes": list(data.classes),
-        "data": data.source.fingerprint(),
-        "keys": {k: list(v.shape) for k, v in setup.model.state_dict().items()},
-    }
-
-
-def check_same_run(
-    state: dict[str, Any], config: RunConfig, setup: ModelSetup, data: PreparedData
-) -> None:
-    """Refuse to resume when the model, the classes or the data differ from the saved run."""
-    saved, now = state["fingerprint"], run_fingerprint(setup, data)
-    differences = []
-    asked = build_document(config, config.head.num_classes or len(data.classes))
-    changed = [k for k in asked if asked[k] != saved["build"].get(k)]
-    if changed:
-        differences += [
-            f"model {k} was {saved['build'].get(k)!r}, now {asked[k]!r}" for k in changed
-        ]
-    if saved["classes"] != now["classes"]:
-        differences.append(f"classes were {saved['classes']}, now {now['classes']}")
-    if saved["data"] != now["data"]:
-        differences.append("the dataset changed (files added, removed, relabelled or resized)")
-    if saved["keys"] != now["keys"]:
-        differences.append("the model's tensors changed")
-    if differences:
-        raise ConfigError(
-            "cannot resume exactly: " + "; ".join(differences) + "; start a new run instead"
-        )
-
-
-# --- a session's state -------------------------------------------------------------------
-def session_state(session: Session, epoch: int) -> dict[str, Any]:
-    """Everything needed to resume ``session`` after ``epoch``. With several processes every
-    one must call it (their random generators are gathered); rank 0's is the complete state."""
-    trainer = session.trainer
-    rng = capture_rng(session.generator)
-    ranks = session.processes.gather(rng)
-    return {
-        "model": session.model.state_dict(),
-        "optimizer": optimizer_state_by_name(trainer.optimizer),
-        "scheduler": trainer.scheduler.state_dict(),
-        "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
-        "step": trainer.step,
-        "lr_trace": [list(item) for item in trainer.lr_trace],
-        "history": session.history,
-        "policies": session.policies,
-        "stage_steps": session.stage_steps,
-        "best": session.best,
-        "stale": session.stale,
-        "rng": rng,
-        "rng_ranks": ranks if not session.processes.alone else None,
-    }
-
-
-def restore_session(session: Session, state: dict[str, Any], first: int, origin: str) -> None:
-    """Put ``state`` back into a session whose optimizer was built for epoch ``first``.
-
-    Raises:
-        CheckpointError: the state does not fit this run (changed, or hand-made).
-    """
-    try:
-        _restore(session, state, first)
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-        # The state's types were checked when it was read (load_state); what is left is
-        # content that does not fit this run: changed, or hand-made.
-        raise CheckpointError(
-            f"{origin}: does not fit this run ({type(exc).__name__}: "
-            f"{printable(str(exc))[:200]}); it was changed after it was saved, or "
-            "written by another version of torchgraft"
-        ) from exc
-
-
-def _restore(session: Session, state: dict[str, Any], first: int) -> None:
-    trainer = session.trainer
-    trainer.scheduler = session.stages.scheduler(
-        trainer.optimizer, first - 1, trainer.steps_per_epoch(session.train_batches)
-    )
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    # After the scheduler: building it set each group's LR from its first step; the
-    # saved group settings (lr, initial_lr) put back the rates of the moment of saving.
-    load_optimizer_state_by_name(trainer.optimizer, state["optimizer"])
-    if trainer.ema is not None and state.get("ema") is not None:
-        trainer.ema.load_state_dict(state["ema"])
-    trainer.step = state["step"]
-    trainer.lr_trace = [tuple(item) for item in state["lr_trace"]]
-    trainer.processes = session.processes
-    session.history, session.policies = list(state["history"]), list(state["policies"])
-    session.stage_steps, session.best, session.stale = (
-        list(state["stage_steps"]),
-        dict(state["best"]),
-        state["stale"],
-    )
-    processes = session.processes
-    ranks = state.get("rng_ranks")
-    if ranks is not None and len(ranks) == processes.world:
-        restore_rng(ranks[processes.rank], session.generator)
-    else:
-        restore_rng(state["rng"], session.generator)
-        saved = len(ranks) if ranks is not None else 1
-        if saved != processes.world:
-            session.notes.append(
-                f"resumed with {processes.describe()} where the run had {saved}: it "
-                "continues from the saved epoch, but not bitwise as an uninterrupted run "
-                "(the data shares and random streams differ)"
-            )
-
-
-# --- the state file ------------------------------------------------------------------------
 def capture_rng(data_generator: torch.Generator) -> dict[str, Any]:
     """Every generator a training epoch draws from."""
     kind, keys, position, has_gauss, gauss = np.random.get_state()
@@ -414,6 +258,23 @@ def _state_problems(state: Any, epoch: int) -> list[str]:
         and isinstance(fingerprint.get("keys"), dict)
     ):
         problems.append("'fingerprint' must hold build, classes and keys")
+    return problems + _plan_problems(state, epoch)
+
+
+def _plan_problems(state: dict[str, Any], epoch: int) -> list[str]:
+    """The run's epoch plan, optional (a state saved before it was kept holds neither field):
+    ``epochs`` past the saved epoch, ``extended`` increasing epochs within it."""
+    problems = []
+    epochs = state.get("epochs")
+    if "epochs" in state and not whole(epochs, epoch + 1, 10**9):
+        problems.append(f"'epochs' is not a whole number from {epoch + 1} (the epochs done) up")
+    extended = state.get("extended")
+    if "extended" in state and not (
+        isinstance(extended, list)
+        and all(whole(point, 1, 10**9) for point in extended)
+        and extended == sorted(set(extended))
+    ):
+        problems.append("'extended' is not an increasing list of epochs")
     return problems
 
 
