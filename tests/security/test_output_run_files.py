@@ -70,7 +70,8 @@ def fingerprint(folder: Path) -> dict[str, str]:
 def test_run_files_lists_what_a_real_run_writes(run):
     names = {p.name for p in run.iterdir()}
     assert names <= RUN_FILES, names - RUN_FILES
-    assert RUN_FILES - names == {"torchrun.json"}  # written only under torchrun
+    # Written only under torchrun, and only by a resume.
+    assert RUN_FILES - names == {"torchrun.json", "resumes.json"}
 
 
 def test_export_refuses_every_file_of_the_run_and_leaves_it_intact(run, tmp_path):

@@ -16,6 +16,7 @@
       state/               the resume state of the last complete epoch
       report.html          one self-contained page of all the above (refreshed each epoch)
       phases.json          the wall time of the last train command that ran, by phase
+      resumes.json         each resume that trained: after which epoch, what it changed
       torchrun.json        under torchrun: the rendezvous id and the number of processes
 
 Metrics files are rewritten whole (they are small) after the epoch's resume state is on
@@ -86,6 +87,7 @@ RUN_FILES = frozenset(
         "state",
         "report.html",
         "phases.json",
+        "resumes.json",
         "test_metrics.json",
         "torchrun.json",
         "eval_confusion.png",
