@@ -26,10 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ...checkpoint.documents import DocumentLimits, read_yaml
-from ...model.build_record import FILE_LIBRARIES
 from ...text import printable
 from ...values import whole
-from ...wording import in_cli, option
 
 __all__ = ["RunProgress", "run_progress"]
 
@@ -107,12 +105,8 @@ def run_progress(folder: Path, document: Mapping[str, Any]) -> RunProgress:
 
 def _finish(folder: Path, config: Mapping[str, Any]) -> str:
     """The command (or call) that continues the run, with the opt-in its builder needs."""
-    words = [option("resume", str(folder))]
+    from ..resume import resume_command
+
     model = config.get("model")
     name = model.get("name") if isinstance(model, Mapping) else None
-    library, colon, _ = str(name).partition(":")
-    if not (colon and library in FILE_LIBRARIES):
-        words.append(option("trust_run", True))  # resume rebuilds the model from the files
-    if in_cli():
-        return f"torchgraft train {' '.join(words)}"
-    return f"tg.fit({', '.join(words)})"
+    return resume_command(str(name), folder)

@@ -80,7 +80,7 @@ def finished_line(folder: Path, state: dict[str, Any], config: RunConfig) -> str
     if done < epochs and (patience is None or state["stale"] < patience):
         return None
     if done < epochs:
-        more = resume_command(config, folder, {"train.early_stopping": None})
+        more = resume_command(config.model.name, folder, {"train.early_stopping": None})
         return (
             f"{folder}: already finished: early stopping ends it after epoch {done} of "
             f"{epochs} ({state['stale']} epochs without a better {config.train.monitor}, "
@@ -90,9 +90,9 @@ def finished_line(folder: Path, state: dict[str, Any], config: RunConfig) -> str
         return (
             f"{folder}: nothing to train: train.epochs {epochs} and {done} epochs are done "
             f"(the run plans {planned}); nothing was changed. To continue the run: "
-            f"{resume_command(config, folder)}"
+            f"{resume_command(config.model.name, folder)}"
         )
-    more = resume_command(config, folder, {"train.epochs": 2 * done})
+    more = resume_command(config.model.name, folder, {"train.epochs": 2 * done})
     return f"{folder}: already finished ({done} of {done} epochs); to train longer: {more}"
 
 
@@ -102,15 +102,16 @@ def interrupted_line(config: RunConfig, folder: Path) -> str:
     saved = state_epoch(folder)
     if saved is None:
         return f"interrupted before an epoch was saved: nothing to resume in {folder}"
-    command = resume_command(config, folder)
+    command = resume_command(config.model.name, folder)
     return f"interrupted; continue with: {command} (epoch {saved + 1} is the last saved)"
 
 
-def resume_command(config: RunConfig, folder: Path, overrides: dict[str, Any] | None = None):
-    """The command (or ``tg.fit`` call) that resumes the run in ``folder`` with
-    ``overrides``, with the opt-in its builder needs (a model built from the run's files)."""
+def resume_command(model_name: str, folder: Path, overrides: dict[str, Any] | None = None):
+    """The command (or ``tg.fit`` call) that resumes the run in ``folder`` (whose
+    ``model.name`` is ``model_name``) with ``overrides``, with the opt-in its builder needs
+    (``--trust-run`` for a model built from the run's files)."""
     words = [option("resume", str(folder))]
-    library, colon, _ = config.model.name.partition(":")
+    library, colon, _ = model_name.partition(":")
     if not (colon and library in FILE_LIBRARIES):
         words.append(option("trust_run", True))
     overrides = overrides or {}
