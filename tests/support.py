@@ -31,7 +31,9 @@ def tiny_config(images: Path, out: Path, **sections) -> dict:
     """A fast run of the hand-written TinyCNN (tests/handmade_models.py) on ``images``.
 
     Precision is pinned to fp32: tests compare numbers at fp32 tolerances, whatever ``auto``
-    picks on the machine (tests/engine/test_precision.py runs ``auto`` and ``bf16``)."""
+    picks on the machine (tests/engine/test_precision.py runs ``auto`` and ``bf16``).
+    Augmentation is pinned to ``none``: the fixtures are tiny for speed, not few-shot data
+    (left unset, a few images a class would choose ``light``: tests/cli/test_data_defaults.py)."""
     config = {
         "model": {"name": "handmade_models:TinyCNN", "channels_last": False},
         "weights": {"source": None},
@@ -39,7 +41,13 @@ def tiny_config(images: Path, out: Path, **sections) -> dict:
         "freeze": {"policy": "none"},
         "optim": {"name": "sgd", "lr": 0.05},
         "schedule": {"name": "cosine"},
-        "data": {"source": str(images), "image_size": 16, "batch_size": 8, "workers": 0},
+        "data": {
+            "source": str(images),
+            "image_size": 16,
+            "batch_size": 8,
+            "workers": 0,
+            "augment": "none",
+        },
         "train": {"epochs": 2, "threads": 1, "precision": "fp32"},
         "output": {"dir": str(out), "name": "run", "plots": False},
     }
@@ -71,6 +79,22 @@ def export_sidecar(path: Path, fmt: str, **changes) -> dict:
     }
     record.update(changes)
     return record
+
+
+def perturbed(model, scale: float = 0.02, seed: int = 0, statistics: bool = False):
+    """``model`` in eval mode with every parameter moved by seeded noise (so a swapped tensor
+    shows); with ``statistics``, BatchNorm running statistics that describe something too."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+        for module in model.modules() if statistics else ():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+                module.running_mean.normal_(0, 0.1, generator=generator)
+    return model.eval()
 
 
 def run_cli(console_script, *args, env, cwd=None, timeout=600):

@@ -94,13 +94,14 @@ def _image_folder(config: RunConfig, out: str) -> None:
 
 def _csv(config: RunConfig, out: str) -> None:
     # "the two-phase schedule (the first epoch the head alone, on cached features; then
-    # every layer)": the default schedule, no augmentation (cached features need none).
+    # every layer)": the default schedule; augmentation chosen from the data ("none", so
+    # cached features, unless the classes are few-shot: "light").
     assert config.freeze.schedule == RunConfig().freeze.schedule
-    assert config.data.augment == "none"
+    assert config.data.augment is None
     assert config.data.on_bad_image == "skip"
     lines = stage_lines(out)
     assert re.search(r"#   epoch 1 +head × 1$", "\n".join(lines), re.M)
-    assert any("epochs 2–8  all 9 groups: stem × 0.005" in line for line in lines)
+    assert any("epochs 2–8  all 9 groups: stem × 0.0035" in line for line in lines)
 
 
 def _gradual(config: RunConfig, out: str) -> None:
@@ -144,8 +145,8 @@ def _torchvision_resnet(config: RunConfig, out: str) -> None:
     text = "\n".join(stage_lines(out))
     assert "for the 6 layer groups of torchvision:resnet18;" in flat(stage_lines(out))
     assert re.search(r"#   epoch 1 +head × 1$", text, re.M)
-    assert "epochs 2–8  all 6 groups: stem × 0.005," in text
-    assert "head × 0.5" in text  # a hundredth: 0.005 of optim.lr against the head's 0.5
+    assert "epochs 2–8  all 6 groups: stem × 0.0035," in text
+    assert "head × 0.35" in text  # a hundredth: 0.0035 of optim.lr against the head's 0.35
 
 
 #: file name -> a check of its comments' promises on (resolved config, --print-config output).
@@ -264,7 +265,13 @@ def test_recipes_with_the_bundled_weights_run_offline_as_their_comments_say(
     assert not any((root / "torch_home").iterdir())
     run_dir = next((root / "out").iterdir())
     config = load_config(path, check_paths=False, check_names=False)
-    if config.data.augment == "none":  # linear_probe, csv: "on cached features"
+    if config.data.augment == "none":  # linear_probe: "on cached features"
         assert re.search(r"epoch 1: .*\(cached features\)", result.stdout)
+    if config.data.augment is None:  # csv: chosen from the data, 8 images a class: "light"
+        assert re.search(
+            r"data.augment light: \d+ training images per class \(median\), fewer than 30",
+            result.stdout,
+        )
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["augment"] == "light"
     if path.name == "csv.yaml":  # "list unreadable files in the run's bad_images.txt"
         assert "broken.png" in (run_dir / "bad_images.txt").read_text()

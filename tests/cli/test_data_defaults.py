@@ -1,5 +1,5 @@
-"""``torchgraft train`` on a user's folder chooses its image size and batch size from the
-data, says so in the header, and records the choice (config.yaml, decisions.json); a value
+"""``torchgraft train`` on a user's folder chooses its image size, batch size and augmentation
+from the data, says so in the header, and records the choice (config.yaml, decisions.json); a value
 given on the command line wins. Real subprocesses of the installed console script."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from support import run_cli, tiny_config, write_digit_folder
 
 def train(console_script, env, tmp_path, images, *args):
     config = tiny_config(images, tmp_path / "runs", train={"epochs": 1, "max_steps": 1})
-    for key in ("image_size", "batch_size"):
+    for key in ("image_size", "batch_size", "augment"):
         del config["data"][key]  # left to the data, as a user's config would
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -37,6 +37,22 @@ def test_a_folder_of_tiny_images_trains_near_their_size(console_script, subproce
     assert decisions["data.image_size"]["chosen"] == 64
     assert "8 px on the short side" in decisions["data.image_size"]["why"]
     assert decisions["data.batch_size"]["chosen"] == 8
+    # 8 training images a class: augmented, so the body does not learn them by heart.
+    line = "data.augment light: 8 training images per class (median), fewer than 30: random crops"
+    assert line in out
+    assert data["augment"] == "light"
+    assert decisions["data.augment"]["chosen"] == "light"
+    assert "(cached features)" not in out  # random input: the body runs every step
+
+
+def test_a_folder_with_enough_images_per_class_is_not_augmented(
+    console_script, subprocess_env, tmp_path
+):
+    images = write_digit_folder(tmp_path / "digits", per_class=40, size=8)  # 32 a class train
+    out, data, decisions = train(console_script, subprocess_env, tmp_path, images)
+    assert "data.augment none: 32 training images per class (median), 30 or more" in out
+    assert data["augment"] == "none"
+    assert decisions["data.augment"]["chosen"] == "none"
 
 
 def test_a_folder_of_photographs_trains_at_the_models_size(
@@ -62,10 +78,12 @@ def test_the_command_line_overrides_the_choice(console_script, subprocess_env, t
         subprocess_env,
         tmp_path,
         images,
-        "--data.image_size", "40", "--data.batch_size", "4",
+        "--data.image_size", "40", "--data.batch_size", "4", "--data.augment", "none",
     )  # fmt: skip
     assert "data.image_size" not in out
     assert "data.batch_size" not in out
+    assert "data.augment" not in out
+    assert data["augment"] == "none"
     # A size given without a crop takes the model's own crop, as before.
     assert (data["image_size"], data["crop_pct"], data["batch_size"]) == (40, 0.875, 4)
     assert decisions["data.image_size"] == {"what": "data.image_size", "chosen": 40, "why": "given"}

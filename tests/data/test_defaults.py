@@ -14,6 +14,7 @@ from PIL import Image
 from handmade_models import LeNet, TinyCNN
 from torchgraft.data.defaults import (
     DataChoice,
+    choose_augment,
     choose_batch_size,
     choose_image_size,
     measure_sides,
@@ -108,6 +109,27 @@ def test_a_tiny_training_split_gets_smaller_batches(images, processes, batch):
     assert isinstance(choice, DataChoice)
     assert choice.setting == "data.batch_size"
     assert f"{images:,} training images" in choice.why
+
+
+@pytest.mark.parametrize(("per_class", "preset"), [(1, "light"), (29, "light"), (30, "none")])
+def test_few_images_per_class_are_augmented(per_class, preset):
+    choice = choose_augment([label for label in range(4) for _ in range(per_class)])
+    assert (choice.setting, choice.value, choice.given) == ("data.augment", preset, False)
+    assert f"{per_class} training images per class (median)" in choice.why
+
+
+def test_the_median_class_decides_the_augmentation():
+    # One large class among small ones is still few-shot data; one small class is not.
+    few = [0] * 500 + [1] * 10 + [2] * 10
+    many = [0] * 5 + [1] * 40 + [2] * 40
+    assert choose_augment(few).value == "light"
+    assert choose_augment(many).value == "none"
+
+
+def test_without_flips_the_reason_says_crops_only():
+    assert "and flips" in choose_augment([0, 1]).why
+    assert "and flips" not in choose_augment([0, 1], hflip=False).why
+    assert "random crops" in choose_augment([0, 1], hflip=False).why
 
 
 def write(path, size, fmt="PNG"):

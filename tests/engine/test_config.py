@@ -82,7 +82,7 @@ def test_no_arguments_is_the_embedded_default():
     assert config.data.source == "digits"
     assert config.freeze.policy == "none"
     assert config.freeze.schedule == TwoPhaseConfig(
-        kind="two_phase", freeze_epochs=1, lr_mult=100.0, unfrozen_scale=0.5
+        kind="two_phase", freeze_epochs=1, lr_mult=100.0, unfrozen_scale=0.35
     )
     assert config.freeze.bn == "fixed"  # the default recipe's BatchNorm statistics
     assert (config.optim.name, config.optim.lr) == ("adamw", 2e-3)  # fastai's fine_tune
@@ -385,7 +385,7 @@ def test_an_override_into_the_default_schedule_keeps_its_kind_and_other_fields()
     default = RunConfig().freeze.schedule
     assert config.freeze.schedule == default.model_copy(update={"freeze_epochs": 2})
     assert config.freeze.schedule.lr_mult == 100.0
-    assert config.freeze.schedule.unfrozen_scale == 0.5
+    assert config.freeze.schedule.unfrozen_scale == 0.35
 
 
 @pytest.mark.parametrize(

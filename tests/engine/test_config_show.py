@@ -54,7 +54,7 @@ def test_a_callable_model_is_not_built_to_print_its_stages(monkeypatch, tmp_path
 
     assert "sideeffect_model" not in sys.modules
     assert "#   epoch 1: the head alone × 1" in text
-    assert "#   epochs 2–6: every layer group, the head × 0.5" in text
+    assert "#   epochs 2–6: every layer group, the head × 0.35" in text
     assert "no group names: sideeffect_model:build is not built here" in flat(text)
 
 

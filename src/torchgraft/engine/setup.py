@@ -27,6 +27,7 @@ from torch import nn
 
 from ..data.defaults import (
     DataChoice,
+    choose_augment,
     choose_batch_size,
     choose_image_size,
     held_out_note,
@@ -180,9 +181,13 @@ def choose_data_settings(
         batch = choose_batch_size(len(train), processes.world)
     else:
         batch = DataChoice("data.batch_size", settings.batch_size, "given", given=True)
+    if settings.augment is None:
+        augment = choose_augment(train.labels, hflip=settings.hflip)
+    else:
+        augment = DataChoice("data.augment", settings.augment, "given", given=True)
     settings.image_size, settings.crop_pct = size.value, crop.value
-    settings.batch_size = batch.value
-    chosen = [size, crop, batch]
+    settings.batch_size, settings.augment = batch.value, augment.value
+    chosen = [size, crop, batch, augment]
     if source.val_held_out:
         chosen.append(held_out_note(settings.val_fraction, settings.split_seed, source.origin))
     return chosen

@@ -56,6 +56,7 @@ UNSET: dict[tuple[str, str], str] = {
     ("data", "std"): "the model's own",
     ("data", "batch_size"): f"chosen from the size of the training split {_AT_START}",
     ("data", "eval_batch_size"): "twice data.batch_size",
+    ("data", "augment"): f"chosen from the training images per class {_AT_START}",
 }
 #: Comment lines are wrapped to this width (a terminal's, less a margin).
 _WIDTH = 96
