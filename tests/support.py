@@ -97,6 +97,23 @@ def perturbed(model, scale: float = 0.02, seed: int = 0, statistics: bool = Fals
     return model.eval()
 
 
+def save_sorted(model, path) -> Path:
+    """``model``'s state_dict written with safetensors (which stores keys sorted by name)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def assert_same_function(target, source, size: int, tolerance: float = 1e-4) -> None:
+    """Both models give the same outputs on one seeded batch of ``size`` px images."""
+    import torch
+
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(target(images), source(images), rtol=tolerance, atol=tolerance)
+
+
 def run_cli(console_script, *args, env, cwd=None, timeout=600):
     """The installed ``torchgraft`` with ``args`` in a subprocess; output captured as text."""
     import subprocess

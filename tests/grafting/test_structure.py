@@ -135,9 +135,10 @@ def test_flat_to_nested_confidences():
         dict(sorted(flat_source().items())), nested_target(), MatchContext(order_trusted=False)
     )
     sorted_confidence = {t: c for t, (_, c) in sorted_match.pairs.items()}
-    # name-sorted: the numbered names' natural order is all there is, which suggests only
-    assert sorted_match.evidence["blocks.3.2.conv_dw.weight"] == "numbered-names"
-    assert sorted_confidence["blocks.3.2.conv_dw.weight"] == EVIDENCE["numbered-names"] == 0.75
+    # name-sorted: _blocks.N are a ModuleList's indices, registered in index order: their
+    # natural order is the registration order, which proves the pairing
+    assert sorted_match.evidence["blocks.3.2.conv_dw.weight"] == "index-order"
+    assert sorted_confidence["blocks.3.2.conv_dw.weight"] == EVIDENCE["index-order"] == 1.0
     assert sorted_confidence["conv_stem.weight"] == 1.0
 
 

@@ -100,6 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept pairings that order only suggested (verify such a graft)",
     )
+    parser.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="load (and write) a graft whose outputs differ from the source architecture's",
+    )
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     add_checkpoint_safety_arguments(parser)
     parser.add_argument("--all", action="store_true", help="list every key, not the first 12")
@@ -131,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             min_coverage=args.min_coverage,
             allow_partial=args.allow_partial or False,
             allow_uncertain=args.allow_uncertain,
+            allow_mismatch=args.allow_mismatch,
             dry_run=args.dry_run,
             ema=args.ema,
             allow_globals=args.allow_global,

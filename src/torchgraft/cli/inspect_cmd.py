@@ -11,7 +11,9 @@ parameters in an optimizer — the audit ``train --print-groups`` will print.
 For a checkpoint it also names the zoo architecture whose state_dict has the same keys and
 shapes (``architecture: torchvision:resnet50 — 320/320 keys and shapes``), or the nearest
 ones, from an index built once per library version (:mod:`torchgraft.zoo.identify`);
-``--no-identify`` skips it. Keys and names read from a file are data: they are printed with
+several builders with equal tables are run with the checkpoint's weights and named as one
+answer when they compute the same (:mod:`torchgraft.zoo.equal_tables`). ``--no-identify``
+skips it. Keys and names read from a file are data: they are printed with
 control characters escaped and never as console markup.
 
 Options that do not apply to what TARGET is are refused rather than ignored (``--weights``
@@ -209,6 +211,7 @@ def describe_checkpoint(checkpoint, identify: bool = False) -> dict[str, Any]:
 def _architecture(tensors) -> dict[str, Any]:
     """The identification as a dict; a failure is reported in it, never raised (the rest of
     the description stands on its own)."""
+    from ..zoo.equal_tables import settle_equal_tables
     from ..zoo.identify import identify
     from .output import stderr
 
@@ -223,6 +226,8 @@ def _architecture(tensors) -> dict[str, Any]:
 
     try:
         found = identify({k: tuple(t.shape) for k, t in tensors.items()}, on_build=note)
+        # Equal tables of several builders: run them, one answer when they agree.
+        found = settle_equal_tables(found, tensors)
     except Exception as exc:  # identification is an extra: inspect still shows the tensors
         error = f"{type(exc).__name__}: {exc}"
         return {"error": error, "summary": f"not identified ({error})"}

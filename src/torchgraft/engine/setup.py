@@ -340,6 +340,10 @@ def _graft(config: RunConfig, model: nn.Module, built, source_classes, progress=
         allow_partial=config.graft.allow_partial,
         allow_uncertain=config.graft.allow_uncertain,
         identify=identified_architecture,
+        # graft.verify_with is verified below, with progress; an identified source
+        # architecture is run by the graft itself, before loading
+        verify=source_model is None,
+        tolerance=config.graft.tolerance,
     )
     verification = None
     if source_model is not None:

@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from ..checkpoint.limits import ReaderLimits
-from ..errors import GraftError, InexactGraftError
+from ..errors import GraftError, GraftWarning, InexactGraftError
 from ..wording import in_cli, option
 from .apply import apply_plan
 from .bn_statistics import settle_by_statistics
+from .checked import SourceArchitecture, check_function
 from .exactness import AllowPartial, check_exact
 from .graft_plan import GraftPlan, GraftReport, percent
 from .planner import (
@@ -36,7 +37,7 @@ from .planner import (
 from .resolve import resolve_ties
 from .rules import RenameRules
 from .source import Source, SourceWeights, read_options, read_source
-from .verify import reference_model
+from .verify import DEFAULT_TOLERANCE, reference_model
 
 __all__ = [
     "MIN_COVERAGE",
@@ -89,7 +90,8 @@ def plan_graft(
             registration order tells apart same-shaped siblings in a name-sorted checkpoint,
             and siblings that only order could tell apart are settled by running it side by
             side with the target (:mod:`.resolve`).
-        identify: called when order left pairings unproven and no ``source_model`` is given:
+        identify: called when order left pairings unproven or same-shaped keys ambiguous,
+            and no ``source_model`` is given:
             the source architecture identified from the weights' names and shapes (a
             module) with a note, or None (``torchgraft.plan_graft`` passes the zoo's index).
         probe_images: a normalised batch of the user's images, for settling ties by the
@@ -120,10 +122,11 @@ def plan_graft(
         **options,
         source_order=tuple(source_model.state_dict()) if source_model is not None else None,
     )
-    if plan.ties and source_model is None and identify is not None:
+    identified = False
+    if _needs_order(plan) and source_model is None and identify is not None:
         found = identify(weights)
         if found is not None:
-            source_model, note = found
+            (source_model, note), identified = found, True
             plan = make_plan(
                 model, weights, **options, source_order=tuple(source_model.state_dict())
             )
@@ -132,7 +135,30 @@ def plan_graft(
         plan = _settle_ties(plan, model, source_model, weights, strategy)
     elif plan.ties:
         plan = _settle_by_statistics(plan, model, weights, strategy, probe_images)
-    return drop_candidates(plan)
+    plan = drop_candidates(plan)
+    if source_model is not None:
+        plan.source_architecture = SourceArchitecture(
+            source_model, _architecture_name(source_model), identified
+        )
+    return plan
+
+
+def _needs_order(plan: GraftPlan) -> bool:
+    """Whether the source's registration order would settle something: pairings that order
+    only suggested (ties), or same-shaped keys left ambiguous (a flat list against nested
+    blocks, in a name-sorted file)."""
+    ambiguous = any(e.source is None and e.detail.startswith("ambiguous") for e in plan.entries)
+    return bool(plan.ties) or ambiguous
+
+
+def _architecture_name(module: nn.Module) -> str:
+    """``timm:resnet50`` for a zoo model, else the class name."""
+    from ..model.anatomy import spec_of
+
+    try:
+        return spec_of(module).name
+    except Exception:  # a plain module torchgraft cannot describe still has a class
+        return type(module).__name__
 
 
 def _settle_by_statistics(plan, model, weights: SourceWeights, strategy, images) -> GraftPlan:
@@ -177,14 +203,18 @@ def graft(
     source_name: str | None = None,
     allow_partial: AllowPartial = False,
     allow_uncertain: bool = False,
+    allow_mismatch: bool = False,
+    verify: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
     **plan_options: Any,
 ) -> GraftReport:
     """Graft ``source`` into ``model`` and report what was done.
 
     The plan is computed (or taken from ``plan``), checked against ``min_coverage``, checked
     for exactness (:mod:`.exactness`: every key outside the new head loads, on evidence that
-    proves the pairing), and applied all-or-nothing: every value is computed before the
-    first one is written.
+    proves the pairing), checked by running it when the source architecture is known
+    (given as ``source_model`` or identified while planning: :mod:`.checked`), and applied
+    all-or-nothing: every value is computed before the first one is written.
 
     Args:
         model: the target, changed in place.
@@ -197,6 +227,11 @@ def graft(
             patterns of the keys (``"layer4.*"``); each acceptance is noted in the report.
         allow_uncertain: accept pairings that order only suggested (a GraftWarning is raised
             and the report says so); verify such a graft before trusting it.
+        allow_mismatch: load a graft whose outputs differ from the source architecture's (a
+            GraftWarning, and the report says so): fine-tuning from these weights anyway.
+        verify: run the graft against the source architecture before loading, when the plan
+            knows it (False: skip it; ``report.verification`` stays None).
+        tolerance: the largest relative difference of that check.
         plan_options: passed to :func:`plan_graft`.
 
     Returns:
@@ -206,6 +241,8 @@ def graft(
         GraftError: coverage below ``min_coverage`` or a plan that does not fit.
         InexactGraftError: an inexact graft not accepted (see ``allow_partial``,
             ``allow_uncertain``); nothing was loaded.
+        VerificationError: the grafted model computes another function than the source
+            architecture (see ``allow_mismatch``); nothing was loaded.
 
     Example:
         >>> report = tg.graft(model, "colleague.ckpt")
@@ -230,9 +267,30 @@ def graft(
     accepted = check_exact(
         plan, head_keys(model), allow_partial=allow_partial, allow_uncertain=allow_uncertain
     )
-    apply_plan(model, plan, weights.checkpoint.tensors)
+    tensors = weights.checkpoint.tensors
+    checked = None
+    if verify and plan.source_architecture is not None:
+        checked = check_function(
+            model,
+            plan,
+            tensors,
+            plan.source_architecture,
+            tolerance=tolerance,
+            allow_mismatch=allow_mismatch,
+        )
+    apply_plan(model, plan, tensors)
     report = GraftReport.from_plan(plan)
     report.notes += accepted
+    if checked is not None:
+        report.verification = checked.to_dict()
+        report.notes.append(checked.note())
+        if not checked.verification.ok:
+            message = (
+                f"accepted a graft that changes the function ({option('allow_mismatch')}): "
+                f"{checked.verification.problem}"
+            )
+            warnings.warn(message, GraftWarning, stacklevel=2)
+            report.notes.append(message)
     return report
 
 

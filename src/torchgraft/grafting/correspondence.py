@@ -40,6 +40,7 @@ EVIDENCE: dict[str, float] = {
     "role": FULL,  # same-shaped tensors told apart by role (weight / bias)
     "counter": FULL,  # an integer counter following the module it belongs to
     "order": FULL,  # numbered names on both sides, in the source's real registration order
+    "index-order": FULL,  # a container's integer indices in a name-sorted source: its order
     "architecture": FULL,  # settled by running the source architecture side by side
     "bn-statistics": FULL,  # settled by the weights' own BatchNorm statistics, clear margin
     "numbered-names": 0.75,  # numbered names in a name-sorted source: their natural order

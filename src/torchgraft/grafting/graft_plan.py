@@ -119,6 +119,10 @@ class GraftPlan:
     target_numels: dict[str, int] = field(default_factory=dict)
     #: groups of (source module, target module) paired by registration order alone
     ties: list[list[tuple[str, str]]] = field(default_factory=list)
+    #: the architecture the source was saved from, when given or identified while planning
+    #: (a :class:`~.checked.SourceArchitecture`: a graft runs it before loading); never
+    #: written to a plan file, never kept by a report
+    source_architecture: Any = field(default=None, compare=False)
 
     # --- the contract (PRODUCT.md) -------------------------------------------------------
     @property
@@ -291,7 +295,7 @@ class GraftReport(GraftPlan):
 
     @classmethod
     def from_plan(cls, plan: GraftPlan) -> GraftReport:
-        fields = {k: v for k, v in vars(plan).items()}
+        fields = {k: v for k, v in vars(plan).items() if k != "source_architecture"}
         return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
@@ -356,7 +360,7 @@ def _rename_lines(entries: list[KeyPlan]) -> list[str]:
 
 
 #: Evidence worth naming on a line even at full confidence (it decided a tie).
-_TELLING = ("order", "architecture", "bn-statistics", "leftover")
+_TELLING = ("order", "index-order", "architecture", "bn-statistics", "leftover")
 
 
 def _evidence_tag(entry: KeyPlan) -> str:

@@ -22,6 +22,8 @@ __all__ = [
     "MIN_SIMILARITY",
     "ROLE_SYNONYMS",
     "Item",
+    "container_indices",
+    "container_names",
     "fp_key",
     "natural_key",
     "open_smaller_side",
@@ -52,6 +54,8 @@ class Item:
     key: str | None = None
     children: list[Item] = field(default_factory=list)
     fingerprint: Counter = field(default_factory=Counter)
+    #: a child of a container, named by its index (see :func:`container_names`)
+    indexed: bool = False
 
     @property
     def name(self) -> str:
@@ -109,8 +113,12 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
        ``bn1`` of a codebase counting from 0 is ``bn2`` of one counting from 1);
     3. order, when the names on both sides carry one (``_bn0``, ``_bn1`` and ``bn1``, ``bn2``;
        list indices) and it agrees with the registration order on each side: proven
-       (``order``). In a name-sorted source the natural order of its numbered names is the
-       only order there is: a suggestion (``numbered-names``, 0.75);
+       (``order``). In a name-sorted source, the children of one container
+       (:func:`container_names`: ``_blocks.2``/``_blocks.10``, ``encoder_layer_3``) were
+       registered in index order: their natural order *is* the registration order
+       (``index-order``, proven). Other numbered names in a name-sorted source
+       (``_bn0``/``_bn1``, attributes a library may register in any order) give only their
+       natural order: a suggestion (``numbered-names``, 0.75);
     4. the source's registration order alone (a torch-saved state_dict, a module), or
        against what the numbered names say: a suggestion (``registration-order``, 0.5),
        since two libraries can register the same layers in different orders (torchvision's
@@ -135,16 +143,47 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
     source_names = [i.name for i in remaining_s]
     target_names = [i.name for i in remaining_t]
     numbered = ordinal_names(source_names) and ordinal_names(target_names)
-    if numbered and not trusted:
+    indexed = not trusted and container_indices(remaining_s)
+    in_order = _names_in_order(remaining_s) and _names_in_order(remaining_t)
+    if numbered and (trusted or indexed) and in_order:
+        how = "order" if trusted else "index-order"
+    elif numbered and not trusted:
         how = "numbered-names"
-    elif numbered and _names_in_order(remaining_s) and _names_in_order(remaining_t):
-        how = "order"
-    elif trusted:
+    elif trusted or indexed:
         how = "registration-order"
     else:
         how = "candidate"
     matched += [(s, t, how) for s, t in zip(remaining_s, remaining_t, strict=True)]
     return matched
+
+
+def container_indices(items: list[Item]) -> bool:
+    """True when the items are children of one container, named by their indices (marked
+    ``indexed`` from :func:`container_names`): their natural order is their registration
+    order even in a name-sorted file."""
+    parents = {item.path.rpartition(".")[0] for item in items}
+    return len(parents) == 1 and all(item.indexed for item in items)
+
+
+#: Fewest children named ``<word><number>`` that make a container (a pair such as
+#: ``norm1``/``norm2`` or ``fc1``/``fc2`` is a module's attributes, not a list).
+MIN_NAMED_CHILDREN = 3
+_INDEXED_NAME = re.compile(r"([A-Za-z_]+?)_?(\d+)")
+
+
+def container_names(names: list[str]) -> bool:
+    """True when ``names`` — every child of one module, all of them modules — are the keys of
+    a ``ModuleList`` or ``Sequential``, which registers its children in index order: bare
+    integers (``0``, ``1``, ``10``), or :data:`MIN_NAMED_CHILDREN` or more names that are
+    one word and a number (torchvision's ``encoder_layer_0`` …, ``denselayer1`` …).
+    Attributes numbered by hand (``conv1``, ``bn1``, ``downsample``) sit beside others of
+    other words, so their module is not a container."""
+    if len(names) < 2:
+        return False
+    if all(name.isdecimal() for name in names):
+        return True
+    words = {m.group(1) if (m := _INDEXED_NAME.fullmatch(name)) else None for name in names}
+    return len(names) >= MIN_NAMED_CHILDREN and len(words) == 1 and None not in words
 
 
 def _names_in_order(items: list[Item]) -> bool:

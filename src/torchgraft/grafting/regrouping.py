@@ -33,7 +33,7 @@ from .correspondence import Match, TensorInfo, is_float
 __all__ = ["STRUCTURAL", "check_regrouping"]
 
 #: Evidence that comes from the shapes of the trees (what this check can contradict).
-STRUCTURAL = ("unique", "role", "order")
+STRUCTURAL = ("unique", "role", "order", "index-order")
 
 
 def check_regrouping(

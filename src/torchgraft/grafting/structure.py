@@ -46,6 +46,7 @@ from .correspondence import (
 )
 from .pairing import (
     Item,
+    container_names,
     fp_key,
     natural_key,
     open_smaller_side,
@@ -232,7 +233,18 @@ def _build_tree(infos: Mapping[str, TensorInfo], order: Sequence[str]) -> Item:
         leaf = Item(key, float(position), key=key, fingerprint=Counter([canonical_shape(shape)]))
         parent.children.append(leaf)
     _fingerprint(root)
+    _mark_indexed(root)
     return root
+
+
+def _mark_indexed(item: Item) -> None:
+    """Mark the children of every container (:func:`~.pairing.container_names`)."""
+    modules = [child for child in item.children if not child.is_tensor]
+    if len(modules) == len(item.children) and container_names([c.name for c in modules]):
+        for child in modules:
+            child.indexed = True
+    for child in modules:
+        _mark_indexed(child)
 
 
 def _fingerprint(item: Item) -> Counter:

@@ -208,13 +208,16 @@ def create_model(
 def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | None:
     """The one architecture whose state_dict has exactly the source's names and shapes
     (``torchgraft.zoo.identify``), built without weights, and a note saying so; None when
-    no single builder fits (equal tables of several builders are not guessed between)."""
+    no single builder fits. Several builders with equal tables are one answer only when,
+    holding these weights, they compute the same (:mod:`.equal_tables`); never guessed."""
     from ..model.build_record import check_recorded_builder
+    from .equal_tables import settle_equal_tables
     from .identify import identify  # the index is loaded on first use only
 
-    table = {k: tuple(v.shape) for k, v in weights.checkpoint.tensors.items()}
+    tensors = weights.checkpoint.tensors
+    table = {k: tuple(v.shape) for k, v in tensors.items()}
     try:
-        found = identify(table, on_build=_say_building)
+        found = settle_equal_tables(identify(table, on_build=_say_building), tensors)
     except Exception:  # an index that cannot be built must not break a graft
         return None
     if found.exact is None:

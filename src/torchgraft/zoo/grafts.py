@@ -192,11 +192,14 @@ class GraftOutcome:
     verification: Verification | None = None
     refusals: list[str] = field(default_factory=list)
     output: Path | None = None
+    #: a failed verification was accepted on purpose (``allow_mismatch``)
+    accepted_mismatch: bool = False
 
     @property
     def ok(self) -> bool:
-        """False when the verification failed (then nothing was written)."""
-        return self.verification is None or self.verification.ok
+        """False when the verification failed and was not accepted (then nothing was
+        written)."""
+        return self.verification is None or self.verification.ok or self.accepted_mismatch
 
     def __repr__(self) -> str:
         kind = "dry run" if self.dry_run else "graft"
@@ -221,6 +224,7 @@ def graft_into(
     min_coverage: float = api.MIN_COVERAGE,
     allow_partial: AllowPartial = False,
     allow_uncertain: bool = False,
+    allow_mismatch: bool = False,
     dry_run: bool = False,
     ema: bool = False,
     allow_globals: Sequence[str] = (),
@@ -241,11 +245,15 @@ def graft_into(
         plan_out: write the plan there as an editable plan file (also on a dry run).
         source_model: the source architecture's spec: it settles ties while planning, and
             the graft is verified against it (``tolerance``, default
-            :data:`~torchgraft.grafting.verify.DEFAULT_TOLERANCE`).
+            :data:`~torchgraft.grafting.verify.DEFAULT_TOLERANCE`). Without it, an
+            architecture identified from the file while planning is run before loading
+            (:mod:`torchgraft.grafting.checked`): a different function is refused.
         output: write the grafted weights there (safetensors, with a JSON sidecar at
             ``<output>.json``: source, sha256 of both files, mapping, report), unless the
             verification failed.
-        min_coverage / allow_partial / allow_uncertain: see :func:`torchgraft.graft`.
+        min_coverage / allow_partial / allow_uncertain / allow_mismatch: see
+            :func:`torchgraft.graft` (with ``allow_mismatch`` a failed verification against
+            ``source_model`` is reported, and the output written all the same).
         dry_run: plan (and write ``plan_out``), say what the graft would refuse; load nothing.
         ema / allow_globals / trust: the checkpoint reader's (a file ``source`` only).
         on_step: the verification's progress, ``on_step(done, total)``
@@ -287,19 +295,30 @@ def graft_into(
     if dry_run:
         found = api.refusals(plan, model, min_coverage=min_coverage, **acceptance)
         return GraftOutcome(plan, dry_run=True, plan_file=written_plan, refusals=found)
-    report = api.graft(model, weights, plan=plan, min_coverage=min_coverage, **acceptance)
+    limit = verification.DEFAULT_TOLERANCE if tolerance is None else tolerance
+    report = api.graft(
+        model,
+        weights,
+        plan=plan,
+        min_coverage=min_coverage,
+        allow_mismatch=allow_mismatch,
+        verify=reference is None,  # a given source model is verified below, with progress
+        tolerance=limit,
+        **acceptance,
+    )
     result = None
     if reference is not None:
-        limit = verification.DEFAULT_TOLERANCE if tolerance is None else tolerance
         result = verification.verify_graft(
             model, reference, weights, tolerance=limit, source_name=source_model, on_step=on_step
         )
         report.verification = result.to_dict()
         report.notes.append(str(result))
-    written = None
-    if output and (result is None or result.ok):
-        written = _write_output(output, model, report, weights)
-    return GraftOutcome(report, plan_file=written_plan, verification=result, output=written)
+    outcome = GraftOutcome(
+        report, plan_file=written_plan, verification=result, accepted_mismatch=allow_mismatch
+    )
+    if output and outcome.ok:
+        outcome.output = _write_output(output, model, report, weights)
+    return outcome
 
 
 def _check_request(

@@ -73,6 +73,10 @@ class Identification:
         key_note: how keys were read, e.g. ``"read 'module.fc.weight' as 'fc.weight'"``.
         libraries: the libraries searched. unindexed: their architectures that could not be
             built on ``meta`` (and so cannot be recognised).
+        same_function: for several exact builders, whether they compute the same outputs
+            with the checkpoint's weights (:mod:`.equal_tables`); None: not compared.
+        difference: the largest relative difference found between them, when compared.
+        comparison: one line on that comparison (or why it was not made); "" when none.
     """
 
     exact_all: tuple[str, ...]
@@ -84,11 +88,16 @@ class Identification:
     key_note: str
     libraries: tuple[str, ...]
     unindexed: int
+    same_function: bool | None = None
+    difference: float | None = None
+    comparison: str = ""
 
     @property
     def exact(self) -> str | None:
-        """The one exact spec, or None when there is none or several are equally exact."""
-        return self.exact_all[0] if len(self.exact_all) == 1 else None
+        """The one exact spec — the first of several that share the table and were run and
+        found to compute the same — or None (none, or several not known to agree)."""
+        one = len(self.exact_all) == 1 or (self.exact_all and self.same_function)
+        return self.exact_all[0] if one else None
 
     @property
     def head_differs(self) -> bool:
@@ -107,12 +116,21 @@ class Identification:
         if self.exact_all:
             best = self.candidates[0]
             names = ", ".join(c.label for c in self.candidates if c.exact)
-            text = (
-                f"{names} — {best.shapes_matched}/{best.keys_total} keys and shapes"
-                if len(self.exact_all) == 1
-                else f"one of {names} (equal tables; their outputs can still differ: "
-                f"verify side by side) — {best.shapes_matched}/{best.keys_total} keys and shapes"
-            )
+            counts = f"{best.shapes_matched}/{best.keys_total} keys and shapes"
+            if len(self.exact_all) == 1:
+                text = f"{names} — {counts}"
+            elif self.same_function:
+                text = f"{names} (equal tables, and {self.comparison}) — {counts}"
+            elif self.same_function is False:
+                text = (
+                    f"one of {names} (equal tables, but {self.comparison}: not guessed) — {counts}"
+                )
+            else:
+                why = f"; {self.comparison}" if self.comparison else ""
+                text = (
+                    f"one of {names} (equal tables; their outputs can still differ: verify "
+                    f"side by side{why}) — {counts}"
+                )
             if self.head == "different":
                 text += f"; head differs ({self.num_classes} classes)"
             elif self.head == "absent":

@@ -38,6 +38,7 @@ MEANING = {
     "role": "same-shaped tensors told apart by role (weight / bias)",
     "counter": "an integer counter following its module",
     "order": "numbered names on both sides, in the source's registration order",
+    "index-order": "a ModuleList's or Sequential's indices (their order is registration order)",
     "architecture": "settled by running the source architecture side by side",
     "bn-statistics": "settled by the weights' own BatchNorm statistics",
     "numbered-names": "numbered names in a name-sorted source (their natural order)",
