@@ -17,7 +17,7 @@ import torchvision
 from support import assert_same_function, perturbed, save_sorted
 from torchgraft.checkpoint.read import Checkpoint
 from torchgraft.grafting.source import SourceWeights
-from torchgraft.zoo import identified_architecture
+from torchgraft.zoo import build_model, identified_architecture
 from torchgraft.zoo.equal_tables import settle_equal_tables
 from torchgraft.zoo.identify import ARCHS_ENV, identify
 
@@ -38,6 +38,10 @@ def cache(tmp_path_factory):
         yield folder
 
 
+def bare(spec: str, num_classes: int | None) -> torch.nn.Module:
+    return build_model(spec, num_classes=num_classes).model
+
+
 def tensors_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -47,7 +51,7 @@ def test_builders_that_compute_the_same_are_one_answer(cache):
     found = identify({k: tuple(t.shape) for k, t in tensors.items()})
     assert found.exact_all == ("torchvision:resnet18", "timm:resnet18")
     assert found.exact is None  # the table alone never picks one
-    settled = settle_equal_tables(found, tensors)
+    settled = settle_equal_tables(found, tensors, bare)
     assert settled.same_function is True
     assert settled.difference <= 1e-4
     assert settled.exact == "torchvision:resnet18"
@@ -60,7 +64,7 @@ def test_builders_that_compute_differently_are_named_not_guessed(cache):
     tensors = tensors_of(perturbed(timm.create_model("tf_efficientnet_b0", pretrained=False)))
     found = identify({k: tuple(t.shape) for k, t in tensors.items()})
     assert found.exact_all == ("timm:efficientnet_b0", "timm:tf_efficientnet_b0")
-    settled = settle_equal_tables(found, tensors)
+    settled = settle_equal_tables(found, tensors, bare)
     assert settled.same_function is False
     assert settled.difference > 1e-2
     assert settled.exact is None
@@ -73,7 +77,7 @@ def test_builders_that_compute_differently_are_named_not_guessed(cache):
 def test_a_single_exact_builder_is_not_run(cache):
     tensors = tensors_of(torchvision.models.resnet18(weights=None))
     found = identify({k: tuple(t.shape) for k, t in tensors.items()}, libraries=("torchvision",))
-    assert settle_equal_tables(found, tensors) is found
+    assert settle_equal_tables(found, tensors, bare) is found
 
 
 def test_the_graft_takes_an_agreed_architecture_as_the_source(cache):

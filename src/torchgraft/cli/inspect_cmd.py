@@ -211,6 +211,7 @@ def describe_checkpoint(checkpoint, identify: bool = False) -> dict[str, Any]:
 def _architecture(tensors) -> dict[str, Any]:
     """The identification as a dict; a failure is reported in it, never raised (the rest of
     the description stands on its own)."""
+    from ..zoo import build_model
     from ..zoo.equal_tables import settle_equal_tables
     from ..zoo.identify import identify
     from .output import stderr
@@ -227,7 +228,9 @@ def _architecture(tensors) -> dict[str, Any]:
     try:
         found = identify({k: tuple(t.shape) for k, t in tensors.items()}, on_build=note)
         # Equal tables of several builders: run them, one answer when they agree.
-        found = settle_equal_tables(found, tensors)
+        found = settle_equal_tables(
+            found, tensors, lambda spec, classes: build_model(spec, num_classes=classes).model
+        )
     except Exception as exc:  # identification is an extra: inspect still shows the tensors
         error = f"{type(exc).__name__}: {exc}"
         return {"error": error, "summary": f"not identified ({error})"}

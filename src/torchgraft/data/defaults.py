@@ -202,8 +202,9 @@ def choose_augment(labels: Sequence[int], *, hflip: bool = True) -> DataChoice:
     crops, and flips with ``hflip``) when its median class has fewer than
     :data:`FEW_PER_CLASS` images, ``none`` otherwise (the head's epochs then train from the
     feature cache: the body runs once per image)."""
-    per_class = statistics.median(Counter(labels).values()) if labels else 0
-    shown = f"{per_class:g} training images per class (median)"
+    # median_low: a count some class really has (the median of 10 classes can be 144.5)
+    per_class = statistics.median_low(Counter(labels).values()) if labels else 0
+    shown = f"{per_class:,} training images per class (median)"
     if per_class < FEW_PER_CLASS:
         what = "random crops and flips" if hflip else "random crops"
         why = (

@@ -217,7 +217,7 @@ def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | N
     tensors = weights.checkpoint.tensors
     table = {k: tuple(v.shape) for k, v in tensors.items()}
     try:
-        found = settle_equal_tables(identify(table, on_build=_say_building), tensors)
+        found = settle_equal_tables(identify(table, on_build=_say_building), tensors, _bare)
     except Exception:  # an index that cannot be built must not break a graft
         return None
     if found.exact is None:
@@ -233,6 +233,11 @@ def identified_architecture(weights: SourceWeights) -> tuple[nn.Module, str] | N
         f"source architecture identified as {found.summary()}: its registration order and "
         "a side-by-side run settle what order alone suggested"
     )
+
+
+def _bare(spec: str, num_classes: int | None) -> nn.Module:
+    """``spec`` built without weights (for :mod:`.equal_tables`)."""
+    return build_model(spec, num_classes=num_classes).model
 
 
 def _say_building(library: str, count: int) -> None:

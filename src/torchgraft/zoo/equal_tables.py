@@ -18,9 +18,10 @@ is checked against the recorded-builder rule before anything is built.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
+from torch import nn
 
 from .identification import Identification
 
@@ -30,11 +31,16 @@ __all__ = ["MAX_EQUAL", "settle_equal_tables"]
 MAX_EQUAL = 4
 
 
+#: ``build(spec, num_classes)``: the architecture ``spec`` without weights (the zoo's
+#: ``build_model(...).model``; passed in, so this module does not import the zoo package).
+Build = Callable[[str, "int | None"], nn.Module]
+
+
 def settle_equal_tables(
-    found: Identification, tensors: Mapping[str, torch.Tensor]
+    found: Identification, tensors: Mapping[str, torch.Tensor], build: Build
 ) -> Identification:
     """``found`` with ``same_function`` and ``difference`` set when several builders share
-    the checkpoint's table (``found.exact_all``); unchanged otherwise.
+    the checkpoint's table (``found.exact_all``); unchanged otherwise. ``build`` makes each.
 
     ``same_function`` is True when all of them, holding these ``tensors``, compute the same
     outputs on a probe batch (``found.exact`` then names the first), False when some differ
@@ -49,7 +55,7 @@ def settle_equal_tables(
         why = f"{len(specs)} builders share the table: more than {MAX_EQUAL} are not run"
         return dataclasses.replace(found, comparison=why)
     try:
-        references = [(spec, _loaded(spec, found, tensors)) for spec in specs]
+        references = [(spec, _loaded(spec, found, tensors, build)) for spec in specs]
     except Exception as exc:  # a builder can raise anything: identification is an extra
         return dataclasses.replace(found, comparison=f"not compared: {exc}")
     from ..grafting.verify import compare_models, probe_input
@@ -73,17 +79,16 @@ def settle_equal_tables(
     return dataclasses.replace(found, same_function=same, difference=worst, comparison=comparison)
 
 
-def _loaded(spec: str, found: Identification, tensors) -> torch.nn.Module:
+def _loaded(spec: str, found: Identification, tensors, build: Build) -> nn.Module:
     """``spec`` built without weights, holding ``tensors`` (the classifier's classes taken
     from the checkpoint when they differ from the builder's default)."""
     from ..grafting.verify import reference_model
     from ..model.build_record import check_recorded_builder
-    from . import build_model
 
     # The index is a file in the cache: the names it holds never select code by themselves.
     check_recorded_builder(spec, "the architecture index")
     classes = found.num_classes if found.head == "different" else None
-    return reference_model(build_model(spec, num_classes=classes).model, tensors)
+    return reference_model(build(spec, classes), tensors)
 
 
 def _tolerance() -> float:
