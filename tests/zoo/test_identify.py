@@ -232,6 +232,15 @@ def test_index_grows_lazily_and_reports_builds(own_cache, resnet18):
     assert calls == [("torchvision", 1), ("torchvision", 2)]  # only what was missing
 
 
+def test_an_index_build_reports_its_progress(own_cache, resnet18):
+    steps = []
+    specs = ["torchvision:resnet18", "torchvision:resnet34", "torchvision:alexnet"]
+    identify(table(resnet18), architectures=specs, on_progress=lambda *step: steps.append(step))
+    assert steps == [("torchvision", 1, 3), ("torchvision", 2, 3), ("torchvision", 3, 3)]
+    identify(table(resnet18), architectures=specs, on_progress=lambda *step: steps.append(step))
+    assert len(steps) == 3  # nothing left to build: no progress to report
+
+
 def test_new_library_version_gets_a_new_index(own_cache, resnet18, monkeypatch):
     identify(table(resnet18), architectures=["torchvision:resnet18"])
     before = arch_index.builds["torchvision"]

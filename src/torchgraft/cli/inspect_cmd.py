@@ -25,6 +25,7 @@ for a model spec without a ``--weights`` file). An audit option (``--freeze``, `
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,7 @@ def describe_checkpoint(checkpoint, identify: bool = False) -> dict[str, Any]:
 def _architecture(tensors) -> dict[str, Any]:
     """The identification as a dict; a failure is reported in it, never raised (the rest of
     the description stands on its own)."""
+    from ..engine.console import RunConsole
     from ..zoo import build_model
     from ..zoo.equal_tables import settle_equal_tables
     from ..zoo.identify import identify
@@ -225,8 +227,15 @@ def _architecture(tensors) -> dict[str, Any]:
             highlight=False,
         )
 
+    table = {k: tuple(t.shape) for k, t in tensors.items()}
+    # A first build indexes every architecture of a library (minutes for timm): a bar with
+    # the time left, on stderr and on a terminal only (stdout stays the description).
+    building = RunConsole(sys.stderr).task("indexing architectures", unit="architectures")
     try:
-        found = identify({k: tuple(t.shape) for k, t in tensors.items()}, on_build=note)
+        with building as on_step:
+            found = identify(
+                table, on_build=note, on_progress=lambda _library, done, n: on_step(done, n)
+            )
         # Equal tables of several builders: run them, one answer when they agree.
         found = settle_equal_tables(
             found, tensors, lambda spec, classes: build_model(spec, num_classes=classes).model

@@ -253,6 +253,7 @@ def load_index(
     names: Sequence[str] | None = None,
     *,
     on_build: Callable[[str, int], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> ArchIndex:
     """The index of ``library``, first completed with the architectures it lacks.
 
@@ -262,6 +263,8 @@ def load_index(
             Unknown names are recorded as failed.
         on_build: called as ``on_build(library, count)`` before ``count`` architectures are
             built (the CLI prints a note: the first full timm build takes minutes).
+        on_progress: called as ``on_progress(library, done, count)`` after each of them (a
+            progress bar: ``torchgraft inspect`` shows one).
 
     Returns:
         The index; it may hold more architectures than ``names`` (earlier calls' work).
@@ -291,8 +294,10 @@ def load_index(
     catalogue = set(all_names(library))
     saved = time.monotonic()
     try:
-        for name in missing:
+        for done, name in enumerate(missing, 1):
             _index_one(index, name, catalogue)
+            if on_progress is not None:
+                on_progress(library, done, len(missing))
             if time.monotonic() - saved > SAVE_SECONDS:
                 # An interrupted first build (minutes for timm) keeps what it has done.
                 _save(path, index)

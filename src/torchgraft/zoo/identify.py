@@ -52,6 +52,7 @@ def identify(
     limit: int = 5,
     architectures: Iterable[str] | None = None,
     on_build: Callable[[str, int], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Identification:
     """Identify the zoo architecture of a checkpoint from its ``{key: shape}`` table.
 
@@ -63,6 +64,7 @@ def identify(
             in ``$TORCHGRAFT_IDENTIFY_ARCHS``.
         on_build: called as ``on_build(library, count)`` before the index of ``library``
             grows by ``count`` architectures (the first call builds it: minutes for timm).
+        on_progress: called as ``on_progress(library, done, count)`` as they are built.
 
     Returns:
         An :class:`Identification`; ``exact`` names the architecture when exactly one fits.
@@ -76,7 +78,7 @@ def identify(
         ('torchvision:resnet18', 'timm:resnet18')
     """
     query = {str(k): tuple(int(d) for d in s) for k, s in table.items()}
-    indexes = _indexes(libraries, _restriction(architectures), on_build)
+    indexes = _indexes(libraries, _restriction(architectures), on_build, on_progress)
     variants = _variants(query)
     codes = [table_codes(t) for _, t in variants]
     prints = [fingerprints(t) for _, t in variants]
@@ -106,13 +108,18 @@ def identify(
     )
 
 
-def _indexes(libraries, chosen, on_build) -> list[tuple[ArchIndex, list[int]]]:
+def _indexes(libraries, chosen, on_build, on_progress=None) -> list[tuple[ArchIndex, list[int]]]:
     """Each library's index, with the rows to compare (all, or the chosen architectures')."""
     result = []
     for library in dict.fromkeys(libraries):
         if chosen is not None and library not in chosen:
             continue
-        index = load_index(library, chosen.get(library) if chosen else None, on_build=on_build)
+        index = load_index(
+            library,
+            chosen.get(library) if chosen else None,
+            on_build=on_build,
+            on_progress=on_progress,
+        )
         names = set(chosen[library]) if chosen else None
         rows = [i for i, e in enumerate(index.entries) if names is None or e["name"] in names]
         result.append((index, rows))
