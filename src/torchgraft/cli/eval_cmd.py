@@ -55,11 +55,15 @@ def run(args: argparse.Namespace) -> int:
         result.confusion, model.classes, picture, title=f"Confusion matrix ({args.data})"
     )
     skipped = [{"path": str(b.path), "reason": b.reason} for b in data.bad]
+    strays = data.source.strays
     document = {
         "model": str(args.model),
         "data": str(args.data),
         **result.to_dict(),
         "skipped": skipped,
+        # files left out before any was read: not images, or beside the class folders
+        "not_images": list(strays.not_images),
+        "outside_classes": list(strays.outside),
         "confusion_png": str(picture),
     }
     if args.json:
@@ -73,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     stdout.print(table("per class", ("class", "precision", "recall", "F1", "images"), rows))
     print(f"confusion matrix: {picture}")
+    for line in strays.lines():  # named as train names them (escaped there)
+        print(line, file=sys.stderr)
     if data.bad:
         from ..data.scan import describe_bad
 

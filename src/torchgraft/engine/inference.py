@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..data.folders import list_class_folders
 from ..data.images import UnreadableImageError, is_image_file, load_image
-from ..data.sources import DataSource, Split, class_folders, discover
+from ..data.sources import DataSource, Split, discover
+from ..data.strays import StrayFiles
 from ..data.transforms import Normalizer, base_transform
 from ..errors import DataError
 from .export.load import ExportedModel, load_exported
@@ -249,15 +251,18 @@ _RENAME_LABEL = "a label that names one of the model's classes another way: chan
 
 
 def _labelled(path: Path, classes: tuple[str, ...]) -> DataSource:
-    """One split called ``eval`` whose labels index the model's classes."""
+    """One split called ``eval`` whose labels index the model's classes; the files left out
+    of it (not images, or beside the class folders) in ``strays``, for the command to name."""
+    strays = StrayFiles()
     if path.is_dir() and (path / "train").is_dir():
         found = discover(str(path))
         names, split = found.classes, found.splits.get("test") or found.splits["val"]
-        labels, paths, root = split.labels, split.paths, split.root
+        labels, paths, root, strays = split.labels, split.paths, split.root, found.strays
         remedy = f"move those class folders out of the split folders of {path}", _RENAME_FOLDER
     elif path.is_dir():
-        names, samples = class_folders(path, allow_single=True)
-        labels, paths, root = [s[1] for s in samples], [s[0] for s in samples], path
+        listing = list_class_folders(path, allow_single=True)
+        names, labels, paths, root = listing.classes, listing.labels, listing.paths, path
+        strays = listing.strays
         remedy = f"move those class folders out of {path}", _RENAME_FOLDER
     elif path.suffix.lower() == ".csv" and path.is_file():
         found = discover(str(path))
@@ -276,7 +281,8 @@ def _labelled(path: Path, classes: tuple[str, ...]) -> DataSource:
         raise _unknown_classes(path, unknown, classes, remedy)
     index = {c: i for i, c in enumerate(classes)}
     mapped = [index[names[label]] for label in labels]
-    return DataSource(classes, {"eval": Split("eval", mapped, paths, root=root)}, str(path), "eval")
+    split = Split("eval", mapped, paths, root=root)
+    return DataSource(classes, {"eval": split}, str(path), "eval", strays=strays)
 
 
 def _unknown_classes(

@@ -1,8 +1,14 @@
 """``torchgraft eval`` on data holding classes the model never saw: refused with one line
 that names them, the classes the model knows, and what to do about it (leave them out, or
-rename the ones that are model classes by another name) — for a folder and for a CSV."""
+rename the ones that are model classes by another name) — for a folder and for a CSV. And the
+files it leaves out of a folder (not images, images beside the class folders) are named, as
+``train`` names them, never dropped silently."""
 
 from __future__ import annotations
+
+import json
+import re
+import shutil
 
 import pytest
 
@@ -67,3 +73,31 @@ def test_data_that_is_no_labelled_set_says_what_to_give(run_dir, tmp_path):
             evaluate_folder(model, where)
         assert str(refused.value).startswith(f"{where}: {what}")
         assert "give a folder of class subfolders" in str(refused.value)
+
+
+@pytest.fixture
+def folder_with_strays(tmp_path):
+    data = write_digit_folder(tmp_path / "eval", per_class=2)
+    (data / "0" / "README.txt").write_text("digits written by hand\n")
+    (data / "1" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 not an image")
+    shutil.copy(next((data / "2").glob("*.png")), data / "loose.png")
+    return data
+
+
+@pytest.mark.slow  # subprocesses that import torch and timm
+def test_eval_names_the_files_it_leaves_out(
+    run_dir, folder_with_strays, console_script, subprocess_env
+):
+    args = ("eval", run_dir, "--data", folder_with_strays, "--trust-run")
+    done = run_cli(console_script, *args, env=subprocess_env)
+    assert done.returncode == 0, done.stderr
+    assert "skipped 2 files that are not images: 0/README.txt, 1/Thumbs.db" in done.stderr
+    assert "1 image outside the class folders: loose.png" in done.stderr
+    assert re.search(r"^images +│ 6 ", done.stdout, re.M)  # the strays are not counted
+
+    quiet = run_cli(console_script, *args, "--json", env=subprocess_env)
+    assert quiet.returncode == 0, quiet.stderr
+    document = json.loads(quiet.stdout)
+    assert document["not_images"] == ["0/README.txt", "1/Thumbs.db"]
+    assert document["outside_classes"] == ["loose.png"]
+    assert document["count"] == 6
