@@ -206,6 +206,8 @@ def test_print_config_commands_run_without_the_data_the_weights_or_the_network(
         assert printed_config(out, root) == config
         # Unset settings are marked, not filled in from data nobody read.
         assert "image_size: null  # chosen from the training images" in out
+        if config.data.augment is None:
+            assert "augment: null  # chosen from the training images per class" in out
         assert f"data.source '{config.data.source}' does not exist (yet)" in out
         PROMISES[path.name](config, out)
     assert not any((root / "torch_home").iterdir())  # no weights fetched or cached

@@ -200,6 +200,20 @@ def test_failed_verification_exits_1_with_one_line_and_writes_nothing(
 
 
 @pytest.mark.slow
+def test_a_failed_verification_accepted_on_purpose_writes_the_output(
+    console_script, workdir, source_file
+):
+    result = run(
+        console_script, workdir, str(source_file), "--into", "tinynets:padded",
+        "--verify-with", "tinynets:Net", "-o", "out.safetensors", "--allow-mismatch",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "FAILED: the graft changed the function" in result.stdout  # still reported
+    assert (workdir / "out.safetensors").exists()
+    assert (workdir / "out.safetensors.json").exists()
+
+
+@pytest.mark.slow
 def test_plan_out_says_where_it_wrote(console_script, workdir, source_file):
     result = run(
         console_script, workdir, "colleague.pt", "--into", "tinynets:Net", "--dry-run",

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from ..grafting.verify import DEFAULT_TOLERANCE, compare_models, probe_input, reference_model
+from ..model.build_record import check_recorded_builder
 from .identification import Identification
 
 __all__ = ["MAX_EQUAL", "settle_equal_tables"]
@@ -58,8 +60,6 @@ def settle_equal_tables(
         references = [(spec, _loaded(spec, found, tensors, build)) for spec in specs]
     except Exception as exc:  # a builder can raise anything: identification is an extra
         return dataclasses.replace(found, comparison=f"not compared: {exc}")
-    from ..grafting.verify import compare_models, probe_input
-
     first_spec, first = references[0]
     example = probe_input(first)
     worst = 0.0
@@ -68,10 +68,10 @@ def settle_equal_tables(
             return dataclasses.replace(found, comparison="not compared: other input sizes")
         result = compare_models(reference, first, example, source=first_spec)
         worst = max(worst, result.feature_rel_diff, result.output_rel_diff or 0.0)
-    same = worst <= _tolerance()
+    same = worst <= DEFAULT_TOLERANCE
     shown = f"{worst:.2e}"
     comparison = (
-        f"the same function: outputs agree within {_tolerance():.0e} on a probe batch "
+        f"the same function: outputs agree within {DEFAULT_TOLERANCE:.0e} on a probe batch "
         f"(largest difference {shown})"
         if same
         else f"different functions: outputs differ by {shown} on a probe batch"
@@ -82,16 +82,7 @@ def settle_equal_tables(
 def _loaded(spec: str, found: Identification, tensors, build: Build) -> nn.Module:
     """``spec`` built without weights, holding ``tensors`` (the classifier's classes taken
     from the checkpoint when they differ from the builder's default)."""
-    from ..grafting.verify import reference_model
-    from ..model.build_record import check_recorded_builder
-
     # The index is a file in the cache: the names it holds never select code by themselves.
     check_recorded_builder(spec, "the architecture index")
     classes = found.num_classes if found.head == "different" else None
     return reference_model(build(spec, classes), tensors)
-
-
-def _tolerance() -> float:
-    from ..grafting.verify import DEFAULT_TOLERANCE
-
-    return DEFAULT_TOLERANCE
