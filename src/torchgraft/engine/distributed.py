@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -222,6 +223,9 @@ def joined(device: str) -> Iterator[Processes]:
     processes = join(device)
     try:
         yield processes
+        # Every process ends together: none closes its connections while another is still
+        # in a collective or writing (rank 0's last files).
+        processes.barrier()
     except RuntimeError as exc:
         if processes.alone or not _lost_peer(exc):
             raise
@@ -232,6 +236,11 @@ def joined(device: str) -> Iterator[Processes]:
             "torchrun … -m torchgraft train --resume RUN_DIR"
         ) from exc
     finally:
+        if not processes.alone:
+            # DistributedDataParallel replicas (often in reference cycles) hold the process
+            # group: freed now, so the group's threads stop here, while the interpreter is
+            # whole, not during its shutdown (where gloo can abort a finished process).
+            gc.collect()
         processes.leave()
 
 
