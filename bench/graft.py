@@ -1,9 +1,10 @@
 """Benchmark grafting: time of ``auto`` and peak memory on a ≥ 300M-parameter checkpoint.
 
-Run: ``python bench/graft.py [--only matching|pairs|check]`` (writes the "Grafting",
-"Grafting across libraries" and "Grafting: checked before loading" sections of
-docs/benchmarks.md; ``pairs`` is :mod:`graft_pairs`, every torchvision classifier with a
-timm twin in three forms; ``check`` is :func:`time_check`).
+Run: ``python bench/graft.py [--only matching|pairs|check|identify]`` (writes the
+"Grafting", "Grafting across libraries", "Grafting: checked before loading" and
+"Identification" sections of docs/benchmarks.md; ``pairs`` is :mod:`graft_pairs`, every
+torchvision classifier with a timm twin in three forms; ``check`` is :func:`time_check`;
+``identify`` is :mod:`identification`).
 
 1. Matching time on real state_dicts of 150–1,000 tensors, in two situations: names equal
    (the common case; prefix stripping and exact names) and names AND order both differ
@@ -231,8 +232,19 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="grafting benchmarks")
-    parser.add_argument("--only", choices=("matching", "pairs", "check"), action="append")
-    parts = parser.parse_args().only or ("matching", "pairs", "check")
+    parser.add_argument(
+        "--only", choices=("matching", "pairs", "check", "identify"), action="append"
+    )
+    parser.add_argument(
+        "--with-build", action="store_true", help="identify: also without the shipped tables"
+    )
+    arguments = parser.parse_args()
+    parts = arguments.only or ("matching", "pairs", "check", "identify")
+    if "identify" in parts:
+        import identification
+
+        body = identification.section(with_build=arguments.with_build)
+        write_section("Identification", "python bench/graft.py --only identify", body)
     if "check" in parts:
         write_check()
     if "matching" in parts:

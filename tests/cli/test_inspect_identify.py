@@ -7,8 +7,10 @@ import os
 import subprocess
 
 import pytest
+import timm
 import torch
 import torchvision
+from safetensors.torch import save_file
 
 ARCHS = "torchvision:resnet18,torchvision:resnet34"
 
@@ -38,6 +40,7 @@ def wrapped_resnet18(tmp_path):
 
 
 def test_inspect_names_the_architecture(console_script, env, wrapped_resnet18, tmp_path):
+    env = {**env, "TORCHGRAFT_TABLES_DIR": ""}  # no shipped tables: the index is built
     first = _run([*console_script, "inspect", str(wrapped_resnet18)], env)
     assert first.returncode == 0, first.stderr
     line = next(x for x in first.stdout.splitlines() if x.startswith("architecture: "))
@@ -78,3 +81,24 @@ def test_names_from_the_file_are_printed_as_text(console_script, env, tmp_path):
     assert "\\x1b[2Jclear" in result.stdout  # escaped, not sent to the terminal
     assert "\x1b" not in result.stdout
     assert "architecture: not identified" in result.stdout
+
+
+def test_a_cold_cache_identifies_in_the_whole_zoo_from_the_shipped_tables(
+    console_script, env, tmp_path
+):
+    """The package's tables of the installed timm and torchvision: a first inspect with an
+    empty cache searches every architecture without building one (nothing said about
+    indexing) and names all builders of an equal table."""
+    env = {
+        k: v
+        for k, v in env.items()
+        if k not in ("TORCHGRAFT_IDENTIFY_ARCHS", "TORCHGRAFT_TABLES_DIR")
+    }
+    path = tmp_path / "convnext.safetensors"
+    save_file(timm.create_model("convnext_atto", pretrained=False).state_dict(), path)
+    result = _run([*console_script, "inspect", "--json", str(path)], env)
+    assert result.returncode == 0, result.stderr
+    assert "indexing" not in result.stderr
+    found = json.loads(result.stdout)["architecture"]
+    assert "timm:convnext_atto" in found["exact_all"]
+    assert found["unindexed"] == 0

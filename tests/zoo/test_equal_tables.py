@@ -20,6 +20,7 @@ from torchgraft.grafting.source import SourceWeights
 from torchgraft.zoo import build_model, identified_architecture
 from torchgraft.zoo.equal_tables import settle_equal_tables
 from torchgraft.zoo.identify import ARCHS_ENV, identify
+from torchgraft.zoo.meta_build import build_uninitialised
 
 ARCHS = (
     "torchvision:resnet18",
@@ -108,3 +109,26 @@ def test_a_name_sorted_timm_vit_grafts_exactly_into_torchvision(tmp_path, monkey
     assert report.coverage == 1.0
     assert any("the same function" in note for note in report.notes)
     assert_same_function(target, source, 224)
+
+
+def test_a_model_built_uninitialised_computes_what_a_built_one_does_once_loaded():
+    """Equal tables build each candidate without its random initialisation (every parameter
+    is loaded next): buffers computed at build time — Swin's relative position index, made
+    with in-place ``+=`` — are still right, and the loaded model equals an initialised one."""
+
+    def build():
+        return timm.create_model(
+            "swin_tiny_patch4_window7_224", pretrained=False, img_size=64, window_size=4
+        ).eval()
+
+    torch.manual_seed(0)
+    made = build()
+    skipped = build_uninitialised(build)
+    for (name, buffer), (_, other) in zip(
+        made.named_buffers(), skipped.named_buffers(), strict=True
+    ):
+        assert torch.equal(buffer, other), name
+    skipped.load_state_dict(made.state_dict())
+    probe = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(made(probe), skipped(probe))

@@ -18,6 +18,7 @@ from torch import nn
 
 from torchgraft.zoo import arch_index
 from torchgraft.zoo.identify import ARCHS_ENV, identify
+from torchgraft.zoo.shipped_tables import FOLDER_ENV
 
 ARCHS = (
     "torchvision:resnet18",
@@ -198,7 +199,10 @@ def test_unknown_architecture_is_recorded_not_raised(find, resnet18):
 
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
+    """An empty cache, and no shipped tables: the index is built (tests/zoo/test_shipped_tables.py
+    covers the shipped start)."""
     monkeypatch.setenv("TORCHGRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(FOLDER_ENV, "")
     monkeypatch.delenv(ARCHS_ENV, raising=False)
     return tmp_path / "cache"
 
@@ -304,6 +308,7 @@ def test_a_pathologically_slow_build_is_skipped_and_recorded(own_cache, monkeypa
 
 
 def test_a_read_only_cache_still_identifies(tmp_path, monkeypatch, resnet18):
+    monkeypatch.setenv(FOLDER_ENV, "")
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder should be")
     monkeypatch.setenv("TORCHGRAFT_CACHE_DIR", str(blocked))

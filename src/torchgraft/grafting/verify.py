@@ -272,8 +272,11 @@ def verify_graft(
     return result
 
 
-def reference_model(source_model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
-    """A copy of the source architecture holding the source tensors, in eval mode.
+def reference_model(
+    source_model: nn.Module, tensors: Mapping[str, torch.Tensor], *, copy_first: bool = True
+) -> nn.Module:
+    """A copy of the source architecture holding the source tensors, in eval mode
+    (``copy_first=False``: ``source_model`` itself, for a model built only to be this).
 
     The tensors must load as they are (names equal up to wrapper prefixes, ≥ 99.9 % of the
     parameter elements): a reference that is itself a guess proves nothing.
@@ -281,7 +284,7 @@ def reference_model(source_model: nn.Module, tensors: Mapping[str, torch.Tensor]
     Raises:
         GraftError: the tensors do not load into the architecture that way.
     """
-    reference = copy.deepcopy(source_model)
+    reference = copy.deepcopy(source_model) if copy_first else source_model
     weights = SourceWeights(Checkpoint(dict(tensors), "state_dict", "source weights"))
     plan = drop_candidates(make_plan(reference, weights, strategy="auto"))
     if plan.coverage < REFERENCE_COVERAGE:

@@ -15,7 +15,10 @@ they hold no weights; the names-blind shapes digest leaves out every scalar, sin
 counter cannot be recognised) but kept in the code arrays, so counts cover the whole state_dict.
 
 One file per library, ``<cache>/arch-index/v<FORMAT>/<library>-<version>.npz``, named by
-the library's ``__version__`` so an upgrade starts a new index. Architectures are added
+the library's ``__version__`` so an upgrade starts a new index. A new index starts from the
+tables the package ships for that version (:mod:`.shipped_tables`: every architecture, no
+building, about two seconds for timm and torchvision together); other versions, and
+architectures a process registered itself, are built. Architectures are added
 lazily (all of them, or only those asked for) and the file is rewritten atomically; a file
 that cannot be read is rebuilt. Builders that fail on ``meta`` are retried with parameters
 moved to ``meta`` as they are registered (torchvision's RegNets compute widths with tensors),
@@ -53,12 +56,14 @@ import numpy as np
 from ..atomic import atomic_path
 from ..cache import cache_dir
 from .meta_build import BUILD_SECONDS, arch_table
+from .shipped_tables import read_shipped
 
 __all__ = [
     "BUILD_SECONDS",
     "LIBRARIES",
     "ArchIndex",
     "all_names",
+    "arch_rows",
     "arch_table",
     "builds",
     "digest",
@@ -87,6 +92,8 @@ VARIANTS: dict[tuple[str, str], tuple[tuple[str, dict[str, Any]], ...]] = {
 builds: Counter[str] = Counter()
 
 Table = Mapping[str, tuple[int, ...]]
+#: ``(name, variant, table, head)``: one build of an architecture.
+Row = tuple[str, str, Table, Table]
 
 
 def library_version(library: str) -> str:
@@ -139,6 +146,12 @@ def digest(lines: Iterable[str]) -> str:
 
 
 def _shape(shape: Sequence[int]) -> str:
+    return _shape_text(tuple(shape))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _shape_text(shape: tuple[int, ...]) -> str:
+    # A zoo's million tensors have a few thousand shapes: each is written once.
     return ",".join(map(str, shape))
 
 
@@ -148,16 +161,17 @@ def _code(text: str) -> int:
 
 def is_counter(key: str) -> bool:
     """True for BatchNorm's ``num_batches_tracked`` counters."""
-    return key.rpartition(".")[2] == COUNTER
+    return key.endswith(COUNTER) and key.rpartition(".")[2] == COUNTER
 
 
 def fingerprints(table: Table) -> dict[str, str]:
     """Digests of ``table`` without counters: ``weights`` (keys and shapes), ``names``, and
     ``shapes`` (sorted, names ignored; scalars left out, as renamed counters are unrecognisable)."""
-    kept = {k: s for k, s in table.items() if not is_counter(k)}
+    kept = {k: _shape(s) for k, s in table.items() if not is_counter(k)}
+    names = sorted(kept)
     return {
-        "weights": digest(f"{k}\t{_shape(kept[k])}" for k in sorted(kept)),
-        "names": digest(sorted(kept)),
+        "weights": digest(f"{k}\t{kept[k]}" for k in names),
+        "names": digest(names),
         "shapes": digest(sorted(_shape(s) for s in table.values() if len(s))),
     }
 
@@ -165,15 +179,52 @@ def fingerprints(table: Table) -> dict[str, str]:
 def table_codes(table: Table) -> dict[str, np.ndarray]:
     """64-bit codes of ``keys``, ``pairs`` (key and shape) and ``shapes`` (shape and its
     occurrence number, so that equal codes count a multiset's overlap), one per tensor."""
-    seen: Counter[str] = Counter()
-    shapes = []
-    for shape in map(_shape, table.values()):
-        seen[shape] += 1
-        shapes.append(_code(f"{shape}#{seen[shape]}"))
+    codes = tables_codes([table])
+    del codes["lengths"]
+    return codes
+
+
+def tables_codes(tables: Sequence[Table]) -> dict[str, np.ndarray]:
+    """:func:`table_codes` of every table, end to end, and ``lengths`` (one per table).
+
+    Each distinct key, (key, shape) pair and (shape, occurrence) is hashed once, however many
+    tables hold it: the 1,400 tables of timm's zoo share most of them (a second in all)."""
+    keys: dict[str, int] = {}
+    shapes: dict[str, int] = {}
+    key_ids, shape_ids, lengths = [], [], []
+    for table in tables:
+        for key, shape in table.items():
+            key_ids.append(keys.setdefault(key, len(keys)))
+            shape_ids.append(shapes.setdefault(_shape(shape), len(shapes)))
+        lengths.append(len(table))
+    key_vocab, shape_vocab = list(keys), list(shapes)
+    kid = np.array(key_ids, dtype=np.int64)
+    sid = np.array(shape_ids, dtype=np.int64)
+    # The n-th tensor of a shape within its table is occurrence n (in table order).
+    table_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    order = np.lexsort((np.arange(len(sid)), sid, table_of))
+    group = table_of[order] * max(len(shape_vocab), 1) + sid[order]
+    first = np.r_[True, group[1:] != group[:-1]] if len(group) else np.zeros(0, dtype=bool)
+    run_start = np.maximum.accumulate(np.where(first, np.arange(len(group)), 0))
+    occurrence = np.empty(len(group), dtype=np.int64)
+    occurrence[order] = np.arange(len(group)) - run_start + 1
+
+    def hashed(ids: np.ndarray, text) -> np.ndarray:
+        distinct, where = np.unique(ids, return_inverse=True)
+        codes = np.array([_code(text(int(i))) for i in distinct], dtype=np.uint64)
+        return codes[where].reshape(-1) if len(ids) else _EMPTY
+
+    width = max(len(shape_vocab), 1)
+    depth = int(occurrence.max()) + 1 if len(occurrence) else 1
     return {
-        "keys": np.array([_code(k) for k in table], dtype=np.uint64),
-        "pairs": np.array([_code(f"{k}\t{_shape(s)}") for k, s in table.items()], dtype=np.uint64),
-        "shapes": np.array(shapes, dtype=np.uint64),
+        "keys": hashed(kid, lambda i: key_vocab[i]),
+        "pairs": hashed(
+            kid * width + sid, lambda i: f"{key_vocab[i // width]}\t{shape_vocab[i % width]}"
+        ),
+        "shapes": hashed(
+            sid * depth + occurrence, lambda i: f"{shape_vocab[i // depth]}#{i % depth}"
+        ),
+        "lengths": np.array(lengths, dtype=np.int64),
     }
 
 
@@ -205,19 +256,26 @@ class ArchIndex:
 
     def add(self, name: str, variant: str, table: Table, head: Table) -> None:
         """Append one architecture's table (its summary and codes) to the index."""
-        body = {k: s for k, s in table.items() if k not in head}
-        self.entries.append(
-            {
-                "name": name,
-                "variant": variant,
-                "keys": len(table),
-                "counters": sum(map(is_counter, table)),
-                "head": {k: list(s) for k, s in head.items()},
-                **fingerprints(table),
-                "body": fingerprints(body)["weights"],
-            }
-        )
-        self._pending.append(table_codes(table))
+        self.add_tables([(name, variant, table, head)])
+
+    def add_tables(self, rows: Sequence[Row]) -> None:
+        """Append ``(name, variant, table, head)`` rows: summaries, and codes hashed for
+        all of them at once (:func:`tables_codes`)."""
+        for name, variant, table, head in rows:
+            body = {k: s for k, s in table.items() if k not in head}
+            self.entries.append(
+                {
+                    "name": name,
+                    "variant": variant,
+                    "keys": len(table),
+                    "counters": sum(map(is_counter, table)),
+                    "head": {k: list(s) for k, s in head.items()},
+                    **fingerprints(table),
+                    "body": fingerprints(body)["weights"],
+                }
+            )
+        if rows:
+            self._pending.append(tables_codes([table for _, _, table, _ in rows]))
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
@@ -226,7 +284,7 @@ class ArchIndex:
         if self._pending or not self.stored:
             # Concatenated once per batch of additions, not once per architecture.
             parts = [self.stored, *self._pending] if self.stored else self._pending
-            lengths = [len(p["keys"]) for p in self._pending]
+            lengths = np.concatenate([p["lengths"] for p in self._pending] or [_NONE])
             start = self.stored.get("offsets", np.zeros(1, dtype=np.int64))
             self.stored = {
                 kind: np.concatenate([p[kind] for p in parts] or [_EMPTY])
@@ -240,6 +298,7 @@ class ArchIndex:
 
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
+_NONE = np.zeros(0, dtype=np.int64)
 
 
 def index_path(library: str, version: str) -> Path:
@@ -277,6 +336,8 @@ def load_index(
     version = library_version(library)
     path = index_path(library, version)
     index = _read(path, library, version) or ArchIndex(library, version)
+    if not index.complete and _seeded(index):
+        _save(path, index)
     if names is None and index.complete and library not in sys.modules:
         # Not imported in this process: nothing registered models beyond the version's own
         # list, and the index covers that list (without importing the library to ask).
@@ -308,20 +369,44 @@ def load_index(
     return index
 
 
+def _seeded(index: ArchIndex) -> bool:
+    """Add the package's shipped tables of this version (:mod:`.shipped_tables`) that
+    ``index`` lacks; True when it had them (the index is then complete)."""
+    shipped = read_shipped(index.library, index.version)
+    if shipped is None:
+        return False
+    known = index.known()
+    index.add_tables([row for row in shipped.rows if row[0] not in known])
+    index.failed.update({k: v for k, v in shipped.failed.items() if k not in known})
+    index.complete = True
+    return True
+
+
 def _index_one(index: ArchIndex, name: str, catalogue: set[str]) -> None:
     """Build ``name`` (and its extra variants) into ``index``, or record why it failed."""
     builds[index.library] += 1
     if name not in catalogue:
         index.failed[name] = f"{index.library} has no architecture '{name}'"
         return
-    for variant, kwargs in (("", {}), *VARIANTS.get((index.library, name), ())):
+    rows, failed = arch_rows(index.library, name)
+    index.add_tables(rows)
+    index.failed.update(failed)
+
+
+def arch_rows(library: str, name: str) -> tuple[list[Row], dict[str, str]]:
+    """``(name, variant, table, head)`` of each build of ``name`` (the default and its
+    :data:`VARIANTS`), and why the others failed (by label)."""
+    rows: list[Row] = []
+    failed: dict[str, str] = {}
+    for variant, kwargs in (("", {}), *VARIANTS.get((library, name), ())):
         try:
-            table, head = arch_table(index.library, name, **kwargs)
+            table, head = arch_table(library, name, **kwargs)
         except Exception as exc:  # a builder's failure is data about that builder
             label = f"{name} ({variant})" if variant else name
-            index.failed[label] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            failed[label] = f"{type(exc).__name__}: {str(exc)[:200]}"
             continue
-        index.add(name, variant, table, head)
+        rows.append((name, variant, dict(table), dict(head)))
+    return rows, failed
 
 
 def _save(path: Path, index: ArchIndex) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 from ..grafting.verify import DEFAULT_TOLERANCE, compare_models, probe_input, reference_model
 from ..model.build_record import check_recorded_builder
 from .identification import Identification
+from .meta_build import build_uninitialised
 
 __all__ = ["MAX_EQUAL", "settle_equal_tables"]
 
@@ -85,4 +86,8 @@ def _loaded(spec: str, found: Identification, tensors, build: Build) -> nn.Modul
     # The index is a file in the cache: the names it holds never select code by themselves.
     check_recorded_builder(spec, "the architecture index")
     classes = found.num_classes if found.head == "different" else None
-    return reference_model(build(spec, classes), tensors)
+    if found.head == "absent":  # the classifier is not in the file: initialised as usual
+        return reference_model(build(spec, classes), tensors, copy_first=False)
+    # Every parameter is in the file (the same table): their initialisation is wasted time.
+    model = build_uninitialised(lambda: build(spec, classes))
+    return reference_model(model, tensors, copy_first=False)

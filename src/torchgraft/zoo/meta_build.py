@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["BUILD_SECONDS", "arch_table", "build_on_meta"]
+__all__ = ["BUILD_SECONDS", "arch_table", "build_on_meta", "build_uninitialised"]
 
 #: Seconds one architecture may take to build before it is given up.
 BUILD_SECONDS = 60.0
@@ -108,6 +108,29 @@ def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
             # tensor on meta; the layers' own tensors can still be moved there as registered.
             with _parameters_on_meta(), _SkipInit(deadline):
                 return build()
+
+
+class _SkipParameterInit(TorchFunctionMode):
+    """Skip value-only in-place ops on parameters: their random initialisation."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if (
+            getattr(func, "__name__", "") in VALUE_ONLY
+            and args
+            and isinstance(args[0], nn.Parameter)
+        ):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def build_uninitialised(build: Callable[[], nn.Module]) -> nn.Module:
+    """What ``build()`` returns, with the random initialisation of its parameters skipped
+    (a ViT-B's takes a second): for a model whose every parameter is loaded next. Until then
+    parameters hold whatever memory they were given; buffers are computed as usual (only
+    in-place ops *on parameters* are skipped, so a position index built with ``+=`` is
+    right)."""
+    with _SkipParameterInit():
+        return build()
 
 
 def _builder(library: str, name: str, kwargs: dict[str, Any]):
