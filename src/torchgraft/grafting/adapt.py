@@ -6,7 +6,12 @@
 * ``in_chans`` — the first convolution's kernel for another number of input channels:
   ``sum``, ``mean``, ``repeat`` (scaled so activations keep their size) or ``pick``;
 * ``class_rows`` — a classifier whose classes changed: the rows of classes both sides name
-  are copied, the others keep the target's fresh values.
+  are copied, the others keep the target's fresh values;
+* ``positions`` / ``relative_positions`` — a position embedding or relative-position table
+  resampled for another patch grid or window (:mod:`.positions`);
+* ``transpose`` — a bare matrix used as ``x @ W`` (OpenAI's CLIP stores its projections so)
+  for a ``Linear`` (``W x``): a 2-D source, not a module's ``weight``, whose shape is the
+  target's reversed.
 
 :func:`propose` decides (pure, shapes only); :func:`apply_adaptation` computes the values.
 """
@@ -14,13 +19,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import GraftError
 from .graft_plan import Action
+from .positions import ABSOLUTE, RELATIVE, PositionGrid, propose_resample, resampled
 
 __all__ = ["IN_CHANS_MODES", "AdaptContext", "apply_adaptation", "propose"]
 
@@ -39,10 +45,12 @@ class AdaptContext:
         pick: source channels to take with ``pick`` (default: the first ones).
         target_classes / source_classes: class names of the two heads, when known.
         keep_classes: only these classes take pretrained rows (None: every shared class).
+        positions: target keys laid out on a patch grid or window (:func:`.position_grids`).
     """
 
     first_conv_key: str | None = None
     head_keys: frozenset[str] = frozenset()
+    positions: Mapping[str, PositionGrid] = field(default_factory=dict)
     in_chans_mode: str | None = None
     pick: tuple[int, ...] | None = None
     target_classes: tuple[str, ...] | None = None
@@ -55,8 +63,13 @@ def propose(
     target_shape: Sequence[int],
     source_shape: Sequence[int],
     context: AdaptContext,
+    source_key: str | None = None,
 ) -> tuple[Action, dict[str, Any] | None, str]:
     """How to load a source of ``source_shape`` into ``target_key``.
+
+    A 2-D source of the target's shape reversed is transposed only when ``source_key``
+    names a bare matrix (``visual.proj``, ``text_projection``: used as ``x @ W``), never a
+    module's ``weight``: two Linear weights of reversed shapes are two different layers.
 
     Returns:
         ``(action, adapt, detail)``: ``COPY`` when shapes are equal, ``RESHAPE``/``ADAPT``
@@ -77,6 +90,14 @@ def propose(
             return channels
     if _numel(target_shape) == _numel(source_shape) and _layouts_agree(target_shape, source_shape):
         return Action.RESHAPE, {"kind": "reshape"}, "same elements, other layout"
+    grid = context.positions.get(target_key)
+    if grid is not None:
+        resample, why = propose_resample(grid, target_shape, source_shape)
+        if resample is None:
+            return Action.SKIP_SHAPE, None, why
+        return Action.ADAPT, resample, why
+    if len(target_shape) == 2 and target_shape == source_shape[::-1] and _bare(source_key):
+        return Action.ADAPT, {"kind": "transpose"}, "a bare matrix (x @ W): transposed"
     return (
         Action.SKIP_SHAPE,
         None,
@@ -109,6 +130,12 @@ def apply_adaptation(
         result = _checked_in_chans(source, target, adapt)
     elif kind == "class_rows":
         result = _class_rows_value(source, target, adapt.get("rows", []))
+    elif kind in (ABSOLUTE, RELATIVE):
+        result = resampled(source, target, adapt)
+    elif kind == "transpose":
+        if source.dim() != 2:
+            raise GraftError(f"cannot transpose a {source.dim()}-d tensor {list(source.shape)}")
+        result = source.t()
     else:
         raise GraftError(f"unknown adaptation kind '{kind}'")
     if tuple(result.shape) != tuple(target.shape):
@@ -216,6 +243,11 @@ def _class_rows(target_shape, source_shape, context: AdaptContext):
     ]
     detail = f"{len(rows)} of {target_shape[0]} classes start from pretrained rows"
     return Action.ADAPT, {"kind": "class_rows", "rows": rows}, detail
+
+
+def _bare(source_key: str | None) -> bool:
+    """A parameter of its own (``proj``), not a module's ``weight``."""
+    return source_key is not None and source_key.rpartition(".")[2] != "weight"
 
 
 def _layouts_agree(a: tuple[int, ...], b: tuple[int, ...]) -> bool:

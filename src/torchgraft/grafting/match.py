@@ -83,7 +83,9 @@ def match_order(source, target, context: MatchContext) -> Match:
     s_keys = [k for k in source if is_float(source[k])]
     match = Match()
     for index, (t_key, s_key) in enumerate(zip(t_keys, s_keys, strict=False)):
-        action, _, detail = propose(t_key, target[t_key][0], source[s_key][0], context.adapt)
+        action, _, detail = propose(
+            t_key, target[t_key][0], source[s_key][0], context.adapt, source_key=s_key
+        )
         if action is Action.SKIP_SHAPE and t_key not in context.adapt.head_keys:
             raise GraftError(
                 f"strategy 'order' stopped at pair #{index}: target '{t_key}' "
@@ -213,7 +215,7 @@ def _shapes_fit(key: str, target_shape, source_shape, context: MatchContext) -> 
     another size is paired with its namesake, to be adapted or reported as skipped)."""
     if tuple(target_shape) == tuple(source_shape) or key in context.adapt.head_keys:
         return True
-    action, _, _ = propose(key, target_shape, source_shape, context.adapt)
+    action, _, _ = propose(key, target_shape, source_shape, context.adapt, source_key=key)
     return action is not Action.SKIP_SHAPE
 
 

@@ -27,6 +27,7 @@ from .adapt import AdaptContext, propose
 from .correspondence import Match, MatchContext, TensorInfo
 from .graft_plan import Action, GraftPlan, KeyPlan
 from .match import STRATEGIES
+from .positions import position_grids
 from .rules import RenameRules, load_rules
 from .source import Source, SourceWeights, read_options, read_source
 
@@ -200,11 +201,17 @@ def _adapt_context(
     except (HeadError, SpecError):
         # A backbone without a classifier still grafts; it just has no head to adapt.
         first = next((k for k, (shape, _) in target.items() if len(shape) == 4), None)
-        return AdaptContext(first_conv_key=first, in_chans_mode=in_chans_mode, pick=_tuple(pick))
+        return AdaptContext(
+            first_conv_key=first,
+            in_chans_mode=in_chans_mode,
+            pick=_tuple(pick),
+            positions=position_grids(model),
+        )
     head_keys = frozenset(k for k in target if under(k, spec.head_paths))
     return AdaptContext(
         first_conv_key=f"{spec.first_conv}.weight" if spec.first_conv else None,
         head_keys=head_keys,
+        positions=position_grids(model),
         in_chans_mode=in_chans_mode,
         pick=_tuple(pick),
         target_classes=spec.classes,
@@ -266,7 +273,9 @@ def build_plan(
         source_key, confidence = pair
         source_shape = source[source_key][0]
         if adapt:
-            action, adaptation, detail = propose(key, shape, source_shape, context)
+            action, adaptation, detail = propose(
+                key, shape, source_shape, context, source_key=source_key
+            )
         elif tuple(source_shape) == tuple(shape):
             action, adaptation, detail = Action.COPY, None, ""
         else:
