@@ -33,7 +33,9 @@ from .planner import (
     make_plan,
     plan_from_mapping,
     plan_rebuilder,
+    tensor_infos,
 )
+from .projections import regrouped
 from .resolve import resolve_ties
 from .rules import RenameRules
 from .source import Source, SourceWeights, read_options, read_source
@@ -108,6 +110,7 @@ def plan_graft(
         )
     check_strategy(strategy)
     weights = read_source(source, ema=ema, allow_globals=allow_globals, trust=trust, limits=limits)
+    weights = regrouped(weights, tensor_infos(model.state_dict()))
     options = {
         "strategy": strategy,
         "rules": rules,
@@ -251,6 +254,7 @@ def graft(
     """
     check_min_coverage(min_coverage)
     weights = read_source(source, **read_options(plan_options))
+    weights = regrouped(weights, tensor_infos(model.state_dict()))
     if plan is None:
         plan = plan_graft(model, weights, strategy=strategy, **plan_options)
     if source_name:

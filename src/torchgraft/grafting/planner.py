@@ -28,6 +28,7 @@ from .correspondence import Match, MatchContext, TensorInfo
 from .graft_plan import Action, GraftPlan, KeyPlan
 from .match import STRATEGIES
 from .positions import position_grids
+from .projections import describe_derived, regrouped
 from .rules import RenameRules, load_rules
 from .source import Source, SourceWeights, read_options, read_source
 
@@ -131,8 +132,8 @@ def plan_from_mapping(
     Raises:
         GraftError: the mapping names keys that the model or the source lacks.
     """
-    weights = read_source(source, **read_options(plan_options))
     target = tensor_infos(model.state_dict())
+    weights = regrouped(read_source(source, **read_options(plan_options)), target)
     source_infos = tensor_infos(weights.checkpoint.tensors)
     unknown_t = [k for k in mapping if k not in target]
     unknown_s = [v for v in mapping.values() if v is not None and v not in source_infos]
@@ -181,6 +182,18 @@ def _describe_source(plan: GraftPlan, weights: SourceWeights, model: nn.Module) 
     plan.source_format = weights.checkpoint.format
     plan.container = weights.checkpoint.container
     plan.set_aside = dict(weights.checkpoint.set_aside)
+    if weights.derived:
+        plan.entries = [
+            dataclasses.replace(e, detail=describe_derived(weights.derived[e.source]))
+            if e.source in weights.derived and not e.detail
+            else e
+            for e in plan.entries
+        ]
+        used = sum(e.source in weights.derived for e in plan.entries)
+        plan.notes.append(
+            f"{used} source tensor(s) derived from the file's attention projections (fused or "
+            "split to the target's form; each entry says from what)"
+        )
     # Coverage counts parameter elements; buffers (BatchNorm statistics) weigh nothing there
     # but are listed like every other key.
     numels = dict.fromkeys(model.state_dict(), 0)

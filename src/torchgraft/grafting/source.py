@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,11 @@ class SourceWeights:
     checkpoint: Checkpoint
     classes: tuple[str, ...] | None = None
     order: tuple[str, ...] | None = None  # real registration order, when a module is known
+    #: Tensors derived from others (attention projections fused or split: .projections),
+    #: by key, with the stored keys they were made from.
+    derived: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The stored order's trust, judged before tensors were derived (None: judge now).
+    stored_order_trusted: bool | None = None
 
     def __repr__(self) -> str:
         classes = f", {len(self.classes)} class names" if self.classes else ""
@@ -42,6 +47,8 @@ class SourceWeights:
         """False when the stored order is a sort by name (safetensors stores keys sorted), so
         it says nothing about the registration order. A real registration order is almost
         never alphabetical (``conv1`` comes before ``bn1``)."""
+        if self.stored_order_trusted is not None:
+            return self.stored_order_trusted
         keys = list(self.checkpoint.tensors)
         return len(keys) < 3 or (keys != sorted(keys) and keys != sorted(keys, key=natural_key))
 

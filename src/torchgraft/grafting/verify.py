@@ -34,7 +34,8 @@ from ..model.passes import evaluating
 from ..model.probe import primary_output
 from .apply import apply_plan
 from .graft_plan import percent
-from .planner import drop_candidates, make_plan
+from .planner import drop_candidates, make_plan, tensor_infos
+from .projections import regrouped
 from .source import SourceWeights, read_source
 
 __all__ = [
@@ -286,6 +287,7 @@ def reference_model(
     """
     reference = copy.deepcopy(source_model) if copy_first else source_model
     weights = SourceWeights(Checkpoint(dict(tensors), "state_dict", "source weights"))
+    weights = regrouped(weights, tensor_infos(reference.state_dict()))
     plan = drop_candidates(make_plan(reference, weights, strategy="auto"))
     if plan.coverage < REFERENCE_COVERAGE:
         raise GraftError(
@@ -293,7 +295,7 @@ def reference_model(
             f"({percent(plan.coverage)} of its parameter elements; at least "
             f"{REFERENCE_COVERAGE:.1%} needed): is it the architecture they were saved from?"
         )
-    apply_plan(reference, plan, tensors)
+    apply_plan(reference, plan, weights.checkpoint.tensors)
     return reference.eval()
 
 

@@ -138,8 +138,21 @@ def spec_of(model: nn.Module, *, refresh: bool = False, **infer_options: Any) ->
 
 
 def _trace(model, example_input, input_size) -> ForwardTrace:
-    sizes = (input_size,) if input_size else COMMON_SIZES
+    sizes = (input_size,) if input_size else (*_declared_sizes(model), *COMMON_SIZES)
     return trace_forward(model, example_input, sizes)
+
+
+def _declared_sizes(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """The image size a ViT-like model was built for (timm's ``patch_embed.img_size``,
+    torchvision's ``image_size``): the one size it accepts, tried first."""
+    declared = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    declared = declared if declared is not None else getattr(model, "image_size", None)
+    if isinstance(declared, int) and declared > 0:
+        return ((declared, declared),)
+    if isinstance(declared, (tuple, list)) and len(declared) == 2:
+        if all(isinstance(d, int) and d > 0 for d in declared):
+            return ((int(declared[0]), int(declared[1])),)
+    return ()
 
 
 def _detect_head(model: nn.Module, modules: dict[str, nn.Module], trace: ForwardTrace):
