@@ -149,9 +149,9 @@ def _declared_sizes(model: nn.Module) -> tuple[tuple[int, int], ...]:
     declared = declared if declared is not None else getattr(model, "image_size", None)
     if isinstance(declared, int) and declared > 0:
         return ((declared, declared),)
-    if isinstance(declared, (tuple, list)) and len(declared) == 2:
-        if all(isinstance(d, int) and d > 0 for d in declared):
-            return ((int(declared[0]), int(declared[1])),)
+    pair = isinstance(declared, (tuple, list)) and len(declared) == 2
+    if pair and all(isinstance(d, int) and d > 0 for d in declared):
+        return ((int(declared[0]), int(declared[1])),)
     return ()
 
 
