@@ -4,6 +4,9 @@ whichever was imported first)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -126,3 +129,31 @@ def run_cli(console_script, *args, env, cwd=None, timeout=600):
         cwd=cwd,
         timeout=timeout,
     )
+
+
+#: Runs ``python -m torchgraft ARGS`` and writes the names in ``sys.modules`` at exit to a file.
+RUNNER = """
+import atexit, json, runpy, sys
+out = sys.argv.pop(1)
+def record():
+    with open(out, "w") as handle:
+        json.dump(sorted(sys.modules), handle)
+atexit.register(record)
+sys.argv[0] = "torchgraft"
+runpy.run_module("torchgraft", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_light(tmp_path: Path, env: dict, *args) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """``torchgraft ARGS`` in a fresh interpreter: the finished process and the top-level
+    packages it had imported when it exited."""
+    record = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(record), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    modules = json.loads(record.read_text()) if record.exists() else []
+    return done, {m.partition(".")[0] for m in modules}

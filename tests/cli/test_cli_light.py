@@ -8,9 +8,9 @@ import sys
 
 import torchgraft as tg
 from torchgraft.cli import graft_cmd
-from torchgraft.grafting.adapt import IN_CHANS_MODES
 from torchgraft.grafting.api import MIN_COVERAGE
 from torchgraft.grafting.match import STRATEGIES
+from torchgraft.grafting.values.adapt import IN_CHANS_MODES
 from torchgraft.grafting.verify import DEFAULT_TOLERANCE
 
 

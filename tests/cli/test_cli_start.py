@@ -20,44 +20,17 @@ import torch
 from PIL import Image
 
 import torchgraft as tg
-from support import export_sidecar, tiny_config, write_digit_folder
+from support import export_sidecar, run_light, tiny_config, write_digit_folder
 from torchgraft.data.images import to_uint8_tensor
 from torchgraft.data.transforms import base_transform
 from torchgraft.engine.console import RunConsole
 from torchgraft.model.spec import Preprocessing
-from torchgraft.zoo import arch_index
+from torchgraft.zoo import arch_index, catalogue
 
 #: What a light command must not import (top-level package names).
 MODEL_LIBRARIES = {"timm", "torchvision"}
 #: Also left out by the commands that only read tensors or run an ONNX file.
 NOT_FOR_READING = MODEL_LIBRARIES | {"torchmetrics", "matplotlib"}
-
-#: Runs ``python -m torchgraft ARGS`` and writes the names in ``sys.modules`` at exit to a file.
-RUNNER = """
-import atexit, json, runpy, sys
-out = sys.argv.pop(1)
-def record():
-    with open(out, "w") as handle:
-        json.dump(sorted(sys.modules), handle)
-atexit.register(record)
-sys.argv[0] = "torchgraft"
-runpy.run_module("torchgraft", run_name="__main__", alter_sys=True)
-"""
-
-
-def run_light(tmp_path: Path, env: dict, *args) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """``torchgraft ARGS`` in a fresh interpreter: the finished process and the top-level
-    packages it had imported when it exited."""
-    record = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(record), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    modules = json.loads(record.read_text()) if record.exists() else []
-    return done, {m.partition(".")[0] for m in modules}
 
 
 def test_help_and_version_import_no_torch(tmp_path, subprocess_env):
@@ -160,7 +133,7 @@ def _summary(path: Path) -> dict:
 @pytest.mark.parametrize("library", ["timm", "torchvision"])
 def test_the_index_version_is_the_library_version(library):
     """Read from the source without importing it: the same string the import gives."""
-    assert arch_index._declared_version(library) == importlib.import_module(library).__version__
+    assert catalogue._declared_version(library) == importlib.import_module(library).__version__
 
 
 @pytest.fixture(scope="module")

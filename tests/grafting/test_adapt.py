@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from torchgraft.errors import GraftError
-from torchgraft.grafting.adapt import AdaptContext, apply_adaptation, propose
 from torchgraft.grafting.api import graft, plan_graft
 from torchgraft.grafting.graft_plan import Action
+from torchgraft.grafting.values.adapt import AdaptContext, apply_adaptation, propose
 from torchgraft.model.anatomy import spec_of
 from torchgraft.model.spec import attach_spec
 

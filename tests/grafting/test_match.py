@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from torchgraft.errors import GraftError, GraftWarning, InexactGraftError
-from torchgraft.grafting.adapt import AdaptContext
 from torchgraft.grafting.api import graft, plan_graft
 from torchgraft.grafting.graft_plan import Action
 from torchgraft.grafting.match import (
@@ -24,6 +23,7 @@ from torchgraft.grafting.match import (
     match_shape,
     strip_prefixes,
 )
+from torchgraft.grafting.values.adapt import AdaptContext
 
 F32 = "torch.float32"
 I64 = "torch.int64"

@@ -162,7 +162,7 @@ def test_a_module_weight_of_reversed_shape_is_never_transposed():
 
 
 def test_a_torchvision_resnet_has_no_position_grids():
-    from torchgraft.grafting.positions import position_grids
+    from torchgraft.grafting.values.positions import position_grids
 
     assert position_grids(torchvision.models.resnet18()) == {}
     grids = position_grids(timm.create_model("vit_tiny_patch16_224", img_size=96))

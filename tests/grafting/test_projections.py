@@ -11,8 +11,8 @@ import torch
 import torchgraft as tg
 from support import assert_same_function, perturbed
 from torchgraft.checkpoint.read import Checkpoint
-from torchgraft.grafting.projections import regrouped
 from torchgraft.grafting.source import SourceWeights
+from torchgraft.grafting.values.projections import regrouped
 
 SIZE = 56
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from torchgraft.grafting.adapt import AdaptContext
 from torchgraft.grafting.correspondence import EVIDENCE
 from torchgraft.grafting.match import MatchContext, match_auto
 from torchgraft.grafting.structure import match_structure, natural_key
+from torchgraft.grafting.values.adapt import AdaptContext
 
 F32 = "torch.float32"
 I64 = "torch.int64"

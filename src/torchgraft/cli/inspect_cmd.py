@@ -215,6 +215,7 @@ def _architecture(tensors) -> dict[str, Any]:
     from ..engine.console import RunConsole
     from ..zoo import build_model
     from ..zoo.equal_tables import settle_equal_tables
+    from ..zoo.equal_verdicts import verdict
     from ..zoo.identify import identify
     from .output import stderr
 
@@ -237,8 +238,13 @@ def _architecture(tensors) -> dict[str, Any]:
                 table, on_build=note, on_progress=lambda _library, done, n: on_step(done, n)
             )
         # Equal tables of several builders: run them, one answer when they agree.
+        # Inspecting reads the verdict the package ships for these builders when it has one
+        # (milliseconds); grafting always runs them with the file's weights.
         found = settle_equal_tables(
-            found, tensors, lambda spec, classes: build_model(spec, num_classes=classes).model
+            found,
+            tensors,
+            lambda spec, classes: build_model(spec, num_classes=classes).model,
+            known=verdict(found.exact_all) if len(found.exact_all) > 1 else None,
         )
     except Exception as exc:  # identification is an extra: inspect still shows the tensors
         error = f"{type(exc).__name__}: {exc}"

@@ -35,10 +35,10 @@ from .planner import (
     plan_rebuilder,
     tensor_infos,
 )
-from .projections import regrouped
 from .resolve import resolve_ties
 from .rules import RenameRules
 from .source import Source, SourceWeights, read_options, read_source
+from .values.projections import regrouped
 from .verify import DEFAULT_TOLERANCE, reference_model
 
 __all__ = [

@@ -28,8 +28,8 @@ from torch import nn
 
 from ..errors import GraftError
 from ..text import printable
-from .adapt import apply_adaptation
 from .graft_plan import GraftPlan
+from .values.adapt import apply_adaptation
 
 __all__ = ["apply_plan"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .adapt import AdaptContext
 from .rules import RenameRules
+from .values.adapt import AdaptContext
 
 __all__ = [
     "EVIDENCE",

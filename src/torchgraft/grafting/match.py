@@ -2,7 +2,7 @@
 
 A strategy answers one question — which source key feeds which target key, with what
 confidence — and nothing else. What happens to each pair (copy, reshape, adapt, skip) is
-decided afterwards by :func:`torchgraft.grafting.planner.build_plan` with :mod:`.adapt`.
+decided afterwards by :func:`torchgraft.grafting.planner.build_plan` with :mod:`.values.adapt`.
 
 * ``exact``  — names and shapes must agree everywhere; any difference is an error.
 * ``shape``  — pair equal names of equal shape; skip the rest (the tutorial's filter).
@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import GraftError
 from ..wording import option
-from .adapt import propose
 from .correspondence import Match, MatchContext, TensorInfo, is_float, pair_counters
 from .graft_plan import Action
 from .structure import match_structure
+from .values.adapt import propose
 
 __all__ = ["STRATEGIES", "Match", "MatchContext", "TensorInfo", "strip_prefixes"]
 

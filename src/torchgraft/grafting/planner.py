@@ -5,7 +5,7 @@ run anything: settling order-only ties by running the source architecture is
 :mod:`.resolve`'s job, called by :func:`torchgraft.grafting.plan_graft`.
 
 This is where the two halves meet (:func:`build_plan`): a strategy (:mod:`.match`) says which
-source key feeds which target key; :mod:`.adapt` says whether that pair copies, reshapes,
+source key feeds which target key; :mod:`.values.adapt` says whether that pair copies, reshapes,
 adapts or is skipped. The plan lists every target key and every unused source key; nothing
 is hidden.
 """
@@ -23,14 +23,14 @@ from torch import nn
 from ..errors import GraftError, HeadError, SpecError
 from ..model.anatomy import spec_of
 from ..model.layer_groups import under
-from .adapt import AdaptContext, propose
 from .correspondence import Match, MatchContext, TensorInfo
 from .graft_plan import Action, GraftPlan, KeyPlan
 from .match import STRATEGIES
-from .positions import position_grids
-from .projections import describe_derived, regrouped
 from .rules import RenameRules, load_rules
 from .source import Source, SourceWeights, read_options, read_source
+from .values.adapt import AdaptContext, propose
+from .values.positions import position_grids
+from .values.projections import describe_derived, regrouped
 
 __all__ = [
     "build_plan",

@@ -68,7 +68,7 @@ def canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape with its layout differences removed: size-1 dimensions dropped, and a weight
     flattened behind its first dimension. A layer scale ``(C, 1, 1)`` and ``(C,)``, or a Linear
     ``(out, in*k*k)`` and a ``k x k`` conv ``(out, in, k, k)``, fingerprint alike; whether
-    the pair can really be used is then :func:`~torchgraft.grafting.adapt.propose`'s call."""
+    the pair can really be used is then :func:`~torchgraft.grafting.values.adapt.propose`'s call."""
     squeezed = tuple(d for d in shape if d != 1)
     if len(squeezed) <= 2:
         return squeezed

@@ -35,8 +35,8 @@ from ..model.probe import primary_output
 from .apply import apply_plan
 from .graft_plan import percent
 from .planner import drop_candidates, make_plan, tensor_infos
-from .projections import regrouped
 from .source import SourceWeights, read_source
+from .values.projections import regrouped
 
 __all__ = [
     "BEFORE_FIRST_LAYER",

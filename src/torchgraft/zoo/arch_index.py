@@ -35,12 +35,9 @@ registered models of its own; then the list is asked for, as before).
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
 import hashlib
-import importlib
-import importlib.util
 import json
 import re
 import sys
@@ -55,6 +52,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..cache import cache_dir
+from .catalogue import LIBRARIES, all_names, library_version
 from .meta_build import BUILD_SECONDS, arch_table
 from .shipped_tables import read_shipped
 
@@ -77,7 +75,6 @@ __all__ = [
 
 #: Bump when the file layout or a fingerprint's definition changes.
 FORMAT = 1
-LIBRARIES = ("torchvision", "timm")
 COUNTER = "num_batches_tracked"
 #: While building, the index is saved this often (seconds).
 SAVE_SECONDS = 60.0
@@ -94,50 +91,6 @@ builds: Counter[str] = Counter()
 Table = Mapping[str, tuple[int, ...]]
 #: ``(name, variant, table, head)``: one build of an architecture.
 Row = tuple[str, str, Table, Table]
-
-
-def library_version(library: str) -> str:
-    """``__version__`` of ``library``, the key of its index file.
-
-    Read from the imported module when the library is imported; otherwise from the literal
-    in its ``version.py`` (what timm's and torchvision's ``__init__`` re-export), so that
-    finding the index does not import the library; imported when there is no such literal.
-    """
-    module = sys.modules.get(library)
-    if module is None:
-        declared = _declared_version(library)
-        if declared is not None:
-            return declared
-        module = importlib.import_module(library)
-    return str(module.__version__)
-
-
-def _declared_version(library: str) -> str | None:
-    """The string literal assigned to ``__version__`` in ``library/version.py``, read
-    without importing the package (none of its code runs); None when there is no single
-    such assignment."""
-    try:
-        spec = importlib.util.find_spec(library)
-        folders = [f for f in (spec.submodule_search_locations or []) if f] if spec else []
-        if not folders:
-            return None
-        tree = ast.parse(Path(folders[0], "version.py").read_text(encoding="utf-8"))
-    except (ImportError, ValueError, OSError, SyntaxError, UnicodeDecodeError):
-        return None
-    values = [
-        node.value
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
-        and any(
-            isinstance(name, ast.Name) and name.id == "__version__"
-            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-            for name in ast.walk(target)
-        )
-    ]
-    if len(values) == 1 and isinstance(values[0], ast.Constant):
-        value = values[0].value
-        return value if isinstance(value, str) else None
-    return None
 
 
 def digest(lines: Iterable[str]) -> str:
@@ -412,27 +365,6 @@ def arch_rows(library: str, name: str) -> tuple[list[Row], dict[str, str]]:
 def _save(path: Path, index: ArchIndex) -> None:
     with contextlib.suppress(OSError):  # a read-only cache still answers, it just forgets
         _write(path, index)
-
-
-def all_names(library: str) -> list[str]:
-    """Every architecture ``library`` lists (timm: without pretrained tags)."""
-    return list(_all_names(library, library_version(library)))
-
-
-@functools.lru_cache(maxsize=8)
-def _all_names(library: str, version: str) -> tuple[str, ...]:
-    # Per version: timm sorts its 1,400 names with a regex key on every call (~20 ms).
-    return tuple(_list_names(library))
-
-
-def _list_names(library: str) -> list[str]:
-    if library == "torchvision":
-        import torchvision
-
-        return torchvision.models.list_models(module=torchvision.models)
-    import timm
-
-    return timm.list_models()
 
 
 # --------------------------------------------------------------------------- the file

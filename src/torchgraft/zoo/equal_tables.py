@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +41,10 @@ Build = Callable[[str, "int | None"], nn.Module]
 
 
 def settle_equal_tables(
-    found: Identification, tensors: Mapping[str, torch.Tensor], build: Build
+    found: Identification,
+    tensors: Mapping[str, torch.Tensor],
+    build: Build,
+    known: Mapping[str, Any] | None = None,
 ) -> Identification:
     """``found`` with ``same_function`` and ``difference`` set when several builders share
     the checkpoint's table (``found.exact_all``); unchanged otherwise. ``build`` makes each.
@@ -49,11 +53,21 @@ def settle_equal_tables(
     outputs on a probe batch (``found.exact`` then names the first), False when some differ
     (``difference``: the largest relative difference), and stays None when they could not be
     run (more than :data:`MAX_EQUAL`, a builder that fails, weights that do not load as they
-    are, or probe inputs of different shapes) — ``comparison`` says why.
+    are, or probe inputs of different shapes) — ``comparison`` says why. ``known``: a verdict
+    shipped with the package for these builders (:func:`.equal_verdicts.verdict`), used
+    instead of running them.
     """
     specs = found.exact_all
     if len(specs) < 2:
         return found
+    if known is not None:  # the package's verdict for these builders (.equal_verdicts)
+        return dataclasses.replace(
+            found,
+            same_function=known["same_function"],
+            difference=known["difference"],
+            comparison=f"{known['comparison']}; decided when the package was built, on "
+            "generic weights",
+        )
     if len(specs) > MAX_EQUAL:
         why = f"{len(specs)} builders share the table: more than {MAX_EQUAL} are not run"
         return dataclasses.replace(found, comparison=why)

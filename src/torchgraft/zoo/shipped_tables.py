@@ -13,7 +13,7 @@ A file is used only for the library version it was made from (the public version
 It is a file of the package, yet read as any other: sizes bounded before they are
 decompressed, every index checked against its vocabulary; a damaged file is ignored (the
 index is then built). Maintainers refresh the files for a new library version with
-``python -m torchgraft.zoo.shipped_tables`` (docs/grafting.md).
+``python -m torchgraft.zoo.ship`` (docs/grafting.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import lzma
 import os
 import re
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ __all__ = [
     "FOLDER",
     "FOLDER_ENV",
     "ShippedTables",
-    "build",
     "public_version",
     "read_shipped",
     "shipped_path",
@@ -219,35 +217,3 @@ def write(shipped: ShippedTables, folder: Path | None = None) -> Path:
     with atomic_path(path) as temp, temp.open("wb") as handle:
         np.savez(handle, offsets=np.array(offsets, dtype=np.int64), **packed)
     return path
-
-
-def build(library: str, on_progress: Callable[[int, int], None] | None = None) -> ShippedTables:
-    """Every architecture of the installed ``library`` built on ``meta`` (minutes for timm)."""
-    from .arch_index import all_names, arch_rows, library_version
-
-    names = all_names(library)
-    shipped = ShippedTables(library, public_version(library_version(library)))
-    for done, name in enumerate(names, 1):
-        rows, failed = arch_rows(library, name)
-        shipped.rows.extend(rows)
-        shipped.failed.update(failed)
-        if on_progress is not None:
-            on_progress(done, len(names))
-    return shipped
-
-
-def main() -> None:
-    """Write the tables of the installed timm and torchvision into the package's folder."""
-    from .arch_index import LIBRARIES
-
-    for library in LIBRARIES:
-        shipped = build(library)
-        path = write(shipped)
-        print(
-            f"{path}: {len(shipped.rows)} tables, {len(shipped.failed)} failed, "
-            f"{path.stat().st_size / 1024:.0f} KiB"
-        )
-
-
-if __name__ == "__main__":
-    main()

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..errors import GraftError
-from .graft_plan import Action
+from ...errors import GraftError
+from ..graft_plan import Action
 from .positions import ABSOLUTE, RELATIVE, PositionGrid, propose_resample, resampled
 
 __all__ = ["IN_CHANS_MODES", "AdaptContext", "apply_adaptation", "propose"]
@@ -218,7 +218,7 @@ def _class_rows(target_shape, source_shape, context: AdaptContext):
         return None
     if context.target_classes is None or context.source_classes is None:
         return None
-    from ..model.heads import normalise_class
+    from ...model.heads import normalise_class
 
     same = [normalise_class(n) for n in context.target_classes] == [
         normalise_class(n) for n in context.source_classes

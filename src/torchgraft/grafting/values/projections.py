@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .source import SourceWeights
+from ..source import SourceWeights
 
 __all__ = ["TRIPLES", "describe_derived", "regrouped"]
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import GraftError
+from ...errors import GraftError
 
 __all__ = ["PositionGrid", "describe", "position_grids", "propose_resample", "resampled"]
 
