@@ -3,7 +3,7 @@
 Run: ``python bench/graft.py [--only matching|pairs|check|identify]`` (writes the
 "Grafting", "Grafting across libraries", "Grafting: checked before loading" and
 "Identification" sections of docs/benchmarks.md; ``pairs`` is :mod:`graft_pairs`, every
-torchvision classifier with a timm twin in three forms; ``check`` is :func:`time_check`;
+torchvision classifier with a timm twin in five forms; ``check`` is :func:`time_check`;
 ``identify`` is :mod:`identification`).
 
 1. Matching time on real state_dicts of 150–1,000 tensors, in two situations: names equal

@@ -1,13 +1,15 @@
-"""Grafting across libraries: every torchvision classifier with a timm twin, in three forms.
+"""Grafting across libraries: every torchvision classifier with a timm twin, in five forms.
 
 Run: ``python bench/graft.py --only pairs`` (or ``python bench/graft_pairs.py [NAME ...]``);
 writes the "Grafting across libraries" section of docs/benchmarks.md.
 
 For each (torchvision builder, timm architecture) pair the source gets random weights (every
 parameter perturbed, so a swapped tensor shows) and BatchNorm statistics measured on smooth
-random images (so they describe the weights, as trained statistics do). It is saved three
+random images (so they describe the weights, as trained statistics do). It is saved five
 ways — a plain ``torch.save`` state_dict (registration order kept), name-sorted safetensors
-(order lost), and module names rewritten then sorted (numbers kept, letters replaced:
+(order lost), a training checkpoint (``module.`` prefixes under ``model``, beside the epoch
+and optimizer), a Hugging Face style folder (``model.safetensors`` and ``config.json``), and
+module names rewritten then sorted (numbers kept, letters replaced:
 ``layer1`` → ``qzkfjw1``) — and grafted into a fresh timm model the way a user would:
 ``tg.graft(model, path)``, no source model given (the source architecture is identified from
 the file when order cannot decide). The grafted model and the source then see one input:
@@ -69,7 +71,13 @@ TRAPS = (
     ("efficientnet_v2_s", "tf_efficientnetv2_s", 64),  # TF "same" padding
     ("regnet_x_400mf", "regnetx_004", 64),  # other stage widths
 )
-FORMS = ("state_dict", "sorted safetensors", "renamed + sorted")
+FORMS = (
+    "state_dict",
+    "sorted safetensors",
+    "training checkpoint",
+    "HF folder",
+    "renamed + sorted",
+)
 EXACT = 1e-4
 
 
@@ -107,6 +115,20 @@ def write_form(state: dict, form: str, folder: Path) -> Path:
     if form == "state_dict":
         path = folder / "model.pth"
         torch.save(state, path)
+        return path
+    if form == "training checkpoint":
+        # What a training script saves: the weights of a DistributedDataParallel replica
+        # (``module.`` prefixes) beside the epoch and the optimizer's state.
+        path = folder / "last.ckpt"
+        weights = {f"module.{k}": v for k, v in state.items()}
+        torch.save({"epoch": 3, "model": weights, "optimizer": {"state": {}, "lr": 0.1}}, path)
+        return path
+    if form == "HF folder":
+        # A Hugging Face style folder: model.safetensors (sorted by name) and config.json.
+        path = folder / "hf-model"
+        path.mkdir()
+        save_file({k: v.contiguous() for k, v in sorted(state.items())}, path / "model.safetensors")
+        (path / "config.json").write_text('{"architectures": ["unknown"]}')
         return path
     if form == "renamed + sorted":
         state, _ = renamed_sorted(state)
@@ -177,8 +199,8 @@ def table(rows: list[list[str]]) -> list[str]:
     counts = {"exact": 0, "refused": 0, "wrong": 0}
     trap_wrong = 0
     lines = [
-        "| pair | kind | state_dict | sorted safetensors | renamed + sorted |",
-        "|---|---|---|---|---|",
+        "| pair | kind | " + " | ".join(FORMS) + " |",
+        "|---|---|" + "---|" * len(FORMS),
     ]
     for row in rows:
         name, kind, *outcomes = row
