@@ -214,6 +214,23 @@ def test_a_failed_verification_accepted_on_purpose_writes_the_output(
 
 
 @pytest.mark.slow
+def test_a_dry_run_says_the_graft_would_fail_its_check_before_loading(
+    console_script, workdir, source_file
+):
+    """With the source architecture known, a dry run runs the check the graft would run on
+    a copy, and says the graft would be refused; --allow-mismatch takes that back."""
+    args = [str(source_file), "--into", "tinynets:padded", "--verify-with", "tinynets:Net"]
+    result = run(console_script, workdir, *args, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    refused = [x for x in result.stderr.splitlines() if "the graft would be refused" in x]
+    assert len(refused) == 1, result.stderr
+    assert "does not compute" in refused[0]
+    accepted = run(console_script, workdir, *args, "--dry-run", "--allow-mismatch")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "the graft would be refused" not in accepted.stderr
+
+
+@pytest.mark.slow
 def test_plan_out_says_where_it_wrote(console_script, workdir, source_file):
     result = run(
         console_script, workdir, "colleague.pt", "--into", "tinynets:Net", "--dry-run",

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.limits import ReaderLimits
-from ..errors import GraftError, GraftWarning, InexactGraftError
+from ..errors import GraftError, GraftWarning, InexactGraftError, VerificationError
 from ..wording import in_cli, option
 from .apply import apply_plan
 from .bn_statistics import settle_by_statistics
@@ -302,13 +302,17 @@ def refusals(
     plan: GraftPlan,
     model: nn.Module,
     *,
+    weights: Source | SourceWeights | None = None,
     min_coverage: float = MIN_COVERAGE,
     allow_partial: AllowPartial = False,
     allow_uncertain: bool = False,
+    allow_mismatch: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> list[str]:
-    """Why :func:`graft` would refuse ``plan`` (coverage below ``min_coverage``, or not
-    exact), as sentences; empty when it would load. Nothing is loaded: this is what a dry
-    run says about the graft it previews.
+    """Why :func:`graft` would refuse ``plan`` (coverage below ``min_coverage``, not exact,
+    or — given the source ``weights`` and a known source architecture — a grafted copy that
+    computes another function), as sentences; empty when it would load. Nothing is loaded
+    into ``model``: this is what a dry run says about the graft it previews.
     """
     check_min_coverage(min_coverage)
     found = []
@@ -325,4 +329,17 @@ def refusals(
             )
     except InexactGraftError as exc:
         found.append(str(exc))
+    if not found and weights is not None and plan.source_architecture is not None:
+        tensors = regrouped(read_source(weights), tensor_infos(model.state_dict()))
+        try:  # the check graft() runs before loading, on a copy
+            check_function(
+                model,
+                plan,
+                tensors.checkpoint.tensors,
+                plan.source_architecture,
+                tolerance=tolerance,
+                allow_mismatch=allow_mismatch,
+            )
+        except VerificationError as exc:
+            found.append(str(exc))
     return found

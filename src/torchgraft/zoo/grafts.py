@@ -292,10 +292,18 @@ def graft_into(
     _check_in_chans_mode_used(plan, in_chans_mode)
     written_plan = write_plan_file(plan, plan_out) if plan_out else None
     acceptance = {"allow_partial": allow_partial, "allow_uncertain": allow_uncertain}
-    if dry_run:
-        found = api.refusals(plan, model, min_coverage=min_coverage, **acceptance)
-        return GraftOutcome(plan, dry_run=True, plan_file=written_plan, refusals=found)
     limit = verification.DEFAULT_TOLERANCE if tolerance is None else tolerance
+    if dry_run:
+        found = api.refusals(
+            plan,
+            model,
+            weights=weights,
+            min_coverage=min_coverage,
+            allow_mismatch=allow_mismatch,
+            tolerance=limit,
+            **acceptance,
+        )
+        return GraftOutcome(plan, dry_run=True, plan_file=written_plan, refusals=found)
     report = api.graft(
         model,
         weights,
