@@ -115,3 +115,23 @@ def test_a_name_sorted_source_stays_untrusted_in_its_order_after_regrouping():
     made = regrouped(source, {"a.attn.qkv.weight": (6, 2)})
     assert "a.attn.qkv.weight" in made.checkpoint.tensors
     assert not made.order_trusted
+
+
+def test_a_source_models_order_is_read_in_derived_keys():
+    """The source architecture's registration order names its stored keys; the matcher sees
+    derived ones — each where the first of its originals was."""
+    from torchgraft.grafting.values.projections import derived_order
+
+    order = ["norm.weight", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight"]
+    split = {
+        "attn.q.weight": ("attn.qkv.weight",),
+        "attn.k.weight": ("attn.qkv.weight",),
+        "attn.v.weight": ("attn.qkv.weight",),
+    }
+    assert derived_order(order, split) == (
+        "norm.weight", "attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.qkv.bias",
+        "attn.proj.weight",
+    )  # fmt: skip
+    fused = {"attn.qkv.weight": ("attn.q.weight", "attn.k.weight", "attn.v.weight")}
+    separate = ["attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.proj.weight"]
+    assert derived_order(separate, fused) == ("attn.qkv.weight", "attn.proj.weight")

@@ -30,7 +30,7 @@ from .rules import RenameRules, load_rules
 from .source import Source, SourceWeights, read_options, read_source
 from .values.adapt import AdaptContext, propose
 from .values.positions import position_grids
-from .values.projections import describe_derived, regrouped
+from .values.projections import derived_order, describe_derived, regrouped
 
 __all__ = [
     "build_plan",
@@ -70,6 +70,8 @@ def make_plan(
     adapt_context = _adapt_context(
         model, target, in_chans_mode, pick, source_classes or weights.classes, keep_classes
     )
+    if source_order is not None and weights.derived:  # the source model's keys, regrouped
+        source_order = derived_order(source_order, weights.derived)
     context = MatchContext(
         adapt=adapt_context,
         rules=_rules(rules),

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from ..source import SourceWeights
 
-__all__ = ["TRIPLES", "describe_derived", "regrouped"]
+__all__ = ["TRIPLES", "derived_order", "describe_derived", "regrouped"]
 
 #: Leaf names of separate query, key and value projections.
 TRIPLES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q", "k", "v"))
@@ -86,6 +86,21 @@ def regrouped(weights: SourceWeights, target: Table) -> SourceWeights:
         derived={**weights.derived, **derived},
         stored_order_trusted=weights.order_trusted,
     )
+
+
+def derived_order(order: Sequence[str], derived: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """A registration ``order`` of stored keys (a source model's) read in derived keys: each
+    derived tensor where the first of its originals was, the originals left out."""
+    placed: dict[str, list[str]] = {}
+    for key, originals in derived.items():
+        placed.setdefault(originals[0], []).append(key)
+    consumed = {k for originals in derived.values() for k in originals}
+    result: list[str] = []
+    for key in order:
+        result.extend(placed.get(key, ()))
+        if key not in consumed:
+            result.append(key)
+    return tuple(result)
 
 
 def describe_derived(originals: tuple[str, ...]) -> str:
