@@ -79,3 +79,24 @@ def test_without_the_source_architecture_the_layer_norms_are_not_guessed():
     with pytest.raises(InexactGraftError, match="layernorm_before"):
         tg.graft(target, perturbed(_hf_vit(), scale=0.1).state_dict())
     assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+
+
+def test_a_hugging_face_resnet_grafts_into_torchvision_with_its_architecture_given():
+    """HF registers each block's shortcut before its convolutions and keeps the convolutions
+    in a Sequential of their own: the same-shaped BatchNorms are told apart by running the
+    source architecture, whose block output is the Sequential's parent (the residual sum)."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    config = transformers.ResNetConfig(
+        embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 1, 1, 1],
+        layer_type="basic", num_labels=10,
+    )  # fmt: skip
+    source = perturbed(
+        transformers.ResNetForImageClassification(config).eval(), scale=0.05, statistics=True
+    )
+    target = ResNet(BasicBlock, [2, 1, 1, 1], num_classes=10).eval()
+    report = tg.graft(target, source.state_dict(), source_model=source)
+    assert any("proven by running the source architecture" in n for n in report.notes)
+    assert_same_function(target, _Logits(source), 64)
+    with pytest.raises(InexactGraftError):  # without it, order alone: refused
+        tg.graft(ResNet(BasicBlock, [2, 1, 1, 1], num_classes=10), source.state_dict())

@@ -40,6 +40,8 @@ MAX_TRIALS = 48
 #: Largest relative difference between the two blocks' outputs for a proven assignment
 #: (float32 rounding; a wrong pairing differs by orders of magnitude more).
 EXACT = 1e-4
+#: How many parents of the source's enclosing module are tried as the target block's match.
+SOURCE_LEVELS = 2
 
 
 #: A judge: ``(target block, source block, trials, run, moved) -> (index of the chosen trial
@@ -73,18 +75,22 @@ def resolve_ties(
     def judge(target_block, source_block, trials, run, _moved):
         if not target_block:  # a group spread over the whole model: compare whole models
             source_block = ""
-        expected = _output_of(reference, source_block, example)
-        if expected is None:
-            return None, ""
-        differences = []
-        for trial in trials:
-            got = _output_of(run(trial), target_block, example)
-            if got is None or got.shape != expected.shape:
-                return None, ""  # the blocks cannot be compared: leave the group as it was
+        outputs = [_output_of(run(trial), target_block, example) for trial in trials]
+        if any(got is None for got in outputs):
+            return None, ""  # the target block has no output to compare: leave the group
+        # The source module that computes what the target block computes: the one holding
+        # the tied modules, or a parent a level or two up (Hugging Face's ResNet holds a
+        # block's convolutions in a Sequential of their own; the residual sum is its parent's).
+        for candidate in _and_parents(source_block, SOURCE_LEVELS):
+            expected = _output_of(reference, candidate, example)
+            if expected is None or any(got.shape != expected.shape for got in outputs):
+                continue
             scale = expected.abs().max().clamp_min(1e-12)
-            differences.append(float((got - expected).abs().max() / scale))
-        best = min(range(len(trials)), key=differences.__getitem__)
-        return (best if differences[best] <= EXACT else None), ""
+            differences = [float((got - expected).abs().max() / scale) for got in outputs]
+            best = min(range(len(trials)), key=differences.__getitem__)
+            if differences[best] <= EXACT:
+                return best, ""
+        return None, ""
 
     settled, summary = settle(plan, target, tensors, rebuild, judge, "architecture")
     settled.notes.append(
@@ -203,6 +209,18 @@ def _count(choices) -> int:
     for options in choices:
         total *= len(options)
     return total
+
+
+def _and_parents(path: str, levels: int) -> list[str]:
+    """``path`` and up to ``levels`` of its parents, nearest first (never the whole model
+    for a block: "" only when ``path`` is "")."""
+    found = [path]
+    while path and len(found) <= levels:
+        path = path.rpartition(".")[0]
+        if not path:
+            break
+        found.append(path)
+    return found
 
 
 def _enclosing(paths: list[str]) -> str:
