@@ -142,7 +142,7 @@ def graft_outcome(builder: str, arch: str, size: int, form: str, source, folder:
     import timm
 
     import torchgraft as tg
-    from torchgraft.errors import GraftError, InexactGraftError
+    from torchgraft.errors import GraftError, InexactGraftError, VerificationError
 
     path = write_form(source.state_dict(), form, folder)
     target = timm.create_model(arch).eval()
@@ -156,7 +156,9 @@ def graft_outcome(builder: str, arch: str, size: int, form: str, source, folder:
         tg.graft(target, str(path), plan=plan, allow_uncertain=True, allow_partial=True)
         accepted = "exact" if difference_from(source, target, size) <= EXACT else "WRONG"
         return "refused", f"accepted: {accepted}" + ("" if untouched else ", MODEL CHANGED")
-    except GraftError as exc:
+    except (GraftError, VerificationError) as exc:
+        # VerificationError: the automatic check ran the graft against the identified source
+        # architecture and refused it before loading.
         untouched = all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
         return "refused", type(exc).__name__ + ("" if untouched else ", MODEL CHANGED")
     difference = difference_from(source, target, size)

@@ -145,3 +145,22 @@ def test_keys_left_ambiguous_ask_for_the_source_architecture(tmp_path, identify_
     assert report.coverage == 1.0
     assert any("identified as torchvision:mnasnet1_0" in note for note in report.notes)
     assert_same_function(target, source, 64)
+
+
+@pytest.mark.slow
+def test_a_training_checkpoint_with_prefixes_is_settled_by_its_identified_architecture(
+    tmp_path, identify_only
+):
+    """The weights of a DistributedDataParallel replica (``module.``) inside a training
+    checkpoint: the identified architecture names its modules without the prefix, and both
+    its registration order and the side-by-side run of its blocks still apply."""
+    identify_only("torchvision:regnet_y_400mf")
+    source = perturbed(torchvision.models.regnet_y_400mf(weights=None), statistics=True)
+    path = tmp_path / "last.ckpt"
+    weights = {f"module.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"epoch": 3, "model": weights, "optimizer": {"lr": 0.1}}, path)
+    target = timm.create_model("regnety_004", pretrained=False).eval()
+    report = tg.graft(target, str(path))
+    assert not any("could not be run" in note for note in report.notes)
+    assert report.verification["ok"] is True
+    assert_same_function(target, source, 64)

@@ -38,6 +38,7 @@ __all__ = [
     "drop_candidates",
     "head_keys",
     "make_plan",
+    "order_in_file",
     "plan_from_mapping",
     "plan_rebuilder",
     "rebuild_plan",
@@ -70,8 +71,12 @@ def make_plan(
     adapt_context = _adapt_context(
         model, target, in_chans_mode, pick, source_classes or weights.classes, keep_classes
     )
-    if source_order is not None and weights.derived:  # the source model's keys, regrouped
-        source_order = derived_order(source_order, weights.derived)
+    if source_order is not None:
+        # The source model's keys, as the file names them: regrouped, and with the file's
+        # wrapper prefixes (module., model.) where it has them.
+        if weights.derived:
+            source_order = derived_order(source_order, weights.derived)
+        source_order = order_in_file(source_order, weights.checkpoint.tensors)
     context = MatchContext(
         adapt=adapt_context,
         rules=_rules(rules),
@@ -80,6 +85,26 @@ def make_plan(
     )
     match = STRATEGIES[strategy](source_infos, target, context)
     return rebuild_plan(model, weights, match, adapt_context, strategy=strategy)
+
+
+def order_in_file(order: Sequence[str], stored: Mapping[str, Any]) -> tuple[str, ...]:
+    """A model's registration ``order`` in the names a file stores: each key as stored, or
+    the one stored key that ends with ``.KEY`` (a prefix the file added: ``module.``,
+    ``model.``); keys the file lacks are left out."""
+    if all(key in stored for key in order):
+        return tuple(order)
+    by_suffix: dict[str, str | None] = {}
+    for name in stored:
+        parts = name.split(".")
+        for start in range(1, len(parts)):
+            suffix = ".".join(parts[start:])
+            by_suffix[suffix] = None if suffix in by_suffix else name  # None: not unique
+    found = []
+    for key in order:
+        name = key if key in stored else by_suffix.get(key)
+        if name is not None:
+            found.append(name)
+    return tuple(found)
 
 
 def rebuild_plan(

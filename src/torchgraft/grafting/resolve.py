@@ -81,7 +81,7 @@ def resolve_ties(
         # The source module that computes what the target block computes: the one holding
         # the tied modules, or a parent a level or two up (Hugging Face's ResNet holds a
         # block's convolutions in a Sequential of their own; the residual sum is its parent's).
-        for candidate in _and_parents(source_block, SOURCE_LEVELS):
+        for candidate in _and_parents(_in_model(reference, source_block), SOURCE_LEVELS):
             expected = _output_of(reference, candidate, example)
             if expected is None or any(got.shape != expected.shape for got in outputs):
                 continue
@@ -209,6 +209,17 @@ def _count(choices) -> int:
     for options in choices:
         total *= len(options)
     return total
+
+
+def _in_model(model: nn.Module, path: str) -> str:
+    """``path`` (a module named as the source file names it) as ``model`` names it: without
+    the leading components a wrapper added (``module.``, ``model.``) when ``model`` lacks them."""
+    names = dict(model.named_modules())
+    parts = path.split(".") if path else []
+    for start in range(len(parts)):
+        if ".".join(parts[start:]) in names:
+            return ".".join(parts[start:])
+    return path
 
 
 def _and_parents(path: str, levels: int) -> list[str]:
