@@ -6,6 +6,7 @@ registration order tells apart are refused, not guessed."""
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
@@ -100,3 +101,16 @@ def test_a_hugging_face_resnet_grafts_into_torchvision_with_its_architecture_giv
     assert_same_function(target, _Logits(source), 64)
     with pytest.raises(InexactGraftError):  # without it, order alone: refused
         tg.graft(ResNet(BasicBlock, [2, 1, 1, 1], num_classes=10), source.state_dict())
+
+
+def test_a_hugging_face_convnext_grafts_into_timm():
+    """HF's ConvNeXt keeps its pointwise layers as Linear, timm's atto as 1x1 convs: reshaped,
+    and the same function."""
+    config = transformers.ConvNextConfig(
+        hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], num_labels=10
+    )
+    source = perturbed(transformers.ConvNextForImageClassification(config).eval(), scale=0.05)
+    target = timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval()
+    report = tg.graft(target, source.state_dict(), source_model=source)
+    assert any(n.startswith("verify against") and "OK" in n for n in report.notes)
+    assert_same_function(target, _Logits(source), 64)
