@@ -37,6 +37,9 @@ _LIMITS = DocumentLimits(max_bytes=1024 * 1024, max_depth=6)
 #: Noise added to every parameter (relative to nothing: absolute, like a trained weight's
 #: spread) so that no branch stays at its zero initialisation.
 NOISE = 0.02
+#: Groups of larger models are not run when the package is built (each builder runs at its
+#: full input size: a billion-parameter ViT takes tens of GB); inspect compares them live.
+MAX_PARAMETERS = 150_000_000
 
 _CACHE: dict[Path, dict[frozenset[str], dict[str, Any]] | None] = {}
 
@@ -96,6 +99,7 @@ def compute(on_group: Callable[[str], None] | None = None) -> list[dict[str, Any
     from .arch_index import load_index
     from .equal_tables import MAX_EQUAL, settle_equal_tables
     from .identification import Identification
+    from .meta_build import arch_table
 
     groups: dict[str, list[str]] = defaultdict(list)
     for library in ("torchvision", "timm"):
@@ -104,6 +108,12 @@ def compute(on_group: Callable[[str], None] | None = None) -> list[dict[str, Any
                 groups[entry["weights"]].append(f"{library}:{entry['name']}")
     results = []
     for specs in (g for g in groups.values() if 2 <= len(g) <= MAX_EQUAL):
+        library, _, name = specs[0].partition(":")
+        table, _ = arch_table(library, name)  # on meta: the size before building it
+        if sum(math.prod(shape) for shape in table.values()) > MAX_PARAMETERS:
+            if on_group is not None:
+                on_group(f"{', '.join(specs)}: over {MAX_PARAMETERS:,} parameters, not run")
+            continue
         torch.manual_seed(0)
         try:
             tensors = _generic_weights(build_model(specs[0]).model)
@@ -125,8 +135,8 @@ def compute(on_group: Callable[[str], None] | None = None) -> list[dict[str, Any
         settled = settle_equal_tables(
             found, tensors, lambda spec, classes: build_model(spec, num_classes=classes).model
         )
-        if settled.same_function is None:
-            continue  # not compared (input sizes differ, a builder failed): nothing to ship
+        # Not compared (input sizes differ, a weight that does not load as it is) is a
+        # verdict too: inspect says so at once instead of building them to find out.
         difference = settled.difference
         results.append(
             {
