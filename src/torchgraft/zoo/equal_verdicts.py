@@ -34,8 +34,8 @@ __all__ = ["FORMAT", "compute", "verdict", "verdicts_path"]
 
 FORMAT = 1
 _LIMITS = DocumentLimits(max_bytes=1024 * 1024, max_depth=6)
-#: Noise added to every parameter (relative to nothing: absolute, like a trained weight's
-#: spread) so that no branch stays at its zero initialisation.
+#: Standard deviation of the noise added to every parameter, so that no branch stays at
+#: its zero initialisation (a zero-initialised last BatchNorm hides a residual branch).
 NOISE = 0.02
 #: Groups of larger models are not run when the package is built (each builder runs at its
 #: full input size: a billion-parameter ViT takes tens of GB); inspect compares them live.
