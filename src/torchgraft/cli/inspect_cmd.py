@@ -10,10 +10,12 @@ parameters in an optimizer — the audit ``train --print-groups`` will print.
 
 For a checkpoint it also names the zoo architecture whose state_dict has the same keys and
 shapes (``architecture: torchvision:resnet50 — 320/320 keys and shapes``), or the nearest
-ones, from an index built once per library version (:mod:`torchgraft.zoo.identify`);
-several builders with equal tables are run with the checkpoint's weights and named as one
-answer when they compute the same (:mod:`torchgraft.zoo.equal_tables`). ``--no-identify``
-skips it. Keys and names read from a file are data: they are printed with
+ones, from an index of every architecture (:mod:`torchgraft.zoo.identify`: started from
+the tables the package ships for the installed versions, built once per other version);
+several builders with equal tables are named as one answer when they compute the same — by
+the verdict the package ships for them (:mod:`torchgraft.zoo.equal_verdicts`), or else by
+running them with the checkpoint's weights (:mod:`torchgraft.zoo.equal_tables`).
+``--no-identify`` skips it. Keys and names read from a file are data: they are printed with
 control characters escaped and never as console markup.
 
 Options that do not apply to what TARGET is are refused rather than ignored (``--weights``
@@ -223,7 +225,8 @@ def _architecture(tensors) -> dict[str, Any]:
         # Only the first time (or after an upgrade): later calls read the index.
         stderr.print(
             f"indexing {count} {library} architectures to identify the checkpoint (once per "
-            "version; minutes for all of timm; --no-identify skips it)",
+            "version the package ships no tables for; minutes for all of timm; "
+            "--no-identify skips it)",
             markup=False,
             highlight=False,
         )

@@ -36,7 +36,6 @@ registered models of its own; then the list is asked for, as before).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import re
@@ -54,7 +53,7 @@ from ..atomic import atomic_path
 from ..cache import cache_dir
 from .catalogue import LIBRARIES, all_names, library_version
 from .meta_build import BUILD_SECONDS, arch_table
-from .shipped_tables import read_shipped
+from .shipped_tables import read_shipped, shape_text, vocabulary
 
 __all__ = [
     "BUILD_SECONDS",
@@ -98,14 +97,7 @@ def digest(lines: Iterable[str]) -> str:
     return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).hexdigest()
 
 
-def _shape(shape: Sequence[int]) -> str:
-    return _shape_text(tuple(shape))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _shape_text(shape: tuple[int, ...]) -> str:
-    # A zoo's million tensors have a few thousand shapes: each is written once.
-    return ",".join(map(str, shape))
+_shape = shape_text
 
 
 def _code(text: str) -> int:
@@ -142,17 +134,10 @@ def tables_codes(tables: Sequence[Table]) -> dict[str, np.ndarray]:
 
     Each distinct key, (key, shape) pair and (shape, occurrence) is hashed once, however many
     tables hold it: the 1,400 tables of timm's zoo share most of them (a second in all)."""
-    keys: dict[str, int] = {}
-    shapes: dict[str, int] = {}
-    key_ids, shape_ids, lengths = [], [], []
-    for table in tables:
-        for key, shape in table.items():
-            key_ids.append(keys.setdefault(key, len(keys)))
-            shape_ids.append(shapes.setdefault(_shape(shape), len(shapes)))
-        lengths.append(len(table))
-    key_vocab, shape_vocab = list(keys), list(shapes)
-    kid = np.array(key_ids, dtype=np.int64)
-    sid = np.array(shape_ids, dtype=np.int64)
+    words = vocabulary(tables)
+    key_vocab, shape_vocab, lengths = words.keys, words.shapes, words.lengths
+    kid = np.array(words.key_ids, dtype=np.int64)
+    sid = np.array(words.shape_ids, dtype=np.int64)
     # The n-th tensor of a shape within its table is occurrence n (in table order).
     table_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     order = np.lexsort((np.arange(len(sid)), sid, table_of))

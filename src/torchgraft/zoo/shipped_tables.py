@@ -18,11 +18,13 @@ index is then built). Maintainers refresh the files for a new library version wi
 
 from __future__ import annotations
 
+import functools
 import json
 import lzma
 import os
 import re
 import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,12 @@ __all__ = [
     "FOLDER",
     "FOLDER_ENV",
     "ShippedTables",
+    "Vocabulary",
     "public_version",
     "read_shipped",
+    "shape_text",
     "shipped_path",
+    "vocabulary",
     "write",
 ]
 
@@ -70,6 +75,51 @@ class ShippedTables:
     version: str
     rows: list[tuple[str, str, Table, Table]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The distinct key names and shapes of many tables, and each table's tensors as indices
+    into them (the shipped file's layout, and how :func:`.arch_index.tables_codes` hashes
+    each distinct value once).
+
+    Attributes:
+        keys / shapes: distinct key names / shape texts (``"768,3072"``), first seen first.
+        key_ids / shape_ids: per tensor, every table end to end, in table order.
+        lengths: tensors per table.
+    """
+
+    keys: list[str]
+    shapes: list[str]
+    key_ids: list[int]
+    shape_ids: list[int]
+    lengths: list[int]
+
+
+def vocabulary(tables: Iterable[Mapping[str, Sequence[int]]]) -> Vocabulary:
+    """The :class:`Vocabulary` of ``tables`` (``{key: shape}`` each)."""
+    keys: dict[str, int] = {}
+    shapes: dict[str, int] = {}
+    key_ids: list[int] = []
+    shape_ids: list[int] = []
+    lengths: list[int] = []
+    for table in tables:
+        for key, shape in table.items():
+            key_ids.append(keys.setdefault(key, len(keys)))
+            shape_ids.append(shapes.setdefault(shape_text(shape), len(shapes)))
+        lengths.append(len(table))
+    return Vocabulary(list(keys), list(shapes), key_ids, shape_ids, lengths)
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``"768,3072"`` for ``(768, 3072)`` ("" for a scalar)."""
+    return _shape_text(tuple(shape))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _shape_text(shape: tuple[int, ...]) -> str:
+    # A zoo's million tensors have a few thousand shapes: each is written once.
+    return ",".join(map(str, shape))
 
 
 def public_version(version: str) -> str:
@@ -178,20 +228,13 @@ def _tables(header: dict[str, Any], parts: dict[str, np.ndarray]) -> ShippedTabl
 
 def write(shipped: ShippedTables, folder: Path | None = None) -> Path:
     """Write ``shipped`` as its library version's file in ``folder``; returns the path."""
-    keys: dict[str, int] = {}
-    shapes: dict[str, int] = {}
-    key_ids: list[int] = []
-    shape_ids: list[int] = []
-    offsets = [0]
-    entries = []
-    for name, variant, table, head in shipped.rows:
-        for key, shape in table.items():
-            if "\n" in key:
-                raise ValueError(f"{name}: key {key!r} holds a line break")
-            key_ids.append(keys.setdefault(key, len(keys)))
-            shape_ids.append(shapes.setdefault(",".join(map(str, shape)), len(shapes)))
-        offsets.append(len(key_ids))
-        entries.append([name, variant, list(head)])
+    tables = [table for _, _, table, _ in shipped.rows]
+    words = vocabulary(tables)
+    broken = next((k for k in words.keys if "\n" in k), None)
+    if broken is not None:
+        raise ValueError(f"key {broken!r} holds a line break")
+    offsets = np.concatenate([[0], np.cumsum(words.lengths, dtype=np.int64)])
+    entries = [[name, variant, list(head)] for name, variant, _, head in shipped.rows]
     header = {
         "format": FORMAT,
         "library": shipped.library,
@@ -200,13 +243,13 @@ def write(shipped: ShippedTables, folder: Path | None = None) -> Path:
         "failed": shipped.failed,
     }
     # Key ids as differences: neighbours in a table are mostly neighbours in the vocabulary.
-    deltas = np.diff(np.array(key_ids, dtype=np.int64), prepend=0).astype("<i4")
+    deltas = np.diff(np.array(words.key_ids, dtype=np.int64), prepend=0).astype("<i4")
     parts = {
         "header": json.dumps(header, separators=(",", ":")).encode(),
-        "keys": "\n".join(keys).encode(),
-        "shapes": "\n".join(shapes).encode(),
+        "keys": "\n".join(words.keys).encode(),
+        "shapes": "\n".join(words.shapes).encode(),
         "key_ids": deltas.tobytes(),
-        "shape_ids": np.array(shape_ids, dtype="<u4").tobytes(),
+        "shape_ids": np.array(words.shape_ids, dtype="<u4").tobytes(),
     }
     packed = {
         name: np.frombuffer(lzma.compress(data, preset=9), dtype=np.uint8)
@@ -215,5 +258,5 @@ def write(shipped: ShippedTables, folder: Path | None = None) -> Path:
     path = (folder or FOLDER) / _file_name(shipped.library, shipped.version)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temp, temp.open("wb") as handle:
-        np.savez(handle, offsets=np.array(offsets, dtype=np.int64), **packed)
+        np.savez(handle, offsets=offsets, **packed)
     return path
