@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
 from .errors import (
+    AdapterError,
+    AdapterMergeError,
     CheckpointError,
     ConfigError,
     DataError,
@@ -85,11 +87,31 @@ _EXPORTS = {
     "predict": ".engine.inference",
     "export_run": ".engine.export.write",
     "load_exported": ".engine.export.load",
+    "AdapterSummary": ".adapters",
+    "MergeReport": ".adapters",
+    "add_adapters": ".adapters",
+    "adapter_config": ".adapters",
+    "adapter_state_dict": ".adapters",
+    "load_adapters": ".adapters",
+    "merge_adapters": ".adapters",
+    "read_adapters": ".adapters",
+    "save_adapters": ".adapters",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from .adapters import (
+        AdapterSummary,
+        MergeReport,
+        adapter_config,
+        adapter_state_dict,
+        add_adapters,
+        load_adapters,
+        merge_adapters,
+        read_adapters,
+        save_adapters,
+    )
     from .checkpoint import ReaderLimits, read_checkpoint
     from .engine.artifacts import load
     from .engine.config.load import RunConfig, load_config
@@ -125,6 +147,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
 
 # Written out (not derived from _EXPORTS) so linters and readers see the names.
 __all__ = [
+    "AdapterError",
+    "AdapterMergeError",
+    "AdapterSummary",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -141,6 +166,7 @@ __all__ = [
     "InexactGraftError",
     "InitSummary",
     "LayerGroup",
+    "MergeReport",
     "MissingExtraError",
     "ModelSpec",
     "OptimizerAudit",
@@ -162,6 +188,9 @@ __all__ = [
     "Verification",
     "VerificationError",
     "__version__",
+    "adapter_config",
+    "adapter_state_dict",
+    "add_adapters",
     "apply_plan",
     "audit_optimizer",
     "build_model",
@@ -175,18 +204,22 @@ __all__ = [
     "init_new_layers",
     "list_models",
     "load",
+    "load_adapters",
     "load_config",
     "load_exported",
     "load_optimizer_state_by_name",
     "load_rules",
     "lr_find",
+    "merge_adapters",
     "optimizer_state_by_name",
     "param_groups",
     "plan_graft",
     "predict",
+    "read_adapters",
     "read_checkpoint",
     "replace_head",
     "replace_input_channels",
+    "save_adapters",
     "schedule_from_config",
     "spec_of",
     "unfreeze",

@@ -8,6 +8,8 @@ of the operation itself).
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
+    "AdapterMergeError",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -92,6 +94,24 @@ class VerificationError(GraftError):
     """
 
     exit_code = 1
+
+
+class AdapterError(TorchgraftError, ValueError):
+    """Adapters (LoRA/DoRA) that cannot be added, loaded or merged as asked: a bad setting, a
+    target that matches nothing or cannot carry an adapter, a model adapted twice or not at
+    all, adapter tensors that do not fit the model."""
+
+
+class AdapterMergeError(AdapterError):
+    """Merged weights that do not compute what the adapted model computed (the measured
+    difference is in the message and in ``difference``). A failed operation, exit status 1;
+    the model was put back as it was before the merge, adapters and all."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, difference: float):
+        super().__init__(message)
+        self.difference = difference
 
 
 class ConfigError(TorchgraftError, ValueError):
