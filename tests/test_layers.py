@@ -12,7 +12,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "torchgraft"
 
 #: Bottom to top, as docs/architecture.md draws it. The top-level modules (errors, atomic,
 #: _lazy) are the floor every folder may use.
-LAYERS = ["", "checkpoint", "model", "grafting", "zoo", "policies", "data", "engine", "cli"]
+LAYERS = [
+    "",
+    "checkpoint",
+    "model",
+    "grafting",
+    "zoo",
+    "policies",
+    "adapters",
+    "data",
+    "engine",
+    "cli",
+]
 
 
 def _modules() -> dict[str, Path]:

@@ -114,3 +114,109 @@ def test_a_hugging_face_convnext_grafts_into_timm():
     report = tg.graft(target, source.state_dict(), source_model=source)
     assert any(n.startswith("verify against") and "OK" in n for n in report.notes)
     assert_same_function(target, _Logits(source), 64)
+
+
+def _verified(report) -> bool:
+    return any(n.startswith("verify against") and "OK" in n for n in report.notes)
+
+
+def test_a_hugging_face_deit_with_its_distillation_token_grafts_into_timm():
+    from timm.models.deit import VisionTransformerDistilled
+
+    config = transformers.DeiTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+        image_size=SIZE, patch_size=8, num_labels=10, layer_norm_eps=1e-6,
+    )  # fmt: skip
+    source = perturbed(transformers.DeiTForImageClassificationWithTeacher(config).eval(), 0.1)
+    target = VisionTransformerDistilled(
+        img_size=SIZE, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2,
+        num_classes=10,
+    ).eval()  # fmt: skip
+    report = tg.graft(target, source.state_dict(), source_model=source)
+    assert report.coverage == 1.0
+    assert _verified(report)
+    assert_same_function(target, _Logits(source), SIZE)
+
+
+def _hf_regnet(last_width: int):
+    # RegNetX-400MF's depths; its last width is 400 in torchvision, 384 in timm's regnetx_004
+    config = transformers.RegNetConfig(
+        embedding_size=32, hidden_sizes=[32, 64, 160, last_width], depths=[1, 2, 7, 12],
+        groups_width=16, layer_type="x", num_labels=10,
+    )  # fmt: skip
+    model = transformers.RegNetForImageClassification(config).eval()
+    return perturbed(model, scale=0.05, statistics=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", ["torchvision", "timm"])
+def test_a_hugging_face_regnet_grafts_into_torchvision_and_timm(library):
+    import torchvision
+
+    source = _hf_regnet(400 if library == "torchvision" else 384)
+    if library == "torchvision":
+        target = torchvision.models.regnet_x_400mf(num_classes=10).eval()
+    else:
+        target = timm.create_model("regnetx_004", pretrained=False, num_classes=10).eval()
+    report = tg.graft(target, source.state_dict(), source_model=source)
+    assert report.coverage == 1.0
+    assert _verified(report)
+    assert_same_function(target, _Logits(source), 64)
+
+
+def _swin_pair():
+    from timm.models.swin_transformer import SwinTransformer
+
+    config = transformers.SwinConfig(
+        image_size=64, patch_size=4, embed_dim=24, depths=[2, 2, 2], num_heads=[1, 2, 4],
+        window_size=4, num_labels=10,
+    )  # fmt: skip
+    source = perturbed(transformers.SwinForImageClassification(config).eval(), scale=0.1)
+    target = SwinTransformer(
+        img_size=64, patch_size=4, embed_dim=24, depths=(2, 2, 2), num_heads=(1, 2, 4),
+        window_size=4, num_classes=10,
+    ).eval()  # fmt: skip
+    return source, target
+
+
+def test_a_hugging_face_swin_grafts_into_timm():
+    """transformers registers each stage's patch merging at the end of its stage, timm at the
+    start of the next: the stages hold the same layers grouped differently. Its blocks return
+    (B, H·W, C) where timm's return (B, H, W, C): the LayerNorms are settled by comparing the
+    same values laid out alike."""
+    source, target = _swin_pair()
+    report = tg.graft(target, source.state_dict(), source_model=source)
+    assert report.coverage == 1.0
+    assert _verified(report)
+    merging = next(e for e in report.entries if e.target == "layers.1.downsample.reduction.weight")
+    assert merging.source == "swin.encoder.layers.0.downsample.reduction.weight"
+    assert_same_function(target, _Logits(source), 64)
+
+
+def test_without_its_architecture_a_hugging_face_swin_is_refused_not_guessed():
+    source, target = _swin_pair()
+    with pytest.raises(InexactGraftError, match="layernorm_before"):
+        tg.graft(target, source.state_dict())
+
+
+def test_a_hugging_face_dinov2_backbone_grafts_into_a_timm_vit_without_a_head():
+    """Neither model has a classifier, and their outputs differ in form (every token against
+    the class token): the check compares the last layer both have."""
+    config = transformers.Dinov2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=28,
+        patch_size=14, layerscale_value=1.0, layer_norm_eps=1e-6,
+    )  # fmt: skip
+    source = perturbed(transformers.Dinov2Model(config).eval(), scale=0.1)
+    target = VisionTransformer(
+        img_size=28, patch_size=14, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2,
+        init_values=1.0, num_classes=0,
+    ).eval()  # fmt: skip
+    report = tg.graft(target, source.state_dict(), source_model=source)
+    assert report.coverage == 1.0
+    assert any("at norm ← layernorm: OK" in n for n in report.notes)
+    assert report.unexpected == ["embeddings.mask_token"]
+    images = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            target.forward_features(images), source(pixel_values=images).last_hidden_state
+        )

@@ -30,7 +30,10 @@ from .verify import (
     BEFORE_FIRST_LAYER,
     DEFAULT_TOLERANCE,
     Verification,
+    comparable_outputs,
     compare_models,
+    module_in_model,
+    module_output,
     probe_input,
     reference_model,
 )
@@ -91,9 +94,12 @@ def check_function(
     trial = copy.deepcopy(model)
     apply_plan(trial, plan, tensors)
     reference = reference_model(architecture.module, tensors)
+    example = probe_input(trial)
     result = compare_models(
-        trial, reference, probe_input(trial), tolerance=tolerance, source=architecture.name
+        trial, reference, example, tolerance=tolerance, source=architecture.name
     )
+    if not result.comparable:
+        result = _compare_last_pair(trial, reference, plan, example, tolerance, architecture.name)
     cause = None
     if not result.ok and result.diverges_at is not None:
         cause = likely_cause(trial, reference, result.diverges_at)
@@ -101,6 +107,28 @@ def check_function(
     if not result.ok and not allow_mismatch:
         raise VerificationError(_refusal(plan, architecture, checked))
     return checked
+
+
+def _compare_last_pair(trial, reference, plan: GraftPlan, example, tolerance, name: str):
+    """The comparison made where the two models' outputs have different forms (a backbone
+    returning every token against one returning the pooled token): the output of the last
+    target module loaded from the source against its source module's, laid out alike.
+    When none compares, the models' own (incomparable) verdict stands."""
+    loaded = [e for e in plan.entries if e.action.loads and e.source]
+    for entry in reversed(loaded):
+        target_path = entry.target.rpartition(".")[0]
+        source_path = module_in_model(reference, entry.source.rpartition(".")[0])
+        got = module_output(trial, target_path, example)
+        expected = module_output(reference, source_path, example)
+        if got is None or expected is None or not comparable_outputs(got, expected):
+            continue
+        scale = expected.abs().max().clamp_min(1e-12)
+        difference = float((got.reshape(expected.shape) - expected).abs().max() / scale)
+        where = f"{name}, at {target_path or '(root)'} ← {source_path or '(root)'}"
+        return Verification(
+            difference <= tolerance, difference, None, None, tolerance, tuple(example.shape), where
+        )
+    return compare_models(trial, reference, example, tolerance=tolerance, source=name)
 
 
 def _refusal(plan: GraftPlan, architecture: SourceArchitecture, checked: CheckedGraft) -> str:

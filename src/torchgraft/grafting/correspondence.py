@@ -38,6 +38,7 @@ EVIDENCE: dict[str, float] = {
     "stored-order": FULL,  # strategy 'order': the caller vouches for the stored order
     "unique": FULL,  # the only item of its shapes on both sides, at this level
     "role": FULL,  # same-shaped tensors told apart by role (weight / bias)
+    "name-words": FULL,  # same-shaped modules told apart by a word of their names (ln_pre)
     "counter": FULL,  # an integer counter following the module it belongs to
     "order": FULL,  # numbered names on both sides, in the source's real registration order
     "index-order": FULL,  # a container's integer indices in a name-sorted source: its order

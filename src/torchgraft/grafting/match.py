@@ -23,7 +23,7 @@ from ..errors import GraftError
 from ..wording import option
 from .correspondence import Match, MatchContext, TensorInfo, is_float, pair_counters
 from .graft_plan import Action
-from .structure import match_structure
+from .structure import canonical_shape, match_structure
 from .values.adapt import propose
 
 __all__ = ["STRATEGIES", "Match", "MatchContext", "TensorInfo", "strip_prefixes"]
@@ -147,6 +147,7 @@ def match_auto(source, target, context: MatchContext) -> Match:
     used = {s for s, _ in match.pairs.values()}
     left_source = {k: v for k, v in source.items() if k not in used and is_float(v)}
     if left_target and left_source:
+        left_source = _focus(left_source, left_target, context, match)
         structural = match_structure(left_source, left_target, context)
         match.pairs.update(structural.pairs)
         match.evidence.update(structural.evidence)
@@ -161,6 +162,53 @@ def match_auto(source, target, context: MatchContext) -> Match:
             match.pair(key, found, "name")
             match.unresolved.pop(key, None)
     return match
+
+
+#: Fewest tensors outside the focused part of a source that make it "another part" (a
+#: second tower), not a classifier that a focus would wrongly set aside.
+MIN_SET_ASIDE = 8
+
+
+def _focus(source, target, context: MatchContext, match: Match):
+    """The part of ``source`` under one module when the target is only that part.
+
+    A checkpoint of several models (OpenAI CLIP's image and text towers) offers same-shaped
+    layers in both parts; matched whole, the other part's layers make every tie ambiguous.
+    When the tensors under one module fit as many of the target's shapes as the whole source
+    does (heads aside: a new head is the target's own), and at least :data:`MIN_SET_ASIDE`
+    tensors lie outside it, only that module is matched; the rest is set aside, said in a
+    note and left unused. The deepest such module is taken.
+    """
+    wanted = Counter(
+        canonical_shape(shape)
+        for k, (shape, _) in target.items()
+        if k not in context.adapt.head_keys
+    )
+
+    def fits(keys) -> int:
+        return sum((wanted & Counter(canonical_shape(source[k][0]) for k in keys)).values())
+
+    everything = fits(source)
+    prefixes = Counter(
+        ".".join(key.split(".")[:depth]) + "."
+        for key in source
+        for depth in range(1, min(4, key.count(".") + 1))
+    )
+    best = None
+    for prefix in prefixes:
+        inside = [k for k in source if k.startswith(prefix)]
+        if len(source) - len(inside) < MIN_SET_ASIDE or fits(inside) < everything:
+            continue
+        if best is None or len(inside) < len(best[1]):
+            best = (prefix, inside)
+    if best is None:
+        return source
+    prefix, inside = best
+    match.notes.append(
+        f"source: only '{prefix}' holds the target's layers; the {len(source) - len(inside)} "
+        f"other source tensors (another part of the checkpoint) were set aside"
+    )
+    return {k: source[k] for k in inside}
 
 
 def _drop_contested_names(match: Match, source, target) -> None:

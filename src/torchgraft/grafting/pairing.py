@@ -26,6 +26,7 @@ __all__ = [
     "container_names",
     "fp_key",
     "natural_key",
+    "open_both_sides",
     "open_smaller_side",
     "ordinal_names",
     "pair_leftovers",
@@ -93,6 +94,7 @@ def pair_level(
     for fp, t_items in by_fp_t.items():
         s_items = by_fp_s.get(fp, [])
         if len(s_items) != len(t_items):
+            matched += _same_names(s_items, t_items)
             continue
         if len(t_items) == 1:
             matched.append((s_items[0], t_items[0], "unique"))
@@ -104,13 +106,28 @@ def pair_level(
     return matched, left_s, left_t
 
 
+def _same_names(s_items: list[Item], t_items: list[Item]) -> list[tuple[Item, Item, str]]:
+    """Where one side has more items of a fingerprint than the other (DINOv2's
+    ``mask_token`` beside its ``cls_token``), the pairs that an equal name singles out."""
+    matched = []
+    for t_item in t_items:
+        same = [s for s in s_items if _same_name(s, t_item)]
+        if len(same) == 1 and sum(_same_name(same[0], t) for t in t_items) == 1:
+            matched.append((same[0], t_item, "role"))
+    return matched
+
+
 def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
     """Identical fingerprints need evidence, strongest first:
 
     1. tensors: the same (or a synonymous) role name — ``weight`` with ``weight``;
     2. modules: the same name without a number — ``downsample`` with ``downsample`` (equal
        *numbers* prove nothing: ``_blocks.1`` and ``blocks.1.1`` are different blocks, and
-       ``bn1`` of a codebase counting from 0 is ``bn2`` of one counting from 1);
+       ``bn1`` of a codebase counting from 0 is ``bn2`` of one counting from 1); or, when
+       every module is singled out by a word it shares with exactly one counterpart
+       (OpenAI CLIP's ``ln_pre`` with timm's ``norm_pre``; one pair may be left to pair by
+       elimination, ``ln_post`` with ``norm``), those words (``name-words``) — unless the
+       source's registration order says otherwise (see :func:`_pair_by_words`);
     3. order, when the names on both sides carry one (``_bn0``, ``_bn1`` and ``bn1``, ``bn2``;
        list indices) and it agrees with the registration order on each side: proven
        (``order``). In a name-sorted source, the children of one container
@@ -140,6 +157,10 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
             remaining_t.remove(t_item)
     if not remaining_s:
         return matched
+    by_words = _pair_by_words(remaining_s, remaining_t, trusted)
+    if by_words is not None:
+        matched += by_words
+        return matched
     source_names = [i.name for i in remaining_s]
     target_names = [i.name for i in remaining_t]
     numbered = ordinal_names(source_names) and ordinal_names(target_names)
@@ -155,6 +176,52 @@ def _break_tie(s_items: list[Item], t_items: list[Item], trusted: bool):
         how = "candidate"
     matched += [(s, t, how) for s, t in zip(remaining_s, remaining_t, strict=True)]
     return matched
+
+
+def _pair_by_words(s_items: list[Item], t_items: list[Item], trusted: bool):
+    """The pairing the modules' names give by their distinctive words, or None.
+
+    A word is distinctive when some but not all modules of that side carry it (``ln`` in
+    ``ln_pre``/``ln_post`` says nothing; ``pre`` does). Each pair must share a distinctive
+    word with each other and with no other module of the group, and at most one pair may be
+    left over, to pair by elimination. Names with a number take no part (``part1`` and
+    ``part2`` share a word and are different groups; numbers are the order rungs' evidence),
+    and single letters are not words. A trusted registration order that
+    disagrees voids the pairing (two weak readings that conflict prove nothing).
+    """
+    items = s_items + t_items
+    if len(s_items) != len(t_items) or any(i.is_tensor or _NUMBER.search(i.name) for i in items):
+        return None
+    s_words = _distinctive_words(s_items)
+    t_words = _distinctive_words(t_items)
+    pairs: list[tuple[Item, Item]] = []
+    for s_item, s_set in zip(s_items, s_words, strict=True):
+        sharing = [t for t, t_set in zip(t_items, t_words, strict=True) if s_set & t_set]
+        if len(sharing) > 1:
+            return None
+        if sharing:
+            pairs.append((s_item, sharing[0]))
+    if len({id(t) for _, t in pairs}) != len(pairs):
+        return None
+    left_s = [s for s in s_items if all(s is not p for p, _ in pairs)]
+    left_t = [t for t in t_items if all(t is not q for _, q in pairs)]
+    if len(left_s) > 1:
+        return None
+    pairs += list(zip(left_s, left_t, strict=True))
+    s_rank = {id(s): n for n, s in enumerate(sorted(s_items, key=lambda i: i.position))}
+    t_rank = {id(t): n for n, t in enumerate(sorted(t_items, key=lambda i: i.position))}
+    if any(s_rank[id(s)] != t_rank[id(t)] for s, t in pairs) and trusted:
+        return None
+    return [(s, t, "name-words") for s, t in pairs]
+
+
+def _distinctive_words(items: list[Item]) -> list[set[str]]:
+    words = [{w for w in _WORD.findall(item.name.lower()) if len(w) > 1} for item in items]
+    everywhere = set.intersection(*words) if words else set()
+    return [w - everywhere for w in words]
+
+
+_WORD = re.compile(r"[a-z]+")
 
 
 def container_indices(items: list[Item]) -> bool:
@@ -215,6 +282,19 @@ def ordinal_names(names: list[str]) -> bool:
 _ORDINAL = re.compile(r"\d+|(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
 
 
+def open_both_sides(left_s: list[Item], left_t: list[Item]):
+    """Both sides' items replaced by their children when the counts are equal, the two
+    sides hold the same shapes in all and every item holds modules (not bare tensors);
+    else None."""
+    if (
+        len(left_s) == len(left_t)
+        and _holds_modules(left_s + left_t)
+        and _total(left_s) == _total(left_t)
+    ):
+        return _open(left_s), _open(left_t)
+    return None
+
+
 def open_smaller_side(left_s: list[Item], left_t: list[Item]):
     """Replace the containers on the side with fewer leftovers by their children."""
     can_s = any(not i.is_tensor for i in left_s)
@@ -230,6 +310,20 @@ def open_smaller_side(left_s: list[Item], left_t: list[Item]):
     if can_t:
         return left_s, _open(left_t)
     return None
+
+
+def _holds_modules(items: list[Item]) -> bool:
+    return all(
+        not item.is_tensor and item.children and all(not c.is_tensor for c in item.children)
+        for item in items
+    )
+
+
+def _total(items: list[Item]) -> Counter:
+    total: Counter = Counter()
+    for item in items:
+        total.update(item.fingerprint)
+    return total
 
 
 def _open(items: list[Item]) -> list[Item]:

@@ -20,23 +20,24 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from ..model.passes import evaluating
-from ..model.probe import primary_output
 from .apply import apply_plan
 from .correspondence import Match
 from .graft_plan import GraftPlan
-from .verify import probe_input
+from .verify import comparable_outputs, module_in_model, module_output, probe_input
 
 __all__ = ["EXACT", "MAX_GROUP", "Judge", "resolve_ties", "settle", "tie_blocks"]
 
 #: Largest tie group whose permutations are tried, and most trials per block.
 MAX_GROUP = 4
 MAX_TRIALS = 48
+#: Most assignments looked through (without running anything) for the few that keep each
+#: target module's tied parts in one source module.
+MAX_ENUMERATED = 20_000
 #: Largest relative difference between the two blocks' outputs for a proven assignment
 #: (float32 rounding; a wrong pairing differs by orders of magnitude more).
 EXACT = 1e-4
@@ -75,18 +76,21 @@ def resolve_ties(
     def judge(target_block, source_block, trials, run, _moved):
         if not target_block:  # a group spread over the whole model: compare whole models
             source_block = ""
-        outputs = [_output_of(run(trial), target_block, example) for trial in trials]
+        outputs = [module_output(run(trial), target_block, example) for trial in trials]
         if any(got is None for got in outputs):
             return None, ""  # the target block has no output to compare: leave the group
         # The source module that computes what the target block computes: the one holding
         # the tied modules, or a parent a level or two up (Hugging Face's ResNet holds a
         # block's convolutions in a Sequential of their own; the residual sum is its parent's).
-        for candidate in _and_parents(_in_model(reference, source_block), SOURCE_LEVELS):
-            expected = _output_of(reference, candidate, example)
-            if expected is None or any(got.shape != expected.shape for got in outputs):
+        for candidate in _and_parents(module_in_model(reference, source_block), SOURCE_LEVELS):
+            expected = module_output(reference, candidate, example)
+            if expected is None or any(not comparable_outputs(got, expected) for got in outputs):
                 continue
             scale = expected.abs().max().clamp_min(1e-12)
-            differences = [float((got - expected).abs().max() / scale) for got in outputs]
+            differences = [
+                float((got.reshape(expected.shape) - expected).abs().max() / scale)
+                for got in outputs
+            ]
             best = min(range(len(trials)), key=differences.__getitem__)
             if differences[best] <= EXACT:
                 return best, ""
@@ -145,10 +149,19 @@ def _unresolved_of(plan: GraftPlan) -> dict[str, str]:
 def _trials(groups, pairs, tensors, evidence: str) -> list[dict]:
     """Every assignment of the groups' sources to their targets (at most MAX_TRIALS)."""
     choices = [list(itertools.permutations([s for s, _ in g])) for g in groups]
+    combinations: Iterable = itertools.product(*choices)
     if _count(choices) > MAX_TRIALS:
-        return []
+        # Too many to run: only those that keep each target module's tied parts together
+        # in one source module (a ConvNormAct's conv and norm from one conv-norm module),
+        # when they are few enough — else the group stays unproven.
+        if _count(choices) > MAX_ENUMERATED:
+            return []
+        parents = _fixed_parents(pairs, groups)
+        combinations = [c for c in combinations if _kept_together(groups, c, parents)]
+        if len(combinations) > MAX_TRIALS:
+            return []
     trials = []
-    for combination in itertools.product(*choices):
+    for combination in combinations:
         trial = dict(pairs)
         for group, order in zip(groups, combination, strict=True):
             current = {t: s for s, t in group}
@@ -161,6 +174,31 @@ def _trials(groups, pairs, tensors, evidence: str) -> list[dict]:
         if trial is not None:
             trials.append(trial)
     return trials
+
+
+def _fixed_parents(pairs, groups) -> dict[str, set[str]]:
+    """Target parent module -> the source parent modules of its tensors that no group moves
+    (``s1.b1.conv2`` -> ``layer.1``: its conv was paired for sure)."""
+    moved = {t for group in groups for _, t in group}
+    found: dict[str, set[str]] = {}
+    for target_key, (source_key, _) in pairs.items():
+        target_module = target_key.rpartition(".")[0]
+        if target_module in moved:
+            continue
+        source_parent = source_key.rpartition(".")[0].rpartition(".")[0]
+        found.setdefault(target_module.rpartition(".")[0], set()).add(source_parent)
+    return found
+
+
+def _kept_together(groups, combination, fixed: dict[str, set[str]]) -> bool:
+    """True when every target module whose tied parts move draws them, and its other
+    parts, from one source module."""
+    chosen: dict[str, set[str]] = {}
+    for group, order in zip(groups, combination, strict=True):
+        for (_, target), source in zip(group, order, strict=True):
+            parent = target.rpartition(".")[0]
+            chosen.setdefault(parent, set(fixed.get(parent, ()))).add(source.rpartition(".")[0])
+    return all(len(sources) == 1 for sources in chosen.values())
 
 
 def _as_match(pairs, unresolved: dict[str, str] | None = None) -> Match:
@@ -211,17 +249,6 @@ def _count(choices) -> int:
     return total
 
 
-def _in_model(model: nn.Module, path: str) -> str:
-    """``path`` (a module named as the source file names it) as ``model`` names it: without
-    the leading components a wrapper added (``module.``, ``model.``) when ``model`` lacks them."""
-    names = dict(model.named_modules())
-    parts = path.split(".") if path else []
-    for start in range(len(parts)):
-        if ".".join(parts[start:]) in names:
-            return ".".join(parts[start:])
-    return path
-
-
 def _and_parents(path: str, levels: int) -> list[str]:
     """``path`` and up to ``levels`` of its parents, nearest first (never the whole model
     for a block: "" only when ``path`` is "")."""
@@ -243,21 +270,6 @@ def _enclosing(paths: list[str]) -> str:
             break
         common.append(level[0])
     return ".".join(common)
-
-
-def _output_of(model: nn.Module, path: str, example: torch.Tensor) -> torch.Tensor | None:
-    """The output of the module at ``path`` in one eval-mode forward pass."""
-    captured: dict[str, torch.Tensor] = {}
-    module = model.get_submodule(path) if path else model
-
-    def hook(_module, _inputs, output):
-        tensor = primary_output(output)
-        if tensor is not None:
-            captured.setdefault("out", tensor.detach().float())
-
-    with evaluating(model, [(module, "forward", hook)], grad=False):
-        model(example)
-    return captured.get("out")
 
 
 def _reassign(pairs, assignment, current, tensors, evidence: str):

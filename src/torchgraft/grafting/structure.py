@@ -49,6 +49,7 @@ from .pairing import (
     container_names,
     fp_key,
     natural_key,
+    open_both_sides,
     open_smaller_side,
     ordinal_names,
     pair_leftovers,
@@ -281,15 +282,9 @@ def _weaker(a: str, b: str) -> str:
 def _match_children(source: Item, target: Item, evidence: str, trusted: bool, state: _State):
     left_s = sorted(source.children, key=lambda i: i.position)
     left_t = sorted(target.children, key=lambda i: i.position)
-    matched, left_s, left_t = pair_level(left_s, left_t, trusted)
-    while left_s and left_t:
-        opened = open_smaller_side(left_s, left_t)
-        if opened is None:
-            break
-        left_s, left_t = opened
-        more, left_s, left_t = pair_level(left_s, left_t, trusted)
-        matched += more
-    if trusted and left_s and left_t:
+    matched, left_s, left_t = _pair_opening(left_s, left_t, trusted)
+    regroupable = trusted
+    while trusted and left_s and left_t:
         leaves_t = _leaves(left_t)
         lined = _line_up(_leaves(left_s), leaves_t)
         if lined:
@@ -298,10 +293,31 @@ def _match_children(source: Item, target: Item, evidence: str, trusted: bool, st
                 state.pairs[t_key] = (s_key, _weaker(evidence, kinds[t_key]))
             state.ties.extend(ties)
             left_s = left_t = []
+        elif regroupable and (both := open_both_sides(left_s, left_t)) is not None:
+            # the same layers grouped differently (Swin's patch merging at the end of its
+            # stage or at the start of the next): one level down on both sides, once
+            regroupable = False
+            more, left_s, left_t = _pair_opening(*both, trusted)
+            matched += more
+        else:
+            break
     matched += pair_leftovers(left_s, left_t)
     _record_ties(matched, state)
     for s_item, t_item, how in matched:
         _descend(s_item, t_item, _weaker(evidence, how), trusted, state)
+
+
+def _pair_opening(left_s: list[Item], left_t: list[Item], trusted: bool):
+    """Pair a level, opening the side with fewer leftovers while that pairs more."""
+    matched, left_s, left_t = pair_level(left_s, left_t, trusted)
+    while left_s and left_t:
+        opened = open_smaller_side(left_s, left_t)
+        if opened is None:
+            break
+        left_s, left_t = opened
+        more, left_s, left_t = pair_level(left_s, left_t, trusted)
+        matched += more
+    return matched, left_s, left_t
 
 
 def _leaves(items: list[Item]) -> list[tuple[str, tuple[int, ...]]]:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.read import Checkpoint
-from ..errors import GraftError, VerificationError
+from ..errors import GraftError, HeadError, SpecError, VerificationError
 from ..model.anatomy import spec_of
 from ..model.passes import evaluating
 from ..model.probe import primary_output
@@ -43,8 +43,11 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "VERIFY_STEPS",
     "Verification",
+    "comparable_outputs",
     "compare_models",
     "first_divergence",
+    "module_in_model",
+    "module_output",
     "probe_input",
     "reference_model",
     "verify_graft",
@@ -90,6 +93,12 @@ class Verification:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def comparable(self) -> bool:
+        """False when neither the head inputs nor the outputs have one shape on both sides
+        (a backbone returning every token against one returning the pooled one)."""
+        return self.output_rel_diff is not None or self.feature_rel_diff != float("inf")
 
     @property
     def problem(self) -> str | None:
@@ -161,7 +170,7 @@ def compare_models(
     example = example_input.to(dtype or example_input.dtype)
     results = []
     for done, runner in enumerate(runners, 1):
-        results.append(_run(runner, spec_of(runner).head_path, example))
+        results.append(_run(runner, _head_path(runner), example))
         step(done, 3)
     (t_feat, t_out), (r_feat, r_out) = results
     feature = _relative(t_feat, r_feat)
@@ -307,13 +316,28 @@ def probe_input(model: nn.Module, seed: int = 0, batch: int = 2) -> torch.Tensor
     return torch.randn(batch, *spec.preprocessing.input_size, generator=generator).to(device)
 
 
-def _run(model: nn.Module, head_path: str, example: torch.Tensor):
+def _head_path(model: nn.Module) -> str | None:
+    """The classifier's path, or None for a backbone without one (a Hugging Face
+    ``Dinov2Model``, a timm model built with ``num_classes=0``)."""
+    try:
+        return spec_of(model).head_path
+    except (HeadError, SpecError):
+        return None
+
+
+def _run(model: nn.Module, head_path: str | None, example: torch.Tensor):
+    """``(head input, output)``; without a head, the output stands for both."""
     captured: dict[str, torch.Tensor] = {}
-    head = model.get_submodule(head_path)
-    capture = (head, "pre", lambda _m, args: captured.setdefault("features", args[0].detach()))
-    with evaluating(model, [capture], grad=False):
+    hooks = []
+    if head_path is not None:
+        head = model.get_submodule(head_path)
+        hooks.append(
+            (head, "pre", lambda _m, args: captured.setdefault("features", args[0].detach()))
+        )
+    with evaluating(model, hooks, grad=False):
         output = primary_output(model(example.to(next(model.parameters()).device)))
-    return captured["features"].flatten(1).cpu(), output.detach().cpu()
+    features = captured.get("features", output)
+    return features.flatten(1).cpu(), output.detach().cpu()
 
 
 class _Call(NamedTuple):
@@ -369,3 +393,43 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
         return float("inf")
     scale = b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)
     return float((a - b).abs().max() / scale)
+
+
+def module_in_model(model: nn.Module, path: str) -> str:
+    """``path`` (a module named as the source file names it) as ``model`` names it: without
+    the leading components a wrapper added (``module.``, ``model.``) when ``model`` lacks them."""
+    names = dict(model.named_modules())
+    parts = path.split(".") if path else []
+    for start in range(len(parts)):
+        if ".".join(parts[start:]) in names:
+            return ".".join(parts[start:])
+    return path
+
+
+def comparable_outputs(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal shapes, or the same batch and channels with the positions between them laid out
+    otherwise: timm's Swin blocks return ``(B, H, W, C)``, transformers' ``(B, H·W, C)``."""
+    if got.shape == expected.shape:
+        return True
+    return (
+        got.dim() >= 2
+        and expected.dim() >= 2
+        and got.shape[0] == expected.shape[0]
+        and got.shape[-1] == expected.shape[-1]
+        and got.numel() == expected.numel()
+    )
+
+
+def module_output(model: nn.Module, path: str, example: torch.Tensor) -> torch.Tensor | None:
+    """The output of the module at ``path`` in one eval-mode forward pass."""
+    captured: dict[str, torch.Tensor] = {}
+    module = model.get_submodule(path) if path else model
+
+    def hook(_module, _inputs, output):
+        tensor = primary_output(output)
+        if tensor is not None:
+            captured.setdefault("out", tensor.detach().float())
+
+    with evaluating(model, [(module, "forward", hook)], grad=False):
+        model(example)
+    return captured.get("out")

@@ -36,6 +36,7 @@ MEANING = {
     "stored-order": "strategy 'order': the stored order, vouched for by the caller",
     "unique": "the only tensor of its shape on both sides at this level",
     "role": "same-shaped tensors told apart by role (weight / bias)",
+    "name-words": "same-shaped modules told apart by a word of their names (ln_pre, norm_pre)",
     "counter": "an integer counter following its module",
     "order": "numbered names on both sides, in the source's registration order",
     "index-order": "a ModuleList's or Sequential's indices (their order is registration order)",
