@@ -119,3 +119,56 @@ def test_names_whose_words_contradict_the_registration_order_are_not_trusted():
     with pytest.raises(InexactGraftError) as refused:
         tg.graft(_timm_clip(), {k: state[k] for k in reordered})
     assert "norm_pre" in str(refused.value)
+
+
+def _ms_swin_state(model) -> dict:
+    """A timm Swin's tensors as Microsoft's original repository saves them: each stage's
+    patch merging at the end of its own stage (timm: at the start of the next), registered
+    there, ``head.`` for ``head.fc.``, and the persistent index buffers."""
+    import re
+
+    state, out = model.state_dict(), {}
+    stages = sorted({int(k.split(".")[1]) for k in state if k.startswith("layers.")})
+    for key, value in state.items():
+        if ".downsample." in key:
+            continue
+        out[key.replace("head.fc.", "head.")] = value
+        stage = re.match(r"layers\.(\d+)\.", key)
+        last_of_stage = stage and not any(
+            k.startswith(f"layers.{stage[1]}.") and not k.startswith(f"layers.{stage[1]}.down")
+            for k in list(state)[list(state).index(key) + 1 :]
+        )
+        if last_of_stage and int(stage[1]) + 1 in stages:
+            for k, v in state.items():
+                if k.startswith(f"layers.{int(stage[1]) + 1}.downsample."):
+                    out[k.replace(f"layers.{int(stage[1]) + 1}.", f"layers.{stage[1]}.")] = v
+        if key.endswith("attn.relative_position_bias_table"):
+            index = model.get_submodule(key.rpartition(".")[0]).relative_position_index
+            out[key.replace("bias_table", "index")] = index.clone()
+    return out
+
+
+@pytest.mark.parametrize("form", ["state_dict", "sorted safetensors"])
+def test_a_microsoft_swin_checkpoint_grafts_into_timms_swin(tmp_path, form):
+    from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
+
+    def swin():
+        return SwinTransformer(
+            img_size=64, patch_size=4, embed_dim=24, depths=(2, 2, 2), num_heads=(1, 2, 4),
+            window_size=4, num_classes=10,
+        ).eval()  # fmt: skip
+
+    original = _ms_swin_state(perturbed(swin(), scale=0.1))
+    assert "layers.0.downsample.reduction.weight" in original  # the original layout
+    source = original
+    if form == "sorted safetensors":
+        from safetensors.torch import save_file
+
+        source = tmp_path / "swin.safetensors"
+        save_file({k: v.contiguous() for k, v in sorted(original.items())}, str(source))
+    target = swin()
+    report = tg.graft(target, source)
+    assert report.coverage == 1.0
+    expected = checkpoint_filter_fn(dict(original), swin())  # timm's own conversion
+    for key, value in expected.items():
+        assert torch.equal(target.state_dict()[key], value), key
