@@ -24,6 +24,8 @@ from support import TESTS, run_cli, write_digit_folder
 from torchgraft.engine.config.load import DEFAULT_WEIGHTS, RunConfig, load_config
 
 CONFIGS = sorted((TESTS.parent / "configs").glob("*.yaml"))
+#: ``data.source``'s default: the built-in digits, which need no placeholder.
+BUILT_IN = RunConfig().data.source
 #: ``#   torchgraft train --config … # what it shows``: the command, without its comment.
 COMMAND = re.compile(r"^#[ \t]+(torchgraft [^#\n]*?)[ \t]*(?:#.*)?$", re.M)
 #: ``data.val_fraction``, ``--model.name``: a dotted config key named in a comment.
@@ -149,8 +151,18 @@ def _torchvision_resnet(config: RunConfig, out: str) -> None:
     assert "head × 0.35" in text  # a hundredth: 0.0035 of optim.lr against the head's 0.35
 
 
+def _lora(config: RunConfig, out: str) -> None:
+    # "the embedded default with LoRA adapters ... rank 4"; the two-phase recipe gives the
+    # adapters one rate (no hundredth for the stem: they start at zero)
+    assert (config.peft.method, config.peft.rank, config.peft.targets) == ("lora", 4, "auto")
+    assert config.model.name == RunConfig().model.name
+    assert config.freeze.schedule.lr_mult == 1.0
+    assert "epochs 2–6  all 9 groups × 0.35" in "\n".join(stage_lines(out))
+
+
 #: file name -> a check of its comments' promises on (resolved config, --print-config output).
 PROMISES = {
+    "lora.yaml": _lora,
     "csv.yaml": _csv,
     "gradual_unfreezing.yaml": _gradual,
     "image_folder.yaml": _image_folder,
@@ -181,9 +193,11 @@ def test_every_config_is_covered_and_says_how_to_run_it():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_each_config_loads_validates_and_names_only_real_keys(path):
     config = load_config(path, check_paths=False)  # the zoo knows the model, too
-    # The data is a placeholder the user replaces (so --print-config runs without it).
-    assert "placeholder" in path.read_text()
-    assert not (TESTS.parent / config.data.source).exists()
+    # The data is the built-in digits, or a placeholder the user replaces (so --print-config
+    # runs without it).
+    if config.data.source != BUILT_IN:
+        assert "placeholder" in path.read_text()
+        assert not (TESTS.parent / config.data.source).exists()
     sections = RunConfig.model_fields
     for section, key in DOTTED.findall(comments(path)):
         if section in sections:
@@ -208,7 +222,8 @@ def test_print_config_commands_run_without_the_data_the_weights_or_the_network(
         assert "image_size: null  # chosen from the training images" in out
         if config.data.augment is None:
             assert "augment: null  # chosen from the training images per class" in out
-        assert f"data.source '{config.data.source}' does not exist (yet)" in out
+        if config.data.source != BUILT_IN:
+            assert f"data.source '{config.data.source}' does not exist (yet)" in out
         PROMISES[path.name](config, out)
     assert not any((root / "torch_home").iterdir())  # no weights fetched or cached
     assert sorted(p.name for p in root.iterdir()) == ["configs", "printed.yaml", "torch_home"]
@@ -226,8 +241,8 @@ def test_training_commands_resolve_with_their_path_filled_in(path, folder, conso
     (root / "photos").mkdir()
     (root / "labels.csv").write_text("path,label\nphotos/a.png,0\nphotos/b.png,1\n")
     for words in commands(path):
-        if "--print-config" in words:
-            continue
+        if "--print-config" in words or "--data.source" not in words:
+            continue  # (a run on the built-in digits: the recipes' test runs it)
         filled = filled_in(words, root)
         result = run(console_script, [*filled, "--print-config"], root, env)
         assert result.returncode == 0, result.stderr
@@ -259,7 +274,7 @@ def test_recipes_with_the_bundled_weights_run_offline_as_their_comments_say(
     rows = [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
     (root / "broken.png").write_bytes(b"not an image")
     (root / "labels.csv").write_text("\n".join(["path,label", *rows, "broken.png,0"]) + "\n")
-    (train,) = [words for words in commands(path) if "--print-config" not in words]
+    (train,) = [w for w in commands(path) if "--print-config" not in w and "--data.source" in w]
     reduced = ["--train.epochs", "1", "--train.max_steps", "2", "--output.dir", "out"]
     result = run(console_script, [*filled_in(train, root), *reduced], root, env)
     assert result.returncode == 0, result.stderr

@@ -316,6 +316,29 @@ def test_linear_probe_cache_in_shares_and_frozen_batchnorm(digits, environment, 
             assert torch.allclose(result[key], tensor, rtol=0, atol=TOLERANCE), key
 
 
+def test_adapters_train_under_torchrun_as_in_one_process(digits, environment, tmp_path):
+    """LoRA adapters on TinyCNN's convolutions, two processes against one: the adapters and
+    the head train alike, the frozen weights stay, and rank 0 writes the adapters file."""
+    sections = {
+        "peft": {"method": "lora", "rank": 2, "targets": ["block1.0", "block2.0"]},
+        "train": {"epochs": 2},
+    }
+    one = config_for(digits, tmp_path / "one", tmp_path / "seen-one", **dict(sections))
+    reference = tg.fit(one, console=RunConsole(quiet=True))
+    two = config_for(digits, tmp_path / "two", tmp_path / "seen-two", **dict(sections))
+    path = write_config(tmp_path / "lora.yaml", two)
+    script = str(Path(sys.executable).parent / "torchgraft")
+    done = run_torchrun([*TORCHRUN, script, "train", "--config", str(path)], environment, tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    run_dir = next((tmp_path / "two").iterdir())
+    assert (run_dir / "adapters.safetensors").exists()
+    result = load_state(run_dir)["model"]
+    expected = load_state(reference.dir)["model"]
+    assert any(".lora_A." in key for key in result)
+    for key, tensor in expected.items():
+        assert torch.allclose(result[key], tensor, rtol=0, atol=TOLERANCE), key
+
+
 def test_nproc_reports_the_processes_error_and_status(digits, environment, tmp_path):
     """A mistake every process finds (a global batch 2 processes cannot share) is exit 2 with
     the one-line error of each process, through `train --nproc 2`."""

@@ -9,7 +9,8 @@
 - :mod:`.outputs` — a model's outputs on a probe batch and their relative difference;
 - :mod:`.merge` — :func:`merge_adapters`: merged, checked, undone when the check fails;
 - :mod:`.state` — :func:`adapter_state_dict`, :func:`adapter_config`, :func:`load_adapters`;
-- :mod:`.files` — :func:`save_adapters` / :func:`read_adapters`: safetensors + sidecar.
+- :mod:`.files` — :func:`save_adapters` / :func:`read_adapters`: safetensors + sidecar;
+- :mod:`.snapshot` — a run's result: merged plain weights (checked) and the adapters alone.
 
 peft is imported only when a function that needs it runs; importing this package imports
 nothing else (the public names load on first use).
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "AdaptedSnapshot": ".snapshot",
     "AdapterSettings": ".settings",
     "AdapterSummary": ".summary",
     "MergeReport": ".merge",
@@ -30,29 +32,47 @@ _EXPORTS = {
     "adapter_state_dict": ".state",
     "load_adapters": ".state",
     "merge_adapters": ".merge",
+    "plain_names": ".state",
+    "recreate_adapters": ".state",
     "read_adapters": ".files",
     "save_adapters": ".files",
+    "adapted_snapshot": ".snapshot",
+    "trainable_names": ".inject",
+    "write_adapters": ".files",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
-    from .files import read_adapters, save_adapters
-    from .inject import add_adapters
+    from .files import read_adapters, save_adapters, write_adapters
+    from .inject import add_adapters, trainable_names
     from .merge import MergeReport, merge_adapters
     from .settings import AdapterSettings
-    from .state import adapter_config, adapter_state_dict, load_adapters
+    from .snapshot import AdaptedSnapshot, adapted_snapshot
+    from .state import (
+        adapter_config,
+        adapter_state_dict,
+        load_adapters,
+        plain_names,
+        recreate_adapters,
+    )
     from .summary import AdapterSummary
 
 __all__ = [
+    "AdaptedSnapshot",
     "AdapterSettings",
     "AdapterSummary",
     "MergeReport",
+    "adapted_snapshot",
     "adapter_config",
     "adapter_state_dict",
     "add_adapters",
     "load_adapters",
     "merge_adapters",
+    "plain_names",
     "read_adapters",
+    "recreate_adapters",
     "save_adapters",
+    "trainable_names",
+    "write_adapters",
 ]

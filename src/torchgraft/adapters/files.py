@@ -14,6 +14,7 @@ before anything of it is used.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..errors import CheckpointError
 from ..sidecars import sidecar_path
 from .state import adapter_config, adapter_state_dict, check_record
 
-__all__ = ["ADAPTERS_FILE", "read_adapters", "save_adapters"]
+__all__ = ["ADAPTERS_FILE", "read_adapters", "save_adapters", "write_adapters"]
 
 ADAPTERS_FILE = "adapters.safetensors"
 #: What the sidecar says it is, so another sidecar is not taken for an adapter record.
@@ -44,11 +45,23 @@ def save_adapters(model: nn.Module, directory: str | os.PathLike) -> Path:
         AdapterError: the model has no adapters added by torchgraft.
         OutputError / OSError: the folder cannot be written (an earlier pair is kept).
     """
+    return write_adapters(directory, adapter_state_dict(model), adapter_config(model))
+
+
+def write_adapters(
+    directory: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """:func:`save_adapters` from copies taken earlier (a run's best epoch): ``tensors`` and
+    ``config`` as :func:`~.state.adapter_state_dict` and :func:`~.state.adapter_config` gave
+    them; ``extra`` (plain data: the merge check) goes into the sidecar beside them."""
+    check_record(config)
     path = Path(directory) / ADAPTERS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_grafted(
-        path, adapter_state_dict(model), {"kind": KIND, "adapters": adapter_config(model)}
-    )
+    record = {**dict(extra or {}), "kind": KIND, "adapters": dict(config)}
+    return save_grafted(path, dict(tensors), record)
 
 
 def read_adapters(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -24,7 +24,7 @@ from .selection import LeftOut, Target, auto_targets, named_targets
 from .settings import AdapterSettings
 from .summary import AdapterSummary
 
-__all__ = ["RECORD_ATTRIBUTE", "adapt", "add_adapters", "recorded_summary"]
+__all__ = ["RECORD_ATTRIBUTE", "adapt", "add_adapters", "recorded_summary", "trainable_names"]
 
 #: The attribute under which the summary of a model's adapters is kept on the model.
 RECORD_ATTRIBUTE = "torchgraft_adapters"
@@ -133,6 +133,26 @@ def recorded_summary(model: nn.Module) -> AdapterSummary:
             "add them with tg.add_adapters(model) (or tg.load_adapters to restore saved ones)"
         )
     return summary
+
+
+def trainable_names(model: nn.Module) -> frozenset[str] | None:
+    """The parameters that may train in a model with torchgraft's adapters — the adapters'
+    own and the head's — or None for a model without them (everything may train).
+
+    Freezing policies and unfreezing schedules decide among these only
+    (:func:`torchgraft.freeze`): with adapters, a policy that trains a layer group trains its
+    adapters, never its weights.
+    """
+    summary = vars(model).get(RECORD_ATTRIBUTE)
+    if not isinstance(summary, AdapterSummary):
+        return None
+    adapters = set(adapter_tensor_names(model))
+    heads = summary.head_paths
+    return frozenset(
+        name
+        for name, _ in model.named_parameters()
+        if name in adapters or any(name.startswith(f"{h}.") for h in heads)
+    )
 
 
 def _refuse_adapted(model: nn.Module) -> None:

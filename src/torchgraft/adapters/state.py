@@ -12,7 +12,7 @@ bitwise. The record selects no code: it is checked by type and range
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -27,7 +27,15 @@ from .selection import exact_targets
 from .settings import AdapterSettings
 from .summary import AdapterSummary
 
-__all__ = ["MAX_TARGETS", "adapter_config", "adapter_state_dict", "check_record", "load_adapters"]
+__all__ = [
+    "MAX_TARGETS",
+    "adapter_config",
+    "adapter_state_dict",
+    "check_record",
+    "load_adapters",
+    "plain_names",
+    "recreate_adapters",
+]
 
 #: More target paths than any vision model has layers: a record with more is not ours.
 MAX_TARGETS = 100_000
@@ -109,6 +117,43 @@ def load_adapters(
             parameter.requires_grad_(trainable[name])
         raise
     return summary
+
+
+def recreate_adapters(
+    model: nn.Module, config: Mapping[str, Any], *, spec: ModelSpec | None = None
+) -> AdapterSummary:
+    """The adapters ``config`` records, fresh (each update at zero), on plain ``model``: the
+    architecture of an adapted model, for its whole state_dict to be loaded into (a resumed
+    run's state).
+
+    Raises:
+        AdapterError: a bad record, or a target the model lacks (the model unchanged).
+    """
+    settings, names = check_record(config)
+    spec = spec or spec_of(model)
+    return adapt(model, settings, exact_targets(model, spec, names), [], spec)
+
+
+def plain_names(keys: Iterable[str], config: Mapping[str, Any]) -> dict[str, str | None]:
+    """Each key of an adapted model's state_dict as the plain architecture names it, or None
+    for an adapter's own tensor: ``qkv.base_layer.weight`` → ``qkv.weight``,
+    ``qkv.lora_A.default.weight`` → None, every other key unchanged.
+
+    Raises:
+        AdapterError: a bad record.
+    """
+    _, targets = check_record(config)
+    prefixes = sorted((f"{t}." for t in targets), key=len, reverse=True)
+    names: dict[str, str | None] = {}
+    for key in keys:
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            names[key] = key
+        elif key.startswith(f"{prefix}base_layer."):
+            names[key] = prefix + key[len(prefix) + len("base_layer.") :]
+        else:
+            names[key] = None
+    return names
 
 
 def check_record(config: Any) -> tuple[AdapterSettings, list[str]]:

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from ..adapters import AdaptedSnapshot, adapted_snapshot, trainable_names, write_adapters
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..checkpoint.documents import parse_json, read_json
 from ..checkpoint.read import read_checkpoint
@@ -48,7 +49,9 @@ __all__ = [
     "content_sha256",
     "load",
     "read_model_document",
+    "result_snapshot",
     "save_model",
+    "save_result",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -65,6 +68,35 @@ def content_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def result_snapshot(model: nn.Module) -> dict[str, torch.Tensor] | AdaptedSnapshot:
+    """A copy of ``model``'s result to save later: its state_dict, or for a model with
+    adapters the merged plain weights (checked) and the adapters alone
+    (:func:`torchgraft.adapters.adapted_snapshot`).
+
+    Raises:
+        AdapterMergeError: the merged model would not compute what was trained.
+    """
+    if trainable_names(model) is not None:
+        return adapted_snapshot(model)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def save_result(
+    folder: str | os.PathLike,
+    result: Mapping[str, torch.Tensor] | AdaptedSnapshot,
+    document: Mapping[str, Any],
+) -> str:
+    """Write a :func:`result_snapshot` into the run ``folder``: ``model.safetensors`` +
+    ``model.json`` (plain weights, loadable without adapter code), and for an adapted model
+    ``adapters.safetensors`` + its sidecar (with the merge check) beside them. Returns the
+    model file's sha256."""
+    if not isinstance(result, AdaptedSnapshot):
+        return save_model(folder, result, document)
+    sha = save_model(folder, result.merged, document)
+    write_adapters(folder, result.adapters, result.config, {"merge": result.merge.to_dict()})
+    return sha
 
 
 def save_model(

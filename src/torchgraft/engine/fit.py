@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..data.prepare import PreparedData
@@ -36,7 +35,7 @@ from ..data.scan import write_bad_list
 from ..errors import ConfigError, TorchgraftError
 from ..model.build_record import Trust
 from ..wording import option, renamed
-from .artifacts import save_model
+from .artifacts import result_snapshot, save_result
 from .config.load import CONFIG_OPTIONS, RunConfig, load_config, parse_overrides
 from .console import PhaseClock, RunConsole, phase_line
 from .distributed import (
@@ -226,7 +225,7 @@ def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, consol
     for epoch in range(first, config.train.epochs):
         result = session.run_epoch(epoch, console)
         if result.improved and processes.main:
-            best = _snapshot(session.evaluation_model())
+            best = result_snapshot(session.evaluation_model())
         stop = session.should_stop()
         if stop or _checkpoint_after(session, result, epoch):
             state = session.state(epoch)  # every process: their random streams are gathered
@@ -235,7 +234,7 @@ def _epochs(config, setup, data, session: Session, run_dir: RunDirectory, consol
                 with console.clock.phase("checkpoints"), writing_into(run_dir.path, resumable=True):
                     if best is not None:
                         document = _model_document(config, setup, data, session)
-                        save_model(run_dir.path, best, document)
+                        save_result(run_dir.path, best, document)
                         best = None
                     fingerprint = run_fingerprint(setup, data)
                     save_state(run_dir.path, epoch, {**state, "fingerprint": fingerprint})
@@ -261,10 +260,6 @@ def _finished_run(run_dir: RunDirectory, state: dict[str, Any]) -> Run:
     return Run(
         run_dir.path, {**best.get("metrics", {}), "epoch": best.get("epoch")}, state["history"]
     )
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _checkpoint_after(session: Session, result, epoch: int) -> bool:

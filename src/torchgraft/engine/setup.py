@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters import AdapterSummary, add_adapters, plain_names, recreate_adapters
 from ..data.defaults import (
     DataChoice,
     choose_augment,
@@ -81,6 +82,7 @@ class ModelSetup:
         report: the graft report (None without pretrained weights).
         verification: the comparison with the source architecture, when one ran.
         init: what was initialised (the keys the graft did not load).
+        adapters: the LoRA/DoRA adapters added (``peft``), or None.
     """
 
     model: nn.Module
@@ -89,6 +91,7 @@ class ModelSetup:
     report: GraftReport | None = None
     verification: Verification | None = None
     init: InitSummary | None = None
+    adapters: AdapterSummary | None = None
 
 
 @dataclass
@@ -263,10 +266,15 @@ def rebuilt_model(
     from a file: torchvision/timm, or ``trusted``), the weights from the state."""
     origin = f"{run_dir}/state: fingerprint"
     build = check_recorded_build(state["fingerprint"]["build"], origin, trust_run=trusted)
-    expected = {k: tuple(v.shape) for k, v in state["model"].items()}
+    record = state["fingerprint"].get("adapters")  # plain data, checked field by field
+    names = plain_names(state["model"], record) if record is not None else {}
+    expected = {
+        names.get(k, k): tuple(v.shape) for k, v in state["model"].items() if names.get(k, k)
+    }
     model = build_architecture(build, tuple(classes), expected=expected)
+    adapters = recreate_adapters(model, record) if record is not None else None
     report = graft(model, state["model"], strategy="exact", source_name=f"{run_dir}/state")
-    return ModelSetup(model, model.torchgraft_spec, build, report)
+    return ModelSetup(model, model.torchgraft_spec, build, report, adapters=adapters)
 
 
 def _synchronise_batchnorm(config: RunConfig, setup: ModelSetup, processes: Processes) -> None:
@@ -322,6 +330,17 @@ def build_run_model(config: RunConfig, classes: tuple[str, ...], progress=None) 
     missing = setup.report.missing if setup.report is not None else []
     if missing and config.head.init != "keep":
         setup.init = init_new_layers(model, missing, config.head.init)
+    if config.peft.enabled:  # beside the weights as grafted, the new head trains fully
+        peft = config.peft
+        setup.adapters = add_adapters(
+            model,
+            method=peft.method,
+            rank=peft.rank,
+            alpha=peft.alpha,
+            dropout=peft.dropout,
+            targets=peft.targets,
+            spec=setup.spec,
+        )
     return setup
 
 

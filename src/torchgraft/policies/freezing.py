@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters.inject import trainable_names
 from ..errors import ConfigError, TorchgraftError
 from ..model.anatomy import spec_of
 from ..model.layer_groups import under
@@ -161,7 +162,8 @@ def freeze(
 
     The trainable set is: the policy's layer groups, plus parameters under ``modules``,
     plus parameters matching an ``include`` pattern, minus those matching an ``exclude``
-    pattern. Frozen parameters get ``requires_grad=False`` and ``grad=None`` (so an
+    pattern. In a model with adapters (:func:`torchgraft.add_adapters`) only the adapters
+    and the head can train: a policy that trains a layer group trains its adapters. Frozen parameters get ``requires_grad=False`` and ``grad=None`` (so an
     optimizer that holds them anyway skips them: no momentum, no weight decay).
 
     Args:
@@ -206,8 +208,12 @@ def freeze(
 
     everything = policy == "none" or "" in paths  # also names no layer group holds
 
+    allowed = trainable_names(model)  # with adapters: theirs and the head's, nothing else
+
     def selected(name: str) -> bool:
         picked = everything or group_of(name) in chosen or under(name, paths)
+        if allowed is not None and name not in allowed:
+            return False
         return (picked or _matches(name, include)) and not _matches(name, exclude)
 
     for name, param in model.named_parameters():

@@ -116,6 +116,13 @@ def semantic_problems(config: RunConfig) -> list[str]:
                     f"schedule (freeze.schedule, kind {schedule.kind!r}) sets the LR of each "
                     f"layer group; set freeze.schedule: null to use optim.{name}"
                 )
+    if config.peft.enabled and config.freeze.bn in ("train", "stats"):
+        problems.append(
+            f"freeze.bn: got {config.freeze.bn!r}, but with adapters (peft.method "
+            f"{config.peft.method!r}) BatchNorm statistics must stay as the frozen weights saw "
+            "them: the adapters file does not carry statistics, and the merged model would "
+            "not be what was trained; use frozen or fixed"
+        )
     if config.graft.strategy == "rules" and not config.graft.rules:
         problems.append("graft.rules: strategy 'rules' needs a rules file, got none")
     if config.graft.rules and config.graft.strategy != "rules":

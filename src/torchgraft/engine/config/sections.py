@@ -1,7 +1,7 @@
 """The run configuration's sections: typed, with defaults that are the embedded default run.
 
 Sections follow the data flow of a run: ``model``, ``weights``, ``graft``, ``head``,
-``freeze``, ``optim``, ``schedule``, ``data``, ``train``, ``output``. The defaults *are* the
+``peft``, ``freeze``, ``optim``, ``schedule``, ``data``, ``train``, ``output``. The defaults *are* the
 embedded default run (``torchgraft train`` with no arguments), so a config file only says
 what differs from it; :class:`RunConfig`'s validator keeps those defaults from surprising a
 config that names another model, a fixed policy, or other data. Reading files and overrides
@@ -32,6 +32,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "OutputConfig",
+    "PeftConfig",
     "RunConfig",
     "ScheduleConfig",
     "TrainConfig",
@@ -133,6 +134,26 @@ class HeadConfig(Section):
     hidden: PositiveInt | None = None
     keep_classes: bool = False
     init: Literal["tutorial", "kaiming", "xavier", "trunc_normal", "zero", "keep"] = "keep"
+
+
+class PeftConfig(Section):
+    """Parameter-efficient fine-tuning (:mod:`torchgraft.adapters`): LoRA or DoRA adapters
+    beside the frozen weights; ``none`` trains the weights themselves.
+
+    With adapters, what the freezing policy or schedule trains is their adapters and the head
+    (the rest stays frozen, BatchNorm statistics fixed); ``targets`` is ``auto`` (from the
+    model's anatomy) or glob patterns of module paths.
+    """
+
+    method: Literal["none", "lora", "dora"] = "none"
+    rank: PositiveInt = 8
+    alpha: PositiveFloat = 16.0
+    dropout: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0
+    targets: Literal["auto"] | list[str] = "auto"
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
 
 
 def _schedule_section(schedule: type) -> type[BaseModel]:
@@ -294,6 +315,7 @@ class RunConfig(Section):
     weights: WeightsConfig = Field(default_factory=WeightsConfig)
     graft: GraftConfig = Field(default_factory=GraftConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
+    peft: PeftConfig = Field(default_factory=PeftConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -312,6 +334,17 @@ class RunConfig(Section):
             self.freeze.schedule = None
         if self.optim.lr is None:
             self.optim.lr = DEFAULT_LR[self.optim.name]
+        schedule = self.freeze.schedule
+        if (
+            self.peft.enabled
+            and isinstance(schedule, TwoPhaseConfig)
+            and "lr_mult" not in schedule.model_fields_set
+        ):
+            # Adapters start at zero and move no pretrained weight themselves: the lower
+            # layers need no protection by lower LRs (bench/peft.py: the embedded default at
+            # lr_mult 100 ends at 97.2 %, at 1 at 98.9 %).
+            schedule.lr_mult = 1.0
+            schedule.model_fields_set.discard("lr_mult")
         if self.freeze.bn is None:
             two_phase = isinstance(self.freeze.schedule, TwoPhaseConfig)
             self.freeze.bn = "fixed" if two_phase else "frozen"

@@ -38,6 +38,8 @@ class RunFiles:
         policies: ``policy.json``: per unfreezing stage, the freeze summary and the groups.
         model: ``model.json``: the saved best model's record (classes, preprocessing, metrics).
         test: ``test_metrics.json``.
+        adapters: ``adapters.safetensors.json``: the adapters' record and merge check (a run
+            with ``peft``), None otherwise.
         bad: lines of ``bad_images.txt`` (files left out of the data).
         lr_trace: ``(step, {group: lr})`` per optimizer step, from the resume state.
         stage_steps: the steps where an unfreezing stage began (resume state).
@@ -51,6 +53,7 @@ class RunFiles:
     policies: list[dict[str, Any]] | None = None
     model: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
+    adapters: dict[str, Any] | None = None
     bad: list[str] = field(default_factory=list)
     lr_trace: list[tuple[int, dict[str, float]]] | None = None
     stage_steps: list[int] = field(default_factory=list)
@@ -119,6 +122,8 @@ def read_run(path: str | Path, *, lr_trace: bool = True) -> RunFiles:
     files.policies = _read(files, "policy.json", _json, list)
     files.model = _read(files, "model.json", _json, Mapping)
     files.test = _read(files, "test_metrics.json", _json, Mapping)
+    files.adapters = _read(files, "adapters.safetensors.json", _json, Mapping)
+    files.problems.pop("adapters.safetensors.json", None)  # only runs with adapters have it
     files.rows = _read(files, "metrics.jsonl", _json_lines, list) or []
     files.bad = (_read(files, "bad_images.txt", _text_lines, list) or [])[:10_000]
     files.problems.pop("bad_images.txt", None)  # absent is the usual case, not a problem

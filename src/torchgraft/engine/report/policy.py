@@ -1,4 +1,5 @@
-"""The freeze summary and the optimizer's parameter groups of each stage, from policy.json.
+"""The freeze summary and the optimizer's parameter groups of each stage, from policy.json;
+the adapters (method, layers, merge check) from adapters.safetensors.json when the run had them.
 
 One block per unfreezing stage (the epoch it began): what trains (the policy, the BatchNorm
 policy, trainable and frozen counts per layer group, norm layers with fixed statistics) and
@@ -27,11 +28,37 @@ def policy_section(files: RunFiles) -> Section:
         why = files.problems.get("policy.json", "not found")
         body = note(f"no freeze summary yet: policy.json {why}.")
         return Section("policy", "Freezing and parameter groups", body)
-    parts = []
+    parts = [_adapters(as_map(files.adapters))] if files.adapters is not None else []
     for stage in files.policies:
         if isinstance(stage, Mapping):
             parts.append(_stage(stage))
     return Section("policy", "Freezing and parameter groups", join(parts))
+
+
+def _adapters(record: Mapping[str, Any]) -> Html:
+    """The adapters: method, rank, alpha, their layers, and the merge check of the saved model."""
+    adapters, merge = as_map(record.get("adapters")), as_map(record.get("merge"))
+    targets = [str(t) for t in as_list(adapters.get("targets"))]
+    method = {"lora": "LoRA", "dora": "DoRA"}.get(str(adapters.get("method")), "?")
+    title = (
+        f"{method} adapters, rank {adapters.get('rank', '?')}, alpha {adapters.get('alpha', '?')}, "
+        f"dropout {adapters.get('dropout', '?')}, on {len(targets)} layers: they and the head "
+        "train, every other weight is frozen"
+    )
+    listed = ", ".join(targets[:30]) + (
+        f", … {len(targets) - 30} more" if len(targets) > 30 else ""
+    )
+    parts: list[object] = [Html(f"<h3>{esc(title)}</h3>"), note(f"adapted layers: {listed}")]
+    difference, tolerance = merge.get("difference"), merge.get("tolerance")
+    if _number(difference) and _number(tolerance):
+        parts.append(
+            note(
+                f"model.safetensors holds the adapters merged into plain weights: its outputs "
+                f"differ from the adapted model's by {difference:.2e} relative on a probe batch "
+                f"(tolerance {tolerance:.0e}); adapters.safetensors holds them alone"
+            )
+        )
+    return join(parts)
 
 
 def _stage(stage: Mapping[str, Any]) -> Html:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...adapters import adapter_config
 from ...errors import ConfigError
 from ...model.build_record import Trust, check_recorded_builder
 from ..artifacts import build_document, read_model_document
@@ -84,6 +85,8 @@ def run_fingerprint(setup: ModelSetup, data: PreparedData) -> dict[str, Any]:
         "classes": list(data.classes),
         "data": data.source.fingerprint(),
         "keys": {k: list(v.shape) for k, v in setup.model.state_dict().items()},
+        # the adapters' record (plain data): a resume re-creates them before loading
+        "adapters": adapter_config(setup.model) if setup.adapters is not None else None,
     }
 
 
