@@ -172,3 +172,62 @@ def test_a_microsoft_swin_checkpoint_grafts_into_timms_swin(tmp_path, form):
     expected = checkpoint_filter_fn(dict(original), swin())  # timm's own conversion
     for key, value in expected.items():
         assert torch.equal(target.state_dict()[key], value), key
+
+
+def _fb_convnext_state(model) -> dict:
+    """A timm ConvNeXt's tensors as Facebook's original repository names and registers them:
+    ``downsample_layers`` (the stem and the three downsamplings) first, then ``stages.i.j``
+    blocks (``gamma`` before ``dwconv``, ``pwconv1``/``pwconv2``), then ``norm`` and ``head``."""
+    state = model.state_dict()
+    out = {f"downsample_layers.0.{k[5:]}": v for k, v in state.items() if k.startswith("stem.")}
+    for stage in range(1, 4):
+        prefix = f"stages.{stage}.downsample."
+        out |= {
+            f"downsample_layers.{stage}.{k[len(prefix) :]}": v
+            for k, v in state.items()
+            if k.startswith(prefix)
+        }
+    for key, value in sorted(state.items(), key=lambda kv: not kv[0].endswith(".gamma")):
+        if ".blocks." not in key:
+            continue
+        renamed = key.replace(".blocks.", ".").replace("conv_dw", "dwconv")
+        out[renamed.replace("mlp.fc", "pwconv")] = value
+    blocks = [k for k in out if k.startswith("stages.")]
+    order = {k: n for n, k in enumerate(state)}  # blocks in model order, gamma first in each
+    first = {k: min(order[o] for o in state if o.startswith(_block(k))) for k in blocks}
+    out = {k: out[k] for k in out if not k.startswith("stages.")} | {
+        k: out[k] for k in sorted(blocks, key=lambda k: (first[k], not k.endswith(".gamma")))
+    }
+    out |= {f"norm.{k[10:]}": v for k, v in state.items() if k.startswith("head.norm.")}
+    out |= {f"head.{k[8:]}": v for k, v in state.items() if k.startswith("head.fc.")}
+    return out
+
+
+def _block(fb_key: str) -> str:
+    stage, block = fb_key.split(".")[1:3]
+    return f"stages.{stage}.blocks.{block}."
+
+
+@pytest.mark.parametrize("form", ["state_dict", "sorted safetensors"])
+def test_a_facebook_convnext_checkpoint_grafts_into_timms_convnext(tmp_path, form):
+    import timm
+    from timm.models.convnext import checkpoint_filter_fn
+
+    def convnext():
+        return timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval()
+
+    original = _fb_convnext_state(perturbed(convnext(), scale=0.1))
+    assert next(iter(original)) == "downsample_layers.0.0.weight"  # the original layout
+    source = original
+    if form == "sorted safetensors":
+        from safetensors.torch import save_file
+
+        source = tmp_path / "convnext.safetensors"
+        save_file({k: v.contiguous() for k, v in sorted(original.items())}, str(source))
+    target = convnext()
+    report = tg.graft(target, source)
+    assert report.coverage == 1.0
+    expected = checkpoint_filter_fn(dict(original), convnext())  # timm's own conversion
+    assert set(expected) == set(target.state_dict())
+    for key, value in expected.items():
+        assert torch.equal(target.state_dict()[key], value), key

@@ -26,11 +26,12 @@ projection in opposite orders, and both pair correctly.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from .correspondence import Match, TensorInfo, is_float
 
-__all__ = ["STRUCTURAL", "check_regrouping"]
+__all__ = ["STRUCTURAL", "check_regrouping", "settle_by_owner"]
 
 #: Evidence that comes from the shapes of the trees (what this check can contradict).
 STRUCTURAL = ("unique", "role", "order", "index-order")
@@ -71,6 +72,8 @@ def check_regrouping(
             continue
         complete = len(pairs) == len(members_t) == len(members_s)
         pairs.sort(key=lambda pair: t_modules[pair[0]][0])
+        anchored = [p for p in pairs if _anchored(*p, t_modules, s_modules, owner_pairs, ordinal)]
+        pairs = [p for p in pairs if p not in anchored]
         if not complete or not _told_apart([s for _, s in pairs], ordinal):
             doubtful = pairs  # nothing says which members belong together
         else:
@@ -84,6 +87,108 @@ def check_regrouping(
             "differently): a suggestion, not proof"
         )
     return demoted
+
+
+#: Evidence a module's own tensors can settle: a tie between tensors of different modules.
+_TENSOR_TIES = ("registration-order", "numbered-names", "candidate")
+
+
+def settle_by_owner(match: Match, source: Mapping[str, TensorInfo]) -> int:
+    """Settle tensor pairs that only order suggested by the modules they belong to; returns
+    how many were settled.
+
+    A convolution's bias and a norm's bias of one width are one tie when the trees are
+    opened down to their tensors (ConvNeXt's stem: a conv and a LayerNorm). When every other
+    tensor of the target's module is proven paired into one source module, and the tied
+    source tensor lies in that module under the same role name, alone there with its shape
+    and role, the pair is proven (``role``) and leaves its tie group.
+    """
+    proven: dict[str, set[str]] = {}
+    for t_key, (s_key, _) in match.pairs.items():
+        if match.evidence.get(t_key) not in _TENSOR_TIES:
+            proven.setdefault(_owner(t_key), set()).add(_owner(s_key))
+    settled = set()
+    for t_key, (s_key, _) in list(match.pairs.items()):
+        if match.evidence.get(t_key) not in _TENSOR_TIES:
+            continue
+        owners = proven.get(_owner(t_key), set())
+        role = t_key.rpartition(".")[2]
+        if owners != {_owner(s_key)} or s_key.rpartition(".")[2] != role:
+            continue
+        alike = [
+            k
+            for k, info in source.items()
+            if _owner(k) == _owner(s_key) and k.rpartition(".")[2] == role
+            and tuple(info[0]) == tuple(source[s_key][0])
+        ]  # fmt: skip
+        if alike == [s_key]:
+            match.pair(t_key, s_key, "role")
+            settled.add(t_key)
+    if settled:
+        match.ties[:] = [
+            rest for tie in match.ties if len(rest := [p for p in tie if p[1] not in settled]) > 1
+        ]
+    return len(settled)
+
+
+def _anchored(t_module, s_module, t_modules, s_modules, owner_pairs, ordinal) -> bool:
+    """True when a pair is held by an anchor, whatever the order of its class says.
+
+    Its two parents hold the same shapes, it is the only one of its shapes in each, and a
+    sibling of it is the only module of its shapes in either whole tree, paired into the
+    other parent (ConvNeXt's downsampling: a LayerNorm beside the one convolution of its
+    shape, which Facebook's repository registers in a list of its own, timm in its stage).
+    The pair must sit on the same side of every such anchor in both parents — in a
+    name-sorted source, told by names that differ in a number, or else carry one name
+    without a number on both sides (``norm``) — so a group cut elsewhere (a norm before its
+    convolution in one tree, after it in the other) is not taken for the same group.
+    """
+    t_siblings = _siblings(t_module, t_modules)
+    s_siblings = _siblings(s_module, s_modules)
+    t_sigs = sorted(t_modules[m][1] for m in t_siblings)
+    if t_sigs != sorted(s_modules[m][1] for m in s_siblings):
+        return False
+    if t_sigs.count(t_modules[t_module][1]) != 1:
+        return False
+    t_counts = Counter(sig for _, sig in t_modules.values())
+    s_counts = Counter(sig for _, sig in s_modules.values())
+    name = s_module.rpartition(".")[2]
+    plain_name = name == t_module.rpartition(".")[2] and not any(c.isdigit() for c in name)
+    if ordinal is not None and plain_name:
+        return _has_anchor(
+            t_module, t_siblings, s_siblings, owner_pairs, t_modules, t_counts, s_counts
+        )
+    sides = []
+    for anchor in t_siblings:
+        signature = t_modules[anchor][1]
+        partner = owner_pairs.get(anchor)
+        if anchor == t_module or partner not in s_siblings:
+            continue
+        if t_counts[signature] != 1 or s_counts[signature] != 1:
+            continue
+        # in a name-sorted source its order is its names' order, which says something only
+        # between names that differ in a number: every anchor must be told apart so
+        if ordinal is not None and not ordinal([name, partner.rpartition(".")[2]]):
+            return False
+        t_before = t_modules[t_module][0] < t_modules[anchor][0]
+        s_before = s_modules[s_module][0] < s_modules[partner][0]
+        sides.append(t_before == s_before)
+    return bool(sides) and all(sides)
+
+
+def _has_anchor(t_module, t_siblings, s_siblings, owner_pairs, t_modules, t_counts, s_counts):
+    return any(
+        anchor != t_module
+        and owner_pairs.get(anchor) in s_siblings
+        and t_counts[t_modules[anchor][1]] == 1
+        and s_counts[t_modules[anchor][1]] == 1
+        for anchor in t_siblings
+    )
+
+
+def _siblings(module: str, modules: Mapping[str, tuple[int, tuple]]) -> list[str]:
+    parent = _owner(module)
+    return [m for m in modules if _owner(m) == parent]
 
 
 def _crossing(pairs: list[tuple[str, str]], position: dict[str, int]) -> list[tuple[str, str]]:

@@ -56,7 +56,7 @@ from .pairing import (
     pair_level,
     role_class,
 )
-from .regrouping import check_regrouping
+from .regrouping import check_regrouping, settle_by_owner
 
 __all__ = ["match_structure", "natural_key"]
 
@@ -97,6 +97,7 @@ def match_structure(
     check_regrouping(
         match, source, target, s_order, canonical_shape, None if trusted else ordinal_names
     )
+    settle_by_owner(match, source)
     pair_counters(source, target, match)
     _explain_unpaired(source, target, match)
     ambiguous = [k for k, why in match.unresolved.items() if why.startswith("ambiguous")]
