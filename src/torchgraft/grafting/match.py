@@ -189,6 +189,8 @@ def _focus(source, target, context: MatchContext, match: Match):
         return sum((wanted & Counter(canonical_shape(source[k][0]) for k in keys)).values())
 
     everything = fits(source)
+    if everything == 0:  # nothing fits anywhere: no part is "the" part
+        return source
     prefixes = Counter(
         ".".join(key.split(".")[:depth]) + "."
         for key in source
