@@ -121,6 +121,27 @@ def test_names_whose_words_contradict_the_registration_order_are_not_trusted():
     assert "norm_pre" in str(refused.value)
 
 
+def _in_form(state: dict, form: str, tmp_path):
+    """``state`` as given (registration order), or written as safetensors (names sorted)."""
+    if form == "state_dict":
+        return state
+    from safetensors.torch import save_file
+
+    path = tmp_path / "original.safetensors"
+    save_file({k: v.contiguous() for k, v in sorted(state.items())}, str(path))
+    return path
+
+
+def test_a_source_with_no_second_part_is_matched_whole():
+    # The text tower alone makes CLIP a two-part file; a classifier's few tensors do not:
+    # a plain checkpoint is never narrowed to one of its modules.
+    clip = _openai_clip()
+    visual = {k: v for k, v in clip.state_dict().items() if k.startswith("visual.")}
+    report = tg.graft(_timm_clip(), visual)
+    assert not any("holds the target's layers" in note for note in report.notes)
+    assert report.coverage > 0.95
+
+
 def _ms_swin_state(model) -> dict:
     """A timm Swin's tensors as Microsoft's original repository saves them: each stage's
     patch merging at the end of its own stage (timm: at the start of the next), registered
@@ -160,12 +181,7 @@ def test_a_microsoft_swin_checkpoint_grafts_into_timms_swin(tmp_path, form):
 
     original = _ms_swin_state(perturbed(swin(), scale=0.1))
     assert "layers.0.downsample.reduction.weight" in original  # the original layout
-    source = original
-    if form == "sorted safetensors":
-        from safetensors.torch import save_file
-
-        source = tmp_path / "swin.safetensors"
-        save_file({k: v.contiguous() for k, v in sorted(original.items())}, str(source))
+    source = _in_form(original, form, tmp_path)
     target = swin()
     report = tg.graft(target, source)
     assert report.coverage == 1.0
@@ -218,12 +234,7 @@ def test_a_facebook_convnext_checkpoint_grafts_into_timms_convnext(tmp_path, for
 
     original = _fb_convnext_state(perturbed(convnext(), scale=0.1))
     assert next(iter(original)) == "downsample_layers.0.0.weight"  # the original layout
-    source = original
-    if form == "sorted safetensors":
-        from safetensors.torch import save_file
-
-        source = tmp_path / "convnext.safetensors"
-        save_file({k: v.contiguous() for k, v in sorted(original.items())}, str(source))
+    source = _in_form(original, form, tmp_path)
     target = convnext()
     report = tg.graft(target, source)
     assert report.coverage == 1.0

@@ -185,27 +185,31 @@ def _focus(source, target, context: MatchContext, match: Match):
         if k not in context.adapt.head_keys
     )
 
-    def fits(keys) -> int:
-        return sum((wanted & Counter(canonical_shape(source[k][0]) for k in keys)).values())
+    # one pass: the canonical shapes under each module prefix (1-3 components)
+    under: dict[str, Counter] = {}
+    for key, (shape, _) in source.items():
+        parts = key.split(".")
+        for depth in range(1, min(4, len(parts))):
+            prefix = ".".join(parts[:depth]) + "."
+            under.setdefault(prefix, Counter())[canonical_shape(shape)] += 1
 
-    everything = fits(source)
+    def fits(shapes: Counter) -> int:
+        return sum((wanted & shapes).values())
+
+    everything = fits(Counter(canonical_shape(shape) for shape, _ in source.values()))
     if everything == 0:  # nothing fits anywhere: no part is "the" part
         return source
-    prefixes = Counter(
-        ".".join(key.split(".")[:depth]) + "."
-        for key in source
-        for depth in range(1, min(4, key.count(".") + 1))
-    )
     best = None
-    for prefix in prefixes:
-        inside = [k for k in source if k.startswith(prefix)]
-        if len(source) - len(inside) < MIN_SET_ASIDE or fits(inside) < everything:
+    for prefix, shapes in under.items():
+        inside = shapes.total()
+        if len(source) - inside < MIN_SET_ASIDE or fits(shapes) < everything:
             continue
-        if best is None or len(inside) < len(best[1]):
+        if best is None or inside < best[1]:
             best = (prefix, inside)
     if best is None:
         return source
-    prefix, inside = best
+    inside = [k for k in source if k.startswith(best[0])]
+    prefix = best[0]
     match.notes.append(
         f"source: only '{prefix}' holds the target's layers; the {len(source) - len(inside)} "
         f"other source tensors (another part of the checkpoint) were set aside"
