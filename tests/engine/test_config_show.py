@@ -95,3 +95,15 @@ def test_stages_by_layer_group_with_a_timm_tag_and_growing_rates():
         "#   epochs 6–8  all 6 groups × 1",
     ]
     assert stages[7] == "#   train.early_stopping 2 may end the run before its last stage"
+
+
+def test_with_adapters_the_stages_say_that_a_group_trains_its_adapters():
+    lora = ["--peft.method", "lora", "--peft.rank", "4"]
+    assert "adapters" not in flat(shown([]))
+    assert (
+        "peft.method lora (rank 4, alpha 16, targets auto): a group that trains trains its "
+        "adapters, its own weights stay frozen; the head trains whole"
+    ) in flat(shown(lora))
+    fixed = shown([*lora, "--freeze.schedule", "null", "--peft.targets", '["blocks.*"]'])
+    assert "holds for all 6 epochs" in flat(fixed)
+    assert "targets blocks.*): a group that trains trains its adapters" in flat(fixed)

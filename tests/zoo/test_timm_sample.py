@@ -121,3 +121,24 @@ def test_timm_replace_head(arch, heads, size):
     assert sorted(owner) == sorted(names)
     assert {n for n, g in owner.items() if g == "head"} == {n for n in names if _under(n, heads)}
     assert set(owner.values()) == set(spec.group_names)
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [
+        ("vit_tiny_patch16_224", {"img_size": 64}),
+        ("test_vit", {"img_size": 32}),  # pretrained_cfg: 160 px, with a dynamic image size
+        ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}),
+    ],
+)
+def test_a_model_built_for_another_image_size_is_prepared_at_that_size(arch, options):
+    """timm's pretrained_cfg names the size the weights were trained at; a ViT built with
+    ``img_size`` takes that one — its spec probes and prepares images at it (was: the
+    probe ran at the pretrained size, refused for a fixed-size ViT, and a dynamic one was fed
+    images upscaled to it)."""
+    model = tg.create_model(f"timm:{arch}", **options)
+    side = options["img_size"]
+    assert model.pretrained_cfg["input_size"][1] != side
+    assert model.torchgraft_spec.preprocessing.input_size == (3, side, side)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, side, side)).shape == (1, 1000)

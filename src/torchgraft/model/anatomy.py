@@ -22,7 +22,7 @@ from .layer_groups import infer_groups
 from .probe import COMMON_SIZES, ForwardTrace, trace_forward
 from .spec import SPEC_ATTRIBUTE, ModelSpec, Preprocessing
 
-__all__ = ["HeadAnatomy", "find_head_by_probe", "infer_spec", "spec_of"]
+__all__ = ["HeadAnatomy", "declared_image_size", "find_head_by_probe", "infer_spec", "spec_of"]
 
 
 @dataclass(frozen=True)
@@ -138,21 +138,24 @@ def spec_of(model: nn.Module, *, refresh: bool = False, **infer_options: Any) ->
 
 
 def _trace(model, example_input, input_size) -> ForwardTrace:
-    sizes = (input_size,) if input_size else (*_declared_sizes(model), *COMMON_SIZES)
+    declared = declared_image_size(model)
+    sizes = (input_size,) if input_size else (*filter(None, [declared]), *COMMON_SIZES)
     return trace_forward(model, example_input, sizes)
 
 
-def _declared_sizes(model: nn.Module) -> tuple[tuple[int, int], ...]:
+def declared_image_size(model: nn.Module) -> tuple[int, int] | None:
     """The image size a ViT-like model was built for (timm's ``patch_embed.img_size``,
-    torchvision's ``image_size``): the one size it accepts, tried first."""
+    torchvision's ``image_size``): the one size it accepts, or with timm's
+    ``dynamic_img_size`` the size of its position-embedding grid. None for a model that
+    declares none (a CNN)."""
     declared = getattr(getattr(model, "patch_embed", None), "img_size", None)
     declared = declared if declared is not None else getattr(model, "image_size", None)
     if isinstance(declared, int) and declared > 0:
-        return ((declared, declared),)
+        return (declared, declared)
     pair = isinstance(declared, (tuple, list)) and len(declared) == 2
     if pair and all(isinstance(d, int) and d > 0 for d in declared):
-        return ((int(declared[0]), int(declared[1])),)
-    return ()
+        return (int(declared[0]), int(declared[1]))
+    return None
 
 
 def _detect_head(model: nn.Module, modules: dict[str, nn.Module], trace: ForwardTrace):

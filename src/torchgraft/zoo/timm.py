@@ -18,7 +18,7 @@ import timm.data
 from torch import nn
 
 from ..errors import SpecError
-from ..model.anatomy import infer_spec
+from ..model.anatomy import declared_image_size, infer_spec
 from ..model.layer_groups import groups_from_ordinals
 from ..model.spec import ModelSpec, Preprocessing
 from ..wording import option
@@ -132,12 +132,10 @@ def _spec(arch: str, model: nn.Module, tag: str | None) -> ModelSpec:
     by_id = {id(m): p for p, m in model.named_modules()}
     head_paths = tuple(by_id[id(h)] for h in heads if id(h) in by_id)
     config = timm.data.resolve_model_data_config(model)
-    inferred = infer_spec(
-        model,
-        f"{PREFIX}:{arch}",
-        head_path=head_paths or None,
-        input_size=tuple(config["input_size"][1:]),
-    )
+    # pretrained_cfg names the size the weights were trained at; a model built with another
+    # img_size (vit_tiny_patch16_224 with img_size=64) takes that one.
+    size = declared_image_size(model) or tuple(config["input_size"][1:])
+    inferred = infer_spec(model, f"{PREFIX}:{arch}", head_path=head_paths or None, input_size=size)
     names_ = [n for n, _ in model.named_parameters()]
     groups = inferred.layer_groups
     if hasattr(model, "group_matcher"):
@@ -146,7 +144,7 @@ def _spec(arch: str, model: nn.Module, tag: str | None) -> ModelSpec:
         )
         groups = groups_from_ordinals(names_, ordinals, inferred.head_paths)
     preprocessing = Preprocessing(
-        input_size=(inferred.in_chans, *config["input_size"][1:]),
+        input_size=(inferred.in_chans, *size),
         mean=_per_channel(config["mean"], inferred.in_chans),
         std=_per_channel(config["std"], inferred.in_chans),
         interpolation=config.get("interpolation", "bicubic"),

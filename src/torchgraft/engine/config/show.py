@@ -192,10 +192,13 @@ def stage_lines(config: RunConfig, groups: Sequence[str] | None = None, why: str
     policy, one line."""
     schedule, epochs = run_schedule(config), config.train.epochs
     if schedule is None:
-        return _prose(
+        lines = _prose(
             f"no unfreezing schedule: freeze.policy {config.freeze.policy!r} holds for all "
             f"{epochs} epochs"
         )
+        for text in _adapters(config):
+            lines += _prose(text, indent=2)
+        return lines
     head = f"planned stages of freeze.schedule ({schedule.kind}) over train.epochs {epochs}"
     rate = f"each LR is optim.lr ({config.optim.lr:g}) × the multiplier shown"
     if groups is None:
@@ -213,7 +216,7 @@ def stage_lines(config: RunConfig, groups: Sequence[str] | None = None, why: str
         never = list(never_trained(schedule, groups, epochs))
         if never:
             lines += _prose(f"never trained in these {epochs} epochs: {', '.join(never)}", 2)
-    for text in _endings(config):
+    for text in [*_adapters(config), *_endings(config)]:
         lines += _prose(text, indent=2)
     return lines
 
@@ -278,6 +281,19 @@ def _prose(text: str, indent: int = 0) -> list[str]:
 def _epochs(first: int, last: int) -> str:
     """0-based bounds as the run prints them: ``epoch 3`` or ``epochs 3–4``."""
     return f"epoch {first + 1}" if first == last else f"epochs {first + 1}–{last + 1}"
+
+
+def _adapters(config: RunConfig) -> list[str]:
+    """What "trains" means for a group when the run adds adapters (the peft section)."""
+    peft = config.peft
+    if not peft.enabled:
+        return []
+    targets = "auto" if peft.targets == "auto" else ", ".join(peft.targets)
+    return [
+        f"peft.method {peft.method} (rank {peft.rank}, alpha {peft.alpha:g}, targets "
+        f"{targets}): a group that trains trains its adapters, its own weights stay frozen; "
+        "the head trains whole"
+    ]
 
 
 def _endings(config: RunConfig) -> list[str]:
