@@ -77,7 +77,9 @@ class Run:
         best: the best epoch's validation metrics, with ``epoch`` (0-based).
         history: every metrics row (one per epoch and split).
         test: metrics of the best model on the test split, when the data has one.
-        model: the model in memory at the end of training (the last epoch's weights).
+        model: the model in memory at the end of training (the last epoch's weights; with
+            adapters, the adapted model — :func:`torchgraft.merge_adapters` makes it plain,
+            as the run directory's ``model.safetensors`` is).
         seconds: wall time of the training part.
     """
 
