@@ -282,3 +282,62 @@ def test_a_run_early_stopping_ended_is_finished_unless_told_to_go_on(digit_folde
     overrides = {"train.early_stopping": None}
     more = tg.fit(None, overrides, resume=run.dir, trust_run=True, console=QUIET)
     assert len({r["epoch"] for r in more.history}) == 6
+
+
+def stopped_while_finishing(run: Path) -> None:
+    """Leave ``run`` as a kill after its last epoch's checkpoint and before its end leaves it:
+    the state, model and metrics saved, the report the checkpoint's cheap one, no test
+    metrics and no phases.json (written last)."""
+    from torchgraft.engine.report.write import write_report
+
+    write_report(run, final=False)
+    for name in ("phases.json", "test_metrics.json"):
+        (run / name).unlink(missing_ok=True)
+
+
+def test_a_run_stopped_while_finishing_is_finished_by_its_resume(
+    digit_folder, tmp_path, console_script, subprocess_env
+):
+    run = tg.fit(onecycle(digit_folder, tmp_path / "runs", epochs=1), console=QUIET).dir
+    finished_report = (run / "report.html").read_text()
+    stopped_while_finishing(run)
+    assert "until then, torchgraft report" in (run / "report.html").read_text()
+    model, state = (run / "model.safetensors").read_bytes(), load_state(run)
+
+    result = run_cli(console_script, "train", "--resume", run, "--trust-run", env=subprocess_env)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"{run}: every epoch is done (1 of 1); the run stopped while finishing: its test "
+        "metrics, plots and report are made again" in result.stdout
+    )
+    assert "already finished" not in result.stdout
+    assert (run / "phases.json").exists()
+    report = (run / "report.html").read_text()
+    assert "until then, torchgraft report" not in report
+    assert report.count("<section") == finished_report.count("<section")
+    assert (run / "model.safetensors").read_bytes() == model  # no epoch trained
+    assert load_state(run)["history"] == state["history"]
+
+    again = run_cli(console_script, "train", "--resume", run, "--trust-run", env=subprocess_env)
+    assert f"{run}: already finished (1 of 1 epochs)" in again.stdout
+
+    # A phases.json of an earlier finish (a run extended, then stopped while finishing
+    # again), or a damaged one: the finishing is done again.
+    for text in ('{"phases": {"training": 1.0}, "epochs": 0}', "{not json"):
+        (run / "phases.json").write_text(text)
+        console = Captured()
+        tg.fit(None, resume=run, trust_run=True, console=console)
+        assert "the run stopped while finishing" in console.text
+        assert json.loads((run / "phases.json").read_text())["epochs"] == 1
+
+
+def test_an_early_stopped_run_stopped_while_finishing_trains_no_more_epochs(digit_folder, tmp_path):
+    config = onecycle(digit_folder, tmp_path / "runs", epochs=6, optim={"lr": 1e-9})
+    config["train"].update(early_stopping=1, monitor="val/loss")
+    run = tg.fit(config, console=QUIET)
+    stopped_while_finishing(run.dir)
+    console = Captured()
+    again = tg.fit(None, resume=run.dir, trust_run=True, console=console)
+    assert "the run stopped while finishing" in console.text
+    assert again.history == run.history
+    assert (run.dir / "phases.json").exists()

@@ -50,9 +50,11 @@ from .replicas import check_replicas_agree
 from .report.summary import final_rows, graft_lines, write_plots
 from .report.write import write_report
 from .resume import (
+    PHASES,
     check_same_run,
     extension_lines,
     finished_line,
+    finishing_line,
     interrupted_line,
     read_run,
     record_resume,
@@ -171,7 +173,11 @@ def _fit_process(
     config, run_dir, state = _open(config, overrides, resume, processes, trusted)
     # (A torchrun restart, resume None, after the last epoch: its finishing is what is left.)
     finished = finished_line(run_dir.path, state, config) if state and resume else None
-    if finished is not None:  # nothing to train: nothing is built, written or timed
+    finishing = None  # rank 0 alone may see the folder's files: it decides for all
+    if finished is not None:
+        found = finishing_line(run_dir.path, state, config) if processes.main else None
+        finishing = processes.broadcast(found)
+    if finished is not None and finishing is None:  # nothing is built, written or timed
         console.line(finished)
         return _finished_run(run_dir, state)
     check_processes(config, processes)  # a resumed run's own configuration
@@ -183,13 +189,13 @@ def _fit_process(
         check_same_run(state, config, setup, data)
     if processes.main:
         with writing_into(run_dir.path, resumable=state is not None):
-            if state is not None:  # before config.yaml takes the new values
+            if state is not None and finishing is None:  # before config.yaml changes
                 record_resume(run_dir, config, state["epoch"] + 1)
             _write_start(
                 run_dir, config, setup, data, start.source.summary(), console, resumed=bool(state)
             )
             run_dir.write_json("decisions.json", session.decisions)
-    for note in [*start.notes, session.stages.budget_note()]:
+    for note in [*start.notes, session.stages.budget_note(), finishing]:
         if note:
             console.line(note)
     first = session.begin(state, origin=str(state_file(run_dir.path)))
@@ -209,7 +215,8 @@ def _fit_process(
     console.clock.settle("start")  # everything so far: model, graft, data, runtime
     started = time.perf_counter()
     try:
-        _epochs(config, setup, data, session, run_dir, console, first)
+        if finishing is None:
+            _epochs(config, setup, data, session, run_dir, console, first)
     except KeyboardInterrupt:
         console.stop_progress()
         console.line(interrupted_line(config, run_dir.path))
@@ -414,9 +421,10 @@ def _finish(
         console.table("result", ("", ""), final_rows(session, test, seconds, run_dir.path))
     processes.barrier()
     if processes.main:
-        record = clock.record()  # up to here: what is left is printing this line
+        # up to here: what is left is printing this line; the epochs say the run finished
+        record = {**clock.record(), "epochs": 1 + max(r["epoch"] for r in session.history)}
         with writing_into(run_dir.path):
-            run_dir.write_json("phases.json", record)
+            run_dir.write_json(PHASES, record)
         console.line(phase_line(record))
     return Run(
         run_dir.path,

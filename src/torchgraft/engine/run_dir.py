@@ -15,7 +15,8 @@
       model.json           … how to rebuild it, its classes, preprocessing, metrics, sha256
       state/               the resume state of the last complete epoch
       report.html          one self-contained page of all the above (refreshed each epoch)
-      phases.json          the wall time of the last train command that ran, by phase
+      phases.json          the wall time of the last train command that ran, by phase, and
+                           the epochs done when it finished (written last)
       resumes.json         each resume that trained: after which epoch, what it changed
       torchrun.json        under torchrun: the rendezvous id and the number of processes
 

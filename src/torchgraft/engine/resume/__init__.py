@@ -21,10 +21,12 @@ rebuilt by :func:`..setup.rebuilt_model`.
 from __future__ import annotations
 
 from .budget import (
+    PHASES,
     check_epochs,
     extension_lines,
     extension_points,
     finished_line,
+    finishing_line,
     interrupted_line,
     resume_command,
 )
@@ -51,6 +53,7 @@ from .state import (
 )
 
 __all__ = [
+    "PHASES",
     "RESUMES",
     "SAFE_ON_RESUME",
     "STATE_FORMAT",
@@ -63,6 +66,7 @@ __all__ = [
     "extension_lines",
     "extension_points",
     "finished_line",
+    "finishing_line",
     "interrupted_line",
     "load_state",
     "new_run_command",

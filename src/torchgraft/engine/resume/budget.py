@@ -13,15 +13,20 @@
   its LR cycle, which is then cut before its end (said when the run resumes).
 * **Fewer** than done: refused (:func:`check_epochs`) — epochs cannot be untrained.
 * **As many as done** (or early stopping has ended the run): there is nothing to train;
-  :func:`finished_line` says so, and the resume trains, builds and writes nothing.
+  :func:`finished_line` says so, and the resume trains, builds and writes nothing — unless
+  the run was stopped while finishing (after its last epoch's checkpoint, before the test
+  split, plots and report were done: ``phases.json``, written last, does not record that
+  epoch). Then :func:`finishing_line` says so and the resume does the finishing alone.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigError
+from ...checkpoint.documents import DocumentLimits, read_json
+from ...errors import CheckpointError, ConfigError
 from ...model.build_record import FILE_LIBRARIES
 from ...wording import in_cli, option
 from ..config.load import RunConfig
@@ -36,6 +41,7 @@ __all__ = [
     "extension_lines",
     "extension_points",
     "finished_line",
+    "finishing_line",
     "interrupted_line",
     "resume_command",
 ]
@@ -94,6 +100,42 @@ def finished_line(folder: Path, state: dict[str, Any], config: RunConfig) -> str
         )
     more = resume_command(config.model.name, folder, {"train.epochs": 2 * done})
     return f"{folder}: already finished ({done} of {done} epochs); to train longer: {more}"
+
+
+#: Written last by a run's finishing (engine.fit); ``epochs``: the epochs done by then.
+PHASES = "phases.json"
+_PHASES_LIMITS = DocumentLimits(max_bytes=64 * 1024, max_depth=4, max_nodes=1_000)
+
+
+def finishing_line(folder: Path, state: dict[str, Any], config: RunConfig) -> str | None:
+    """What a resume says when every epoch is trained (or early stopping ended the run) but
+    the run was stopped while finishing — its ``phases.json`` missing, damaged, or recording
+    fewer epochs than the state (a run extended, then stopped while finishing again); None
+    otherwise. A ``phases.json`` without ``epochs`` (written before it was recorded) counts
+    as finished."""
+    done, epochs, planned = state["epoch"] + 1, config.train.epochs, state["epochs"]
+    patience = config.train.early_stopping
+    stopped_early = done < epochs and patience is not None and state["stale"] >= patience
+    if not (stopped_early or done >= max(epochs, planned)):
+        return None
+    path = folder / PHASES
+    try:
+        record = read_json(path, CheckpointError, _PHASES_LIMITS) if os.path.lexists(path) else {}
+    except CheckpointError:
+        record = {}
+    finished = isinstance(record, dict) and "phases" in record
+    recorded = record.get("epochs", done) if finished else None
+    if isinstance(recorded, int) and recorded >= done:
+        return None
+    trained = (
+        f"early stopping ended training after epoch {done} of {epochs}"
+        if stopped_early
+        else f"every epoch is done ({done} of {epochs})"
+    )
+    return (
+        f"{folder}: {trained}; the run stopped while finishing: its test metrics, plots and "
+        "report are made again"
+    )
 
 
 def interrupted_line(config: RunConfig, folder: Path) -> str:
