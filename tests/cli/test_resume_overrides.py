@@ -157,3 +157,23 @@ def test_a_model_changed_in_config_yaml_is_named_by_its_key(finished_run):
         tg.fit(None, {"train.epochs": 2}, resume=finished_run, trust_run=True, console=QUIET)
     assert "cannot resume exactly: head.dropout was None, now 0.5" in str(refused.value)
     assert "model model" not in str(refused.value)
+
+
+def test_print_config_with_resume_refuses_what_the_resume_would(
+    finished_run, console_script, subprocess_env, tmp_path
+):
+    before = snapshot(finished_run)
+    shown = "--print-config", "--train.epochs", "3"
+    fine = resume(console_script, subprocess_env, finished_run, *shown)
+    assert fine.returncode == 0, fine.stderr
+    assert "epochs: 3" in fine.stdout
+    refused = resume(console_script, subprocess_env, finished_run, *shown, "--optim.lr", "0.5")
+    assert refused.returncode == 2
+    assert "cannot resume with an override that changes what the run is" in refused.stderr
+    assert "optim.lr was " in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not refused.stdout
+    nothing = resume(console_script, subprocess_env, tmp_path, "--print-config")
+    assert nothing.returncode == 2
+    assert "not a run directory (no config.yaml)" in nothing.stderr
+    assert snapshot(finished_run) == before

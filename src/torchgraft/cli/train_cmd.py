@@ -71,15 +71,20 @@ def _print_config(args: argparse.Namespace, overrides: list[str]) -> int:
 
     Neither the data nor the weights are read, so a ``data.source`` that does not exist yet
     is fine (the files are checked when a run starts); see
-    :func:`~torchgraft.engine.config.show.show_config`."""
+    :func:`~torchgraft.engine.config.show.show_config`. With ``--resume``, the overrides a
+    resume would refuse are refused here too."""
     import sys
     from pathlib import Path
 
     from ..engine.config.load import load_config
     from ..engine.config.show import show_config
+    from ..engine.resume import resumed_config
 
     source = Path(args.resume) / "config.yaml" if args.resume else args.config
-    config = load_config(source, overrides, check_paths=False, check_names=False)
+    if args.resume:
+        config = resumed_config(args.resume, overrides, check_paths=False)[1]
+    else:
+        config = load_config(source, overrides, check_paths=False, check_names=False)
     origin = [str(source)] if source else []
     show_config(config, sys.stdout, origin=[*origin, *(["the overrides"] if overrides else [])])
     return 0

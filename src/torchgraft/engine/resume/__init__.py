@@ -40,7 +40,7 @@ from .changes import (
     saved_config,
 )
 from .restore import restore_session, session_state
-from .run import check_same_run, read_run, run_fingerprint
+from .run import check_same_run, read_run, resumed_config, run_fingerprint
 from .state import (
     STATE_FORMAT,
     capture_rng,
@@ -75,6 +75,7 @@ __all__ = [
     "restore_rng",
     "restore_session",
     "resume_command",
+    "resumed_config",
     "run_fingerprint",
     "save_state",
     "saved_config",

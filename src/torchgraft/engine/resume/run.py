@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ...data.prepare import PreparedData
     from ..setup import ModelSetup
 
-__all__ = ["check_same_run", "read_run", "run_fingerprint"]
+__all__ = ["check_same_run", "read_run", "resumed_config", "run_fingerprint"]
 
 #: A key of the model's build record -> the config key that sets it.
 _BUILD_KEYS = {
@@ -55,16 +55,9 @@ def read_run(
         CheckpointError, UntrustedRunError: see :func:`.state.load_state` and the builder's
             opt-in.
     """
-    directory = RunDirectory(Path(resume))
+    directory, config = resumed_config(resume, overrides)
     path = directory.file("config.yaml")
-    if not os.path.lexists(path):
-        raise ConfigError(
-            f"{resume}: not a run directory (no config.yaml); give the folder train created"
-        )
     saved = saved_config(directory.path)
-    # Model names are checked against the saved state below, not imported to be checked.
-    config = load_config(path, overrides, check_names=False)
-    check_overrides(directory.path, saved, config)  # before anything is built or written
     clean_temporaries(directory.path)
     check_recorded_builder(config.model.name, f"{path}: model.name", trust_run=trusted)
     state = load_state(directory.path)
@@ -76,6 +69,28 @@ def read_run(
         # otherwise end the run as its result, unread and unchecked.
         read_model_document(directory.path, trust_run=trusted)
     return config, directory, state
+
+
+def resumed_config(
+    resume: str | Path, overrides, *, check_paths: bool = True
+) -> tuple[RunDirectory, RunConfig]:
+    """The run directory ``resume`` and its config.yaml with ``overrides``, checked as a
+    resume checks them before anything is built or written (``--print-config --resume``
+    shows no configuration a resume would refuse).
+
+    Raises:
+        ConfigError: not a run directory; an override that changes what the run is.
+    """
+    directory = RunDirectory(Path(resume))
+    path = directory.file("config.yaml")
+    if not os.path.lexists(path):
+        raise ConfigError(
+            f"{resume}: not a run directory (no config.yaml); give the folder train created"
+        )
+    # Model names are checked against the saved state, not imported to be checked.
+    config = load_config(path, overrides, check_paths=check_paths, check_names=False)
+    check_overrides(directory.path, saved_config(directory.path), config)
+    return directory, config
 
 
 def run_fingerprint(setup: ModelSetup, data: PreparedData) -> dict[str, Any]:
