@@ -268,7 +268,8 @@ def test_the_index_estimate_covers_what_listing_and_preparing_keep(tmp_path, in_
 def test_a_million_row_csv_is_answered_in_bounded_memory_and_time(tmp_path):
     """The red team's case: a million rows naming two 16x16 images, 768 MB of pixels once
     decoded, once died after 195 s at 2.9 GB. Now: kept in memory (pixels and index fit the
-    default 1,024 MiB), decoded twice, in seconds, at most its estimate."""
+    default 1,024 MiB), decoded twice, in seconds, at most its estimate and the allocator's
+    arenas."""
     rows = 1_000_000
     table = _repeated_rows(tmp_path, rows)
 
@@ -280,5 +281,9 @@ def test_a_million_row_csv_is_answered_in_bounded_memory_and_time(tmp_path):
     result = in_child(prepare, timeout=90, memory=3 << 30)
     assert result.get("value") == [True, 800_000], result
     estimate = rows * 3 * 16 * 16 + index_bytes(rows, rows * len("img/a.png"))
-    assert result["peak"] <= estimate
+    # What glibc keeps of freed blocks: up to one 64 MiB arena per decoding thread. Measured
+    # 2026-12-08 (AMD EPYC, 2 cores), 8 runs: peak growth 857–1034 MiB against an estimate of
+    # 932 MiB. A second copy of the pixels (the red team's case) would add 732 MiB.
+    arenas = 2 * 64 * MIB
+    assert result["peak"] <= estimate + arenas
     assert result["cpu_seconds"] < 60  # CPU time: the bound holds on a busy machine

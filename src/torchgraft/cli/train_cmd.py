@@ -78,10 +78,11 @@ def _print_config(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from ..engine.config.load import load_config
     from ..engine.config.show import show_config
-    from ..engine.resume import resumed_config
 
     source = Path(args.resume) / "config.yaml" if args.resume else args.config
-    if args.resume:
+    if args.resume:  # (its checks import torch: a plain --print-config does not)
+        from ..engine.resume import resumed_config
+
         config = resumed_config(args.resume, overrides, check_paths=False)[1]
     else:
         config = load_config(source, overrides, check_paths=False, check_names=False)
