@@ -260,7 +260,7 @@ def main() -> None:
         "feature cache, training, merge check, report), as in the Main job section. On a CPU at",
         "64 px it is mostly what every run loads before its first step (torch's libraries, the",
         "model and the graft's reference model, the data: about 1.1 GiB) and what glibc's",
-        "allocator keeps of freed blocks; its peak comes after training, while the run writes",
+        "allocator keeps of freed blocks; its peak often comes after training, while the run writes",
         "its results. An adapter run also imports Hugging Face peft, whose import brings",
         f"transformers with it: {imported['mib']:.0f} MiB resident, {imported['modules']:,}",
         f"modules, {imported['seconds']:.1f} s (measured here, in a process that has imported",
