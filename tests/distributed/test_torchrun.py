@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -354,3 +355,24 @@ def test_nproc_reports_the_processes_error_and_status(digits, environment, tmp_p
     )
     assert "internal error" not in done.stderr
     assert not list((tmp_path / "runs").glob("*"))  # nothing created
+
+
+def test_a_run_stopped_while_finishing_is_finished_under_torchrun(
+    two_processes, environment, tmp_path
+):
+    """Rank 0 reads phases.json and decides for both processes: they finish the run (test,
+    plots, report) and train nothing, with no process left waiting."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(next((two_processes[1] / "runs").iterdir()), run_dir)
+    (run_dir / "phases.json").unlink()
+    before = load_state(run_dir)
+    done = run_torchrun(
+        [*TORCHRUN, "-m", "torchgraft", "train", "--resume", str(run_dir), "--trust-run"],
+        environment,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("the run stopped while finishing") == 1  # rank 0 alone speaks
+    assert "epoch 1:" not in done.stdout
+    assert json.loads((run_dir / "phases.json").read_text())["epochs"] == EPOCHS
+    assert load_state(run_dir)["history"] == before["history"]

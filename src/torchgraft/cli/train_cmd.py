@@ -83,7 +83,7 @@ def _print_config(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.resume:  # (its checks import torch: a plain --print-config does not)
         from ..engine.resume import resumed_config
 
-        config = resumed_config(args.resume, overrides, check_paths=False)[1]
+        config = resumed_config(args.resume, overrides, check_paths=False)[2]
     else:
         config = load_config(source, overrides, check_paths=False, check_names=False)
     origin = [str(source)] if source else []

@@ -163,8 +163,9 @@ def freeze(
     The trainable set is: the policy's layer groups, plus parameters under ``modules``,
     plus parameters matching an ``include`` pattern, minus those matching an ``exclude``
     pattern. In a model with adapters (:func:`torchgraft.add_adapters`) only the adapters
-    and the head can train: a policy that trains a layer group trains its adapters. Frozen parameters get ``requires_grad=False`` and ``grad=None`` (so an
-    optimizer that holds them anyway skips them: no momentum, no weight decay).
+    and the head can train: a policy that trains a layer group trains its adapters. Frozen
+    parameters get ``requires_grad=False`` and ``grad=None`` (so an optimizer that holds
+    them anyway skips them: no momentum, no weight decay).
 
     Args:
         model: any ``nn.Module``; changed in place.

@@ -1,8 +1,8 @@
 """The run configuration's sections: typed, with defaults that are the embedded default run.
 
 Sections follow the data flow of a run: ``model``, ``weights``, ``graft``, ``head``,
-``peft``, ``freeze``, ``optim``, ``schedule``, ``data``, ``train``, ``output``. The defaults *are* the
-embedded default run (``torchgraft train`` with no arguments), so a config file only says
+``peft``, ``freeze``, ``optim``, ``schedule``, ``data``, ``train``, ``output``. The defaults
+*are* the embedded default run (``torchgraft train`` with no arguments), so a config file only says
 what differs from it; :class:`RunConfig`'s validator keeps those defaults from surprising a
 config that names another model, a fixed policy, or other data. Reading files and overrides
 is :mod:`.load`'s job; telling problems is :mod:`.checks`'.

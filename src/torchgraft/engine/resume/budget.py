@@ -83,7 +83,7 @@ def finished_line(folder: Path, state: dict[str, Any], config: RunConfig) -> str
     the command that trains longer; None when there are epochs to train."""
     done, epochs, planned = state["epoch"] + 1, config.train.epochs, state["epochs"]
     patience = config.train.early_stopping
-    if done < epochs and (patience is None or state["stale"] < patience):
+    if done < epochs and not _stopped_early(state, config):
         return None
     if done < epochs:
         more = resume_command(config.model.name, folder, {"train.early_stopping": None})
@@ -102,6 +102,13 @@ def finished_line(folder: Path, state: dict[str, Any], config: RunConfig) -> str
     return f"{folder}: already finished ({done} of {done} epochs); to train longer: {more}"
 
 
+def _stopped_early(state: dict[str, Any], config: RunConfig) -> bool:
+    """Early stopping ended the run before ``train.epochs`` (and would end it again)."""
+    patience = config.train.early_stopping
+    done = state["epoch"] + 1
+    return done < config.train.epochs and patience is not None and state["stale"] >= patience
+
+
 #: Written last by a run's finishing (engine.fit); ``epochs``: the epochs done by then.
 PHASES = "phases.json"
 _PHASES_LIMITS = DocumentLimits(max_bytes=64 * 1024, max_depth=4, max_nodes=1_000)
@@ -114,8 +121,7 @@ def finishing_line(folder: Path, state: dict[str, Any], config: RunConfig) -> st
     otherwise. A ``phases.json`` without ``epochs`` (written before it was recorded) counts
     as finished."""
     done, epochs, planned = state["epoch"] + 1, config.train.epochs, state["epochs"]
-    patience = config.train.early_stopping
-    stopped_early = done < epochs and patience is not None and state["stale"] >= patience
+    stopped_early = _stopped_early(state, config)
     if not (stopped_early or done >= max(epochs, planned)):
         return None
     path = folder / PHASES

@@ -55,9 +55,8 @@ def read_run(
         CheckpointError, UntrustedRunError: see :func:`.state.load_state` and the builder's
             opt-in.
     """
-    directory, config = resumed_config(resume, overrides)
+    directory, saved, config = resumed_config(resume, overrides)
     path = directory.file("config.yaml")
-    saved = saved_config(directory.path)
     clean_temporaries(directory.path)
     check_recorded_builder(config.model.name, f"{path}: model.name", trust_run=trusted)
     state = load_state(directory.path)
@@ -73,9 +72,9 @@ def read_run(
 
 def resumed_config(
     resume: str | Path, overrides, *, check_paths: bool = True
-) -> tuple[RunDirectory, RunConfig]:
-    """The run directory ``resume`` and its config.yaml with ``overrides``, checked as a
-    resume checks them before anything is built or written (``--print-config --resume``
+) -> tuple[RunDirectory, RunConfig, RunConfig]:
+    """The run directory ``resume``, its config.yaml as saved, and the same with
+    ``overrides``, checked as a resume checks them before anything is built or written (``--print-config --resume``
     shows no configuration a resume would refuse).
 
     Raises:
@@ -89,8 +88,9 @@ def resumed_config(
         )
     # Model names are checked against the saved state, not imported to be checked.
     config = load_config(path, overrides, check_paths=check_paths, check_names=False)
-    check_overrides(directory.path, saved_config(directory.path), config)
-    return directory, config
+    saved = saved_config(directory.path)
+    check_overrides(directory.path, saved, config)
+    return directory, saved, config
 
 
 def run_fingerprint(setup: ModelSetup, data: PreparedData) -> dict[str, Any]:
